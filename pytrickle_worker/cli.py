@@ -1,0 +1,242 @@
+"""Command line: ``pytrickle-worker serve | mpta inspect|run|convert | demo build``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.logutil import mask_text, mask_url, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pytrickle-worker", description=__doc__)
+    parser.add_argument("--config", type=Path, help="JSON config file (PTW_* env vars override)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the worker (HTTP/WebSocket on port 8000)")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument(
+        "--pipeline",
+        help="MPTA loaded at start (default: the bundled demo pipeline, built on first run)",
+    )
+    serve.add_argument("--no-demo", action="store_true", help="start without any pipeline")
+
+    mpta = commands.add_parser("mpta", help="inspect, run or convert MPTA archives")
+    mpta_commands = mpta.add_subparsers(dest="mpta_command", required=True)
+    inspect = mpta_commands.add_parser("inspect", help="validate an archive and print its tree")
+    inspect.add_argument("archive", help="path, file:// or http(s):// URL")
+    inspect.add_argument("--json", action="store_true", help="print the description as JSON")
+
+    run = mpta_commands.add_parser("run", help="run a pipeline on an image or video")
+    run.add_argument("archive", help="path, file:// or http(s):// URL")
+    run.add_argument("--source", required=True, help="image/video path or URL (rtsp, http)")
+    run.add_argument("--frames", type=int, help="stop after N processed frames")
+    run.add_argument("--fps", type=float, help="sample at most F frames per second")
+    run.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
+    run.add_argument("--actions", action="store_true", help="also run the pipeline's Redis actions")
+
+    convert = mpta_commands.add_parser("convert", help="export .pt models inside to ONNX")
+    convert.add_argument("input", type=Path)
+    convert.add_argument("output", type=Path)
+
+    demo = commands.add_parser("demo", help="demo assets")
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True)
+    build = demo_commands.add_parser("build", help="generate demo models, MPTA and video")
+    build.add_argument("out_dir", type=Path, nargs="?")
+    return parser
+
+
+def _load_config(args: argparse.Namespace) -> WorkerConfig:
+    config = WorkerConfig.load(args.config)
+    overrides: dict[str, Any] = {}
+    if args.log_level:
+        overrides["log_level"] = args.log_level.upper()
+    for name in ("host", "port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if overrides:
+        config = WorkerConfig.model_validate({**config.model_dump(), **overrides})
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        config = _load_config(args)
+    except WorkerError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    setup_logging(config.log_level)
+    try:
+        if args.command == "serve":
+            return _serve(config, args)
+        if args.command == "demo":
+            return _demo_build(config, args.out_dir)
+        if args.mpta_command == "inspect":
+            return asyncio.run(_inspect(config, args.archive, args.json, sys.stdout))
+        if args.mpta_command == "run":
+            return asyncio.run(_run(config, args, sys.stdout))
+        return _convert(args.input, args.output)
+    except WorkerError as exc:
+        sys.stderr.write(f"error: {mask_text(str(exc))}\n")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _ensure_demo(config: WorkerConfig) -> Path:
+    from pytrickle_worker.demo.assets import build_demo_assets  # noqa: PLC0415 - needs onnx
+
+    return build_demo_assets(config.resolved_demo_dir).mpta_path
+
+
+def _demo_build(config: WorkerConfig, out_dir: Path | None) -> int:
+    from pytrickle_worker.demo.assets import build_demo_assets  # noqa: PLC0415 - needs onnx
+
+    assets = build_demo_assets(out_dir or config.resolved_demo_dir)
+    sys.stdout.write(f"demo MPTA:    {assets.mpta_path}\nsample video: {assets.video_path}\n")
+    return 0
+
+
+def _serve(config: WorkerConfig, args: argparse.Namespace) -> int:
+    from aiohttp import web  # noqa: PLC0415 - keep `mpta` commands light to start
+
+    from pytrickle_worker.server.app import create_app  # noqa: PLC0415
+
+    source: str | None = args.pipeline
+    if source is None and not args.no_demo:
+        try:
+            source = str(_ensure_demo(config))
+        except ImportError as exc:
+            raise WorkerError(
+                f"demo assets are missing and cannot be generated ({exc}); "
+                "install the demo extra (pip install '.[demo]') or pass --pipeline"
+            ) from exc
+    app = create_app(config, source)
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
+    return 0
+
+
+async def _inspect(config: WorkerConfig, source: str, as_json: bool, out: TextIO) -> int:
+    from pytrickle_worker.mpta.service import PipelineService  # noqa: PLC0415
+
+    async with PipelineService(config) as service:
+        pipeline = await service.load(source)
+        try:
+            description: dict[str, Any] = {
+                "source": mask_url(source),
+                "sha256": pipeline.sha256,
+                "provider": service.providers.describe(),
+                "redis": (
+                    {
+                        "host": pipeline.redis.host,
+                        "port": pipeline.redis.port,
+                        "db": pipeline.redis.db,
+                    }
+                    if pipeline.redis
+                    else None
+                ),
+                "nodes": [
+                    {
+                        "path": node.path,
+                        "modelId": node.spec.model_id,
+                        "modelFile": node.spec.model_file,
+                        "task": node.model.info.task,
+                        "contract": node.model.info.contract.value,
+                        "input": {
+                            "name": node.model.info.input_name,
+                            "size": list(node.model.info.input_size),
+                        },
+                        "classes": list(node.model.info.names),
+                        "minConfidence": node.spec.min_confidence,
+                        "triggerClasses": list(node.spec.trigger_classes),
+                        "crop": node.spec.crop,
+                        "actions": [a.type for a in node.spec.actions],
+                    }
+                    for node in pipeline.nodes()
+                ],
+            }
+        finally:
+            await service.release(pipeline)
+    if as_json:
+        out.write(json.dumps(description, indent=2) + "\n")
+        return 0
+    out.write(f"archive  {description['source']}\nsha256   {pipeline.sha256}\n")
+    out.write(f"provider {description['provider']}\n")
+    redis = description["redis"]
+    redis_text = f"{redis['host']}:{redis['port']}/{redis['db']}" if redis else "-"
+    out.write(f"redis    {redis_text}\n")
+    for node in description["nodes"]:
+        depth = node["path"].count(".branches[")
+        indent = "  " * depth
+        classes: list[str] = node["classes"]
+        shown = ", ".join(classes[:10]) + (
+            f", … ({len(classes)} total)" if len(classes) > 10 else ""
+        )
+        out.write(
+            f"{indent}- {node['modelId']}  [{node['path']}]\n"
+            f"{indent}    model     {node['modelFile']}  task={node['task']} "
+            f"contract={node['contract']}\n"
+            f"{indent}    input     {node['input']['name']} {node['input']['size']}\n"
+            f"{indent}    classes   {shown}\n"
+            f"{indent}    trigger   {node['triggerClasses']}  minConfidence={node['minConfidence']}"
+            f"  crop={node['crop']}\n"
+            f"{indent}    actions   {node['actions'] or '-'}\n"
+        )
+    return 0
+
+
+async def _run(config: WorkerConfig, args: argparse.Namespace, out: TextIO) -> int:
+    from pytrickle_worker.media.decode import iter_frames  # noqa: PLC0415
+    from pytrickle_worker.mpta.service import PipelineService  # noqa: PLC0415
+    from pytrickle_worker.tracking.bytetrack import TrackerState  # noqa: PLC0415
+
+    async with PipelineService(config) as service:
+        pipeline = await service.load(args.archive)
+        try:
+            frames = iter_frames(args.source, fps=args.fps, max_frames=args.frames)
+            tracker = TrackerState(frame_rate=args.fps or 30.0)
+            while True:
+                decoded = await asyncio.to_thread(next, frames, None)
+                if decoded is None:
+                    break
+                result = await service.process(
+                    pipeline, decoded.rgb, tracker, run_actions=args.actions
+                )
+                if args.json:
+                    record = {"frame": decoded.index, "pts_time": round(decoded.pts_time, 4)}
+                    record.update(result.to_json())
+                    out.write(json.dumps(record) + "\n")
+                else:
+                    det = result.detection
+                    summary = (
+                        f"{det['class']} {det['confidence']:.3f} id={det['id']} bbox={result.bbox}"
+                        if det
+                        else "-"
+                    )
+                    out.write(f"frame {decoded.index:5d} t={decoded.pts_time:8.3f}s  {summary}\n")
+                out.flush()
+        finally:
+            await service.release(pipeline)
+    return 0
+
+
+def _convert(source: Path, target: Path) -> int:
+    from pytrickle_worker.mpta.convert import convert_archive  # noqa: PLC0415
+
+    convert_archive(source, target)
+    sys.stdout.write(f"wrote {target}\n")
+    return 0

@@ -1,0 +1,57 @@
+"""ONNX Runtime inference layer: providers, preprocessing, output decoding, models, registry."""
+
+from pytrickle_worker.inference.imageops import (
+    LetterboxBuffer,
+    LetterboxInfo,
+    crop,
+    encode_jpeg,
+    letterbox,
+    resize_center_crop,
+    scale_boxes_to_frame,
+)
+from pytrickle_worker.inference.model import (
+    Classification,
+    ModelInfo,
+    OnnxModel,
+    StageTimings,
+    parse_metadata,
+)
+from pytrickle_worker.inference.postprocess import (
+    Detections,
+    OutputContract,
+    decode_classification,
+    decode_detections,
+    infer_contract,
+    nms,
+)
+from pytrickle_worker.inference.providers import (
+    ProviderChoice,
+    ProviderUnavailableError,
+    select_providers,
+)
+from pytrickle_worker.inference.registry import ModelRegistry
+
+__all__ = [
+    "Classification",
+    "Detections",
+    "LetterboxBuffer",
+    "LetterboxInfo",
+    "ModelInfo",
+    "ModelRegistry",
+    "OnnxModel",
+    "OutputContract",
+    "ProviderChoice",
+    "ProviderUnavailableError",
+    "StageTimings",
+    "crop",
+    "decode_classification",
+    "decode_detections",
+    "encode_jpeg",
+    "infer_contract",
+    "letterbox",
+    "nms",
+    "parse_metadata",
+    "resize_center_crop",
+    "scale_boxes_to_frame",
+    "select_providers",
+]

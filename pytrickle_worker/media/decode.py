@@ -1,0 +1,81 @@
+"""Sequential PyAV decoding of one source (file, image, URL) with fps sampling.
+
+This is the simple, single-consumer reader behind ``mpta run``; the shared camera hub builds on
+the same PyAV options.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import av.container
+import numpy as np
+
+from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.logutil import mask_text, mask_url
+
+logger = logging.getLogger(__name__)
+
+
+class SourceError(WorkerError):
+    """A media source could not be opened or decoded."""
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    index: int
+    pts_time: float
+    rgb: np.ndarray
+
+
+def open_options(source: str, timeout_s: float = 10.0) -> dict[str, str]:
+    """FFmpeg demuxer options: RTSP over TCP, and socket timeouts so a dead peer never hangs."""
+    micros = str(int(timeout_s * 1_000_000))
+    if source.startswith(("rtsp://", "rtsps://")):
+        return {"rtsp_transport": "tcp", "timeout": micros}
+    if source.startswith(("http://", "https://")):
+        return {"rw_timeout": micros}
+    return {}
+
+
+def iter_frames(
+    source: str, fps: float | None = None, max_frames: int | None = None, timeout_s: float = 10.0
+) -> Iterator[DecodedFrame]:
+    """Yield RGB frames of ``source``, at most ``fps`` per second of media time."""
+    target = source
+    if source.startswith("file://"):
+        target = source[len("file://") :]
+    if "://" not in target and not Path(target).exists():
+        raise SourceError(f"source {target!r} does not exist")
+    try:
+        container: av.container.InputContainer = av.open(
+            target, options=open_options(source, timeout_s), timeout=timeout_s
+        )
+    except (av.FFmpegError, OSError) as exc:
+        raise SourceError(f"cannot open {mask_url(source)}: {mask_text(str(exc))}") from exc
+    with container:
+        if not container.streams.video:
+            raise SourceError(f"{mask_url(source)} has no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        interval = 1.0 / fps if fps and fps > 0 else 0.0
+        next_time = 0.0
+        emitted = 0
+        decoded = 0
+        try:
+            for frame in container.decode(stream):
+                pts_time = float(frame.time) if frame.time is not None else decoded / 30.0
+                decoded += 1
+                if interval and pts_time + 1e-6 < next_time:
+                    continue
+                next_time = (pts_time if not interval else max(next_time, pts_time)) + interval
+                yield DecodedFrame(emitted, pts_time, frame.to_ndarray(format="rgb24"))
+                emitted += 1
+                if max_frames is not None and emitted >= max_frames:
+                    return
+        except av.FFmpegError as exc:
+            raise SourceError(f"decoding {mask_url(source)} failed: {mask_text(str(exc))}") from exc

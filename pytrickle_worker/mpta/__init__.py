@@ -1,0 +1,1 @@
+"""MPTA archives: manifest spec, safe extraction and fetching/caching."""

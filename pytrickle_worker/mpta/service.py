@@ -1,0 +1,136 @@
+"""PipelineService: the async face of the engine, usable with or without the server.
+
+It owns the archive cache, the model registry, the inference thread pool and the action
+dispatcher, and gives each a start/stop lifecycle::
+
+    async with PipelineService(WorkerConfig()) as service:
+        pipeline = await service.load("demo.mpta")
+        result = await service.process(pipeline, frame, TrackerState(frame_rate=15))
+        await service.release(pipeline)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+
+import numpy as np
+
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.inference.providers import ProviderChoice, select_providers
+from pytrickle_worker.inference.registry import ModelRegistry
+from pytrickle_worker.logutil import mask_url
+from pytrickle_worker.mpta.actions import ActionDispatcher, ActionJob
+from pytrickle_worker.mpta.archive import ArchiveLimits
+from pytrickle_worker.mpta.engine import EngineSettings, PipelineResult, PipelineRunner
+from pytrickle_worker.mpta.fetch import ArchiveCache
+from pytrickle_worker.mpta.loader import LoadedPipeline, load_pipeline_tree
+from pytrickle_worker.tracking.bytetrack import TrackerState
+
+logger = logging.getLogger(__name__)
+
+
+class PipelineService:
+    def __init__(self, config: WorkerConfig, providers: ProviderChoice | None = None) -> None:
+        self.config = config
+        self.providers = providers or select_providers(
+            config.execution_provider,
+            intra_op_threads=config.intra_op_threads or None,
+            trt_cache_dir=config.cache_dir / "tensorrt",
+        )
+        self.archives = ArchiveCache(
+            config.cache_dir / "mpta",
+            ArchiveLimits(
+                max_archive_bytes=config.max_archive_bytes,
+                max_uncompressed_bytes=config.max_uncompressed_bytes,
+                max_files=config.max_archive_files,
+            ),
+            connect_timeout_s=config.download_connect_timeout_s,
+            read_timeout_s=config.download_read_timeout_s,
+        )
+        self.registry = ModelRegistry(self.providers)
+        self.runner = PipelineRunner(
+            EngineSettings(
+                iou_threshold=config.nms_iou,
+                max_detections=config.max_detections,
+                tracker_low_conf=config.tracker_low_conf,
+            )
+        )
+        self.actions = ActionDispatcher(
+            max_pending=config.action_buffer_size,
+            retry_interval_s=config.action_retry_interval_s,
+            redis_url_override=config.redis_url,
+        )
+        self._executor = ThreadPoolExecutor(
+            max_workers=config.inference_workers, thread_name_prefix="inference"
+        )
+
+    async def __aenter__(self) -> PipelineService:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def load(self, source: str) -> LoadedPipeline:
+        """Fetch, extract, validate and load ``source``; raises an MptaError subclass."""
+        archive = await self.archives.open(source)
+        loop = asyncio.get_running_loop()
+        pipeline = await loop.run_in_executor(
+            self._executor,
+            load_pipeline_tree,
+            archive.spec,
+            archive.root,
+            self.registry,
+            source,
+            archive.sha256,
+        )
+        logger.info(
+            "loaded pipeline %s (%s…): %d node(s)",
+            mask_url(source),
+            archive.sha256[:12],
+            len(pipeline.nodes()),
+        )
+        return pipeline
+
+    async def release(self, pipeline: LoadedPipeline) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, pipeline.release)
+
+    async def process(
+        self,
+        pipeline: LoadedPipeline,
+        frame: np.ndarray,
+        tracker: TrackerState | None = None,
+        *,
+        run_actions: bool = True,
+    ) -> PipelineResult:
+        """Run the pipeline on ``frame`` in the inference pool, then queue its actions."""
+        result = await asyncio.get_running_loop().run_in_executor(
+            self._executor, self.runner.run, pipeline, frame, tracker
+        )
+        if run_actions:
+            self.dispatch_actions(pipeline, result)
+        return result
+
+    def dispatch_actions(self, pipeline: LoadedPipeline, result: PipelineResult) -> bool:
+        node = result.action_node
+        if node is None or result.detection is None or not node.spec.actions:
+            return False
+        job = ActionJob(
+            node_path=node.path,
+            actions=node.spec.actions,
+            detection=result.detection,
+            image=result.action_image,
+        )
+        return self.actions.submit(pipeline.redis, job)
+
+    async def close(self) -> None:
+        await self.actions.close()
+        await self.archives.close()
+        self._executor.shutdown(wait=True, cancel_futures=True)

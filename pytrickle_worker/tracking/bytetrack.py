@@ -1,0 +1,569 @@
+"""ByteTrack-style multi-object tracker (numpy only) and per-stream tracking state.
+
+Semantics follow ByteTrack / ultralytics ``BYTETracker`` (``bytetrack.yaml`` defaults)
+with three deliberate differences, all about IDs and time:
+
+* **Per-stream ID counter.** IDs come from an :class:`IdCounter` owned by the stream's
+  :class:`TrackerState`, never from a class-level global (ultralytics issue #14841), so
+  IDs are unique within a stream, independent across streams, and creating a tracker
+  never resets anyone else's counter.
+* **IDs without gaps.** ultralytics takes ``next_id()`` when a track is *created*; a new
+  track after frame 1 is unconfirmed, and if it misses the next frame it is dropped and
+  its ID is lost, leaving gaps. Here a track gets its ID when it is **confirmed**
+  (activated): at creation on the tracker's first frame, otherwise when it is matched a
+  second time. IDs are issued at the end of :meth:`ByteTracker.update`, after duplicate
+  removal, in input-detection order, so every issued ID is returned in that frame's
+  output and the sequence is 1, 2, 3, ... with no holes.
+* **Real frame rate.** ``max_time_lost = round(frame_rate / 30 * track_buffer)`` is
+  computed from the stream's actual rate and recomputed by :meth:`set_frame_rate`
+  (ultralytics hard-codes 30 fps). A positive ``track_buffer`` never rounds to 0.
+
+Association is class-agnostic (as in ultralytics); each track records the class of the
+detection it last matched.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .assignment import box_iou, fuse_score, iou_distance, linear_assignment
+from .kalman import KalmanFilterXYAH
+
+__all__ = [
+    "ByteTracker",
+    "IdCounter",
+    "TrackSnapshot",
+    "TrackState",
+    "TrackerConfig",
+    "TrackerState",
+]
+
+logger = logging.getLogger(__name__)
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+_SECOND_MATCH_THRESH = 0.5  # IoU distance, low-score association
+_UNCONFIRMED_MATCH_THRESH = 0.7  # (fused) IoU distance, unconfirmed tracks
+_DUPLICATE_IOU_DIST = 0.15  # tracked/lost pairs with IoU > 0.85 are duplicates
+_MIN_BOX_SIDE = 1e-3  # pixels; keeps a = w / h finite for degenerate boxes
+_REFERENCE_FPS = 30.0
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Tracker thresholds; the defaults are ultralytics' ``bytetrack.yaml``."""
+
+    track_high_thresh: float = 0.25
+    track_low_thresh: float = 0.1
+    new_track_thresh: float = 0.25
+    track_buffer: int = 30
+    """Frames a lost track is kept, expressed at 30 fps; scaled by the real frame rate."""
+    match_thresh: float = 0.8
+    fuse_score: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("track_high_thresh", "track_low_thresh", "new_track_thresh", "match_thresh"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0.0:
+                raise ValueError(f"TrackerConfig.{name} must be a finite number >= 0, got {value}")
+        if self.track_low_thresh > self.track_high_thresh:
+            raise ValueError(
+                "TrackerConfig.track_low_thresh must be <= track_high_thresh, got "
+                f"{self.track_low_thresh} > {self.track_high_thresh}"
+            )
+        if isinstance(self.track_buffer, bool) or int(self.track_buffer) != self.track_buffer:
+            raise ValueError(
+                f"TrackerConfig.track_buffer must be an integer, got {self.track_buffer!r}"
+            )
+        if self.track_buffer < 0:
+            raise ValueError(f"TrackerConfig.track_buffer must be >= 0, got {self.track_buffer}")
+
+
+class IdCounter:
+    """Monotonic track-ID source: 1, 2, 3, ... One per stream, shared by its trackers."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next_id(self) -> int:
+        with self._lock:
+            self._last += 1
+            return self._last
+
+    @property
+    def last_id(self) -> int:
+        """The most recently issued ID (0 before the first)."""
+        return self._last
+
+    def reset(self) -> None:
+        with self._lock:
+            self._last = 0
+
+
+class TrackState(enum.Enum):
+    NEW = "new"
+    TRACKED = "tracked"
+    LOST = "lost"
+    REMOVED = "removed"
+
+
+@dataclass(frozen=True)
+class TrackSnapshot:
+    """Read-only view of a confirmed track (see :meth:`ByteTracker.active_tracks`)."""
+
+    track_id: int
+    box: tuple[float, float, float, float]
+    """Kalman-filtered xyxy box in frame pixels."""
+    score: float
+    class_id: int
+    start_frame: int
+    last_frame: int
+
+
+def _xyxy_to_xyah(box: FloatArray) -> FloatArray:
+    w = max(float(box[2] - box[0]), _MIN_BOX_SIDE)
+    h = max(float(box[3] - box[1]), _MIN_BOX_SIDE)
+    return np.array([(box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0, w / h, h], dtype=np.float64)
+
+
+class _Track:
+    """Internal single-object state (ultralytics ``STrack`` equivalent)."""
+
+    __slots__ = (
+        "class_id",
+        "covariance",
+        "det_index",
+        "frame_id",
+        "is_activated",
+        "mean",
+        "score",
+        "start_frame",
+        "state",
+        "track_id",
+        "tracklet_len",
+    )
+
+    def __init__(self, box: FloatArray, score: float, class_id: int, det_index: int) -> None:
+        # Until activate() the mean only carries the detection box.
+        self.mean: FloatArray = np.zeros(8, dtype=np.float64)
+        self.mean[:4] = _xyxy_to_xyah(box)
+        self.covariance: FloatArray = np.eye(8, dtype=np.float64)
+        self.score = score
+        self.class_id = class_id
+        self.det_index = det_index
+        self.track_id = 0  # 0 = no ID yet (unconfirmed)
+        self.state = TrackState.NEW
+        self.is_activated = False
+        self.frame_id = 0
+        self.start_frame = 0
+        self.tracklet_len = 0
+
+    @property
+    def xyxy(self) -> FloatArray:
+        cx, cy, a, h = (float(x) for x in self.mean[:4])
+        w = a * h
+        return np.array([cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0])
+
+    def activate(self, kf: KalmanFilterXYAH, box: FloatArray, frame_id: int) -> None:
+        self.mean, self.covariance = kf.initiate(_xyxy_to_xyah(box))
+        self.tracklet_len = 0
+        self.state = TrackState.TRACKED
+        self.is_activated = frame_id == 1  # only the tracker's first frame confirms at once
+        self.frame_id = frame_id
+        self.start_frame = frame_id
+
+    def update(
+        self,
+        kf: KalmanFilterXYAH,
+        box: FloatArray,
+        *,
+        score: float,
+        class_id: int,
+        det_index: int,
+        frame_id: int,
+        reactivate: bool,
+    ) -> None:
+        self.mean, self.covariance = kf.update(self.mean, self.covariance, _xyxy_to_xyah(box))
+        self.tracklet_len = 0 if reactivate else self.tracklet_len + 1
+        self.state = TrackState.TRACKED
+        self.is_activated = True
+        self.frame_id = frame_id
+        self.score = score
+        self.class_id = class_id
+        self.det_index = det_index
+
+
+def _boxes_of(tracks: list[_Track]) -> FloatArray:
+    if not tracks:
+        return np.zeros((0, 4), dtype=np.float64)
+    return np.stack([t.xyxy for t in tracks])
+
+
+def _joint(a: list[_Track], b: list[_Track]) -> list[_Track]:
+    seen = {id(t) for t in a}
+    return a + [t for t in b if id(t) not in seen]
+
+
+def _sub(a: list[_Track], b: list[_Track]) -> list[_Track]:
+    drop = {id(t) for t in b}
+    return [t for t in a if id(t) not in drop]
+
+
+def _validate_detections(
+    boxes: npt.ArrayLike, scores: npt.ArrayLike, class_ids: npt.ArrayLike
+) -> tuple[FloatArray, FloatArray, IntArray]:
+    b = np.asarray(boxes, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    c_raw = np.asarray(class_ids)
+    if b.size == 0 and b.ndim in (1, 2) and (b.ndim == 1 or b.shape[1] in (0, 4)):
+        b = b.reshape(0, 4)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4) (xyxy), got {b.shape}")
+    n = b.shape[0]
+    if s.shape != (n,):
+        raise ValueError(f"scores must have shape ({n},) to match boxes {b.shape}, got {s.shape}")
+    if c_raw.shape != (n,):
+        raise ValueError(
+            f"class_ids must have shape ({n},) to match boxes {b.shape}, got {c_raw.shape}"
+        )
+    if not np.all(np.isfinite(b)):
+        raise ValueError("boxes must contain only finite values")
+    if not np.all(np.isfinite(s)):
+        raise ValueError("scores must contain only finite values")
+    if c_raw.dtype.kind in "iu":
+        c = c_raw.astype(np.int64)
+    elif c_raw.dtype.kind in "fb" or n == 0:
+        c_float = c_raw.astype(np.float64)
+        if not np.all(np.isfinite(c_float)) or not np.all(c_float == np.round(c_float)):
+            raise ValueError("class_ids must be integers")
+        c = c_float.astype(np.int64)
+    else:
+        raise ValueError(f"class_ids must be integers, got dtype {c_raw.dtype}")
+    return b, s, c
+
+
+def _validate_fps(frame_rate: float) -> float:
+    fps = float(frame_rate)
+    if not math.isfinite(fps) or fps <= 0.0:
+        raise ValueError(f"frame_rate must be a finite number > 0, got {frame_rate!r}")
+    return fps
+
+
+class ByteTracker:
+    """ByteTrack for one stream at one pipeline node.
+
+    ``update`` is called once per analysed frame with that frame's detections and returns
+    the confirmed track ID of each input detection (or -1). Not thread-safe: use one
+    tracker from one thread at a time (the shared :class:`IdCounter` is thread-safe).
+    """
+
+    def __init__(
+        self,
+        frame_rate: float,
+        config: TrackerConfig = TrackerConfig(),  # frozen, immutable
+        ids: IdCounter | None = None,
+    ) -> None:
+        self._config = config
+        self._frame_rate = _validate_fps(frame_rate)
+        self._owns_ids = ids is None
+        self._ids = IdCounter() if ids is None else ids
+        self._kf = KalmanFilterXYAH()
+        self._frame_id = 0
+        self._tracked: list[_Track] = []
+        self._lost: list[_Track] = []
+        self._max_time_lost = self._compute_max_time_lost()
+
+    # -- configuration -------------------------------------------------------------
+
+    @property
+    def config(self) -> TrackerConfig:
+        return self._config
+
+    @property
+    def ids(self) -> IdCounter:
+        return self._ids
+
+    @property
+    def frame_rate(self) -> float:
+        return self._frame_rate
+
+    def set_frame_rate(self, fps: float) -> None:
+        """Change the real analysis rate; ``max_time_lost`` is recomputed (tracks are kept)."""
+        self._frame_rate = _validate_fps(fps)
+        old = self._max_time_lost
+        self._max_time_lost = self._compute_max_time_lost()
+        if old != self._max_time_lost:
+            logger.debug(
+                "tracker frame rate %.3f fps: max_time_lost %d -> %d frames",
+                self._frame_rate,
+                old,
+                self._max_time_lost,
+            )
+
+    @property
+    def max_time_lost(self) -> int:
+        """Frames a lost track survives: ``round(frame_rate / 30 * track_buffer)``."""
+        return self._max_time_lost
+
+    def _compute_max_time_lost(self) -> int:
+        buffer = self._config.track_buffer
+        frames = round(self._frame_rate * buffer / _REFERENCE_FPS)
+        return max(frames, 1) if buffer > 0 else 0
+
+    @property
+    def frame_id(self) -> int:
+        """Number of ``update`` calls since creation or the last ``reset``."""
+        return self._frame_id
+
+    def reset(self) -> None:
+        """Drop all tracks and restart frame counting.
+
+        A counter the tracker created itself restarts at 1; a shared counter (passed in,
+        e.g. by :class:`TrackerState`) is left alone so IDs stay unique in the stream.
+        """
+        self._frame_id = 0
+        self._tracked = []
+        self._lost = []
+        self._kf = KalmanFilterXYAH()
+        if self._owns_ids:
+            self._ids.reset()
+
+    def active_tracks(self) -> list[TrackSnapshot]:
+        """Confirmed tracks currently in the tracked state (seen in the latest frames)."""
+        return [
+            TrackSnapshot(
+                track_id=t.track_id,
+                box=(float(t.xyxy[0]), float(t.xyxy[1]), float(t.xyxy[2]), float(t.xyxy[3])),
+                score=t.score,
+                class_id=t.class_id,
+                start_frame=t.start_frame,
+                last_frame=t.frame_id,
+            )
+            for t in self._tracked
+            if t.is_activated and t.track_id > 0
+        ]
+
+    # -- tracking ------------------------------------------------------------------
+
+    def _dists(self, tracks: list[_Track], boxes: FloatArray, scores: FloatArray) -> FloatArray:
+        cost = iou_distance(_boxes_of(tracks), boxes)
+        if self._config.fuse_score:
+            cost = fuse_score(cost, scores)
+        return cost
+
+    def _predict(self, tracks: list[_Track]) -> None:
+        if not tracks:
+            return
+        mean = np.stack([t.mean for t in tracks])
+        cov = np.stack([t.covariance for t in tracks])
+        not_tracked = np.array([t.state != TrackState.TRACKED for t in tracks], dtype=bool)
+        mean[not_tracked, 7] = 0.0  # lost tracks: freeze the height velocity
+        mean, cov = self._kf.multi_predict(mean, cov)
+        for i, t in enumerate(tracks):
+            t.mean = mean[i]
+            t.covariance = cov[i]
+
+    def update(
+        self, boxes: npt.ArrayLike, scores: npt.ArrayLike, class_ids: npt.ArrayLike
+    ) -> IntArray:
+        """Advance one frame.
+
+        ``boxes`` (N, 4) float xyxy in frame pixels, ``scores`` (N,), ``class_ids`` (N,)
+        integers. Returns track IDs (N,) int64 aligned with the input detections: the ID
+        of the confirmed track the detection was associated with, or -1 (score at or
+        below ``track_low_thresh``, a new unconfirmed track, an unmatched low-score
+        detection, ...). Raises ``ValueError`` for inconsistent shapes or non-finite
+        values.
+        """
+        b, s, c = _validate_detections(boxes, scores, class_ids)
+        cfg = self._config
+        kf = self._kf
+        self._frame_id += 1
+        fid = self._frame_id
+
+        high = np.flatnonzero(s >= cfg.track_high_thresh)
+        second = np.flatnonzero((s > cfg.track_low_thresh) & (s < cfg.track_high_thresh))
+
+        activated: list[_Track] = []
+        refind: list[_Track] = []
+        newly_lost: list[_Track] = []
+        removed: list[_Track] = []
+
+        unconfirmed = [t for t in self._tracked if not t.is_activated]
+        confirmed = [t for t in self._tracked if t.is_activated]
+        pool = _joint(confirmed, self._lost)
+        self._predict(pool + unconfirmed)
+
+        def apply(track: _Track, det: int) -> None:
+            reactivate = track.state != TrackState.TRACKED
+            track.update(
+                kf,
+                b[det],
+                score=float(s[det]),
+                class_id=int(c[det]),
+                det_index=det,
+                frame_id=fid,
+                reactivate=reactivate,
+            )
+            (refind if reactivate else activated).append(track)
+
+        # 1) high-score detections vs tracked + lost tracks (IoU fused with score)
+        matches, u_track, u_det = linear_assignment(
+            self._dists(pool, b[high], s[high]), cfg.match_thresh
+        )
+        for it, idet in matches:
+            apply(pool[int(it)], int(high[idet]))
+
+        # 2) low-score detections vs the remaining *tracked* tracks (plain IoU)
+        remaining = [pool[int(i)] for i in u_track if pool[int(i)].state == TrackState.TRACKED]
+        matches, u_remaining, _ = linear_assignment(
+            iou_distance(_boxes_of(remaining), b[second]), _SECOND_MATCH_THRESH
+        )
+        for it, idet in matches:
+            apply(remaining[int(it)], int(second[idet]))
+        for it in u_remaining:
+            track = remaining[int(it)]
+            if track.state != TrackState.LOST:
+                track.state = TrackState.LOST
+                newly_lost.append(track)
+
+        # 3) unconfirmed tracks vs the high-score detections left over
+        left = high[u_det]
+        matches, u_unconfirmed, u_left = linear_assignment(
+            self._dists(unconfirmed, b[left], s[left]), _UNCONFIRMED_MATCH_THRESH
+        )
+        for it, idet in matches:
+            track = unconfirmed[int(it)]
+            det = int(left[idet])
+            track.update(
+                kf,
+                b[det],
+                score=float(s[det]),
+                class_id=int(c[det]),
+                det_index=det,
+                frame_id=fid,
+                reactivate=False,
+            )
+            activated.append(track)
+        for it in u_unconfirmed:
+            track = unconfirmed[int(it)]
+            track.state = TrackState.REMOVED
+            removed.append(track)
+
+        # 4) new tracks from unmatched high-score detections
+        for idet in u_left:
+            det = int(left[idet])
+            if s[det] < cfg.new_track_thresh:
+                continue
+            track = _Track(b[det], float(s[det]), int(c[det]), det)
+            track.activate(kf, b[det], fid)
+            activated.append(track)
+
+        # 5) expire lost tracks, merge lists, drop duplicates
+        for track in self._lost:
+            if fid - track.frame_id > self._max_time_lost:
+                track.state = TrackState.REMOVED
+                removed.append(track)
+
+        tracked = [t for t in self._tracked if t.state == TrackState.TRACKED]
+        tracked = _joint(_joint(tracked, activated), refind)
+        lost = _sub(self._lost, tracked) + newly_lost
+        lost = _sub(lost, removed)
+        self._tracked, self._lost = self._remove_duplicates(tracked, lost)
+
+        # 6) issue IDs to tracks confirmed this frame (input order), build the output
+        out = np.full(b.shape[0], -1, dtype=np.int64)
+        current = [t for t in self._tracked if t.is_activated and t.frame_id == fid]
+        current.sort(key=lambda t: t.det_index)
+        for track in current:
+            if track.track_id == 0:
+                track.track_id = self._ids.next_id()
+                logger.debug("track %d confirmed at frame %d", track.track_id, fid)
+            out[track.det_index] = track.track_id
+        return out
+
+    @staticmethod
+    def _remove_duplicates(
+        tracked: list[_Track], lost: list[_Track]
+    ) -> tuple[list[_Track], list[_Track]]:
+        """Of each tracked/lost pair with IoU > 0.85 keep the longer-lived track."""
+        if not tracked or not lost:
+            return tracked, lost
+        dist = 1.0 - box_iou(_boxes_of(tracked), _boxes_of(lost))
+        drop_tracked: set[int] = set()
+        drop_lost: set[int] = set()
+        for p, q in zip(*np.nonzero(dist < _DUPLICATE_IOU_DIST), strict=True):
+            ip, iq = int(p), int(q)
+            age_p = tracked[ip].frame_id - tracked[ip].start_frame
+            age_q = lost[iq].frame_id - lost[iq].start_frame
+            if age_p > age_q:
+                drop_lost.add(iq)
+            else:
+                drop_tracked.add(ip)
+        return (
+            [t for i, t in enumerate(tracked) if i not in drop_tracked],
+            [t for i, t in enumerate(lost) if i not in drop_lost],
+        )
+
+
+class TrackerState:
+    """All tracking state of ONE stream.
+
+    One :class:`ByteTracker` per pipeline node path (a key such as ``"pipeline"`` or
+    ``"pipeline.branches[0]"``), created on first use, all sharing one :class:`IdCounter`:
+    IDs are unique within the stream and independent across streams. The pipeline engine
+    receives this object as an argument; there is no global state.
+    """
+
+    def __init__(
+        self,
+        frame_rate: float = 30.0,
+        config: TrackerConfig = TrackerConfig(),  # frozen, immutable
+    ) -> None:
+        self._frame_rate = _validate_fps(frame_rate)
+        self._config = config
+        self._ids = IdCounter()
+        self._trackers: dict[str, ByteTracker] = {}
+
+    @property
+    def frame_rate(self) -> float:
+        return self._frame_rate
+
+    @property
+    def config(self) -> TrackerConfig:
+        return self._config
+
+    @property
+    def ids(self) -> IdCounter:
+        return self._ids
+
+    @property
+    def node_paths(self) -> list[str]:
+        return list(self._trackers)
+
+    def tracker_for(self, node_path: str) -> ByteTracker:
+        tracker = self._trackers.get(node_path)
+        if tracker is None:
+            tracker = ByteTracker(self._frame_rate, self._config, self._ids)
+            self._trackers[node_path] = tracker
+        return tracker
+
+    def set_frame_rate(self, fps: float) -> None:
+        """Set the stream's real analysis rate for existing and future trackers."""
+        self._frame_rate = _validate_fps(fps)
+        for tracker in self._trackers.values():
+            tracker.set_frame_rate(self._frame_rate)
+
+    def reset(self) -> None:
+        """Drop every node's tracks; the ID counter continues so IDs never repeat."""
+        for tracker in self._trackers.values():
+            tracker.reset()

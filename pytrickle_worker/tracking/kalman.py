@@ -1,0 +1,105 @@
+"""Constant-velocity Kalman filter on (cx, cy, aspect, h), as used by ByteTrack.
+
+The state is ``(cx, cy, a, h, vcx, vcy, va, vh)`` where ``a = w / h``. Process and
+measurement noise are proportional to the box height, with the standard ByteTrack /
+DeepSORT weights (position 1/20, velocity 1/160). Prediction is vectorised over all
+tracks; the per-track update solves the 4x4 innovation system with numpy only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["KalmanFilterXYAH"]
+
+FloatArray = npt.NDArray[np.float64]
+
+_NDIM = 4
+_DT = 1.0
+
+
+class KalmanFilterXYAH:
+    """ByteTrack's ``KalmanFilterXYAH`` (8-dimensional state, 4-dimensional measurement)."""
+
+    def __init__(self) -> None:
+        motion = np.eye(2 * _NDIM, dtype=np.float64)
+        for i in range(_NDIM):
+            motion[i, _NDIM + i] = _DT
+        self._motion_mat: FloatArray = motion
+        self._update_mat: FloatArray = np.eye(_NDIM, 2 * _NDIM, dtype=np.float64)
+        self._std_weight_position = 1.0 / 20.0
+        self._std_weight_velocity = 1.0 / 160.0
+
+    def initiate(self, measurement: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Create a track state from an unassociated ``(cx, cy, a, h)`` measurement.
+
+        Returns the mean (8,) with zero velocity and the diagonal covariance (8, 8).
+        """
+        mean = np.zeros(2 * _NDIM, dtype=np.float64)
+        mean[:_NDIM] = measurement
+        h = float(measurement[3])
+        wp = self._std_weight_position
+        wv = self._std_weight_velocity
+        std = np.array(
+            [
+                2.0 * wp * h,
+                2.0 * wp * h,
+                1e-2,
+                2.0 * wp * h,
+                10.0 * wv * h,
+                10.0 * wv * h,
+                1e-5,
+                10.0 * wv * h,
+            ],
+            dtype=np.float64,
+        )
+        return mean, np.diag(np.square(std))
+
+    def multi_predict(
+        self, mean: FloatArray, covariance: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Predict K states one step ahead: ``mean`` (K, 8), ``covariance`` (K, 8, 8)."""
+        count = mean.shape[0]
+        if count == 0:
+            return mean.copy(), covariance.copy()
+        h = mean[:, 3]
+        wp = self._std_weight_position
+        wv = self._std_weight_velocity
+        ones = np.ones_like(h)
+        std = np.stack(
+            [wp * h, wp * h, 1e-2 * ones, wp * h, wv * h, wv * h, 1e-5 * ones, wv * h],
+            axis=1,
+        )
+        motion_cov = np.zeros((count, 2 * _NDIM, 2 * _NDIM), dtype=np.float64)
+        diag = np.arange(2 * _NDIM)
+        motion_cov[:, diag, diag] = np.square(std)
+        f = self._motion_mat
+        new_mean: FloatArray = mean @ f.T
+        new_cov: FloatArray = f @ covariance @ f.T + motion_cov
+        return new_mean, new_cov
+
+    def project(self, mean: FloatArray, covariance: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """Project one state (8,), (8, 8) into measurement space: (4,), (4, 4)."""
+        h = float(mean[3])
+        wp = self._std_weight_position
+        std = np.array([wp * h, wp * h, 1e-1, wp * h], dtype=np.float64)
+        hm = self._update_mat
+        projected_mean: FloatArray = hm @ mean
+        projected_cov: FloatArray = hm @ covariance @ hm.T + np.diag(np.square(std))
+        return projected_mean, projected_cov
+
+    def update(
+        self, mean: FloatArray, covariance: FloatArray, measurement: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """Kalman correction of one state with a ``(cx, cy, a, h)`` measurement."""
+        projected_mean, projected_cov = self.project(mean, covariance)
+        # K = P H^T S^-1  <=>  K^T = S^-1 (H P)   (P and S are symmetric)
+        gain_t = np.asarray(
+            np.linalg.solve(projected_cov, self._update_mat @ covariance), dtype=np.float64
+        )
+        gain = gain_t.T
+        innovation = measurement - projected_mean
+        new_mean: FloatArray = mean + gain @ innovation
+        new_cov: FloatArray = covariance - gain @ projected_cov @ gain.T
+        return new_mean, new_cov

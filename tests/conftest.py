@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pytrickle_worker.demo.assets import DemoAssets, build_demo_assets
+from tests.helpers import RedisProcess
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def demo_assets() -> DemoAssets:
+    """The demo MPTA and sample video, generated once into .cache/ (reused across runs)."""
+    return build_demo_assets(REPO / ".cache" / "test-demo")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A session-wide real Redis on a free port, started by the tests themselves."""
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A Redis of this test's own, which the test may stop and restart (outage tests)."""
+    server = RedisProcess(tmp_path / "redis")
+    server.start()
+    yield server
+    server.stop()

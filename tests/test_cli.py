@@ -1,0 +1,191 @@
+"""The command line, run as a user runs it: a subprocess on real files and a real HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.demo.synthetic import moving_objects
+
+SAMPLE_FPS = 15.0
+SAMPLE_SIZE = (640, 360)
+
+
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PTW_CACHE_DIR": str(tmp_path / "cache"),
+        "PTW_EXECUTION_PROVIDER": "cpu",
+        "PTW_LOG_LEVEL": "WARNING",
+    }
+
+
+async def run_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "pytrickle_worker",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(tmp_path),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def archive_server(demo_assets: DemoAssets, tmp_path: Path) -> AsyncIterator[str]:
+    broken = tmp_path / "broken.mpta"
+    with zipfile.ZipFile(broken, "w") as archive:
+        archive.writestr("broken/pipeline.json", '{"pipeline": {"modelId": "x"}}')
+    files = {"demo.mpta": demo_assets.mpta_path, "broken.mpta": broken}
+
+    async def serve_file(request: web.Request) -> web.StreamResponse:
+        path = files.get(request.match_info["name"])
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    app = web.Application()
+    app.router.add_get("/models/{name}", serve_file)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/models"
+    await runner.cleanup()
+
+
+async def test_mpta_run_prints_correct_detections_on_the_sample_video(
+    demo_assets: DemoAssets, tmp_path: Path
+) -> None:
+    code, out, err = await run_cli(
+        tmp_path,
+        "mpta",
+        "run",
+        str(demo_assets.mpta_path),
+        "--source",
+        str(demo_assets.video_path),
+        "--fps",
+        "5",
+        "--frames",
+        "12",
+        "--json",
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 12
+    assert [r["frame"] for r in records] == list(range(12))
+    times = [r["pts_time"] for r in records]
+    assert all(b - a == pytest.approx(0.2, abs=0.07) for a, b in zip(times, times[1:], strict=False))
+    ids: set[int] = set()
+    for record in records:
+        assert set(record) == {"frame", "pts_time", "detection", "bbox", "nodes"}
+        detection = record["detection"]
+        assert detection is not None
+        assert set(detection) == {"class", "confidence", "id"}
+        # The car wins (the truck is drawn less confident) and its badge is classified.
+        assert detection["class"] == "yellow"
+        ids.add(detection["id"])
+        index = round(record["pts_time"] * SAMPLE_FPS)
+        car = moving_objects(index, *SAMPLE_SIZE, SAMPLE_FPS)[0]
+        assert car.class_name == "car"
+        assert np.allclose(record["bbox"], car.box, atol=4), (record, car.box)
+        assert [n["modelId"] for n in record["nodes"]] == [
+            "demo-vehicle-detector",
+            "demo-badge-classifier",
+        ]
+        assert record["nodes"][0]["class"] == "car"
+    assert ids == {1}
+
+
+async def test_mpta_run_on_a_missing_source_fails_clearly(
+    demo_assets: DemoAssets, tmp_path: Path
+) -> None:
+    code, _, err = await run_cli(
+        tmp_path, "mpta", "run", str(demo_assets.mpta_path), "--source", str(tmp_path / "nope.mp4")
+    )
+    assert code == 1
+    assert "nope.mp4" in err and "does not exist" in err
+
+
+async def test_mpta_inspect_over_http(archive_server: str, tmp_path: Path) -> None:
+    code, out, err = await run_cli(tmp_path, "mpta", "inspect", f"{archive_server}/demo.mpta")
+    assert code == 0, err
+    assert "demo-vehicle-detector" in out and "demo-badge-classifier" in out
+    assert "contract=yolov8" in out.replace("-", "").lower() or "yolov8" in out.lower()
+    assert "CPUExecutionProvider" in out
+    assert "car" in out and "yellow" in out
+
+    code, out, err = await run_cli(
+        tmp_path, "mpta", "inspect", "--json", f"{archive_server}/demo.mpta"
+    )
+    assert code == 0, err
+    description = json.loads(out)
+    assert [n["path"] for n in description["nodes"]] == ["pipeline", "pipeline.branches[0]"]
+    assert description["nodes"][1]["classes"] == ["white", "yellow", "black"]
+
+
+async def test_mpta_inspect_reports_problems_with_exit_1(
+    archive_server: str, tmp_path: Path
+) -> None:
+    code, _, err = await run_cli(tmp_path, "mpta", "inspect", f"{archive_server}/broken.mpta")
+    assert code == 1
+    assert "pipeline.modelFile" in err and "pipeline.minConfidence" in err
+
+    code, _, err = await run_cli(tmp_path, "mpta", "inspect", f"{archive_server}/absent.mpta")
+    assert code == 1
+    assert "404" in err
+
+    code, _, err = await run_cli(
+        tmp_path, "mpta", "inspect", "http://user:hunter2@127.0.0.1:9/x.mpta"
+    )
+    assert code == 1
+    assert "hunter2" not in err and "127.0.0.1:9" in err
+
+
+async def test_mpta_convert_without_ultralytics_explains_the_extra(
+    demo_assets: DemoAssets, tmp_path: Path
+) -> None:
+    with zipfile.ZipFile(tmp_path / "pt.mpta", "w") as archive:
+        archive.writestr(
+            "pt/pipeline.json",
+            json.dumps(
+                {
+                    "pipeline": {
+                        "modelId": "d",
+                        "modelFile": "d.pt",
+                        "minConfidence": 0.5,
+                        "triggerClasses": ["car"],
+                    }
+                }
+            ),
+        )
+        archive.writestr("pt/d.pt", b"weights")
+    code, _, err = await run_cli(
+        tmp_path, "mpta", "convert", str(tmp_path / "pt.mpta"), str(tmp_path / "out.mpta")
+    )
+    if "ultralytics" in sys.modules or _has_ultralytics():
+        pytest.skip("ultralytics is installed here; the error path cannot be exercised")
+    assert code == 1
+    assert "pytrickle-worker[convert]" in err
+    assert not (tmp_path / "out.mpta").exists()
+
+
+def _has_ultralytics() -> bool:
+    import importlib.util  # noqa: PLC0415
+
+    return importlib.util.find_spec("ultralytics") is not None

@@ -1,0 +1,374 @@
+"""The pipeline engine end to end: real archives, real onnxruntime inference, real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.demo.models import (
+    build_colour_classifier,
+    build_colour_detector,
+    build_model_with_output_shape,
+)
+from pytrickle_worker.demo.synthetic import (
+    SceneObject,
+    colour_for_confidence,
+    moving_objects,
+    render_scene,
+)
+from pytrickle_worker.errors import ModelError, MptaError
+from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.tracking.bytetrack import TrackerState
+from tests.helpers import RedisProcess
+
+
+@pytest.fixture(scope="session")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    out = tmp_path_factory.mktemp("models")
+    return {
+        "detector.onnx": build_colour_detector(out / "detector.onnx", "v8").read_bytes(),
+        "classifier.onnx": build_colour_classifier(out / "classifier.onnx").read_bytes(),
+        "weird.onnx": build_model_with_output_shape(out / "weird.onnx", [1, 3, 4, 5]).read_bytes(),
+    }
+
+
+def make_mpta(
+    path: Path,
+    pipeline: dict[str, Any],
+    files: dict[str, bytes],
+    redis: dict[str, Any] | None = None,
+) -> str:
+    manifest: dict[str, Any] = {"pipeline": pipeline}
+    if redis is not None:
+        manifest["redis"] = redis
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{path.stem}/pipeline.json", json.dumps(manifest))
+        for name, data in files.items():
+            archive.writestr(f"{path.stem}/{name}", data)
+    return str(path)
+
+
+def node(
+    model_id: str,
+    model_file: str,
+    triggers: list[str],
+    min_conf: float = 0.5,
+    crop: bool = False,
+    branches: list[dict[str, Any]] | None = None,
+    actions: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    return {
+        "modelId": model_id,
+        "modelFile": model_file,
+        "triggerClasses": triggers,
+        "minConfidence": min_conf,
+        "crop": crop,
+        "branches": branches or [],
+        "actions": actions or [],
+    }
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[PipelineService]:
+    config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
+    async with PipelineService(config) as svc:
+        yield svc
+
+
+CAR = SceneObject("car", (100, 80, 260, 200), badge="yellow")
+PERSON = SceneObject("person", (400, 60, 480, 300))
+TRUCK = SceneObject("truck", (300, 320, 560, 440), badge="white")
+
+
+def scene(*objects: SceneObject) -> np.ndarray:
+    return render_scene(640, 480, objects)
+
+
+async def test_root_detection_respects_trigger_classes_and_min_confidence(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    car_at_08 = SceneObject("car", CAR.box, colour=colour_for_confidence("car", 0.8))
+    frame = scene(car_at_08, PERSON)
+
+    only_cars = await service.load(
+        make_mpta(tmp_path / "a.mpta", node("det", "detector.onnx", ["car"], 0.5), model_files)
+    )
+    result = await service.process(only_cars, frame)
+    # The person is more confident, but it is not a trigger class.
+    assert result.detection is not None
+    assert result.detection["class"] == "car"
+    assert result.detection["confidence"] == pytest.approx(0.8, abs=0.01)
+    assert result.bbox is not None
+    assert np.allclose(result.bbox, CAR.box, atol=2)
+
+    both = await service.load(
+        make_mpta(tmp_path / "b.mpta", node("det", "detector.onnx", ["car", "person"]), model_files)
+    )
+    result = await service.process(both, frame)
+    assert result.detection is not None and result.detection["class"] == "person"
+
+    strict = await service.load(
+        make_mpta(tmp_path / "c.mpta", node("det", "detector.onnx", ["car"], 0.85), model_files)
+    )
+    result = await service.process(strict, frame)
+    assert result.detection is None and result.bbox is None
+    assert [n.class_name for n in result.nodes] == [None]
+
+
+async def test_crop_branch_classifies_the_detected_region(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    tree = node(
+        "det",
+        "detector.onnx",
+        ["car", "truck"],
+        branches=[
+            node("truck-cls", "classifier.onnx", ["truck"], crop=True),
+            node("car-cls", "classifier.onnx", ["car"], crop=True),
+        ],
+    )
+    pipeline = await service.load(make_mpta(tmp_path / "p.mpta", tree, model_files))
+    frame = scene(CAR, PERSON)
+    result = await service.process(pipeline, frame, TrackerState(frame_rate=5))
+    assert result.detection is not None
+    assert result.detection["class"] == "yellow"
+    assert result.detection["confidence"] > 0.9
+    # The classification keeps the parent's bbox and track id.
+    assert np.allclose(result.bbox or (), CAR.box, atol=2)
+    assert result.detection["id"] == 1
+    assert [(n.model_id, n.class_name) for n in result.nodes] == [
+        ("det", "car"),
+        ("car-cls", "yellow"),
+    ]
+    assert result.nodes[1].bbox is None and result.nodes[0].ms > 0
+    # The actions' image is what the branch saw: the crop.
+    assert result.action_node is not None and result.action_node.spec.model_id == "car-cls"
+    assert result.action_image is not None
+    assert result.action_image.shape[:2] == (CAR.box[3] - CAR.box[1], CAR.box[2] - CAR.box[0])
+
+
+async def test_branch_without_crop_sees_the_full_frame(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    tree = node("det", "detector.onnx", ["car"], branches=[node("cls", "classifier.onnx", ["car"])])
+    pipeline = await service.load(make_mpta(tmp_path / "p.mpta", tree, model_files))
+    frame = scene(CAR)
+    result = await service.process(pipeline, frame)
+    assert result.action_image is frame
+    # The centre of the full frame is background, not the car's yellow badge.
+    assert result.detection is not None and result.detection["class"] != "yellow"
+
+
+async def test_branch_min_confidence_gates_on_parent_confidence(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    tree = node(
+        "det",
+        "detector.onnx",
+        ["car"],
+        0.5,
+        branches=[node("cls", "classifier.onnx", ["car"], 0.9, crop=True)],
+        actions=[{"type": "redis_publish", "channel": "x", "message": "{class}"}],
+    )
+    pipeline = await service.load(make_mpta(tmp_path / "p.mpta", tree, model_files))
+    weak_car = SceneObject("car", CAR.box, badge="yellow", colour=colour_for_confidence("car", 0.7))
+    result = await service.process(pipeline, scene(weak_car), run_actions=False)
+    # No branch qualifies: the parent's detection is the result, and its actions apply.
+    assert result.detection is not None and result.detection["class"] == "car"
+    assert len(result.nodes) == 1
+    assert result.action_node is not None and result.action_node.spec.model_id == "det"
+
+    result = await service.process(pipeline, scene(CAR), run_actions=False)
+    assert result.detection is not None and result.detection["class"] == "yellow"
+
+
+async def test_branch_for_other_class_does_not_run(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    tree = node(
+        "det",
+        "detector.onnx",
+        ["truck"],
+        branches=[node("cls", "classifier.onnx", ["car"], crop=True)],
+    )
+    pipeline = await service.load(make_mpta(tmp_path / "p.mpta", tree, model_files))
+    result = await service.process(pipeline, scene(CAR, TRUCK))
+    assert result.detection is not None and result.detection["class"] == "truck"
+    assert len(result.nodes) == 1
+
+
+async def test_track_ids_are_stable_while_moving_and_separate_per_stream(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    pipeline = await service.load(
+        make_mpta(tmp_path / "p.mpta", node("det", "detector.onnx", ["car"]), model_files)
+    )
+    fps = 5.0
+    stream_a, stream_b = TrackerState(frame_rate=fps), TrackerState(frame_rate=fps)
+    ids_a: list[int | None] = []
+    for i in range(25):
+        frame = render_scene(640, 360, moving_objects(i, 640, 360, fps))
+        result = await service.process(pipeline, frame, stream_a)
+        assert result.detection is not None
+        ids_a.append(result.detection["id"])
+        truth = moving_objects(i, 640, 360, fps)[0].box
+        assert np.allclose(result.bbox or (), truth, atol=2)
+    assert set(ids_a) == {1}
+
+    # A second stream starts its own counter at 1, whatever the first has done.
+    frame = render_scene(640, 360, moving_objects(0, 640, 360, fps))
+    first_b = await service.process(pipeline, frame, stream_b)
+    assert first_b.detection is not None and first_b.detection["id"] == 1
+
+
+async def test_model_shared_by_two_pipelines_is_loaded_once(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    one = await service.load(
+        make_mpta(tmp_path / "one.mpta", node("a", "detector.onnx", ["car"]), model_files)
+    )
+    two = await service.load(
+        make_mpta(tmp_path / "two.mpta", node("b", "detector.onnx", ["truck"], 0.3), model_files)
+    )
+    assert one.root.model is two.root.model
+    assert service.registry.loaded_count == 1
+    await service.release(one)
+    assert service.registry.loaded_count == 1
+    await service.release(two)
+    assert service.registry.loaded_count == 0
+
+
+@pytest.mark.parametrize(
+    ("files", "pipeline", "message"),
+    [
+        (
+            {},
+            node("det", "missing.onnx", ["car"]),
+            r"pipeline\.modelFile 'missing\.onnx' not found",
+        ),
+        ({"det.pt": b"torch"}, node("det", "det.pt", ["car"]), r"export it to ONNX"),
+        ({"weird.onnx": None}, node("det", "weird.onnx", ["car"]), r"\[1, 3, 4, 5\]"),
+        (
+            {"broken.onnx": b"not a protobuf"},
+            node("det", "broken.onnx", ["car"]),
+            r"broken\.onnx",
+        ),
+    ],
+    ids=["missing-model", "pt-model", "unsupported-shape", "corrupt-onnx"],
+)
+async def test_bad_models_give_clear_errors(
+    service: PipelineService,
+    tmp_path: Path,
+    model_files: dict[str, bytes],
+    files: dict[str, bytes | None],
+    pipeline: dict[str, Any],
+    message: str,
+) -> None:
+    contents = {
+        name: data if data is not None else model_files[name] for name, data in files.items()
+    }
+    with pytest.raises(MptaError, match=message):
+        await service.load(make_mpta(tmp_path / "bad.mpta", pipeline, contents))
+    assert service.registry.loaded_count == 0
+
+
+async def test_failed_branch_load_releases_the_root_model(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    tree = node("det", "detector.onnx", ["car"], branches=[node("cls", "weird.onnx", ["car"])])
+    with pytest.raises(ModelError, match=r"pipeline\.branches\[0\]"):
+        await service.load(make_mpta(tmp_path / "p.mpta", tree, model_files))
+    assert service.registry.loaded_count == 0
+
+
+async def test_actions_of_the_final_node_reach_redis(
+    tmp_path: Path, model_files: dict[str, bytes], redis_server: RedisProcess
+) -> None:
+    tree = node(
+        "det",
+        "detector.onnx",
+        ["car"],
+        actions=[{"type": "redis_publish", "channel": "root", "message": "root {class}"}],
+        branches=[
+            node(
+                "cls",
+                "classifier.onnx",
+                ["car"],
+                crop=True,
+                actions=[
+                    {
+                        "type": "redis_save_image",
+                        "key": "e2e:{class}:{id}:{uuid}",
+                        "expire_seconds": 60,
+                    },
+                    {
+                        "type": "redis_publish",
+                        "channel": "cls",
+                        "message": '{"class":"{class}","id":{id},"image_key":"{image_key}"}',
+                    },
+                ],
+            )
+        ],
+    )
+    source = make_mpta(
+        tmp_path / "p.mpta",
+        tree,
+        model_files,
+        redis={"host": "127.0.0.1", "port": redis_server.port},
+    )
+    client = aioredis.Redis(port=redis_server.port)
+    pubsub = client.pubsub()
+    await pubsub.subscribe("root", "cls")
+    for _ in range(2):
+        await pubsub.get_message(timeout=1)
+    config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
+    try:
+        async with PipelineService(config) as svc:
+            pipeline = await svc.load(source)
+            await svc.process(pipeline, scene(CAR), TrackerState(frame_rate=5))
+            assert await svc.actions.drain(5)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+            assert message is not None and message["channel"] == b"cls"
+            payload = json.loads(message["data"])
+            assert payload["class"] == "yellow" and payload["id"] == 1
+            jpeg = await client.get(payload["image_key"])
+            assert jpeg is not None and jpeg[:2] == b"\xff\xd8"
+            assert 0 < await client.ttl(payload["image_key"]) <= 60
+            # The root's own action did not run: the branch produced the result.
+            assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+            await svc.release(pipeline)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
+async def test_concurrent_frames_of_many_streams(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    """Several streams sharing one pipeline run concurrently and keep their own ids."""
+    pipeline = await service.load(
+        make_mpta(tmp_path / "p.mpta", node("det", "detector.onnx", ["car", "truck"]), model_files)
+    )
+    trackers = [TrackerState(frame_rate=5) for _ in range(4)]
+    frame = scene(CAR)
+    results = await asyncio.gather(*(service.process(pipeline, frame, t) for t in trackers))
+    assert all(r.detection is not None and r.detection["id"] == 1 for r in results)
+
+
+async def test_frame_must_be_rgb_uint8(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    pipeline = await service.load(
+        make_mpta(tmp_path / "p.mpta", node("det", "detector.onnx", ["car"]), model_files)
+    )
+    with pytest.raises(ValueError, match="uint8 RGB"):
+        await service.process(pipeline, np.zeros((10, 10), np.uint8))

@@ -1,0 +1,99 @@
+"""Configuration, credential masking and the server skeleton."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.logutil import MaskingFilter, mask_text, mask_url
+from pytrickle_worker.server.app import create_app
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("rtsp://admin:hunter2@10.0.0.5:554/live", "rtsp://admin:***@10.0.0.5:554/live"),
+        ("http://token@cam/x.jpg", "http://***@cam/x.jpg"),
+        ("https://cdn/m.mpta?token=abc&x=1", "https://cdn/m.mpta?token=***&x=1"),
+        ("rtsp://cam/live", "rtsp://cam/live"),
+        ("/local/path.mpta", "/local/path.mpta"),
+    ],
+)
+def test_mask_url(url: str, expected: str) -> None:
+    assert mask_url(url) == expected
+
+
+def test_mask_text_masks_every_url_in_a_message() -> None:
+    text = "cannot open rtsp://u:p4ss@cam/1 nor http://a:b@h/x?password=zz"
+    masked = mask_text(text)
+    assert "p4ss" not in masked and ":b@" not in masked and "zz" not in masked
+    assert "rtsp://u:***@cam/1" in masked
+
+
+def test_masking_filter_rewrites_log_records() -> None:
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "open %s", ("rtsp://u:pw@c/s",), None)
+    assert MaskingFilter().filter(record)
+    assert record.getMessage() == "open rtsp://u:***@c/s"
+
+
+def test_config_env_overrides_file(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text('{"port": 9001, "nms_iou": 0.5}')
+    config = WorkerConfig.load(config_file, environ={"PTW_PORT": "9002"})
+    assert config.port == 9002
+    assert config.nms_iou == 0.5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"PTW_PORT": "eighty"}, "port"),
+        ({"PTW_EXECUTION_PROVIDER": "npu"}, "execution_provider"),
+        ({"PTW_NMS_IOU": "2"}, "nms_iou"),
+    ],
+)
+def test_config_errors_name_the_field(env: dict[str, str], message: str) -> None:
+    with pytest.raises(WorkerError, match=message):
+        WorkerConfig.load(environ=env)
+
+
+def test_config_file_errors_are_clear(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(WorkerError, match="cannot read config file"):
+        WorkerConfig.load(bad, environ={})
+    bad.write_text('{"no_such_option": 1}')
+    with pytest.raises(WorkerError, match="no_such_option"):
+        WorkerConfig.load(bad, environ={})
+
+
+async def test_health_reports_the_loaded_default_pipeline(
+    demo_assets: DemoAssets, tmp_path: Path
+) -> None:
+    config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
+    app = create_app(config, str(demo_assets.mpta_path))
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/health")
+        assert response.status == 200
+        body = await response.json()
+    assert body["status"] == "healthy"
+    assert body["execution_provider"] == "CPUExecutionProvider"
+    assert body["models_loaded"] == 2
+    assert body["default_pipeline"].endswith("demo.mpta")
+
+
+async def test_health_is_503_with_the_error_when_the_pipeline_is_broken(tmp_path: Path) -> None:
+    config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
+    app = create_app(config, str(tmp_path / "missing.mpta"))
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/health")
+        assert response.status == 503
+        body = await response.json()
+    assert body["status"] == "error"
+    assert "missing.mpta" in body["error"]
