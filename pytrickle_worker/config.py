@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -44,6 +44,14 @@ class WorkerConfig(BaseModel):
     execution_provider: Literal["auto", "tensorrt", "cuda", "cpu"] = "auto"
     intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime default")
     inference_workers: int = Field(default=2, ge=1)
+    ort_allow_spinning: bool = Field(
+        default=False,
+        description=(
+            "Let onnxruntime's intra-op threads busy-wait between runs. Off by default: on a "
+            "shared multi-stream host the spinning steals the cores that decode and "
+            "preprocessing need (measured: letterbox 6 ms with spinning vs 1.3 ms without)."
+        ),
+    )
 
     nms_iou: float = Field(default=0.7, gt=0, le=1)
     max_detections: int = Field(default=300, ge=1)
@@ -74,7 +82,8 @@ class WorkerConfig(BaseModel):
                 raise WorkerError(f"cannot read config file {config_file}: {exc}") from exc
             if not isinstance(loaded, dict):
                 raise WorkerError(f"config file {config_file} must hold a JSON object")
-            values.update({str(k): v for k, v in loaded.items()})  # pyright: ignore[reportUnknownVariableType] - JSON object keys/values are untyped until validated below
+            document = cast(dict[str, object], loaded)
+            values.update(document)
         env = os.environ if environ is None else environ
         for name in cls.model_fields:
             raw = env.get(ENV_PREFIX + name.upper())

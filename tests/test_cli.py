@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -90,7 +91,7 @@ async def test_mpta_run_prints_correct_detections_on_the_sample_video(
     assert len(records) == 12
     assert [r["frame"] for r in records] == list(range(12))
     times = [r["pts_time"] for r in records]
-    assert all(b - a == pytest.approx(0.2, abs=0.07) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == pytest.approx(0.2, abs=0.07) for a, b in itertools.pairwise(times))
     ids: set[int] = set()
     for record in records:
         assert set(record) == {"frame", "pts_time", "detection", "bbox", "nodes"}

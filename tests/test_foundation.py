@@ -37,7 +37,9 @@ def test_mask_text_masks_every_url_in_a_message() -> None:
 
 
 def test_masking_filter_rewrites_log_records() -> None:
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "open %s", ("rtsp://u:pw@c/s",), None)
+    record = logging.LogRecord(
+        "x", logging.INFO, __file__, 1, "open %s", ("rtsp://u:pw@c/s",), None
+    )
     assert MaskingFilter().filter(record)
     assert record.getMessage() == "open rtsp://u:***@c/s"
 

@@ -7,7 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytrickle_worker.demo.models import build_colour_classifier, build_colour_detector
+from pytrickle_worker.demo.models import (
+    DetectorContract,
+    build_colour_classifier,
+    build_colour_detector,
+)
 from pytrickle_worker.demo.synthetic import (
     CLASSIFIER_NAMES,
     DETECTOR_NAMES,
@@ -20,7 +24,7 @@ from pytrickle_worker.inference.postprocess import OutputContract
 from pytrickle_worker.inference.providers import ProviderChoice, select_providers
 from pytrickle_worker.inference.registry import ModelRegistry
 
-CONTRACTS = {
+CONTRACTS: dict[DetectorContract, OutputContract] = {
     "v8": OutputContract.YOLOV8_DETECT,
     "v5": OutputContract.YOLOV5_DETECT,
     "e2e": OutputContract.END2END_DETECT,
@@ -40,7 +44,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def detectors(model_dir: Path, cpu: ProviderChoice) -> dict[str, OnnxModel]:
+def detectors(model_dir: Path, cpu: ProviderChoice) -> dict[DetectorContract, OnnxModel]:
     return {
         name: OnnxModel(build_colour_detector(model_dir / f"det-{name}.onnx", contract=name), cpu)
         for name in CONTRACTS
@@ -70,7 +74,7 @@ def scene(width: int, height: int) -> list[SceneObject]:
     ]
 
 
-def test_detectors_load_with_their_contract(detectors: dict[str, OnnxModel]) -> None:
+def test_detectors_load_with_their_contract(detectors: dict[DetectorContract, OnnxModel]) -> None:
     for name, model in detectors.items():
         assert model.info.contract is CONTRACTS[name]
         assert model.info.names == tuple(DETECTOR_NAMES)
@@ -80,7 +84,10 @@ def test_detectors_load_with_their_contract(detectors: dict[str, OnnxModel]) -> 
 @pytest.mark.parametrize(("width", "height"), FRAMES)
 @pytest.mark.parametrize("contract", list(CONTRACTS))
 def test_boxes_map_back_to_ground_truth(
-    detectors: dict[str, OnnxModel], contract: str, width: int, height: int
+    detectors: dict[DetectorContract, OnnxModel],
+    contract: DetectorContract,
+    width: int,
+    height: int,
 ) -> None:
     model = detectors[contract]
     objects = scene(width, height)
@@ -94,7 +101,7 @@ def test_boxes_map_back_to_ground_truth(
     assert np.all(np.diff(dets.scores) <= 0)
 
 
-def test_class_restriction_on_a_real_detector(detectors: dict[str, OnnxModel]) -> None:
+def test_class_restriction_on_a_real_detector(detectors: dict[DetectorContract, OnnxModel]) -> None:
     model = detectors["v8"]
     frame = render_scene(640, 480, scene(640, 480))
     dets = model.detect(frame, classes=model.class_indices(["car", "truck"]))
@@ -104,7 +111,7 @@ def test_class_restriction_on_a_real_detector(detectors: dict[str, OnnxModel]) -
 
 @pytest.mark.parametrize(("width", "height"), [(1280, 720), (480, 640), (320, 240)])
 def test_classifier_top1_on_badge_crops(
-    detectors: dict[str, OnnxModel], classifier: OnnxModel, width: int, height: int
+    detectors: dict[DetectorContract, OnnxModel], classifier: OnnxModel, width: int, height: int
 ) -> None:
     assert classifier.info.contract is OutputContract.CLASSIFY
     assert classifier.info.names == tuple(CLASSIFIER_NAMES)
@@ -123,12 +130,12 @@ def test_classifier_top1_on_badge_crops(
 
 @pytest.mark.parametrize("contract", ["v8", "v5"])
 def test_model_without_names_gets_numeric_names(
-    model_dir: Path, cpu: ProviderChoice, contract: str
+    model_dir: Path, cpu: ProviderChoice, contract: DetectorContract
 ) -> None:
     names = [*DETECTOR_NAMES, *EXTRA_COLOURS]
     path = build_colour_detector(
         model_dir / f"nameless-{contract}.onnx",
-        contract=contract,  # type: ignore[arg-type]
+        contract=contract,
         names=names,
         with_names=False,
         colours=EXTRA_COLOURS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import av
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from pytrickle_worker.inference.imageops import (
@@ -22,7 +23,9 @@ from pytrickle_worker.inference.imageops import (
 PAD = PAD_VALUE / 255.0
 
 
-def ultralytics_letterbox_padding(shape: tuple[int, int], new_shape: tuple[int, int]):
+def ultralytics_letterbox_padding(
+    shape: tuple[int, int], new_shape: tuple[int, int]
+) -> tuple[float, tuple[int, int], tuple[int, int, int, int]]:
     """ultralytics ``LetterBox.__call__`` (auto=False, scaleup=True, center=True) arithmetic."""
     r = min(new_shape[0] / shape[0], new_shape[1] / shape[1])
     new_unpad = int(round(shape[1] * r)), int(round(shape[0] * r))  # noqa: RUF046 (verbatim)
@@ -34,10 +37,14 @@ def ultralytics_letterbox_padding(shape: tuple[int, int], new_shape: tuple[int, 
     return r, new_unpad, (top, bottom, left, right)
 
 
-def cv2_inter_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
+def cv2_inter_linear(
+    image: npt.NDArray[np.uint8], width: int, height: int
+) -> npt.NDArray[np.uint8]:
     """``cv2.resize(..., interpolation=INTER_LINEAR)`` in float (half-pixel centres)."""
 
-    def taps(n_out: int, n_in: int):
+    def taps(
+        n_out: int, n_in: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]]:
         pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
         i0 = np.floor(pos).astype(int)
         frac = pos - i0
@@ -53,19 +60,23 @@ def cv2_inter_linear(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def smooth_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+def smooth_image(height: int, width: int, seed: int = 0) -> npt.NDArray[np.uint8]:
     rng = np.random.default_rng(seed)
     low = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, 3), dtype=np.uint8)
     return cv2_inter_linear(low, width, height)
 
 
-SHAPES = [(1080, 1920), (720, 1280), (480, 640), (640, 480), (300, 1000), (240, 320), (1, 1)]
-SHAPES += [(333, 777), (777, 333), (641, 640), (100, 101), (17, 1000), (1000, 17)]
+SHAPES = [
+    *[(1080, 1920), (720, 1280), (480, 640), (640, 480), (300, 1000), (240, 320), (1, 1)],
+    *[(333, 777), (777, 333), (641, 640), (100, 101), (17, 1000), (1000, 17)],
+]
 
 
 @pytest.mark.parametrize("frame_hw", SHAPES)
 @pytest.mark.parametrize("new_shape", [(640, 640), (384, 640), (320, 320)])
-def test_letterbox_geometry_matches_ultralytics(frame_hw, new_shape) -> None:
+def test_letterbox_geometry_matches_ultralytics(
+    frame_hw: tuple[int, int], new_shape: tuple[int, int]
+) -> None:
     r, new_unpad, (top, bottom, left, right) = ultralytics_letterbox_padding(frame_hw, new_shape)
     info, t, b, lft, rgt = letterbox_geometry(frame_hw, new_shape)
     assert info.ratio == r
@@ -77,7 +88,7 @@ def test_letterbox_geometry_matches_ultralytics(frame_hw, new_shape) -> None:
 
 
 @pytest.mark.parametrize("frame_hw", [(1080, 1920), (480, 640), (640, 480), (300, 1000), (7, 5)])
-def test_letterbox_tensor_layout_and_padding(frame_hw) -> None:
+def test_letterbox_tensor_layout_and_padding(frame_hw: tuple[int, int]) -> None:
     h, w = frame_hw
     frame = np.empty((h, w, 3), np.uint8)
     frame[...] = (200, 100, 50)
@@ -143,10 +154,14 @@ def test_letterbox_rejects_bad_frames() -> None:
         ((240, 320), 0.1, 1),  # 2x upscale: bilinear, like INTER_LINEAR
         ((360, 500), 0.1, 1),  # non-integer upscale
         ((1280, 1280), 0.2, 1),  # exact 2x downscale: INTER_LINEAR averages 2x2 as well
-        ((1080, 1920), 3.0, 40),  # 3x downscale: swscale low-passes, INTER_LINEAR aliases
+        ((1080, 1920), 0.0, 0),  # exact 3x: INTER_LINEAR samples one pixel, so do we
+        ((2160, 3840), 6.0, 60),  # 6x: swscale low-passes, INTER_LINEAR aliases
+        ((300, 1000), 3.0, 40),  # 1.5625x
     ],
 )
-def test_letterbox_resize_is_close_to_cv2_inter_linear(frame_hw, max_mean, max_abs) -> None:
+def test_letterbox_resize_is_close_to_cv2_inter_linear(
+    frame_hw: tuple[int, int], max_mean: float, max_abs: float
+) -> None:
     h, w = frame_hw
     frame = smooth_image(h, w)
     tensor, info = letterbox(frame, (640, 640))
@@ -214,7 +229,7 @@ def test_resize_center_crop_geometry() -> None:
         ((90, 40, 150, 80), (40, 50, 90, 100)),
     ],
 )
-def test_crop(box, expected) -> None:
+def test_crop(box: tuple[float, float, float, float], expected: tuple[int, int, int, int]) -> None:
     frame = np.arange(50 * 100 * 3, dtype=np.uint32).astype(np.uint8).reshape(50, 100, 3)
     original = frame.copy()
     got = crop(frame, np.array(box, np.float32))
@@ -230,7 +245,7 @@ def test_crop(box, expected) -> None:
     "box",
     [(100, 0, 120, 10), (0, 50, 10, 60), (-20, -20, -1, -1), (10, 10, 10, 20), (20, 5, 10, 8)],
 )
-def test_crop_empty_is_none(box) -> None:
+def test_crop_empty_is_none(box: tuple[float, float, float, float]) -> None:
     assert crop(np.zeros((50, 100, 3), np.uint8), box) is None
 
 
@@ -238,14 +253,14 @@ def test_crop_rejects_non_finite() -> None:
     assert crop(np.zeros((50, 100, 3), np.uint8), (np.nan, 0, 10, 10)) is None
 
 
-def decode_jpeg(data: bytes) -> np.ndarray:
+def decode_jpeg(data: bytes) -> npt.NDArray[np.uint8]:
     codec = av.CodecContext.create("mjpeg", "r")
     frames = codec.decode(av.Packet(data))
-    return frames[0].to_ndarray(format="rgb24")
+    return np.asarray(frames[0].to_ndarray(format="rgb24"), dtype=np.uint8)
 
 
 @pytest.mark.parametrize(("height", "width"), [(360, 640), (361, 641), (1, 1), (7, 3)])
-def test_encode_jpeg_decodes_to_the_same_size(height, width) -> None:
+def test_encode_jpeg_decodes_to_the_same_size(height: int, width: int) -> None:
     frame = smooth_image(height, width)
     data = encode_jpeg(frame, 90)
     assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -38,7 +39,7 @@ def constant_model(
     extra_outputs: Sequence[np.ndarray] = (),
 ) -> Path:
     """A model whose ``output0`` is ``value`` (plus 0 × mean(input)), with metadata_props."""
-    nodes = []
+    nodes: list[onnx.NodeProto] = []
     source = "images"
     if float16_input:
         nodes.append(helper.make_node("Cast", ["images"], ["images_f32"], to=TensorProto.FLOAT))
@@ -46,7 +47,7 @@ def constant_model(
     nodes.append(helper.make_node("ReduceMean", [source], ["mean"], keepdims=0))
     nodes.append(helper.make_node("Mul", ["mean", "zero"], ["zeroed"]))
     initializers = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
-    outputs = []
+    outputs: list[onnx.ValueInfoProto] = []
     for k, array in enumerate([value, *extra_outputs]):
         name = "output0" if k == 0 else f"output{k}"
         const = f"value{k}"
@@ -67,7 +68,9 @@ def constant_model(
     return path
 
 
-def v8_rows(rows: Sequence[tuple[float, float, float, float, int, float]], nc: int, n: int = 20):
+def v8_rows(
+    rows: Sequence[tuple[float, float, float, float, int, float]], nc: int, n: int = 20
+) -> npt.NDArray[np.float32]:
     out = np.zeros((1, 4 + nc, n), np.float32)
     for k, (cx, cy, w, h, c, s) in enumerate(rows):
         out[0, :4, k] = (cx, cy, w, h)
@@ -93,7 +96,9 @@ def cpu() -> ProviderChoice:
         ("weights.bin", "not an ONNX model"),
     ],
 )
-def test_non_onnx_files_are_refused_with_the_export_command(tmp_path, cpu, name, kind) -> None:
+def test_non_onnx_files_are_refused_with_the_export_command(
+    tmp_path: Path, cpu: ProviderChoice, name: str, kind: str
+) -> None:
     path = tmp_path / name
     path.write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(ModelError) as info:
@@ -106,12 +111,12 @@ def test_non_onnx_files_are_refused_with_the_export_command(tmp_path, cpu, name,
     assert "pytrickle-worker mpta convert IN.mpta OUT.mpta" in message
 
 
-def test_missing_file(tmp_path, cpu) -> None:
+def test_missing_file(tmp_path: Path, cpu: ProviderChoice) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         OnnxModel(tmp_path / "absent.onnx", cpu)
 
 
-def test_corrupt_onnx_names_the_file(tmp_path, cpu) -> None:
+def test_corrupt_onnx_names_the_file(tmp_path: Path, cpu: ProviderChoice) -> None:
     path = tmp_path / "broken.onnx"
     path.write_bytes(b"\x08\x07garbage" * 100)
     with pytest.raises(ModelError) as info:
@@ -119,7 +124,7 @@ def test_corrupt_onnx_names_the_file(tmp_path, cpu) -> None:
     assert str(path) in str(info.value)
 
 
-def test_truncated_onnx_names_the_file(tmp_path, cpu) -> None:
+def test_truncated_onnx_names_the_file(tmp_path: Path, cpu: ProviderChoice) -> None:
     good = constant_model(tmp_path / "good.onnx", v8_rows([], 3), metadata={"names": NAMES3})
     path = tmp_path / "truncated.onnx"
     path.write_bytes(good.read_bytes()[:60])
@@ -127,7 +132,7 @@ def test_truncated_onnx_names_the_file(tmp_path, cpu) -> None:
         OnnxModel(path, cpu)
 
 
-def test_zip_named_onnx_is_recognised(tmp_path, cpu) -> None:
+def test_zip_named_onnx_is_recognised(tmp_path: Path, cpu: ProviderChoice) -> None:
     path = tmp_path / "renamed.onnx"
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", b"torch")
@@ -182,7 +187,9 @@ def test_parse_metadata_variants() -> None:
     assert parse_metadata({}).names is None
 
 
-def test_malicious_metadata_is_not_executed(tmp_path, caplog) -> None:
+def test_malicious_metadata_is_not_executed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     sentinel = tmp_path / "pwned"
     payload = f"__import__('os').system('touch {sentinel}')"
     caplog.set_level(logging.WARNING)
@@ -212,13 +219,15 @@ def test_malicious_metadata_is_not_executed(tmp_path, caplog) -> None:
         "x" * 2_000_000,
     ],
 )
-def test_malformed_names_fall_back(names, caplog) -> None:
+def test_malformed_names_fall_back(names: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     assert parse_metadata({"names": names}).names is None
     assert caplog.records
 
 
-def test_model_with_malicious_metadata_loads_with_numeric_names(tmp_path, cpu) -> None:
+def test_model_with_malicious_metadata_loads_with_numeric_names(
+    tmp_path: Path, cpu: ProviderChoice
+) -> None:
     sentinel = tmp_path / "pwned"
     path = constant_model(
         tmp_path / "evil.onnx",
@@ -235,7 +244,7 @@ def test_model_with_malicious_metadata_loads_with_numeric_names(tmp_path, cpu) -
 # ------------------------------------------------------------------ loading
 
 
-def test_info_of_a_v8_detector(tmp_path, cpu) -> None:
+def test_info_of_a_v8_detector(tmp_path: Path, cpu: ProviderChoice) -> None:
     path = constant_model(
         tmp_path / "det.onnx",
         v8_rows([], 3),
@@ -259,7 +268,7 @@ def test_info_of_a_v8_detector(tmp_path, cpu) -> None:
         info.nc = 4  # type: ignore[misc]
 
 
-def test_dynamic_input_uses_metadata_imgsz_then_640(tmp_path, cpu) -> None:
+def test_dynamic_input_uses_metadata_imgsz_then_640(tmp_path: Path, cpu: ProviderChoice) -> None:
     dynamic = ("batch", 3, "height", "width")
     path = constant_model(
         tmp_path / "dyn.onnx",
@@ -277,13 +286,13 @@ def test_dynamic_input_uses_metadata_imgsz_then_640(tmp_path, cpu) -> None:
     assert OnnxModel(path, cpu).info.input_size == (640, 640)
 
 
-def test_fixed_batch_is_refused(tmp_path, cpu) -> None:
+def test_fixed_batch_is_refused(tmp_path: Path, cpu: ProviderChoice) -> None:
     path = constant_model(tmp_path / "b2.onnx", v8_rows([], 2), input_shape=(2, 3, 64, 64))
     with pytest.raises(ModelError, match="batch=1"):
         OnnxModel(path, cpu)
 
 
-def test_unsupported_outputs_are_refused_at_load(tmp_path, cpu) -> None:
+def test_unsupported_outputs_are_refused_at_load(tmp_path: Path, cpu: ProviderChoice) -> None:
     path = constant_model(tmp_path / "odd.onnx", np.zeros((1, 3, 4, 5), np.float32))
     with pytest.raises(ModelError) as info:
         OnnxModel(path, cpu)
@@ -306,7 +315,7 @@ def test_unsupported_outputs_are_refused_at_load(tmp_path, cpu) -> None:
         OnnxModel(pose, cpu)
 
 
-def test_dynamic_output_dims_are_resolved_by_a_probe(tmp_path, cpu) -> None:
+def test_dynamic_output_dims_are_resolved_by_a_probe(tmp_path: Path, cpu: ProviderChoice) -> None:
     path = constant_model(
         tmp_path / "probe.onnx", v8_rows([], 3), output_shape=("b", "rows", "anchors")
     )
@@ -315,7 +324,7 @@ def test_dynamic_output_dims_are_resolved_by_a_probe(tmp_path, cpu) -> None:
     assert model.info.names == ("0", "1", "2")
 
 
-def test_end2end_without_names(tmp_path, cpu) -> None:
+def test_end2end_without_names(tmp_path: Path, cpu: ProviderChoice) -> None:
     out = np.zeros((1, 300, 6), np.float32)
     out[0, 0] = [10, 10, 30, 30, 0.9, 7]
     model = OnnxModel(constant_model(tmp_path / "e2e.onnx", out), cpu)
@@ -328,7 +337,7 @@ def test_end2end_without_names(tmp_path, cpu) -> None:
 # ------------------------------------------------------------------ inference
 
 
-def test_detect_maps_boxes_to_frame_pixels(tmp_path, cpu) -> None:
+def test_detect_maps_boxes_to_frame_pixels(tmp_path: Path, cpu: ProviderChoice) -> None:
     # Input-space box (10, 26)-(30, 36): for a 128x64 frame, r = 0.5 and pad_top = 16.
     out = v8_rows([(20, 31, 20, 10, 1, 0.9), (40, 40, 4, 4, 0, 0.1)], 3)
     model = OnnxModel(constant_model(tmp_path / "d.onnx", out, metadata={"names": NAMES3}), cpu)
@@ -346,14 +355,16 @@ def test_detect_maps_boxes_to_frame_pixels(tmp_path, cpu) -> None:
     assert set(timings.as_dict()) >= {"preprocess_ms", "inference_ms", "postprocess_ms"}
 
 
-def test_detect_boxes_are_clipped_to_the_frame(tmp_path, cpu) -> None:
+def test_detect_boxes_are_clipped_to_the_frame(tmp_path: Path, cpu: ProviderChoice) -> None:
     out = v8_rows([(5, 5, 30, 30, 0, 0.9)], 1)
     model = OnnxModel(constant_model(tmp_path / "c.onnx", out, metadata={"names": "['x']"}), cpu)
     dets = model.detect(np.zeros((64, 64, 3), np.uint8))
     np.testing.assert_allclose(dets.boxes[0], [0, 0, 20, 20])
 
 
-def test_detect_class_restriction_and_class_indices(tmp_path, cpu, caplog) -> None:
+def test_detect_class_restriction_and_class_indices(
+    tmp_path: Path, cpu: ProviderChoice, caplog: pytest.LogCaptureFixture
+) -> None:
     out = v8_rows([(10, 10, 8, 8, 0, 0.9), (40, 40, 8, 8, 1, 0.8), (20, 50, 8, 8, 2, 0.7)], 3)
     model = OnnxModel(constant_model(tmp_path / "f.onnx", out, metadata={"names": NAMES3}), cpu)
     frame = np.zeros((64, 64, 3), np.uint8)
@@ -370,7 +381,7 @@ def test_detect_class_restriction_and_class_indices(tmp_path, cpu, caplog) -> No
     assert len(model.detect(frame, max_det=1)) == 1
 
 
-def test_classify_with_probabilities_and_logits(tmp_path, cpu) -> None:
+def test_classify_with_probabilities_and_logits(tmp_path: Path, cpu: ProviderChoice) -> None:
     meta = {"names": "{0: 'white', 1: 'yellow', 2: 'black'}", "task": "classify"}
     probs = np.array([[0.1, 0.2, 0.7]], np.float32)
     model = OnnxModel(constant_model(tmp_path / "p.onnx", probs, metadata=meta), cpu)
@@ -391,13 +402,13 @@ def test_classify_with_probabilities_and_logits(tmp_path, cpu) -> None:
         model.detect(np.zeros((8, 8, 3), np.uint8))
 
 
-def test_classify_on_a_detector_is_an_error(tmp_path, cpu) -> None:
+def test_classify_on_a_detector_is_an_error(tmp_path: Path, cpu: ProviderChoice) -> None:
     model = OnnxModel(constant_model(tmp_path / "x.onnx", v8_rows([], 2)), cpu)
     with pytest.raises(ModelError, match="detector"):
         model.classify(np.zeros((8, 8, 3), np.uint8))
 
 
-def test_float16_input(tmp_path, cpu) -> None:
+def test_float16_input(tmp_path: Path, cpu: ProviderChoice) -> None:
     out = v8_rows([(32, 32, 10, 10, 0, 0.9)], 1)
     path = constant_model(tmp_path / "h.onnx", out, float16_input=True)
     model = OnnxModel(path, cpu)
@@ -405,7 +416,7 @@ def test_float16_input(tmp_path, cpu) -> None:
     assert len(model.detect(np.zeros((64, 64, 3), np.uint8))) == 1
 
 
-def test_concurrent_detect_uses_per_thread_buffers(tmp_path, cpu) -> None:
+def test_concurrent_detect_uses_per_thread_buffers(tmp_path: Path, cpu: ProviderChoice) -> None:
     out = v8_rows([(32, 32, 20, 20, 0, 0.9)], 1)
     model = OnnxModel(constant_model(tmp_path / "t.onnx", out), cpu)
     shapes = [(64, 64), (64, 128), (128, 64), (32, 100)]
@@ -429,7 +440,7 @@ def test_concurrent_detect_uses_per_thread_buffers(tmp_path, cpu) -> None:
     assert not errors
 
 
-def test_closed_model_refuses_inference(tmp_path, cpu) -> None:
+def test_closed_model_refuses_inference(tmp_path: Path, cpu: ProviderChoice) -> None:
     model = OnnxModel(constant_model(tmp_path / "z.onnx", v8_rows([], 2)), cpu)
     model.close()
     assert model.closed

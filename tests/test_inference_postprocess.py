@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from pytrickle_worker.errors import ModelError
@@ -17,13 +21,17 @@ from pytrickle_worker.inference.postprocess import (
     nms,
 )
 
+Dim = int | str | None
+
 V8 = OutputContract.YOLOV8_DETECT
 V5 = OutputContract.YOLOV5_DETECT
 E2E = OutputContract.END2END_DETECT
 CLS = OutputContract.CLASSIFY
 
 
-def reference_nms(boxes: np.ndarray, scores: np.ndarray, thres: float, max_det: int) -> list[int]:
+def reference_nms(
+    boxes: npt.NDArray[np.float32], scores: npt.NDArray[np.float32], thres: float, max_det: int
+) -> list[int]:
     """The textbook greedy loop, one kept box at a time."""
     order = np.argsort(-scores, kind="stable")
     b = boxes.astype(np.float64)
@@ -41,7 +49,9 @@ def reference_nms(boxes: np.ndarray, scores: np.ndarray, thres: float, max_det: 
     return keep
 
 
-def v8_output(rows: list[tuple[float, float, float, float, int, float]], nc: int, n: int = 50):
+def v8_output(
+    rows: Sequence[tuple[float, float, float, float, int, float]], nc: int, n: int = 50
+) -> npt.NDArray[np.float32]:
     """[1, 4+nc, n] with the given (cx, cy, w, h, class, score) anchors, zeros elsewhere."""
     out = np.zeros((1, 4 + nc, n), np.float32)
     for k, (cx, cy, w, h, c, s) in enumerate(rows):
@@ -82,7 +92,13 @@ def v8_output(rows: list[tuple[float, float, float, float, int, float]], nc: int
         ([1, 25200, 85], 80, None, {}, (V5, 80)),
     ],
 )
-def test_infer_contract(shape, nc_meta, task, kwargs, expected) -> None:
+def test_infer_contract(
+    shape: list[Dim],
+    nc_meta: int | None,
+    task: str | None,
+    kwargs: dict[str, Any],
+    expected: tuple[OutputContract, int],
+) -> None:
     assert infer_contract([shape], nc_meta, task, **kwargs) == expected
 
 
@@ -114,7 +130,13 @@ def test_expected_anchors() -> None:
         ([[1, 4, 8400]], None, None, {}, "at least 5 rows"),
     ],
 )
-def test_infer_contract_unsupported(shapes, nc_meta, task, kwargs, fragment) -> None:
+def test_infer_contract_unsupported(
+    shapes: list[list[Dim]],
+    nc_meta: int | None,
+    task: str | None,
+    kwargs: dict[str, Any],
+    fragment: str,
+) -> None:
     with pytest.raises(ModelError) as info:
         infer_contract(shapes, nc_meta, task, **kwargs)
     message = str(info.value)

@@ -32,7 +32,7 @@ def test_cpu_is_always_available() -> None:
     assert not choice.uses_gpu
 
 
-def test_auto_on_this_host_is_quiet(caplog) -> None:
+def test_auto_on_this_host_is_quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     choice = select_providers("auto")
     if CUDA not in ort.get_available_providers():
@@ -95,7 +95,9 @@ def test_explicit_gpu_choices_are_strict() -> None:
     assert not fallback.strict
 
 
-def test_explicit_cuda_without_nvml_is_tried_with_a_warning(caplog) -> None:
+def test_explicit_cuda_without_nvml_is_tried_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     caplog.set_level(logging.WARNING)
     choice = select_providers("cuda", available=GPU_BUILD, gpu_count=0)
     assert choice.primary == CUDA

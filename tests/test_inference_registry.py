@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def registry() -> ModelRegistry:
     return ModelRegistry(select_providers("cpu", intra_op_threads=1))
 
 
-def test_acquire_loads_once_and_release_closes(tmp_path, registry) -> None:
+def test_acquire_loads_once_and_release_closes(tmp_path: Path, registry: ModelRegistry) -> None:
     path = constant_model(tmp_path / "a.onnx", v8_rows([], 3), metadata={"names": NAMES3})
     first = registry.acquire(path)
     second = registry.acquire(path)
@@ -44,7 +45,7 @@ def test_acquire_loads_once_and_release_closes(tmp_path, registry) -> None:
     assert registry.total_loads == 2
 
 
-def test_same_content_under_another_name_is_shared(tmp_path, registry) -> None:
+def test_same_content_under_another_name_is_shared(tmp_path: Path, registry: ModelRegistry) -> None:
     path = constant_model(tmp_path / "a.onnx", v8_rows([], 3))
     copy = tmp_path / "copy" / "b.onnx"
     copy.parent.mkdir()
@@ -55,7 +56,7 @@ def test_same_content_under_another_name_is_shared(tmp_path, registry) -> None:
     assert registry.loaded_count == 2
 
 
-def test_concurrent_acquire_loads_once(tmp_path, registry) -> None:
+def test_concurrent_acquire_loads_once(tmp_path: Path, registry: ModelRegistry) -> None:
     path = constant_model(tmp_path / "a.onnx", v8_rows([], 3))
     other = constant_model(tmp_path / "b.onnx", v8_rows([], 2))
     barrier = threading.Barrier(8)
@@ -79,7 +80,7 @@ def test_concurrent_acquire_loads_once(tmp_path, registry) -> None:
     assert sorted(row["refs"] for row in registry.stats()) == [4, 4]
 
 
-def test_failed_load_is_not_cached(tmp_path, registry) -> None:
+def test_failed_load_is_not_cached(tmp_path: Path, registry: ModelRegistry) -> None:
     path = tmp_path / "bad.onnx"
     path.write_bytes(b"not a model")
     with pytest.raises(ModelError):
@@ -89,14 +90,16 @@ def test_failed_load_is_not_cached(tmp_path, registry) -> None:
     assert registry.acquire(path).info.nc == 3
 
 
-def test_errors_for_missing_and_pt_files(tmp_path, registry) -> None:
+def test_errors_for_missing_and_pt_files(tmp_path: Path, registry: ModelRegistry) -> None:
     with pytest.raises(ModelError, match="does not exist"):
         registry.acquire(tmp_path / "nope.onnx")
     with pytest.raises(ModelError, match=r"yolo export model=x\.pt format=onnx"):
         registry.acquire(tmp_path / "x.pt")
 
 
-def test_release_of_unknown_model_warns(tmp_path, registry, caplog) -> None:
+def test_release_of_unknown_model_warns(
+    tmp_path: Path, registry: ModelRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
     path = constant_model(tmp_path / "a.onnx", v8_rows([], 3))
     model = registry.acquire(path)
     registry.release(model)
@@ -105,7 +108,7 @@ def test_release_of_unknown_model_warns(tmp_path, registry, caplog) -> None:
     assert "does not hold" in caplog.text
 
 
-def test_models_work_after_acquire_and_close_all(tmp_path, registry) -> None:
+def test_models_work_after_acquire_and_close_all(tmp_path: Path, registry: ModelRegistry) -> None:
     path = constant_model(tmp_path / "a.onnx", v8_rows([(32, 32, 8, 8, 2, 0.9)], 3))
     model = registry.acquire(path)
     assert model.detect(np.zeros((64, 64, 3), np.uint8)).class_ids.tolist() == [2]

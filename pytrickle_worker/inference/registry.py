@@ -13,16 +13,33 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from pytrickle_worker.errors import ModelError
 from pytrickle_worker.inference.model import OnnxModel, file_sha256
 from pytrickle_worker.inference.providers import ProviderChoice
 
-__all__ = ["ModelRegistry"]
+__all__ = ["LoadedModelStats", "ModelRegistry"]
 
 logger = logging.getLogger(__name__)
 
 _Key = tuple[str, str]  # (sha256, provider chain name)
+
+
+class LoadedModelStats(TypedDict):
+    """One row of :meth:`ModelRegistry.stats` (JSON-serialisable)."""
+
+    path: str
+    sha256: str
+    contract: str
+    task: str
+    classes: int
+    input_size: list[int]
+    provider: str
+    refs: int
+    load_ms: float
+    warmup_ms: float
+    loaded_at: float
 
 
 @dataclass(slots=True)
@@ -115,11 +132,11 @@ class ModelRegistry:
             entry = self._by_model.get(id(model))
             return entry.refs if entry is not None and entry.model is model else 0
 
-    def stats(self) -> list[dict[str, object]]:
+    def stats(self) -> list[LoadedModelStats]:
         """One JSON-friendly row per loaded model."""
         with self._lock:
             entries = list(self._entries.values())
-        rows: list[dict[str, object]] = []
+        rows: list[LoadedModelStats] = []
         for entry in entries:
             info = entry.model.info
             rows.append(

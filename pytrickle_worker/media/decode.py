@@ -14,6 +14,7 @@ from pathlib import Path
 import av
 import av.container
 import numpy as np
+from av.error import FFmpegError
 
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url
@@ -55,7 +56,7 @@ def iter_frames(
         container: av.container.InputContainer = av.open(
             target, options=open_options(source, timeout_s), timeout=timeout_s
         )
-    except (av.FFmpegError, OSError) as exc:
+    except (FFmpegError, OSError) as exc:
         raise SourceError(f"cannot open {mask_url(source)}: {mask_text(str(exc))}") from exc
     with container:
         if not container.streams.video:
@@ -68,7 +69,7 @@ def iter_frames(
         decoded = 0
         try:
             for frame in container.decode(stream):
-                pts_time = float(frame.time) if frame.time is not None else decoded / 30.0
+                pts_time = frame.time if frame.pts is not None else decoded / 30.0
                 decoded += 1
                 if interval and pts_time + 1e-6 < next_time:
                     continue
@@ -77,5 +78,5 @@ def iter_frames(
                 emitted += 1
                 if max_frames is not None and emitted >= max_frames:
                     return
-        except av.FFmpegError as exc:
+        except FFmpegError as exc:
             raise SourceError(f"decoding {mask_url(source)} failed: {mask_text(str(exc))}") from exc

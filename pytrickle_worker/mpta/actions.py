@@ -28,7 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from pytrickle_worker.inference.imageops import encode_jpeg
 from pytrickle_worker.logutil import mask_url
-from pytrickle_worker.mpta.spec import Action, RedisConfig, RedisPublishAction, RedisSaveImageAction
+from pytrickle_worker.mpta.spec import Action, RedisConfig, RedisSaveImageAction
 
 logger = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ class _TargetQueue:
                 await self.client.set(key, job.jpeg)
             job.context["image_key"] = key
             logger.debug("%s: saved image to %s", job.node_path, key)
-        elif isinstance(action, RedisPublishAction):
+        else:
             message = render_template(action.message, job.context)
             await self.client.publish(action.channel, message)
             logger.debug("%s: published to %s: %s", job.node_path, action.channel, message)

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pytrickle_worker.errors import MptaError
 from pytrickle_worker.mpta.archive import ArchiveLimits, extract_archive
@@ -38,9 +38,11 @@ def _rewrite_model_files(node: dict[str, Any], renamed: dict[str, str]) -> None:
     model_file = node.get("modelFile")
     if isinstance(model_file, str) and model_file in renamed:
         node["modelFile"] = renamed[model_file]
-    for child in node.get("branches") or []:
-        if isinstance(child, dict):
-            _rewrite_model_files(child, renamed)
+    branches: object = node.get("branches")
+    if isinstance(branches, list):
+        for child in cast(list[object], branches):
+            if isinstance(child, dict):
+                _rewrite_model_files(cast(dict[str, Any], child), renamed)
 
 
 def convert_archive(source: Path, target: Path, limits: ArchiveLimits | None = None) -> Path:

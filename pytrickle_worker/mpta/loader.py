@@ -30,7 +30,7 @@ class LoadedNode:
         return self.model.info.contract is OutputContract.CLASSIFY
 
     def walk(self) -> list[LoadedNode]:
-        nodes = [self]
+        nodes: list[LoadedNode] = [self]
         for branch in self.branches:
             nodes.extend(branch.walk())
         return nodes

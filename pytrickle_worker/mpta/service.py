@@ -39,6 +39,7 @@ class PipelineService:
             config.execution_provider,
             intra_op_threads=config.intra_op_threads or None,
             trt_cache_dir=config.cache_dir / "tensorrt",
+            allow_spinning=config.ort_allow_spinning,
         )
         self.archives = ArchiveCache(
             config.cache_dir / "mpta",

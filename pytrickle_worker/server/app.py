@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
 
@@ -14,9 +15,6 @@ from pytrickle_worker.mpta.loader import LoadedPipeline
 from pytrickle_worker.mpta.service import PipelineService
 
 logger = logging.getLogger(__name__)
-
-SERVICE_KEY = web.AppKey("pipeline_service", PipelineService)
-STATE_KEY = web.AppKey("worker_state", "WorkerState")
 
 
 class WorkerState:
@@ -29,6 +27,10 @@ class WorkerState:
         self.started_at = time.time()
         self.ready = False
         self.startup_error: str | None = None
+
+
+SERVICE_KEY = web.AppKey("pipeline_service", PipelineService)
+STATE_KEY = web.AppKey("worker_state", WorkerState)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -58,7 +60,7 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app[STATE_KEY] = state
     app.router.add_get("/health", health)
 
-    async def lifecycle(app: web.Application) -> object:
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         if state.default_pipeline_source:
             try:
                 state.default_pipeline = await service.load(state.default_pipeline_source)

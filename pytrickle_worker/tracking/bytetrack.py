@@ -33,7 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .assignment import box_iou, fuse_score, iou_distance, linear_assignment
+from .assignment import (
+    box_iou,
+    fuse_score,
+    iou_distance,
+    linear_assignment,
+    overlapping_pairs,
+    pair_iou,
+    sparse_linear_assignment,
+)
 from .kalman import KalmanFilterXYAH
 
 __all__ = [
@@ -49,6 +57,7 @@ logger = logging.getLogger(__name__)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+IndexArray = npt.NDArray[np.intp]
 
 _SECOND_MATCH_THRESH = 0.5  # IoU distance, low-score association
 _UNCONFIRMED_MATCH_THRESH = 0.7  # (fused) IoU distance, unconfirmed tracks
@@ -129,70 +138,71 @@ class TrackSnapshot:
     last_frame: int
 
 
-def _xyxy_to_xyah(box: FloatArray) -> FloatArray:
-    w = max(float(box[2] - box[0]), _MIN_BOX_SIDE)
-    h = max(float(box[3] - box[1]), _MIN_BOX_SIDE)
-    return np.array([(box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0, w / h, h], dtype=np.float64)
+def _xyxy_to_xyah(boxes: FloatArray) -> FloatArray:
+    """(K, 4) xyxy boxes -> (K, 4) ``(cx, cy, a, h)`` with ``a = w / h``."""
+    w = np.maximum(boxes[:, 2] - boxes[:, 0], _MIN_BOX_SIDE)
+    h = np.maximum(boxes[:, 3] - boxes[:, 1], _MIN_BOX_SIDE)
+    out = np.empty((boxes.shape[0], 4), dtype=np.float64)
+    out[:, 0] = (boxes[:, 0] + boxes[:, 2]) / 2.0
+    out[:, 1] = (boxes[:, 1] + boxes[:, 3]) / 2.0
+    out[:, 2] = w / h
+    out[:, 3] = h
+    return out
+
+
+def _xyah_to_xyxy(xyah: FloatArray) -> FloatArray:
+    """(K, >=4) Kalman means -> (K, 4) xyxy boxes."""
+    cx = xyah[:, 0]
+    cy = xyah[:, 1]
+    h = xyah[:, 3]
+    w = xyah[:, 2] * h
+    out = np.empty((xyah.shape[0], 4), dtype=np.float64)
+    out[:, 0] = cx - w / 2.0
+    out[:, 1] = cy - h / 2.0
+    out[:, 2] = cx + w / 2.0
+    out[:, 3] = cy + h / 2.0
+    return out
 
 
 class _Track:
-    """Internal single-object state (ultralytics ``STrack`` equivalent)."""
+    """Internal single-object state (ultralytics ``STrack`` equivalent).
+
+    The Kalman state lives in the tracker's stacked arrays, row ``slot`` (see
+    :class:`ByteTracker`), so prediction and correction run batched. A track is created
+    activated (``TRACKED``) from a Kalman-initiated state.
+    """
 
     __slots__ = (
         "class_id",
-        "covariance",
         "det_index",
         "frame_id",
         "is_activated",
-        "mean",
         "score",
+        "slot",
         "start_frame",
         "state",
         "track_id",
         "tracklet_len",
     )
 
-    def __init__(self, box: FloatArray, score: float, class_id: int, det_index: int) -> None:
-        # Until activate() the mean only carries the detection box.
-        self.mean: FloatArray = np.zeros(8, dtype=np.float64)
-        self.mean[:4] = _xyxy_to_xyah(box)
-        self.covariance: FloatArray = np.eye(8, dtype=np.float64)
+    def __init__(
+        self, slot: int, *, score: float, class_id: int, det_index: int, frame_id: int
+    ) -> None:
+        self.slot = slot
         self.score = score
         self.class_id = class_id
         self.det_index = det_index
         self.track_id = 0  # 0 = no ID yet (unconfirmed)
-        self.state = TrackState.NEW
-        self.is_activated = False
-        self.frame_id = 0
-        self.start_frame = 0
-        self.tracklet_len = 0
-
-    @property
-    def xyxy(self) -> FloatArray:
-        cx, cy, a, h = (float(x) for x in self.mean[:4])
-        w = a * h
-        return np.array([cx - w / 2.0, cy - h / 2.0, cx + w / 2.0, cy + h / 2.0])
-
-    def activate(self, kf: KalmanFilterXYAH, box: FloatArray, frame_id: int) -> None:
-        self.mean, self.covariance = kf.initiate(_xyxy_to_xyah(box))
-        self.tracklet_len = 0
         self.state = TrackState.TRACKED
         self.is_activated = frame_id == 1  # only the tracker's first frame confirms at once
         self.frame_id = frame_id
         self.start_frame = frame_id
+        self.tracklet_len = 0
 
-    def update(
-        self,
-        kf: KalmanFilterXYAH,
-        box: FloatArray,
-        *,
-        score: float,
-        class_id: int,
-        det_index: int,
-        frame_id: int,
-        reactivate: bool,
+    def mark_matched(
+        self, *, score: float, class_id: int, det_index: int, frame_id: int, reactivate: bool
     ) -> None:
-        self.mean, self.covariance = kf.update(self.mean, self.covariance, _xyxy_to_xyah(box))
+        """Book-keeping of a match (the Kalman correction is applied batched by the caller)."""
         self.tracklet_len = 0 if reactivate else self.tracklet_len + 1
         self.state = TrackState.TRACKED
         self.is_activated = True
@@ -202,10 +212,8 @@ class _Track:
         self.det_index = det_index
 
 
-def _boxes_of(tracks: list[_Track]) -> FloatArray:
-    if not tracks:
-        return np.zeros((0, 4), dtype=np.float64)
-    return np.stack([t.xyxy for t in tracks])
+def _slots(tracks: list[_Track]) -> IndexArray:
+    return np.fromiter((t.slot for t in tracks), dtype=np.intp, count=len(tracks))
 
 
 def _joint(a: list[_Track], b: list[_Track]) -> list[_Track]:
@@ -280,6 +288,9 @@ class ByteTracker:
         self._frame_id = 0
         self._tracked: list[_Track] = []
         self._lost: list[_Track] = []
+        # Kalman states of all tracked + lost tracks, row = _Track.slot.
+        self._mean: FloatArray = np.zeros((0, 8), dtype=np.float64)
+        self._cov: FloatArray = np.zeros((0, 8, 8), dtype=np.float64)
         self._max_time_lost = self._compute_max_time_lost()
 
     # -- configuration -------------------------------------------------------------
@@ -333,44 +344,60 @@ class ByteTracker:
         self._frame_id = 0
         self._tracked = []
         self._lost = []
+        self._mean = np.zeros((0, 8), dtype=np.float64)
+        self._cov = np.zeros((0, 8, 8), dtype=np.float64)
         self._kf = KalmanFilterXYAH()
         if self._owns_ids:
             self._ids.reset()
 
     def active_tracks(self) -> list[TrackSnapshot]:
         """Confirmed tracks currently in the tracked state (seen in the latest frames)."""
+        tracks = [t for t in self._tracked if t.is_activated and t.track_id > 0]
+        boxes: list[list[float]] = _xyah_to_xyxy(self._mean[_slots(tracks)]).tolist()
         return [
             TrackSnapshot(
                 track_id=t.track_id,
-                box=(float(t.xyxy[0]), float(t.xyxy[1]), float(t.xyxy[2]), float(t.xyxy[3])),
+                box=(x1, y1, x2, y2),
                 score=t.score,
                 class_id=t.class_id,
                 start_frame=t.start_frame,
                 last_frame=t.frame_id,
             )
-            for t in self._tracked
-            if t.is_activated and t.track_id > 0
+            for t, (x1, y1, x2, y2) in zip(tracks, boxes, strict=True)
         ]
 
     # -- tracking ------------------------------------------------------------------
 
-    def _dists(self, tracks: list[_Track], boxes: FloatArray, scores: FloatArray) -> FloatArray:
-        cost = iou_distance(_boxes_of(tracks), boxes)
-        if self._config.fuse_score:
-            cost = fuse_score(cost, scores)
-        return cost
+    def _associate(
+        self,
+        track_boxes: FloatArray,
+        det_boxes: FloatArray,
+        det_scores: FloatArray | None,
+        thresh: float,
+    ) -> tuple[IntArray, IndexArray, IndexArray]:
+        """Optimal matching on the (score-fused when ``det_scores``) IoU distance.
 
-    def _predict(self, tracks: list[_Track]) -> None:
-        if not tracks:
-            return
-        mean = np.stack([t.mean for t in tracks])
-        cov = np.stack([t.covariance for t in tracks])
-        not_tracked = np.array([t.state != TrackState.TRACKED for t in tracks], dtype=bool)
-        mean[not_tracked, 7] = 0.0  # lost tracks: freeze the height velocity
-        mean, cov = self._kf.multi_predict(mean, cov)
-        for i, t in enumerate(tracks):
-            t.mean = mean[i]
-            t.covariance = cov[i]
+        Equal to ``linear_assignment`` of the dense cost matrix: with ``thresh <= 1`` only
+        overlapping boxes can match (a pair with IoU 0 costs exactly 1), so only those
+        pairs are scored.
+        """
+        if thresh > 1.0 or not np.all(np.isfinite(track_boxes)):
+            cost = iou_distance(track_boxes, det_boxes)
+            if det_scores is not None:
+                cost = fuse_score(cost, det_scores)
+            return linear_assignment(cost, thresh)
+        rows, cols = overlapping_pairs(track_boxes, det_boxes)
+        cost = 1.0 - pair_iou(track_boxes, det_boxes, rows, cols)
+        if det_scores is not None:  # the same operations as fuse_score
+            cost = 1.0 - (1.0 - cost) * det_scores[cols]
+        keep = cost < thresh
+        return sparse_linear_assignment(
+            (track_boxes.shape[0], det_boxes.shape[0]),
+            rows[keep],
+            cols[keep],
+            cost[keep],
+            thresh,
+        )
 
     def update(
         self, boxes: npt.ArrayLike, scores: npt.ArrayLike, class_ids: npt.ArrayLike
@@ -389,6 +416,10 @@ class ByteTracker:
         kf = self._kf
         self._frame_id += 1
         fid = self._frame_id
+        tracked_state = TrackState.TRACKED
+        fuse = cfg.fuse_score
+        score_list: list[float] = s.tolist()
+        class_list: list[int] = c.tolist()
 
         high = np.flatnonzero(s >= cfg.track_high_thresh)
         second = np.flatnonzero((s > cfg.track_low_thresh) & (s < cfg.track_high_thresh))
@@ -401,72 +432,96 @@ class ByteTracker:
         unconfirmed = [t for t in self._tracked if not t.is_activated]
         confirmed = [t for t in self._tracked if t.is_activated]
         pool = _joint(confirmed, self._lost)
-        self._predict(pool + unconfirmed)
+        n_pool = len(pool)
 
-        def apply(track: _Track, det: int) -> None:
-            reactivate = track.state != TrackState.TRACKED
-            track.update(
-                kf,
-                b[det],
-                score=float(s[det]),
-                class_id=int(c[det]),
-                det_index=det,
-                frame_id=fid,
-                reactivate=reactivate,
-            )
-            (refind if reactivate else activated).append(track)
+        # Predict every track (pool, then unconfirmed) in one batch; the rows of
+        # mean/cov become the tracks' slots for this frame.
+        everyone = pool + unconfirmed
+        sel = _slots(everyone)
+        mean = self._mean[sel]
+        cov = self._cov[sel]
+        not_tracked = np.fromiter(
+            (t.state is not tracked_state for t in everyone), dtype=bool, count=len(everyone)
+        )
+        mean[not_tracked, 7] = 0.0  # lost tracks: freeze the height velocity
+        mean, cov = kf.multi_predict(mean, cov)
+        for row, track in enumerate(everyone):
+            track.slot = row
+        pred_boxes = _xyah_to_xyxy(mean)
+
+        # The Kalman corrections of all three stages are applied at once below: the
+        # stages match disjoint tracks, and none reads the state of a track matched before.
+        matched: list[int] = []  # slots
+        matched_dets: list[int] = []
+
+        def apply(tracks: list[_Track], dets: list[int]) -> None:
+            for track, det in zip(tracks, dets, strict=True):
+                reactivate = track.state is not tracked_state
+                track.mark_matched(
+                    score=score_list[det],
+                    class_id=class_list[det],
+                    det_index=det,
+                    frame_id=fid,
+                    reactivate=reactivate,
+                )
+                (refind if reactivate else activated).append(track)
+                matched.append(track.slot)
+            matched_dets.extend(dets)
 
         # 1) high-score detections vs tracked + lost tracks (IoU fused with score)
-        matches, u_track, u_det = linear_assignment(
-            self._dists(pool, b[high], s[high]), cfg.match_thresh
+        matches, u_track, u_det = self._associate(
+            pred_boxes[:n_pool], b[high], s[high] if fuse else None, cfg.match_thresh
         )
-        for it, idet in matches:
-            apply(pool[int(it)], int(high[idet]))
+        apply([pool[i] for i in matches[:, 0].tolist()], high[matches[:, 1]].tolist())
 
         # 2) low-score detections vs the remaining *tracked* tracks (plain IoU)
-        remaining = [pool[int(i)] for i in u_track if pool[int(i)].state == TrackState.TRACKED]
-        matches, u_remaining, _ = linear_assignment(
-            iou_distance(_boxes_of(remaining), b[second]), _SECOND_MATCH_THRESH
+        remaining = [pool[i] for i in u_track.tolist() if pool[i].state is tracked_state]
+        matches, u_remaining, _ = self._associate(
+            pred_boxes[_slots(remaining)], b[second], None, _SECOND_MATCH_THRESH
         )
-        for it, idet in matches:
-            apply(remaining[int(it)], int(second[idet]))
-        for it in u_remaining:
-            track = remaining[int(it)]
+        apply([remaining[i] for i in matches[:, 0].tolist()], second[matches[:, 1]].tolist())
+        for it in u_remaining.tolist():
+            track = remaining[it]
             if track.state != TrackState.LOST:
                 track.state = TrackState.LOST
                 newly_lost.append(track)
 
-        # 3) unconfirmed tracks vs the high-score detections left over
+        # 3) unconfirmed tracks vs the high-score detections left over (unconfirmed
+        #    tracks are TRACKED, so none is a reactivation)
         left = high[u_det]
-        matches, u_unconfirmed, u_left = linear_assignment(
-            self._dists(unconfirmed, b[left], s[left]), _UNCONFIRMED_MATCH_THRESH
+        matches, u_unconfirmed, u_left = self._associate(
+            pred_boxes[n_pool:], b[left], s[left] if fuse else None, _UNCONFIRMED_MATCH_THRESH
         )
-        for it, idet in matches:
-            track = unconfirmed[int(it)]
-            det = int(left[idet])
-            track.update(
-                kf,
-                b[det],
-                score=float(s[det]),
-                class_id=int(c[det]),
-                det_index=det,
-                frame_id=fid,
-                reactivate=False,
-            )
-            activated.append(track)
-        for it in u_unconfirmed:
-            track = unconfirmed[int(it)]
+        apply([unconfirmed[i] for i in matches[:, 0].tolist()], left[matches[:, 1]].tolist())
+        for it in u_unconfirmed.tolist():
+            track = unconfirmed[it]
             track.state = TrackState.REMOVED
             removed.append(track)
 
+        # Kalman correction of every matched track, one batch
+        if matched:
+            rows = np.asarray(matched, dtype=np.intp)
+            mean[rows], cov[rows] = kf.multi_update(
+                mean[rows], cov[rows], _xyxy_to_xyah(b[matched_dets])
+            )
+
         # 4) new tracks from unmatched high-score detections
-        for idet in u_left:
-            det = int(left[idet])
-            if s[det] < cfg.new_track_thresh:
-                continue
-            track = _Track(b[det], float(s[det]), int(c[det]), det)
-            track.activate(kf, b[det], fid)
-            activated.append(track)
+        new_dets = left[u_left]
+        new_dets = new_dets[s[new_dets] >= cfg.new_track_thresh]
+        if new_dets.size:
+            new_mean, new_cov = kf.multi_initiate(_xyxy_to_xyah(b[new_dets]))
+            activated.extend(
+                _Track(
+                    len(everyone) + k,
+                    score=score_list[det],
+                    class_id=class_list[det],
+                    det_index=det,
+                    frame_id=fid,
+                )
+                for k, det in enumerate(new_dets.tolist())
+            )
+            mean = np.concatenate([mean, new_mean])
+            cov = np.concatenate([cov, new_cov])
 
         # 5) expire lost tracks, merge lists, drop duplicates
         for track in self._lost:
@@ -474,11 +529,19 @@ class ByteTracker:
                 track.state = TrackState.REMOVED
                 removed.append(track)
 
-        tracked = [t for t in self._tracked if t.state == TrackState.TRACKED]
+        tracked = [t for t in self._tracked if t.state is tracked_state]
         tracked = _joint(_joint(tracked, activated), refind)
         lost = _sub(self._lost, tracked) + newly_lost
         lost = _sub(lost, removed)
-        self._tracked, self._lost = self._remove_duplicates(tracked, lost)
+        self._tracked, self._lost = self._remove_duplicates(tracked, lost, mean)
+
+        # Keep the states of the surviving tracks only, re-slotted in list order.
+        alive = self._tracked + self._lost
+        keep = _slots(alive)
+        self._mean = mean[keep]
+        self._cov = cov[keep]
+        for row, track in enumerate(alive):
+            track.slot = row
 
         # 6) issue IDs to tracks confirmed this frame (input order), build the output
         out = np.full(b.shape[0], -1, dtype=np.int64)
@@ -493,22 +556,37 @@ class ByteTracker:
 
     @staticmethod
     def _remove_duplicates(
-        tracked: list[_Track], lost: list[_Track]
+        tracked: list[_Track], lost: list[_Track], mean: FloatArray
     ) -> tuple[list[_Track], list[_Track]]:
-        """Of each tracked/lost pair with IoU > 0.85 keep the longer-lived track."""
+        """Of each tracked/lost pair with IoU > 0.85 keep the longer-lived track.
+
+        ``mean``: the Kalman means, row = slot.
+        """
         if not tracked or not lost:
             return tracked, lost
-        dist = 1.0 - box_iou(_boxes_of(tracked), _boxes_of(lost))
+        tracked_boxes = _xyah_to_xyxy(mean[_slots(tracked)])
+        lost_boxes = _xyah_to_xyxy(mean[_slots(lost)])
+        if np.all(np.isfinite(tracked_boxes)) and np.all(np.isfinite(lost_boxes)):
+            # IoU > 0.85 needs overlapping boxes: score the overlapping pairs only
+            rows, cols = overlapping_pairs(tracked_boxes, lost_boxes)
+            dist = 1.0 - pair_iou(tracked_boxes, lost_boxes, rows, cols)
+            close = dist < _DUPLICATE_IOU_DIST
+            pairs = zip(rows[close].tolist(), cols[close].tolist(), strict=True)
+        else:
+            dist_matrix = 1.0 - box_iou(tracked_boxes, lost_boxes)
+            p_idx, q_idx = np.nonzero(dist_matrix < _DUPLICATE_IOU_DIST)
+            pairs = zip(p_idx.tolist(), q_idx.tolist(), strict=True)
         drop_tracked: set[int] = set()
         drop_lost: set[int] = set()
-        for p, q in zip(*np.nonzero(dist < _DUPLICATE_IOU_DIST), strict=True):
-            ip, iq = int(p), int(q)
+        for ip, iq in pairs:
             age_p = tracked[ip].frame_id - tracked[ip].start_frame
             age_q = lost[iq].frame_id - lost[iq].start_frame
             if age_p > age_q:
                 drop_lost.add(iq)
             else:
                 drop_tracked.add(ip)
+        if not drop_tracked and not drop_lost:
+            return tracked, lost
         return (
             [t for i, t in enumerate(tracked) if i not in drop_tracked],
             [t for i, t in enumerate(lost) if i not in drop_lost],

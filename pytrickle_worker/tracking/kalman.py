@@ -2,8 +2,9 @@
 
 The state is ``(cx, cy, a, h, vcx, vcy, va, vh)`` where ``a = w / h``. Process and
 measurement noise are proportional to the box height, with the standard ByteTrack /
-DeepSORT weights (position 1/20, velocity 1/160). Prediction is vectorised over all
-tracks; the per-track update solves the 4x4 innovation system with numpy only.
+DeepSORT weights (position 1/20, velocity 1/160). Initiation, prediction and update are
+vectorised over tracks (``multi_*``: one batched 4x4 ``numpy.linalg.solve`` per call);
+the single-state ``initiate``/``update`` are the reference they are tested against.
 """
 
 from __future__ import annotations
@@ -56,6 +57,33 @@ class KalmanFilterXYAH:
         )
         return mean, np.diag(np.square(std))
 
+    def multi_initiate(self, measurement: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """:meth:`initiate` for K measurements (K, 4): means (K, 8), covariances (K, 8, 8)."""
+        count = measurement.shape[0]
+        mean = np.zeros((count, 2 * _NDIM), dtype=np.float64)
+        mean[:, :_NDIM] = measurement
+        h = mean[:, 3]
+        wp = self._std_weight_position
+        wv = self._std_weight_velocity
+        ones = np.ones_like(h)
+        std = np.stack(
+            [
+                2.0 * wp * h,
+                2.0 * wp * h,
+                1e-2 * ones,
+                2.0 * wp * h,
+                10.0 * wv * h,
+                10.0 * wv * h,
+                1e-5 * ones,
+                10.0 * wv * h,
+            ],
+            axis=1,
+        )
+        covariance = np.zeros((count, 2 * _NDIM, 2 * _NDIM), dtype=np.float64)
+        diag = np.arange(2 * _NDIM)
+        covariance[:, diag, diag] = np.square(std)
+        return mean, covariance
+
     def multi_predict(
         self, mean: FloatArray, covariance: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
@@ -102,4 +130,34 @@ class KalmanFilterXYAH:
         innovation = measurement - projected_mean
         new_mean: FloatArray = mean + gain @ innovation
         new_cov: FloatArray = covariance - gain @ projected_cov @ gain.T
+        return new_mean, new_cov
+
+    def multi_update(
+        self, mean: FloatArray, covariance: FloatArray, measurement: FloatArray
+    ) -> tuple[FloatArray, FloatArray]:
+        """:meth:`update` of K states at once: ``mean`` (K, 8), ``covariance`` (K, 8, 8),
+        ``measurement`` (K, 4) ``(cx, cy, a, h)``. Returns new arrays; the inputs are kept.
+        """
+        count = mean.shape[0]
+        if count == 0:
+            return mean.copy(), covariance.copy()
+        # H = [I 0], so H x and H P H^T are slices (exactly what the matrix products give).
+        wp = self._std_weight_position
+        h = mean[:, 3]
+        std = np.empty((count, _NDIM), dtype=np.float64)
+        std[:, 0] = wp * h
+        std[:, 1] = wp * h
+        std[:, 2] = 1e-1
+        std[:, 3] = wp * h
+        diag = np.arange(_NDIM)
+        projected_cov = covariance[:, :_NDIM, :_NDIM].copy()
+        projected_cov[:, diag, diag] += np.square(std)
+        # K^T = S^-1 (H P), one batched 4x4 solve
+        gain_t = np.asarray(
+            np.linalg.solve(projected_cov, covariance[:, :_NDIM, :]), dtype=np.float64
+        )
+        gain = gain_t.transpose(0, 2, 1)
+        innovation = measurement - mean[:, :_NDIM]
+        new_mean: FloatArray = mean + (gain @ innovation[:, :, None])[:, :, 0]
+        new_cov: FloatArray = covariance - gain @ projected_cov @ gain_t
         return new_mean, new_cov
