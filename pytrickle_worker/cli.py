@@ -213,6 +213,9 @@ async def _run(config: WorkerConfig, args: argparse.Namespace, out: TextIO) -> i
                 decoded = await asyncio.to_thread(next, frames, None)
                 if decoded is None:
                     break
+                if decoded.index == 0 and decoded.stream_fps > 0:
+                    # The tracker's lost-track timeout needs the rate frames really arrive at.
+                    tracker.set_frame_rate(min(args.fps or decoded.stream_fps, decoded.stream_fps))
                 result = await service.process(
                     pipeline, decoded.rgb, tracker, run_actions=args.actions
                 )

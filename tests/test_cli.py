@@ -190,3 +190,21 @@ def _has_ultralytics() -> bool:
     import importlib.util  # noqa: PLC0415
 
     return importlib.util.find_spec("ultralytics") is not None
+
+
+async def test_mpta_run_on_a_still_image(demo_assets: DemoAssets, tmp_path: Path) -> None:
+    from pytrickle_worker.demo.synthetic import SceneObject, render_scene  # noqa: PLC0415
+    from pytrickle_worker.inference.imageops import encode_jpeg  # noqa: PLC0415
+
+    truck = SceneObject("truck", (300, 200, 500, 330))
+    image = tmp_path / "still.jpg"
+    image.write_bytes(encode_jpeg(render_scene(800, 450, [truck]), 95))
+    code, out, err = await run_cli(
+        tmp_path, "mpta", "run", str(demo_assets.mpta_path), "--source", str(image), "--json"
+    )
+    assert code == 0, err
+    (record,) = [json.loads(line) for line in out.splitlines()]
+    # A truck has no branch in the demo pipeline: the detector's own result is final.
+    assert record["detection"]["class"] == "truck"
+    assert np.allclose(record["bbox"], truck.box, atol=3)
+    assert len(record["nodes"]) == 1

@@ -31,6 +31,7 @@ class DecodedFrame:
     index: int
     pts_time: float
     rgb: np.ndarray
+    stream_fps: float
 
 
 def open_options(source: str, timeout_s: float = 10.0) -> dict[str, str]:
@@ -63,6 +64,8 @@ def iter_frames(
             raise SourceError(f"{mask_url(source)} has no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        rate = stream.average_rate or stream.guessed_rate
+        stream_fps = float(rate) if rate else 0.0
         interval = 1.0 / fps if fps and fps > 0 else 0.0
         next_time = 0.0
         emitted = 0
@@ -71,10 +74,15 @@ def iter_frames(
             for frame in container.decode(stream):
                 pts_time = frame.time if frame.pts is not None else decoded / 30.0
                 decoded += 1
-                if interval and pts_time + 1e-6 < next_time:
-                    continue
-                next_time = (pts_time if not interval else max(next_time, pts_time)) + interval
-                yield DecodedFrame(emitted, pts_time, frame.to_ndarray(format="rgb24"))
+                if interval:
+                    if pts_time + 1e-6 < next_time:
+                        continue
+                    # Stay on the fps grid (0, 1/fps, 2/fps, ...) so sampling does not drift;
+                    # after a gap in the stream, restart the grid at this frame.
+                    next_time += interval
+                    if next_time <= pts_time:
+                        next_time = pts_time + interval
+                yield DecodedFrame(emitted, pts_time, frame.to_ndarray(format="rgb24"), stream_fps)
                 emitted += 1
                 if max_frames is not None and emitted >= max_frames:
                     return

@@ -395,22 +395,15 @@ def box_iou(boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike) -> FloatArray:
     return out
 
 
-def _expand_ranges(starts: IndexArray, counts: IndexArray) -> tuple[IndexArray, IndexArray]:
-    """For ranges ``[starts[i], starts[i] + counts[i])``: (range index, value) of each member."""
-    owner = np.repeat(np.arange(counts.size, dtype=np.intp), counts)
-    offset = np.arange(owner.size, dtype=np.intp) - np.repeat(np.cumsum(counts) - counts, counts)
-    return owner, starts[owner] + offset
-
-
 def overlapping_pairs(
     boxes_a: npt.ArrayLike, boxes_b: npt.ArrayLike
 ) -> tuple[IndexArray, IndexArray]:
-    """Candidate pairs ``(i, j)`` of xyxy boxes whose x-extents overlap, in row-major order.
+    """Candidate pairs ``(i, j)`` of xyxy boxes whose x-extents overlap, in no set order.
 
     A superset of the pairs with a positive :func:`box_iou` (every other pair has IoU
-    exactly 0), found by sorting instead of testing all N x M pairs: with ``x1`` of ``a[i]``
-    <= ``x1`` of ``b[j]`` the extents overlap iff ``b[j]`` starts before ``a[i]`` ends, and
-    symmetrically. Boxes must be finite.
+    exactly 0), found by sorting instead of testing all N x M pairs: when ``a[i]`` starts
+    (``x1``) no later than ``b[j]``, the extents overlap iff ``b[j]`` starts before
+    ``a[i]`` ends, and symmetrically. Each pair is listed once. Boxes must be finite.
     """
     a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
     b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
@@ -419,24 +412,22 @@ def overlapping_pairs(
     if n_a == 0 or n_b == 0:
         empty = np.zeros(0, dtype=np.intp)
         return empty, empty.copy()
-    order_a = np.argsort(a[:, 0], kind="stable")
-    order_b = np.argsort(b[:, 0], kind="stable")
-    a_x1 = a[order_a, 0]
-    b_x1 = b[order_b, 0]
-    # b starts within [a.x1, a.x2)
-    lo = np.searchsorted(b_x1, a[:, 0], side="left")
-    hi = np.searchsorted(b_x1, a[:, 2], side="left")
-    rows_1, pos = _expand_ranges(lo, np.maximum(hi - lo, 0))
-    cols_1 = order_b[pos]
-    # a starts within (b.x1, b.x2)
-    lo = np.searchsorted(a_x1, b[:, 0], side="right")
-    hi = np.searchsorted(a_x1, b[:, 2], side="left")
-    cols_2, pos = _expand_ranges(lo, np.maximum(hi - lo, 0))
-    rows_2 = order_a[pos]
-    rows = np.concatenate([rows_1, rows_2])
-    cols = np.concatenate([cols_1, cols_2])
-    order = np.argsort(rows * n_b + cols)  # keys are distinct: the two sets are disjoint
-    return rows[order], cols[order]
+    order_a = np.argsort(a[:, 0])
+    order_b = np.argsort(b[:, 0])
+    # a[i] first: the b starting in [a.x1, a.x2); b[j] first: the a starting in (b.x1, b.x2)
+    lo_b = np.searchsorted(b[order_b, 0], a[:, 0], side="left")
+    hi_b = np.searchsorted(b[order_b, 0], a[:, 2], side="left")
+    lo_a = np.searchsorted(a[order_a, 0], b[:, 0], side="right")
+    hi_a = np.searchsorted(a[order_a, 0], b[:, 2], side="left")
+    # Both range lists index one table: order_b, then order_a (offset n_b).
+    starts = np.concatenate([lo_b, lo_a + n_b])
+    counts = np.maximum(np.concatenate([hi_b - lo_b, hi_a - lo_a]), 0)
+    owner = np.repeat(np.arange(n_a + n_b, dtype=np.intp), counts)
+    ends = np.cumsum(counts)
+    position = np.arange(owner.size, dtype=np.intp) + np.repeat(starts - ends + counts, counts)
+    other = np.concatenate([order_b, order_a])[position]
+    a_first = owner < n_a
+    return np.where(a_first, owner, other), np.where(a_first, other, owner - n_a)
 
 
 def pair_iou(

@@ -64,6 +64,9 @@ _UNCONFIRMED_MATCH_THRESH = 0.7  # (fused) IoU distance, unconfirmed tracks
 _DUPLICATE_IOU_DIST = 0.15  # tracked/lost pairs with IoU > 0.85 are duplicates
 _MIN_BOX_SIDE = 1e-3  # pixels; keeps a = w / h finite for degenerate boxes
 _REFERENCE_FPS = 30.0
+# Up to this many track x detection pairs the IoU matrix is computed densely; above it
+# only the pairs of overlapping boxes are scored (same values, less work).
+_DENSE_MAX = 6144
 
 
 @dataclass(frozen=True)
@@ -378,10 +381,14 @@ class ByteTracker:
         """Optimal matching on the (score-fused when ``det_scores``) IoU distance.
 
         Equal to ``linear_assignment`` of the dense cost matrix: with ``thresh <= 1`` only
-        overlapping boxes can match (a pair with IoU 0 costs exactly 1), so only those
-        pairs are scored.
+        overlapping boxes can match (a pair with IoU 0 costs exactly 1), so for large
+        matrices only those pairs are scored.
         """
-        if thresh > 1.0 or not np.all(np.isfinite(track_boxes)):
+        if (
+            track_boxes.shape[0] * det_boxes.shape[0] <= _DENSE_MAX
+            or thresh > 1.0
+            or not np.all(np.isfinite(track_boxes))
+        ):
             cost = iou_distance(track_boxes, det_boxes)
             if det_scores is not None:
                 cost = fuse_score(cost, det_scores)
@@ -566,7 +573,11 @@ class ByteTracker:
             return tracked, lost
         tracked_boxes = _xyah_to_xyxy(mean[_slots(tracked)])
         lost_boxes = _xyah_to_xyxy(mean[_slots(lost)])
-        if np.all(np.isfinite(tracked_boxes)) and np.all(np.isfinite(lost_boxes)):
+        if (
+            len(tracked) * len(lost) > _DENSE_MAX
+            and np.all(np.isfinite(tracked_boxes))
+            and np.all(np.isfinite(lost_boxes))
+        ):
             # IoU > 0.85 needs overlapping boxes: score the overlapping pairs only
             rows, cols = overlapping_pairs(tracked_boxes, lost_boxes)
             dist = 1.0 - pair_iou(tracked_boxes, lost_boxes, rows, cols)

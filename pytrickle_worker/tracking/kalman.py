@@ -87,24 +87,36 @@ class KalmanFilterXYAH:
     def multi_predict(
         self, mean: FloatArray, covariance: FloatArray
     ) -> tuple[FloatArray, FloatArray]:
-        """Predict K states one step ahead: ``mean`` (K, 8), ``covariance`` (K, 8, 8)."""
+        """Predict K states one step ahead: ``mean`` (K, 8), ``covariance`` (K, 8, 8).
+
+        ``F P F^T + Q`` is computed as ``(F P) F^T`` with ``F P`` a block-row sum and the
+        right product one 2-D matrix product for all K states. Every entry of either
+        product is a sum of two nonzero terms (the rest are exact zeros, ``dt = 1``), so
+        the values equal ``F @ P @ F.T + Q`` exactly, in any summation order.
+        """
         count = mean.shape[0]
         if count == 0:
             return mean.copy(), covariance.copy()
+        d = _NDIM
         h = mean[:, 3]
         wp = self._std_weight_position
         wv = self._std_weight_velocity
-        ones = np.ones_like(h)
-        std = np.stack(
-            [wp * h, wp * h, 1e-2 * ones, wp * h, wv * h, wv * h, 1e-5 * ones, wv * h],
-            axis=1,
-        )
-        motion_cov = np.zeros((count, 2 * _NDIM, 2 * _NDIM), dtype=np.float64)
-        diag = np.arange(2 * _NDIM)
-        motion_cov[:, diag, diag] = np.square(std)
         f = self._motion_mat
         new_mean: FloatArray = mean @ f.T
-        new_cov: FloatArray = f @ covariance @ f.T + motion_cov
+        fp = covariance.copy()
+        fp[:, :d, :] += covariance[:, d:, :] * _DT
+        new_cov: FloatArray = (fp.reshape(-1, 2 * d) @ f.T).reshape(count, 2 * d, 2 * d)
+        var = np.empty((count, 2 * d), dtype=np.float64)
+        var[:, 0] = wp * h
+        var[:, 1] = wp * h
+        var[:, 2] = 1e-2
+        var[:, 3] = wp * h
+        var[:, 4] = wv * h
+        var[:, 5] = wv * h
+        var[:, 6] = 1e-5
+        var[:, 7] = wv * h
+        # the diagonal of each 8x8 matrix: every 9th entry of its 64
+        new_cov.reshape(count, -1)[:, :: 2 * d + 1] += np.square(var)
         return new_mean, new_cov
 
     def project(self, mean: FloatArray, covariance: FloatArray) -> tuple[FloatArray, FloatArray]:
