@@ -24,6 +24,7 @@ from pytrickle_worker.inference.model import (
 )
 from pytrickle_worker.inference.postprocess import OutputContract
 from pytrickle_worker.inference.providers import ProviderChoice, select_providers
+from tests.test_inference_postprocess import v8_output
 
 NAMES3 = "{0: 'person', 1: 'car', 2: 'truck'}"
 
@@ -71,11 +72,7 @@ def constant_model(
 def v8_rows(
     rows: Sequence[tuple[float, float, float, float, int, float]], nc: int, n: int = 20
 ) -> npt.NDArray[np.float32]:
-    out = np.zeros((1, 4 + nc, n), np.float32)
-    for k, (cx, cy, w, h, c, s) in enumerate(rows):
-        out[0, :4, k] = (cx, cy, w, h)
-        out[0, 4 + c, k] = s
-    return out
+    return v8_output(rows, nc, n)
 
 
 @pytest.fixture(scope="module")

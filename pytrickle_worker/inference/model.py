@@ -109,6 +109,13 @@ class StageTimings:
         """Everything but ``session.run``."""
         return self.preprocess_ms + self.postprocess_ms
 
+    def record(self, started: float, preprocessed: float, inferred: float, ended: float) -> None:
+        """Add one call from its four ``time.perf_counter()`` stamps."""
+        self.preprocess_ms += (preprocessed - started) * 1000
+        self.inference_ms += (inferred - preprocessed) * 1000
+        self.postprocess_ms += (ended - inferred) * 1000
+        self.calls += 1
+
     def add(self, other: StageTimings) -> None:
         self.preprocess_ms += other.preprocess_ms
         self.inference_ms += other.inference_ms
@@ -667,10 +674,7 @@ class OnnxModel:
             )
         t3 = time.perf_counter()
         if timings is not None:
-            timings.preprocess_ms += (t1 - t0) * 1000
-            timings.inference_ms += (t2 - t1) * 1000
-            timings.postprocess_ms += (t3 - t2) * 1000
-            timings.calls += 1
+            timings.record(t0, t1, t2, t3)
         return dets
 
     def classify(
@@ -697,10 +701,7 @@ class OnnxModel:
         result = Classification(class_id, self.class_name(class_id), confidence, probs)
         t3 = time.perf_counter()
         if timings is not None:
-            timings.preprocess_ms += (t1 - t0) * 1000
-            timings.inference_ms += (t2 - t1) * 1000
-            timings.postprocess_ms += (t3 - t2) * 1000
-            timings.calls += 1
+            timings.record(t0, t1, t2, t3)
         return result
 
     def warmup(self) -> None:
