@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
+import random
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +19,14 @@ from pytrickle_worker.tracking import (
     linear_assignment,
     min_cost_assignment,
 )
+from pytrickle_worker.tracking import assignment as assignment_module
+from pytrickle_worker.tracking import bytetrack as bytetrack_module
+from pytrickle_worker.tracking.assignment import (
+    overlapping_pairs,
+    pair_iou,
+    sparse_linear_assignment,
+)
+from pytrickle_worker.tracking.kalman import KalmanFilterXYAH
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -447,3 +457,409 @@ def test_box_iou_vectorised_matches_scalar() -> None:
             assert got[i, j] == pytest.approx(expected)
     assert box_iou(np.zeros((0, 4)), b).shape == (0, 5)
     assert box_iou([[0, 0, 10, 10]], [[0, 0, 10, 10]])[0, 0] == pytest.approx(1.0)
+
+
+# -- decomposed assignment -----------------------------------------------------------
+
+
+def undecomposed_assignment(cost: FloatArray, thresh: float) -> tuple[list[int], list[int]]:
+    """The pre-decomposition algorithm: one complete assignment of the clipped matrix."""
+    rows, cols = min_cost_assignment(np.minimum(cost - thresh, 0.0))
+    keep = cost[rows, cols] < thresh
+    return rows[keep].tolist(), cols[keep].tolist()
+
+
+def check_partial(
+    cost: FloatArray,
+    thresh: float,
+    result: tuple[npt.NDArray[np.int64], npt.NDArray[np.intp], npt.NDArray[np.intp]],
+) -> float:
+    """Assert ``result`` is a valid partial assignment; return its objective."""
+    matches, u_rows, u_cols = result
+    n, m = cost.shape
+    assert matches.dtype == np.int64
+    assert matches.shape == (matches.shape[0], 2)
+    r, c = matches[:, 0], matches[:, 1]
+    assert np.all(np.diff(r) > 0)  # sorted by row, rows distinct
+    assert len(set(c.tolist())) == len(c)
+    assert np.all(cost[r, c] < thresh)
+    assert sorted([*r.tolist(), *u_rows.tolist()]) == list(range(n))
+    assert sorted([*c.tolist(), *u_cols.tolist()]) == list(range(m))
+    return float((cost[r, c] - thresh).sum())
+
+
+def block_diagonal_cost(rng: np.random.Generator, thresh: float, *, ties: bool) -> FloatArray:
+    """Random independent blocks of admissible pairs, rows and columns shuffled.
+
+    Entries outside the blocks (and the block entries left out) are ``>= thresh``; some
+    are exactly ``thresh``.
+    """
+    sizes = [(int(rng.integers(1, 6)), int(rng.integers(1, 6))) for _ in range(rng.integers(1, 13))]
+    extra_rows, extra_cols = int(rng.integers(0, 4)), int(rng.integers(0, 4))
+    n = sum(h for h, _ in sizes) + extra_rows
+    m = sum(w for _, w in sizes) + extra_cols
+    cost = rng.uniform(thresh, thresh + 1.0, size=(n, m))
+    cost[rng.uniform(size=(n, m)) < 0.1] = thresh
+    r0 = c0 = 0
+    for h, w in sizes:
+        if ties:
+            block = rng.integers(0, 4, size=(h, w)) * (thresh / 4.0)
+        else:
+            block = rng.uniform(0.0, thresh, size=(h, w))
+        admissible = rng.uniform(size=(h, w)) < rng.uniform(0.3, 1.0)
+        cost[r0 : r0 + h, c0 : c0 + w] = np.where(admissible, block, cost[r0 : r0 + h, c0 : c0 + w])
+        r0 += h
+        c0 += w
+    return cost[rng.permutation(n)][:, rng.permutation(m)]
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_linear_assignment_many_components_equals_undecomposed(ties: bool) -> None:
+    rng = np.random.default_rng(17 if ties else 18)
+    for _ in range(300):
+        thresh = float(rng.choice([0.5, 0.8]))
+        cost = block_diagonal_cost(rng, thresh, ties=ties)
+        result = linear_assignment(cost, thresh)
+        got = check_partial(cost, thresh, result)
+        rows, cols = undecomposed_assignment(cost, thresh)
+        assert got == pytest.approx(float((cost[rows, cols] - thresh).sum()), abs=1e-9)
+        if not ties:  # a unique optimum: the very same pairs
+            assert result[0].tolist() == [[r, c] for r, c in zip(rows, cols, strict=True)]
+
+
+def test_linear_assignment_sparse_small_equals_brute_force() -> None:
+    rng = np.random.default_rng(23)
+    for trial in range(300):
+        n, m = int(rng.integers(1, 7)), int(rng.integers(1, 7))
+        thresh = 0.6
+        if trial % 2:
+            # ties, and entries == thresh
+            cost = rng.integers(0, 5, size=(n, m)).astype(np.float64) / 5.0
+        else:
+            cost = rng.uniform(0.0, 1.0, size=(n, m))
+        cost[rng.uniform(size=(n, m)) < 0.5] = 1.0  # sparse: several components
+        got = check_partial(cost, thresh, linear_assignment(cost, thresh))
+        assert got == pytest.approx(brute_force_partial(cost, thresh), abs=1e-9)
+
+
+def test_linear_assignment_large_sparse_equals_undecomposed() -> None:
+    # Tracker-like: each row touches a few neighbouring columns (small components),
+    # plus one dense 70 x 75 block that goes to the vectorised exact solver.
+    rng = np.random.default_rng(29)
+    n, m = 260, 280
+    cost = np.ones((n, m))
+    for i in range(n):
+        j = int(rng.integers(0, m - 3))
+        k = int(rng.integers(1, 4))
+        cost[i, j : j + k] = rng.uniform(0.0, 1.0, size=k)
+    cost[:70, 200:275] = rng.uniform(0.0, 1.1, size=(70, 75))
+    result = linear_assignment(cost, 0.8)
+    got = check_partial(cost, 0.8, result)
+    rows, cols = undecomposed_assignment(cost, 0.8)
+    assert got == pytest.approx(float((cost[rows, cols] - 0.8).sum()), abs=1e-9)
+    assert result[0].tolist() == [[r, c] for r, c in zip(rows, cols, strict=True)]
+
+
+def test_linear_assignment_pairs_at_the_threshold_stay_unmatched() -> None:
+    matches, u_rows, u_cols = linear_assignment(np.array([[0.5]]), 0.5)
+    assert matches.shape == (0, 2)
+    assert u_rows.tolist() == [0]
+    assert u_cols.tolist() == [0]
+    matches, _, u_cols = linear_assignment(np.array([[0.5, 0.49], [0.5, 0.5]]), 0.5)
+    assert matches.tolist() == [[0, 1]]
+    assert u_cols.tolist() == [0]
+
+
+def test_sparse_linear_assignment_equals_dense_in_any_pair_order() -> None:
+    rng = np.random.default_rng(31)
+    for trial in range(200):
+        thresh = 0.8
+        cost = block_diagonal_cost(rng, thresh, ties=trial % 2 == 1)
+        rows, cols = np.nonzero(cost < thresh)
+        order = rng.permutation(rows.size)
+        got = sparse_linear_assignment(
+            (cost.shape[0], cost.shape[1]),
+            rows[order],
+            cols[order],
+            cost[rows[order], cols[order]],
+            thresh,
+        )
+        want = linear_assignment(cost, thresh)
+        for g, w in zip(got, want, strict=True):
+            assert g.tolist() == w.tolist()
+
+
+def test_sparse_linear_assignment_without_pairs() -> None:
+    empty = np.zeros(0, dtype=np.intp)
+    matches, u_rows, u_cols = sparse_linear_assignment((2, 3), empty, empty, np.zeros(0), 0.5)
+    assert matches.shape == (0, 2)
+    assert u_rows.tolist() == [0, 1]
+    assert u_cols.tolist() == [0, 1, 2]
+
+
+def test_plain_python_and_vectorised_solvers_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(37)
+    matrices: list[FloatArray] = []
+    for trial in range(150):
+        n, m = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+        if trial % 2:
+            matrices.append(rng.integers(0, 3, size=(n, m)).astype(np.float64))  # ties
+        else:
+            matrices.append(np.minimum(rng.uniform(-1.0, 0.5, size=(n, m)), 0.0))
+    plain = [min_cost_assignment(c) for c in matrices]
+    monkeypatch.setattr(assignment_module, "_SMALL_PROBLEM", 0)
+    for cost, (rows, cols) in zip(matrices, plain, strict=True):
+        v_rows, v_cols = min_cost_assignment(cost)
+        assert v_rows.tolist() == rows.tolist()
+        assert v_cols.tolist() == cols.tolist()
+
+
+def random_boxes(rng: np.random.Generator, count: int, *, extent: float = 300.0) -> FloatArray:
+    centre = rng.uniform(0.0, extent, size=(count, 2))
+    size = rng.uniform(-10.0, 80.0, size=(count, 2))  # a few inverted / degenerate boxes
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    boxes[::4] = np.round(boxes[::4], -1)  # shared edges and coordinates
+    return boxes
+
+
+def test_overlapping_pairs_cover_every_positive_iou_and_pair_iou_matches() -> None:
+    rng = np.random.default_rng(41)
+    for trial in range(300):
+        a = random_boxes(rng, int(rng.integers(0, 40)))
+        b = random_boxes(rng, int(rng.integers(0, 40)))
+        if trial % 3 == 0 and len(a) and len(b):
+            half = len(b) // 2
+            b[:half] = a[rng.integers(0, len(a), size=half)]  # identical boxes
+        dense = box_iou(a, b)
+        rows, cols = overlapping_pairs(a, b)
+        pairs = set(zip(rows.tolist(), cols.tolist(), strict=True))
+        assert len(pairs) == rows.size  # each pair once
+        assert {(int(i), int(j)) for i, j in np.argwhere(dense > 0.0)} <= pairs
+        assert np.array_equal(pair_iou(a, b, rows, cols), dense[rows, cols])
+    rows, cols = overlapping_pairs(np.zeros((0, 4)), random_boxes(rng, 3))
+    assert rows.size == 0
+    assert cols.size == 0
+
+
+def test_min_cost_assignment_empty() -> None:
+    rows, cols = min_cost_assignment(np.zeros((0, 3)))
+    assert rows.size == 0
+    assert cols.size == 0
+
+
+def test_duplicate_tracks_keep_the_longer_lived() -> None:
+    # Two near-identical objects, both tracked; one vanishes and its track goes lost on
+    # top of the other (IoU > 0.85): the younger lost duplicate is dropped, so the
+    # object coming back gets a new id instead of the old one.
+    tracker = ByteTracker(30.0)
+    a, b = box(200, 200), box(201, 201)
+    for _ in range(4):
+        assert step(tracker, [a, b], scores=[0.9, 0.8]) == [1, 2]
+    assert step(tracker, [a]) == [1]
+    assert step(tracker, [a, b], scores=[0.9, 0.8]) == [1, -1]
+    assert step(tracker, [a, b], scores=[0.9, 0.8]) == [1, 3]
+    # The younger track still tracked while the older one is lost on top of it: the
+    # tracked one is dropped (its detection reports -1) and the older lost one survives.
+    tracker = ByteTracker(30.0)
+    a, b = box(200, 200), box(202, 202)
+    assert step(tracker, [a]) == [1]
+    assert step(tracker, [a]) == [1]
+    assert step(tracker, [a, b], scores=[0.9, 0.8]) == [1, -1]
+    assert step(tracker, [a, b], scores=[0.9, 0.8]) == [1, 2]
+    assert step(tracker, [a, b], scores=[0.9, 0.8]) == [1, 2]
+    assert step(tracker, [b]) == [-1]
+    assert step(tracker, [b]) == [1]
+
+
+# -- batched Kalman filter -----------------------------------------------------------
+
+
+def random_kalman_states(rng: np.random.Generator, count: int) -> tuple[FloatArray, FloatArray]:
+    kf = KalmanFilterXYAH()
+    measurement = np.column_stack(
+        [
+            rng.uniform(0, 1920, count),
+            rng.uniform(0, 1080, count),
+            rng.uniform(0.2, 3.0, count),
+            rng.uniform(5.0, 500.0, count),
+        ]
+    )
+    mean, cov = kf.multi_initiate(measurement)
+    mean[:, 4:] = rng.normal(0.0, 3.0, size=(count, 4))
+    noise = rng.normal(size=(count, 8, 8))
+    cov = cov + 0.1 * noise @ noise.transpose(0, 2, 1)  # random SPD covariances
+    return mean, cov
+
+
+def test_kalman_multi_initiate_equals_initiate() -> None:
+    rng = np.random.default_rng(43)
+    kf = KalmanFilterXYAH()
+    measurement = np.column_stack(
+        [
+            rng.uniform(0, 1920, 50),
+            rng.uniform(0, 1080, 50),
+            rng.uniform(0.2, 3, 50),
+            rng.uniform(1e-3, 500, 50),
+        ]
+    )
+    mean, cov = kf.multi_initiate(measurement)
+    for k in range(50):
+        m1, p1 = kf.initiate(measurement[k])
+        assert np.array_equal(mean[k], m1)
+        assert np.array_equal(cov[k], p1)
+
+
+def test_kalman_multi_predict_equals_matrix_form() -> None:
+    rng = np.random.default_rng(47)
+    kf = KalmanFilterXYAH()
+    mean, cov = random_kalman_states(rng, 40)
+    motion = np.eye(8)
+    motion[:4, 4:] = np.eye(4)
+    for _ in range(3):
+        new_mean, new_cov = kf.multi_predict(mean, cov)
+        h = mean[:, 3]
+        pos, vel = h / 20, h / 160
+        std = np.stack(
+            [pos, pos, np.full_like(h, 1e-2), pos, vel, vel, np.full_like(h, 1e-5), vel], axis=1
+        )
+        q = np.zeros_like(cov)
+        q[:, np.arange(8), np.arange(8)] = np.square(std)
+        np.testing.assert_array_equal(new_mean, mean @ motion.T)
+        np.testing.assert_allclose(new_cov, motion @ cov @ motion.T + q, rtol=1e-12)
+        mean, cov = new_mean, new_cov
+    empty_mean, empty_cov = kf.multi_predict(np.zeros((0, 8)), np.zeros((0, 8, 8)))
+    assert empty_mean.shape == (0, 8)
+    assert empty_cov.shape == (0, 8, 8)
+
+
+def test_kalman_batched_update_equals_single_updates() -> None:
+    rng = np.random.default_rng(53)
+    kf = KalmanFilterXYAH()
+    mean, cov = kf.multi_predict(*random_kalman_states(rng, 64))
+    measurement = mean[:, :4] + rng.normal(0.0, 4.0, size=(64, 4))
+    measurement[:, 2] = np.abs(measurement[:, 2]) + 0.1
+    new_mean, new_cov = kf.multi_update(mean, cov, measurement)
+    mean_before, cov_before = mean.copy(), cov.copy()
+    for k in range(64):
+        m1, p1 = kf.update(mean[k], cov[k], measurement[k])
+        np.testing.assert_allclose(new_mean[k], m1, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(new_cov[k], p1, rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(mean, mean_before)  # inputs untouched
+    np.testing.assert_array_equal(cov, cov_before)
+    empty_mean, empty_cov = kf.multi_update(np.zeros((0, 8)), np.zeros((0, 8, 8)), np.zeros((0, 4)))
+    assert empty_mean.shape == (0, 8)
+    assert empty_cov.shape == (0, 8, 8)
+
+
+# -- busy scenes -----------------------------------------------------------------------
+
+
+Frame = tuple[FloatArray, FloatArray, npt.NDArray[np.int64]]
+
+
+def busy_scene(
+    frames: int = 12, clutter: int = 150, stable: int = 20, seed: int = 11
+) -> list[Frame]:
+    """Smoothly moving objects plus drifting, jittering, flickering low-score clutter."""
+    rnd = random.Random(seed)
+    objects: list[tuple[bool, float, float, float, float, float, float, float]] = []
+    for _ in range(stable):
+        objects.append(
+            (
+                True,
+                rnd.uniform(100, 1800),
+                rnd.uniform(100, 980),
+                rnd.uniform(-6, 6),
+                rnd.uniform(-4, 4),
+                rnd.uniform(30, 120),
+                rnd.uniform(60, 200),
+                0.0,
+            )
+        )
+    for _ in range(clutter):
+        objects.append(
+            (
+                False,
+                rnd.uniform(0, 1920),
+                rnd.uniform(0, 1080),
+                rnd.uniform(-2, 2),
+                rnd.uniform(-2, 2),
+                rnd.uniform(15, 90),
+                rnd.uniform(15, 110),
+                rnd.uniform(0.1, 0.5),
+            )
+        )
+    out: list[Frame] = []
+    for f in range(frames):
+        boxes: list[list[float]] = []
+        scores: list[float] = []
+        classes: list[int] = []
+        for is_stable, x, y, vx, vy, w, h, base in objects:
+            if not is_stable and rnd.random() < 0.1:
+                continue
+            jitter = 0.0 if is_stable else 1.0
+            cx = x + vx * f + jitter * rnd.gauss(0, 1.5)
+            cy = y + vy * f + jitter * rnd.gauss(0, 1.5)
+            ww = w * (1 + jitter * rnd.gauss(0, 0.04))
+            hh = h * (1 + jitter * rnd.gauss(0, 0.04))
+            boxes.append([cx - ww / 2, cy - hh / 2, cx + ww / 2, cy + hh / 2])
+            if is_stable:
+                scores.append(min(max(rnd.gauss(0.8, 0.08), 0.3), 1.0))
+            else:
+                scores.append(min(max(base + rnd.gauss(0, 0.05), 0.1), 0.95))
+            classes.append(rnd.randrange(3))
+        out.append((np.array(boxes), np.array(scores), np.array(classes, dtype=np.int64)))
+    return out
+
+
+def test_busy_scene_ids_equal_the_per_track_implementation() -> None:
+    # Per frame: (confirmed detections, sum of their ids) as produced by the original
+    # per-track tracker (dense Hungarian, one Kalman solve per track) on this scene.
+    expected = [
+        (113, 6441),
+        (96, 5101),
+        (108, 6330),
+        (92, 5260),
+        (100, 5884),
+        (102, 6102),
+        (106, 6343),
+        (107, 6486),
+        (104, 6266),
+        (108, 6405),
+        (109, 6429),
+        (99, 5719),
+    ]
+    tracker = ByteTracker(30.0)
+    got: list[tuple[int, int]] = []
+    for boxes, scores, classes in busy_scene():
+        ids = tracker.update(boxes, scores, classes)
+        confirmed = ids[ids >= 0]
+        assert len(set(confirmed.tolist())) == confirmed.size
+        got.append((int(confirmed.size), int(confirmed.sum())))
+    assert got == expected
+    assert tracker.ids.last_id == 121
+
+
+@pytest.mark.parametrize(
+    "config",
+    [TrackerConfig(), TrackerConfig(fuse_score=False), TrackerConfig(match_thresh=1.2)],
+)
+def test_sparse_and_dense_association_give_identical_tracks(
+    monkeypatch: pytest.MonkeyPatch, config: TrackerConfig
+) -> None:
+    scene = busy_scene(frames=10, clutter=120, seed=5)
+
+    def replay(dense_max: int) -> list[list[object]]:
+        monkeypatch.setattr(bytetrack_module, "_DENSE_MAX", dense_max)
+        tracker = ByteTracker(30.0, config)
+        history: list[list[object]] = []
+        for f, (boxes, scores, classes) in enumerate(scene):
+            keep = 0 if f in (4, 5) else len(scores)  # occlusion: tracks go lost, come back
+            history.append(tracker.update(boxes[:keep], scores[:keep], classes[:keep]).tolist())
+            history.append([dataclasses.astuple(t) for t in tracker.active_tracks()])
+        return history
+
+    sparse = replay(0)
+    dense = replay(10**9)
+    assert sparse == dense
+    assert any(len(frame) > 50 for frame in sparse)

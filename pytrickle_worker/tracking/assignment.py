@@ -69,10 +69,11 @@ def _solve(matrix: FloatArray) -> tuple[IndexArray, IndexArray]:
     return rows[order], cols[order]
 
 
-# Up to this many entries the plain-Python solver beats the vectorised one (numpy's
-# per-call overhead dominates tiny scans). Both run the same algorithm with the same
-# floating-point operations and tie-breaking, so they return identical assignments.
-_SMALL_PROBLEM = 256
+# Up to this many entries (about 64 x 64) the plain-Python solver beats the vectorised
+# one (numpy's per-call overhead dominates short scans; they break even near 100 x 100).
+# Both run the same algorithm with the same floating-point operations and tie-breaking,
+# so they return identical assignments.
+_SMALL_PROBLEM = 4096
 
 
 def _owners_vectorised(c: FloatArray) -> IndexArray:
@@ -140,7 +141,7 @@ def _owners_scalar(c: list[list[float]]) -> list[int]:
                     if reduced < minv[j]:
                         minv[j] = reduced
                         way[j] = j0
-                    if minv[j] < delta:  # strict: the first minimum, as np.argmin
+                    if minv[j] < delta or j1 == 0:  # the first minimum, as np.argmin
                         delta = minv[j]
                         j1 = j
             for j in range(m + 1):

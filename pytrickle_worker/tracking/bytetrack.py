@@ -202,31 +202,9 @@ class _Track:
         self.start_frame = frame_id
         self.tracklet_len = 0
 
-    def mark_matched(
-        self, *, score: float, class_id: int, det_index: int, frame_id: int, reactivate: bool
-    ) -> None:
-        """Book-keeping of a match (the Kalman correction is applied batched by the caller)."""
-        self.tracklet_len = 0 if reactivate else self.tracklet_len + 1
-        self.state = TrackState.TRACKED
-        self.is_activated = True
-        self.frame_id = frame_id
-        self.score = score
-        self.class_id = class_id
-        self.det_index = det_index
-
 
 def _slots(tracks: list[_Track]) -> IndexArray:
     return np.fromiter((t.slot for t in tracks), dtype=np.intp, count=len(tracks))
-
-
-def _joint(a: list[_Track], b: list[_Track]) -> list[_Track]:
-    seen = {id(t) for t in a}
-    return a + [t for t in b if id(t) not in seen]
-
-
-def _sub(a: list[_Track], b: list[_Track]) -> list[_Track]:
-    drop = {id(t) for t in b}
-    return [t for t in a if id(t) not in drop]
 
 
 def _validate_detections(
@@ -431,29 +409,20 @@ class ByteTracker:
         high = np.flatnonzero(s >= cfg.track_high_thresh)
         second = np.flatnonzero((s > cfg.track_low_thresh) & (s < cfg.track_high_thresh))
 
-        activated: list[_Track] = []
         refind: list[_Track] = []
         newly_lost: list[_Track] = []
-        removed: list[_Track] = []
+        new_tracks: list[_Track] = []
 
         unconfirmed = [t for t in self._tracked if not t.is_activated]
         confirmed = [t for t in self._tracked if t.is_activated]
-        pool = _joint(confirmed, self._lost)
-        n_pool = len(pool)
+        pool = confirmed + self._lost  # tracked and lost are disjoint
 
-        # Predict every track (pool, then unconfirmed) in one batch; the rows of
-        # mean/cov become the tracks' slots for this frame.
-        everyone = pool + unconfirmed
-        sel = _slots(everyone)
-        mean = self._mean[sel]
-        cov = self._cov[sel]
-        not_tracked = np.fromiter(
-            (t.state is not tracked_state for t in everyone), dtype=bool, count=len(everyone)
-        )
-        mean[not_tracked, 7] = 0.0  # lost tracks: freeze the height velocity
-        mean, cov = kf.multi_predict(mean, cov)
-        for row, track in enumerate(everyone):
-            track.slot = row
+        # Predict every track in one batch. The state rows are the tracked tracks, then
+        # the lost ones (see the end of update); all tracked tracks are TRACKED and all
+        # lost ones LOST.
+        mean = self._mean.copy()
+        mean[len(self._tracked) :, 7] = 0.0  # lost tracks: freeze the height velocity
+        mean, cov = kf.multi_predict(mean, self._cov)
         pred_boxes = _xyah_to_xyxy(mean)
 
         # The Kalman corrections of all three stages are applied at once below: the
@@ -462,34 +431,38 @@ class ByteTracker:
         matched_dets: list[int] = []
 
         def apply(tracks: list[_Track], dets: list[int]) -> None:
-            for track, det in zip(tracks, dets, strict=True):
-                reactivate = track.state is not tracked_state
-                track.mark_matched(
-                    score=score_list[det],
-                    class_id=class_list[det],
-                    det_index=det,
-                    frame_id=fid,
-                    reactivate=reactivate,
-                )
-                (refind if reactivate else activated).append(track)
+            for track, det in zip(tracks, dets, strict=True):  # hot: kept inline
+                if track.state is tracked_state:
+                    track.tracklet_len += 1
+                else:  # a lost track found again
+                    track.tracklet_len = 0
+                    track.state = tracked_state
+                    refind.append(track)
+                track.is_activated = True
+                track.frame_id = fid
+                track.score = score_list[det]
+                track.class_id = class_list[det]
+                track.det_index = det
                 matched.append(track.slot)
             matched_dets.extend(dets)
 
         # 1) high-score detections vs tracked + lost tracks (IoU fused with score)
         matches, u_track, u_det = self._associate(
-            pred_boxes[:n_pool], b[high], s[high] if fuse else None, cfg.match_thresh
+            pred_boxes[_slots(pool)], b[high], s[high] if fuse else None, cfg.match_thresh
         )
         apply([pool[i] for i in matches[:, 0].tolist()], high[matches[:, 1]].tolist())
 
         # 2) low-score detections vs the remaining *tracked* tracks (plain IoU)
-        remaining = [pool[i] for i in u_track.tolist() if pool[i].state is tracked_state]
+        unmatched: list[int] = u_track.tolist()
+        remaining = [pool[i] for i in unmatched if pool[i].state is tracked_state]
         matches, u_remaining, _ = self._associate(
             pred_boxes[_slots(remaining)], b[second], None, _SECOND_MATCH_THRESH
         )
         apply([remaining[i] for i in matches[:, 0].tolist()], second[matches[:, 1]].tolist())
-        for it in u_remaining.tolist():
+        lost_rows: list[int] = u_remaining.tolist()
+        for it in lost_rows:
             track = remaining[it]
-            if track.state != TrackState.LOST:
+            if track.state is not TrackState.LOST:  # (always: remaining are TRACKED)
                 track.state = TrackState.LOST
                 newly_lost.append(track)
 
@@ -497,13 +470,14 @@ class ByteTracker:
         #    tracks are TRACKED, so none is a reactivation)
         left = high[u_det]
         matches, u_unconfirmed, u_left = self._associate(
-            pred_boxes[n_pool:], b[left], s[left] if fuse else None, _UNCONFIRMED_MATCH_THRESH
+            pred_boxes[_slots(unconfirmed)],
+            b[left],
+            s[left] if fuse else None,
+            _UNCONFIRMED_MATCH_THRESH,
         )
         apply([unconfirmed[i] for i in matches[:, 0].tolist()], left[matches[:, 1]].tolist())
         for it in u_unconfirmed.tolist():
-            track = unconfirmed[it]
-            track.state = TrackState.REMOVED
-            removed.append(track)
+            unconfirmed[it].state = TrackState.REMOVED
 
         # Kalman correction of every matched track, one batch
         if matched:
@@ -517,38 +491,44 @@ class ByteTracker:
         new_dets = new_dets[s[new_dets] >= cfg.new_track_thresh]
         if new_dets.size:
             new_mean, new_cov = kf.multi_initiate(_xyxy_to_xyah(b[new_dets]))
-            activated.extend(
+            new_list: list[int] = new_dets.tolist()
+            new_tracks.extend(
                 _Track(
-                    len(everyone) + k,
+                    mean.shape[0] + k,
                     score=score_list[det],
                     class_id=class_list[det],
                     det_index=det,
                     frame_id=fid,
                 )
-                for k, det in enumerate(new_dets.tolist())
+                for k, det in enumerate(new_list)
             )
             mean = np.concatenate([mean, new_mean])
             cov = np.concatenate([cov, new_cov])
 
         # 5) expire lost tracks, merge lists, drop duplicates
         for track in self._lost:
-            if fid - track.frame_id > self._max_time_lost:
+            if fid - track.frame_id > self._max_time_lost:  # (never one refound now)
                 track.state = TrackState.REMOVED
-                removed.append(track)
-
+        # The joint/sub list algebra of ByteTrack, written out: old tracked tracks still
+        # tracked (matched or not yet lost), new tracks, refound lost tracks; old lost
+        # tracks neither refound nor expired, then the newly lost.
+        lost_state = TrackState.LOST
         tracked = [t for t in self._tracked if t.state is tracked_state]
-        tracked = _joint(_joint(tracked, activated), refind)
-        lost = _sub(self._lost, tracked) + newly_lost
-        lost = _sub(lost, removed)
-        self._tracked, self._lost = self._remove_duplicates(tracked, lost, mean)
+        tracked += new_tracks
+        tracked += refind
+        lost = [t for t in self._lost if t.state is lost_state]
+        lost += newly_lost
+        tracked, lost = self._remove_duplicates(tracked, lost, mean)
 
-        # Keep the states of the surviving tracks only, re-slotted in list order.
-        alive = self._tracked + self._lost
+        # Keep the states of the surviving tracks only: rows = tracked, then lost.
+        alive = tracked + lost
         keep = _slots(alive)
         self._mean = mean[keep]
         self._cov = cov[keep]
         for row, track in enumerate(alive):
             track.slot = row
+        self._tracked = tracked
+        self._lost = lost
 
         # 6) issue IDs to tracks confirmed this frame (input order), build the output
         out = np.full(b.shape[0], -1, dtype=np.int64)
@@ -558,7 +538,7 @@ class ByteTracker:
             if track.track_id == 0:
                 track.track_id = self._ids.next_id()
                 logger.debug("track %d confirmed at frame %d", track.track_id, fid)
-            out[track.det_index] = track.track_id
+        out[[t.det_index for t in current]] = [t.track_id for t in current]
         return out
 
     @staticmethod

@@ -80,8 +80,7 @@ class KalmanFilterXYAH:
             axis=1,
         )
         covariance = np.zeros((count, 2 * _NDIM, 2 * _NDIM), dtype=np.float64)
-        diag = np.arange(2 * _NDIM)
-        covariance[:, diag, diag] = np.square(std)
+        covariance.reshape(count, -1)[:, :: 2 * _NDIM + 1] = np.square(std)  # diagonals
         return mean, covariance
 
     def multi_predict(
@@ -106,17 +105,17 @@ class KalmanFilterXYAH:
         fp = covariance.copy()
         fp[:, :d, :] += covariance[:, d:, :] * _DT
         new_cov: FloatArray = (fp.reshape(-1, 2 * d) @ f.T).reshape(count, 2 * d, 2 * d)
-        var = np.empty((count, 2 * d), dtype=np.float64)
-        var[:, 0] = wp * h
-        var[:, 1] = wp * h
-        var[:, 2] = 1e-2
-        var[:, 3] = wp * h
-        var[:, 4] = wv * h
-        var[:, 5] = wv * h
-        var[:, 6] = 1e-5
-        var[:, 7] = wv * h
+        std = np.empty((count, 2 * d), dtype=np.float64)
+        std[:, 0] = wp * h
+        std[:, 1] = wp * h
+        std[:, 2] = 1e-2
+        std[:, 3] = wp * h
+        std[:, 4] = wv * h
+        std[:, 5] = wv * h
+        std[:, 6] = 1e-5
+        std[:, 7] = wv * h
         # the diagonal of each 8x8 matrix: every 9th entry of its 64
-        new_cov.reshape(count, -1)[:, :: 2 * d + 1] += np.square(var)
+        new_cov.reshape(count, -1)[:, :: 2 * d + 1] += np.square(std)
         return new_mean, new_cov
 
     def project(self, mean: FloatArray, covariance: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -154,16 +153,11 @@ class KalmanFilterXYAH:
         if count == 0:
             return mean.copy(), covariance.copy()
         # H = [I 0], so H x and H P H^T are slices (exactly what the matrix products give).
-        wp = self._std_weight_position
-        h = mean[:, 3]
         std = np.empty((count, _NDIM), dtype=np.float64)
-        std[:, 0] = wp * h
-        std[:, 1] = wp * h
+        std[:, :] = self._std_weight_position * mean[:, 3:4]
         std[:, 2] = 1e-1
-        std[:, 3] = wp * h
-        diag = np.arange(_NDIM)
         projected_cov = covariance[:, :_NDIM, :_NDIM].copy()
-        projected_cov[:, diag, diag] += np.square(std)
+        projected_cov.reshape(count, -1)[:, :: _NDIM + 1] += np.square(std)  # diagonals
         # K^T = S^-1 (H P), one batched 4x4 solve
         gain_t = np.asarray(
             np.linalg.solve(projected_cov, covariance[:, :_NDIM, :]), dtype=np.float64
