@@ -18,7 +18,9 @@ def free_port() -> int:
 class RedisProcess:
     """A real redis-server on 127.0.0.1 that a test can stop and start again on the same port."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra_args: list[str] | None = None
+    ) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed; scripts/test.sh installs it")
@@ -26,6 +28,7 @@ class RedisProcess:
         self.workdir = workdir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.extra_args = extra_args or []
 
     @property
     def url(self) -> str:
@@ -55,7 +58,8 @@ class RedisProcess:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     sock.sendall(b"PING\r\n")
-                    if sock.recv(16).startswith(b"+PONG"):
+                    # "-NOAUTH" also proves the server is up when it requires a password.
+                    if sock.recv(16).startswith((b"+PONG", b"-NOAUTH")):
                         return
             except OSError:
                 time.sleep(0.05)

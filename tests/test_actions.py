@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+from pathlib import Path
 
 import av
 import numpy as np
@@ -227,3 +228,29 @@ async def test_no_redis_configured_means_nothing_queued() -> None:
     assert dispatcher.submit(None, job) is False
     assert dispatcher.stats.submitted == 0
     await dispatcher.close()
+
+
+def test_redis_url_quotes_the_password_and_masks_it() -> None:
+    from pytrickle_worker.logutil import mask_url  # noqa: PLC0415
+    from pytrickle_worker.mpta.actions import redis_target_url  # noqa: PLC0415
+
+    url = redis_target_url(RedisConfig(host="redis.local", port=6380, password="p@ss/w:rd", db=2))
+    assert url == "redis://:p%40ss%2Fw%3Ard@redis.local:6380/2"
+    assert "p%40ss" not in mask_url(url)
+
+
+async def test_password_protected_redis(tmp_path: Path) -> None:
+    server = RedisProcess(tmp_path / "redis", extra_args=["--requirepass", "s3cr@t"])
+    server.start()
+    dispatcher = ActionDispatcher()
+    try:
+        config = RedisConfig(host="127.0.0.1", port=server.port, password="s3cr@t")
+        job = ActionJob("pipeline", [_save("auth:{uuid}")], DETECTION, _image())
+        dispatcher.submit(config, job)
+        assert await dispatcher.drain(5)
+        client = aioredis.Redis(port=server.port, password="s3cr@t")
+        assert await client.exists(str(job.context["image_key"])) == 1
+        await client.aclose()
+    finally:
+        await dispatcher.close(drain_timeout_s=0)
+        server.stop()

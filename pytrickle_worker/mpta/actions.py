@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -76,7 +77,8 @@ def render_template(template: str, context: Mapping[str, object]) -> str:
 
 
 def redis_target_url(config: RedisConfig) -> str:
-    auth = f":{config.password}@" if config.password else ""
+    # Quote the password: characters such as '@' or '/' would otherwise end the userinfo.
+    auth = f":{quote(config.password, safe='')}@" if config.password else ""
     return f"redis://{auth}{config.host}:{config.port}/{config.db}"
 
 
