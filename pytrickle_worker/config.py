@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.ingest.config import IngestConfig
 
 ENV_PREFIX = "PTW_"
+SEED_CONFIG_FILE = "config.json"
+
+logger = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -59,11 +64,73 @@ class WorkerConfig(BaseModel):
         default=0.1, ge=0, le=1, description="Detections above this feed the tracker"
     )
 
+    # --- CMS protocol (the seed's config.json keys keep their names) ----------------------
+    target_fps: float = Field(
+        default=10.0, gt=0, le=120, description="Analysis rate per subscription"
+    )
+    poll_interval_ms: int = Field(
+        default=100, ge=0, description="Seed key: the rate is also capped at 1000/poll_interval_ms"
+    )
+    max_streams: int = Field(default=16, ge=1, description="Most subscriptions at once")
+    reconnect_interval_sec: float = Field(
+        default=10.0, gt=0, description="Upper bound of the camera reconnect backoff"
+    )
+    max_retries: int = Field(
+        default=-1,
+        ge=-1,
+        description="Consecutive failed camera reconnects before giving up; -1 = never",
+    )
+    heartbeat_interval_s: float = Field(default=2.0, gt=0, description="stateReport period")
+    emission: Literal["changes", "every_frame"] = Field(
+        default="changes",
+        description="changes: send on a new track or a changed result; every_frame: the seed's way",
+    )
+    disconnect_grace_s: float = Field(
+        default=30.0, ge=0, description="Keep subscriptions this long after the last backend leaves"
+    )
+    ws_queue_size: int = Field(default=256, ge=1, description="Pending imageDetections per backend")
+    ws_ping_interval_s: float = Field(default=10.0, gt=0, description="WebSocket ping period")
+    max_message_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest inbound message"
+    )
+    model_url_hosts: list[str] | None = Field(
+        default=None,
+        description=(
+            "When set, modelUrl may only name these hosts (SSRF guard); env: comma-separated"
+        ),
+    )
+    stall_timeout_s: float = Field(
+        default=10.0, gt=0, description="No frame for this long: reconnect"
+    )
+    hw_decode: Literal["auto", "nvdec", "off"] = "auto"
+
     redis_url: str | None = Field(
         default=None, description="Overrides the redis block of every pipeline.json when set"
     )
     action_buffer_size: int = Field(default=1000, ge=1)
     action_retry_interval_s: float = Field(default=1.0, gt=0)
+
+    @field_validator("model_url_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [h.strip().lower() for h in value.split(",") if h.strip()]
+        return value
+
+    @property
+    def analysis_fps(self) -> float:
+        """target_fps, capped by the seed's poll_interval_ms."""
+        if self.poll_interval_ms <= 0:
+            return self.target_fps
+        return min(self.target_fps, 1000.0 / self.poll_interval_ms)
+
+    def ingest_config(self) -> IngestConfig:
+        return IngestConfig(
+            reconnect_interval_sec=self.reconnect_interval_sec,
+            max_retries=self.max_retries,
+            stall_timeout_s=self.stall_timeout_s,
+            hw_decode=self.hw_decode,
+        )
 
     @property
     def resolved_demo_dir(self) -> Path:
@@ -73,8 +140,13 @@ class WorkerConfig(BaseModel):
     def load(
         cls, config_file: Path | None = None, environ: Mapping[str, str] | None = None
     ) -> WorkerConfig:
-        """Build the config from an optional JSON file, then environment overrides."""
+        """Build the config from an optional JSON file, then environment overrides.
+
+        Without ``config_file``, ``./config.json`` is read when it exists, as the seed did.
+        """
         values: dict[str, object] = {}
+        if config_file is None and Path(SEED_CONFIG_FILE).is_file():
+            config_file = Path(SEED_CONFIG_FILE)
         if config_file is not None:
             try:
                 loaded: object = json.loads(config_file.read_text(encoding="utf-8"))
@@ -83,7 +155,11 @@ class WorkerConfig(BaseModel):
             if not isinstance(loaded, dict):
                 raise WorkerError(f"config file {config_file} must hold a JSON object")
             document = cast(dict[str, object], loaded)
-            values.update(document)
+            unknown = sorted(set(document) - set(cls.model_fields))
+            if unknown:
+                # A seed config.json may carry keys this worker does not use: warn, don't fail.
+                logger.warning("config file %s: ignoring unknown keys %s", config_file, unknown)
+            values.update({k: v for k, v in document.items() if k in cls.model_fields})
         env = os.environ if environ is None else environ
         for name in cls.model_fields:
             raw = env.get(ENV_PREFIX + name.upper())

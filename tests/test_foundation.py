@@ -70,9 +70,24 @@ def test_config_file_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text("{nope")
     with pytest.raises(WorkerError, match="cannot read config file"):
         WorkerConfig.load(bad, environ={})
-    bad.write_text('{"no_such_option": 1}')
-    with pytest.raises(WorkerError, match="no_such_option"):
+    bad.write_text('{"port": "eighty"}')
+    with pytest.raises(WorkerError, match="port"):
         WorkerConfig.load(bad, environ={})
+
+
+def test_seed_config_json_keys_work_and_unknown_keys_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "config.json").write_text(
+        '{"poll_interval_ms": 200, "max_streams": 3, "target_fps": 8,'
+        ' "reconnect_interval_sec": 4, "max_retries": 2, "legacy_key": true}'
+    )
+    monkeypatch.chdir(tmp_path)
+    config = WorkerConfig.load(environ={})
+    assert (config.max_streams, config.target_fps, config.max_retries) == (3, 8.0, 2)
+    assert config.analysis_fps == 5.0  # capped by poll_interval_ms
+    assert config.ingest_config().reconnect_interval_sec == 4.0
+    assert "legacy_key" in caplog.text
 
 
 async def test_health_reports_the_loaded_default_pipeline(

@@ -1,4 +1,4 @@
-"""The aiohttp application. Later issues add the CMS WebSocket and the StreamServer routes."""
+"""The aiohttp application: CMS WebSocket, camera images, health. Later: StreamServer routes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from pytrickle_worker import __version__
+from pytrickle_worker.cms.endpoint import CmsEndpoint
 from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.ingest.hub import CameraHub
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.mpta.loader import LoadedPipeline
 from pytrickle_worker.mpta.service import PipelineService
@@ -31,11 +33,14 @@ class WorkerState:
 
 SERVICE_KEY = web.AppKey("pipeline_service", PipelineService)
 STATE_KEY = web.AppKey("worker_state", WorkerState)
+HUB_KEY = web.AppKey("camera_hub", CameraHub)
+CMS_KEY = web.AppKey("cms_endpoint", CmsEndpoint)
 
 
 async def health(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     service = request.app[SERVICE_KEY]
+    cms = request.app[CMS_KEY]
     pipeline = state.default_pipeline
     body: dict[str, object] = {
         "status": "healthy" if state.ready else "starting",
@@ -44,6 +49,8 @@ async def health(request: web.Request) -> web.Response:
         "execution_provider": service.providers.primary,
         "models_loaded": service.registry.loaded_count,
         "default_pipeline": mask_url(pipeline.source) if pipeline else None,
+        "subscriptions": len(cms.subscriptions),
+        "backends": len(cms.registry.connections),
         "actions": service.actions.snapshot(),
     }
     if state.startup_error:
@@ -53,14 +60,21 @@ async def health(request: web.Request) -> web.Response:
 
 
 def create_app(config: WorkerConfig, default_pipeline_source: str | None = None) -> web.Application:
-    app = web.Application()
+    app = web.Application(client_max_size=config.max_message_bytes)
     service = PipelineService(config)
+    hub = CameraHub(config.ingest_config())
+    cms = CmsEndpoint(config, hub, service)
     state = WorkerState(config, default_pipeline_source)
     app[SERVICE_KEY] = service
     app[STATE_KEY] = state
+    app[HUB_KEY] = hub
+    app[CMS_KEY] = cms
     app.router.add_get("/health", health)
+    app.router.add_routes(cms.routes())
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await hub.start()
+        await cms.start()
         if state.default_pipeline_source:
             try:
                 state.default_pipeline = await service.load(state.default_pipeline_source)
@@ -76,6 +90,8 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         )
         yield
         state.ready = False
+        await cms.stop()
+        await hub.stop()
         if state.default_pipeline is not None:
             await service.release(state.default_pipeline)
         await service.close()

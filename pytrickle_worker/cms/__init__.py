@@ -1,0 +1,1 @@
+"""The CMS worker protocol: WebSocket handler, subscriptions, outbound delivery."""

@@ -1,0 +1,273 @@
+"""The CMS WebSocket at ``/`` and ``GET /camera/{camera_id}/image``.
+
+Handlers stay thin: parsing lives in :mod:`pytrickle_worker.protocol`, subscriptions in
+:class:`SubscriptionManager`, delivery in :class:`BackendRegistry`. Nothing a backend sends can
+take the connection or the worker down: every bad message is answered with an ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from urllib.parse import unquote, urlsplit
+
+from aiohttp import WSMsgType, web
+
+from pytrickle_worker.cms.backends import BackendConnection, BackendRegistry
+from pytrickle_worker.cms.emission import EmissionMode
+from pytrickle_worker.cms.subscriptions import SubscriptionError, SubscriptionManager
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.hardware import HardwareMonitor
+from pytrickle_worker.inference.imageops import encode_jpeg
+from pytrickle_worker.ingest.hub import CameraHub
+from pytrickle_worker.logutil import mask_text
+from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.protocol import (
+    ErrorMessage,
+    InboundMessage,
+    InboundPatchSessionMessage,
+    PatchSessionResultMessage,
+    PatchSessionResultReply,
+    ProtocolError,
+    RequestStateMessage,
+    SetSessionIdMessage,
+    StateReport,
+    SubscribeMessage,
+    SubscribePayload,
+    parse_inbound,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Subscribe/unsubscribe requests being worked on at once, and queued behind them.
+MAX_CONCURRENT_COMMANDS = 4
+MAX_PENDING_COMMANDS = 64
+
+
+class CmsEndpoint:
+    """Owns the CMS side of the worker; ``start``/``stop`` bracket its life."""
+
+    def __init__(self, config: WorkerConfig, hub: CameraHub, service: PipelineService) -> None:
+        self.config = config
+        self.hub = hub
+        self.monitor = HardwareMonitor()
+        self.registry = BackendRegistry(
+            queue_size=config.ws_queue_size,
+            grace_s=config.disconnect_grace_s,
+            on_grace_expired=self._release_all,
+        )
+        self.subscriptions = SubscriptionManager(
+            hub,
+            service,
+            self.registry.broadcast,
+            target_fps=config.analysis_fps,
+            max_streams=config.max_streams,
+            emission=EmissionMode(config.emission),
+        )
+        self._commands = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
+        self._command_tasks: set[asyncio.Task[None]] = set()
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.websocket),
+            web.get("/camera/{camera_id}/image", self.camera_image),
+        ]
+
+    async def start(self) -> None:
+        self._heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat_loop(), name="cms-heartbeat"
+        )
+
+    async def stop(self) -> None:
+        self.accepting = False
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        for task in list(self._command_tasks):
+            task.cancel()
+        await asyncio.gather(*self._command_tasks, return_exceptions=True)
+        await self.registry.close()
+        await self.subscriptions.close()
+        self.monitor.close()
+
+    async def _release_all(self) -> None:
+        await self.subscriptions.close()
+
+    # ------------------------------------------------------------------ state
+
+    def state_report(self) -> StateReport:
+        load = self.monitor.sample()
+        return StateReport(
+            cpuUsage=round(load.cpu_percent, 1),
+            memoryUsage=round(load.memory_percent, 1),
+            gpuUsage=None if load.gpu_percent is None else round(load.gpu_percent, 1),
+            gpuMemoryUsage=(
+                None if load.gpu_memory_percent is None else round(load.gpu_memory_percent, 1)
+            ),
+            cameraConnections=self.subscriptions.connections(),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            if self.registry.connections:
+                self.registry.broadcast(self.state_report())
+
+    # ------------------------------------------------------------------ websocket
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            heartbeat=self.config.ws_ping_interval_s,
+            # Larger than our own limit, so an oversized message gets an `error` reply
+            # instead of aiohttp closing the connection.
+            max_msg_size=self.config.max_message_bytes * 16,
+        )
+        await ws.prepare(request)
+        peer = request.remote or "?"
+        connection = self.registry.add(ws, peer)
+        logger.info("backend connected: %s", peer)
+        connection.send(self.state_report())
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    self._handle_text(connection, message.data)
+                elif message.type == WSMsgType.BINARY:
+                    self._error(connection, "binary frames are not part of the protocol")
+                elif message.type == WSMsgType.ERROR:
+                    logger.info("backend %s: websocket error %s", peer, ws.exception())
+                    break
+        finally:
+            await self.registry.remove(connection)
+            logger.info("backend disconnected: %s", peer)
+        return ws
+
+    def _error(
+        self, connection: BackendConnection | None, error: str, identifier: str | None = None
+    ) -> None:
+        message = ErrorMessage(subscriptionIdentifier=identifier, error=mask_text(error))
+        if connection is None:
+            self.registry.broadcast(message)
+        else:
+            connection.send(message)
+
+    def _handle_text(self, connection: BackendConnection, text: str) -> None:
+        if len(text) > self.config.max_message_bytes:
+            self._error(
+                connection,
+                f"message of {len(text)} bytes exceeds the limit of "
+                f"{self.config.max_message_bytes} bytes",
+            )
+            return
+        try:
+            document: object = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            self._error(connection, f"message is not valid JSON: {exc}")
+            return
+        try:
+            message = parse_inbound(document)
+        except ProtocolError as exc:
+            self._error(connection, str(exc), exc.subscription_identifier)
+            return
+        self._dispatch(connection, message)
+
+    def _dispatch(self, connection: BackendConnection, message: InboundMessage) -> None:
+        if isinstance(message, RequestStateMessage):
+            connection.send(self.state_report())
+        elif isinstance(message, SetSessionIdMessage):
+            payload = message.payload
+            matched = self.subscriptions.set_session(payload.displayIdentifier, payload.sessionId)
+            logger.info(
+                "session of display %s set to %s (%d subscription(s))",
+                payload.displayIdentifier,
+                payload.sessionId,
+                matched,
+            )
+        elif isinstance(message, InboundPatchSessionMessage):
+            connection.send(
+                PatchSessionResultReply(
+                    payload={
+                        "sessionId": message.session_id,
+                        "success": True,
+                        "message": "Session patch acknowledged",
+                    }
+                )
+            )
+        elif isinstance(message, PatchSessionResultMessage):
+            result = message.payload
+            log = logger.info if result.success else logger.warning
+            log("patchSession %s: success=%s %s", result.sessionId, result.success, result.message)
+        elif isinstance(message, SubscribeMessage):
+            self._command(connection, message.payload.subscriptionIdentifier, message.payload)
+        else:
+            self._command(connection, message.payload.subscriptionIdentifier, None)
+
+    def _command(
+        self, connection: BackendConnection, identifier: str, payload: SubscribePayload | None
+    ) -> None:
+        if not self.accepting:
+            self._error(connection, "worker is shutting down", identifier)
+            return
+        if len(self._command_tasks) >= MAX_PENDING_COMMANDS:
+            self._error(connection, "too many subscribe/unsubscribe requests pending", identifier)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run_command(connection, identifier, payload)
+        )
+        self._command_tasks.add(task)
+        task.add_done_callback(self._command_tasks.discard)
+
+    async def _run_command(
+        self, connection: BackendConnection, identifier: str, payload: SubscribePayload | None
+    ) -> None:
+        async with self._commands:
+            try:
+                if payload is None:
+                    if not await self.subscriptions.unsubscribe(identifier):
+                        self._error(connection, "unknown subscriptionIdentifier", identifier)
+                        return
+                else:
+                    self._check_model_url(payload.modelUrl)
+                    await self.subscriptions.subscribe(payload)
+            except (WorkerError, SubscriptionError) as exc:
+                self._error(connection, str(exc), identifier)
+                return
+            except Exception as exc:
+                logger.exception("%s: command failed", identifier)
+                self._error(connection, f"internal error: {exc}", identifier)
+                return
+        self.registry.broadcast(self.state_report())
+
+    def _check_model_url(self, url: str) -> None:
+        allowed = self.config.model_url_hosts
+        if allowed is None:
+            return
+        host = (urlsplit(url).hostname or "").lower()
+        if "://" in url and not url.startswith("file://") and host not in allowed:
+            raise SubscriptionError(
+                f"modelUrl host {host!r} is not allowed (PTW_MODEL_URL_HOSTS: {', '.join(allowed)})"
+            )
+
+    # ------------------------------------------------------------------ image
+
+    async def camera_image(self, request: web.Request) -> web.Response:
+        identifier = unquote(request.match_info["camera_id"])
+        subscription = self.subscriptions.get(identifier)
+        if subscription is None:
+            return web.json_response(
+                {"error": f"camera {identifier!r} is not subscribed"}, status=404
+            )
+        frame = await subscription.camera.latest()
+        if frame is None:
+            return web.json_response(
+                {"error": f"no frame available yet for camera {identifier!r}"}, status=404
+            )
+        jpeg = await asyncio.to_thread(encode_jpeg, frame.rgb, 85)
+        return web.Response(body=jpeg, content_type="image/jpeg")
