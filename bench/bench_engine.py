@@ -1,6 +1,6 @@
 """Per-stage cost of the MPTA engine against a bare ``session.run`` floor, measured in one run.
 
-    .venv/bin/python bench/bench_engine.py [--frames 60] [--size 1920x1080] [--provider cpu] [--spin]
+    .venv/bin/python bench/bench_engine.py [--frames 60] [--size WxH] [--provider cpu] [--spin]
 
 For each model it runs, on the same synthetic 1080p camera frames, interleaved:
 
