@@ -26,6 +26,14 @@ from pydantic import (
 ModelId = int | str
 SessionId = int | str
 
+#: What the worker accepts as a modelId or sessionId. Both are echoed in every stateReport
+#: and detection, so they are bounded: a 64-bit integer or a string of at most 1024 characters.
+MAX_ID_CHARS = 1024
+InboundId = (
+    Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[str, Field(max_length=MAX_ID_CHARS)]
+)
+
 _INBOUND = ConfigDict(extra="allow", frozen=True)
 _OUTBOUND = ConfigDict(extra="forbid")
 
@@ -64,7 +72,7 @@ class SubscribePayload(BaseModel):
     snapshotUrl: str | None = Field(default=None, max_length=4096)
     snapshotInterval: int | None = Field(default=None, gt=0, le=86_400_000)
     modelUrl: str = Field(min_length=1, max_length=4096)
-    modelId: ModelId
+    modelId: InboundId
     modelName: str = Field(default="", max_length=1024)
     cropX1: int | None = Field(default=None, ge=0, le=MAX_COORDINATE)
     cropY1: int | None = Field(default=None, ge=0, le=MAX_COORDINATE)
@@ -150,7 +158,7 @@ class RequestStateMessage(BaseModel):
 class SetSessionIdPayload(BaseModel):
     model_config = _INBOUND
     displayIdentifier: str = Field(min_length=1, max_length=512)
-    sessionId: SessionId | None
+    sessionId: InboundId | None
 
 
 class SetSessionIdMessage(BaseModel):

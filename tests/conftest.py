@@ -8,6 +8,8 @@ import pytest
 from pytrickle_worker.demo.assets import DemoAssets, build_demo_assets
 from tests.helpers import RedisProcess
 
+pytest_plugins = ["tests.media_fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 
 

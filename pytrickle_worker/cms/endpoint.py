@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
@@ -168,7 +168,9 @@ class CmsEndpoint:
             return
         try:
             document: object = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers JSONDecodeError and also Python's limit on int digits (a
+            # number of more than 4300 digits), which json.loads raises as a plain ValueError.
             self._error(connection, f"message is not valid JSON: {exc}")
             return
         try:
@@ -258,7 +260,9 @@ class CmsEndpoint:
     # ------------------------------------------------------------------ image
 
     async def camera_image(self, request: web.Request) -> web.Response:
-        identifier = unquote(request.match_info["camera_id"])
+        # aiohttp has already percent-decoded the path segment (%3B -> ';'); decoding it again
+        # would turn a literal '%41' in an identifier into 'A' and serve another camera.
+        identifier = request.match_info["camera_id"]
         subscription = self.subscriptions.get(identifier)
         if subscription is None:
             return web.json_response(

@@ -20,7 +20,7 @@ from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.ingest.errors import CropError
 from pytrickle_worker.ingest.frame import CameraFrame
 from pytrickle_worker.ingest.hub import CameraHub, Subscription
-from pytrickle_worker.ingest.source import SourceConfig
+from pytrickle_worker.ingest.source import SourceConfig, is_local_path
 from pytrickle_worker.logutil import mask_text, mask_url
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.protocol import (
@@ -176,6 +176,9 @@ class SubscriptionManager:
                 url=payload.rtspUrl,
                 snapshot_url=payload.snapshotUrl,
                 snapshot_interval_ms=payload.snapshotInterval,
+                # A local file standing in for a camera (demos, tests) plays in a loop, at its
+                # native rate, like a camera that never ends.
+                loop=bool(payload.rtspUrl) and is_local_path(payload.rtspUrl or ""),
             )
             camera = self.hub.subscribe(source, target_fps=self.target_fps, crop=payload.crop)
         except BaseException:

@@ -17,6 +17,7 @@ import numpy as np
 from av.error import FFmpegError
 
 from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.ingest.options import open_options
 from pytrickle_worker.logutil import mask_text, mask_url
 
 logger = logging.getLogger(__name__)
@@ -32,16 +33,6 @@ class DecodedFrame:
     pts_time: float
     rgb: np.ndarray
     stream_fps: float
-
-
-def open_options(source: str, timeout_s: float = 10.0) -> dict[str, str]:
-    """FFmpeg demuxer options: RTSP over TCP, and socket timeouts so a dead peer never hangs."""
-    micros = str(int(timeout_s * 1_000_000))
-    if source.startswith(("rtsp://", "rtsps://")):
-        return {"rtsp_transport": "tcp", "timeout": micros}
-    if source.startswith(("http://", "https://")):
-        return {"rw_timeout": micros}
-    return {}
 
 
 def iter_frames(

@@ -1,0 +1,61 @@
+"""Camera-ingest tunables (``IngestConfig``); the worker config embeds this model."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["HwDecode", "IngestConfig", "RtspTransport"]
+
+RtspTransport = Literal["tcp", "udp"]
+HwDecode = Literal["auto", "nvdec", "off"]
+
+
+class IngestConfig(BaseModel):
+    """How the camera hub opens, reads, watches and reconnects its sources."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    rtsp_transport: RtspTransport = Field(
+        default="tcp", description="RTSP lower transport; TCP survives NAT and packet loss"
+    )
+    analyze_duration_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Media probed at open on network sources (FFmpeg analyzeduration)",
+    )
+    open_timeout_s: float = Field(
+        default=10.0, gt=0, description="Connect, handshake and stream probing"
+    )
+    read_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for one packet (socket and interrupt)"
+    )
+    stall_timeout_s: float = Field(
+        default=10.0, gt=0, description="No decoded frame for this long: close and reconnect"
+    )
+    reconnect_interval_sec: float = Field(
+        default=10.0, gt=0, description="Upper bound of the reconnect backoff (seconds)"
+    )
+    backoff_initial_s: float = Field(
+        default=0.5, gt=0, description="First reconnect backoff; doubles per failure"
+    )
+    max_retries: int = Field(
+        default=-1, ge=-1, description="Consecutive failed reconnects before giving up; -1 = never"
+    )
+    hw_decode: HwDecode = Field(
+        default="auto",
+        description=(
+            "auto: NVDEC for H.264/HEVC when NVML reports a GPU and PyAV has the cuvid "
+            "decoder; nvdec: always try it (falls back to software); off: software only"
+        ),
+    )
+    decoder_threads: int = Field(
+        default=0, ge=0, description="Software decoder threads per source; 0 = FFmpeg's choice"
+    )
+    snapshot_timeout_s: float = Field(default=10.0, gt=0, description="One snapshot HTTP GET")
+    convert_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Worker threads for RGB conversion and image decoding; 0 = min(4, CPUs)",
+    )

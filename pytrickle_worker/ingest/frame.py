@@ -1,0 +1,128 @@
+"""The latest-frame slot a reader publishes into, and the frames subscribers receive."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import cast
+
+import av
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["CameraFrame", "DecodedFrame", "LatestFrame", "RgbArray"]
+
+RgbArray = NDArray[np.uint8]
+
+
+class DecodedFrame:
+    """One decoded frame as published by a reader.
+
+    :meth:`to_rgb` converts it once, whoever asks first and however many ask at the same
+    time (a per-frame lock), caches the read-only result and releases the decoder's frame.
+    It blocks: call it from a worker thread, never on the event loop.
+    """
+
+    __slots__ = (
+        "_frame",
+        "_lock",
+        "_on_convert",
+        "_rgb",
+        "capture_time",
+        "height",
+        "pts_time",
+        "seq",
+        "width",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        capture_time: float,
+        pts_time: float | None,
+        frame: av.VideoFrame,
+        on_convert: Callable[[], None] | None = None,
+    ) -> None:
+        self.seq = seq
+        self.capture_time = capture_time
+        self.pts_time = pts_time
+        self.width = frame.width
+        self.height = frame.height
+        self._frame: av.VideoFrame | None = frame
+        self._on_convert = on_convert
+        self._rgb: RgbArray | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def rgb_ready(self) -> RgbArray | None:
+        """The cached RGB image, or None when it has not been converted yet."""
+        return self._rgb
+
+    def to_rgb(self) -> RgbArray:
+        rgb = self._rgb
+        if rgb is not None:
+            return rgb
+        with self._lock:
+            if self._rgb is None:
+                frame = self._frame
+                assert frame is not None  # set until the conversion below replaces it
+                converted = cast(RgbArray, frame.to_ndarray(format="rgb24"))
+                converted.flags.writeable = False
+                self._rgb = converted
+                self._frame = None
+                if self._on_convert is not None:
+                    self._on_convert()
+            return self._rgb
+
+
+@dataclass(frozen=True, slots=True)
+class CameraFrame:
+    """A frame as a subscriber receives it.
+
+    ``rgb`` is ``height x width x 3`` uint8, already cropped, and **read-only**: it is shared
+    with every other subscriber of the camera (``rgb.copy()`` before writing into it).
+    ``capture_time`` is the wall clock (UTC epoch seconds) when the frame was decoded;
+    ``pts_time`` is the stream's presentation time in seconds (None when it has none).
+    """
+
+    seq: int
+    capture_time: float
+    pts_time: float | None
+    rgb: RgbArray
+    width: int
+    height: int
+    source_width: int
+    source_height: int
+
+
+class LatestFrame:
+    """Holds only the newest frame of a source (drop-oldest by construction).
+
+    ``publish`` runs on the reader's thread and calls ``notify``, which must be thread-safe
+    (the hub's wakes waiting subscribers with ``loop.call_soon_threadsafe``).
+    """
+
+    def __init__(
+        self,
+        notify: Callable[[], None],
+        on_convert: Callable[[], None] | None = None,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._latest: DecodedFrame | None = None
+        self._seq = 0
+        self._notify = notify
+        self._on_convert = on_convert
+
+    @property
+    def latest(self) -> DecodedFrame | None:
+        return self._latest
+
+    def publish(self, frame: av.VideoFrame, pts_time: float | None) -> DecodedFrame:
+        with self._lock:
+            self._seq += 1
+            slot = DecodedFrame(self._seq, time.time(), pts_time, frame, self._on_convert)
+            self._latest = slot
+        self._notify()
+        return slot

@@ -1,0 +1,1094 @@
+"""The CMS WebSocket protocol (worker.md) end to end, against real servers on 127.0.0.1.
+
+The worker is the real aiohttp app (``create_app``) behind an ``aiohttp.test_utils.TestServer``;
+the backend is a real WebSocket client; the MPTA archive comes from a small aiohttp file server;
+the camera is the GStreamer RTSP test server playing the demo ``sample.mp4`` (640x360 at 15 fps:
+a car with a yellow badge drives in the upper half, a truck in the lower half). The demo
+pipeline reports the badged car as class "yellow" and the truck alone as class "truck".
+
+Nothing of the worker is mocked; the tests read its state (queues, registry, hub) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+import re
+import socket
+import struct
+import threading
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiohttp import ClientSession, ClientWebSocketResponse, TCPConnector, WSMsgType, web
+from aiohttp.test_utils import TestServer
+from yarl import URL
+
+from pytrickle_worker.cms.backends import BackendConnection
+from pytrickle_worker.cms.endpoint import CmsEndpoint
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.demo.synthetic import CLASS_COLOURS
+from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.server.app import CMS_KEY, HUB_KEY, SERVICE_KEY, create_app
+from tests.helpers import free_port
+from tests.media_fixtures import RtspServer
+
+Message = dict[str, Any]
+
+#: The two halves of the 640x360 sample: the car drives in UPPER, the truck in LOWER.
+UPPER = {"cropX1": 0, "cropY1": 0, "cropX2": 640, "cropY2": 180}
+LOWER = {"cropX1": 0, "cropY1": 180, "cropX2": 640, "cropY2": 360}
+ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+STATE_KEYS = {"type", "cpuUsage", "memoryUsage", "gpuUsage", "gpuMemoryUsage", "cameraConnections"}
+
+#: Opening the file-fed RTSP stream takes up to ~3 s (the server waits for a key frame, every
+#: 2 s in the sample, before it answers DESCRIBE; then FFmpeg probes 1 s). ``stall_timeout_s``
+#: also bounds each read, so it must exceed that DESCRIBE latency, with room for a loaded
+#: machine, or the reader times out before the stream ever starts (a 1.5 s value never
+#: connects). A killed camera is noticed at once anyway: its TCP connection closes.
+ONLINE_TIMEOUT_S = 12.0
+BASE_CONFIG: dict[str, Any] = {
+    "execution_provider": "cpu",
+    "heartbeat_interval_s": 0.5,
+    "disconnect_grace_s": 30.0,
+    "stall_timeout_s": 5.0,
+    "reconnect_interval_sec": 0.5,
+    "hw_decode": "off",
+    "log_level": "WARNING",
+}
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+@dataclass
+class ModelServer:
+    """Serves the demo MPTA (and broken ones) over HTTP; counts requests per name."""
+
+    base: str
+    requests: Counter[str] = field(default_factory=Counter[str])
+
+    def url(self, name: str = "demo.mpta") -> str:
+        return f"{self.base}/models/{name}"
+
+
+@pytest.fixture
+async def model_server(demo_assets: DemoAssets, tmp_path: Path) -> AsyncIterator[ModelServer]:
+    not_zip = tmp_path / "notzip.mpta"
+    not_zip.write_bytes(b"this is plain text, not a zip archive\n" * 20)
+    files = {"demo.mpta": demo_assets.mpta_path, "notzip.mpta": not_zip}
+    server = ModelServer(base="")
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        server.requests[name] += 1
+        path = files.get(name)
+        if path is None:
+            raise web.HTTPNotFound()
+        return web.FileResponse(path)
+
+    app = web.Application()
+    app.router.add_get("/models/{name}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    yield server
+    await runner.cleanup()
+
+
+@pytest.fixture
+def camera(rtsp_server_factory: Callable[..., RtspServer], demo_assets: DemoAssets) -> RtspServer:
+    """The RTSP test server playing the demo sample.mp4 (looped, real time)."""
+    return rtsp_server_factory(source="file", file=demo_assets.video_path)
+
+
+# ----------------------------------------------------------------------------- backend client
+
+
+class Backend:
+    """A CMS backend: a real WebSocket client that records every message the worker sends."""
+
+    def __init__(self, ws: ClientWebSocketResponse, session: ClientSession) -> None:
+        self.ws = ws
+        self.session = session
+        self.messages: list[Message] = []
+        self._arrived = asyncio.Event()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            if message.type is WSMsgType.TEXT:
+                self.messages.append(json.loads(message.data))
+                self._arrived.set()
+        self._arrived.set()
+
+    def mark(self) -> int:
+        """The index of the next message: pass it as ``after=`` to wait for newer ones."""
+        return len(self.messages)
+
+    async def send(self, kind: str, payload: Any = None) -> None:
+        message: Message = {"type": kind}
+        if payload is not None:
+            message["payload"] = payload
+        await self.ws.send_json(message)
+
+    async def wait_for(
+        self,
+        predicate: Callable[[Message], bool],
+        *,
+        after: int = 0,
+        timeout: float = 10.0,  # noqa: ASYNC109 - a deadline for the whole wait
+        what: str = "message",
+    ) -> Message:
+        """The first message at index >= ``after`` that satisfies ``predicate``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        index = after
+        while True:
+            while index < len(self.messages):
+                message = self.messages[index]
+                index += 1
+                if predicate(message):
+                    return message
+            remaining = deadline - loop.time()
+            if self.ws.closed:
+                raise AssertionError(f"connection closed while waiting for {what}")
+            if remaining <= 0:
+                tail = [_brief(m) for m in self.messages[-6:]]
+                raise AssertionError(f"no {what} within {timeout} s; last messages: {tail}")
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    async def next_error(self, after: int, timeout: float = 10.0) -> Message:  # noqa: ASYNC109
+        return await self.wait_for(is_error, after=after, timeout=timeout, what="error reply")
+
+    async def wait_online(self, identifier: str, *, after: int = 0, online: bool = True) -> Message:
+        return await self.wait_for(
+            lambda m: connection_of(m, identifier).get("online") is online,
+            after=after,
+            timeout=ONLINE_TIMEOUT_S,
+            what=f"stateReport with {identifier} online={online}",
+        )
+
+    async def detections(
+        self,
+        identifier: str,
+        count: int,
+        *,
+        after: int = 0,
+        timeout: float = ONLINE_TIMEOUT_S,  # noqa: ASYNC109
+        where: Callable[[Message], bool] = lambda _: True,
+    ) -> list[Message]:
+        """Wait for ``count`` imageDetections of ``identifier`` (at index >= after) matching
+        ``where``; returns them in order."""
+        found: list[Message] = []
+        index = after
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(found) < count:
+            message = await self.wait_for(
+                lambda m: is_detection(m, identifier) and where(m),
+                after=index,
+                timeout=max(0.01, deadline - loop.time()),
+                what=f"imageDetection #{len(found) + 1} of {identifier}",
+            )
+            index = self.messages.index(message, index) + 1
+            found.append(message)
+        return found
+
+    def since(self, after: int) -> list[Message]:
+        return self.messages[after:]
+
+    async def close(self) -> None:
+        if not self.ws.closed:
+            await asyncio.wait_for(self.ws.close(), 10)
+        await asyncio.wait_for(self._reader, 10)
+        await self.session.close()
+
+
+def _brief(message: Message) -> str:
+    text = json.dumps(message)
+    return text if len(text) < 300 else text[:300] + "…"
+
+
+def is_state(message: Message) -> bool:
+    return message.get("type") == "stateReport"
+
+
+def is_error(message: Message) -> bool:
+    return message.get("type") == "error"
+
+
+def is_detection(message: Message, identifier: str | None = None) -> bool:
+    return message.get("type") == "imageDetection" and (
+        identifier is None or message.get("subscriptionIdentifier") == identifier
+    )
+
+
+def connection_of(message: Message, identifier: str) -> dict[str, Any]:
+    """The cameraConnections entry for ``identifier`` in a stateReport, else {}."""
+    if not is_state(message):
+        return {}
+    for entry in message["cameraConnections"]:
+        if entry["subscriptionIdentifier"] == identifier:
+            return entry
+    return {}
+
+
+def detection_class(message: Message) -> str:
+    return str(message["data"]["detection"]["class"])
+
+
+def subscribe_payload(
+    identifier: str, rtsp_url: str, model_url: str, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "subscriptionIdentifier": identifier,
+        "rtspUrl": rtsp_url,
+        "modelUrl": model_url,
+        "modelName": "Vehicle Identification",
+        "modelId": 201,
+        **extra,
+    }
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+@dataclass
+class Worker:
+    app: web.Application
+    server: TestServer
+    config: WorkerConfig
+    http: ClientSession
+    backends: list[Backend] = field(default_factory=list[Backend])
+
+    @property
+    def cms(self) -> CmsEndpoint:
+        return self.app[CMS_KEY]
+
+    @property
+    def service(self) -> PipelineService:
+        return self.app[SERVICE_KEY]
+
+    def url(self, path: str) -> URL:
+        """``path`` sent exactly as written (no re-quoting of %3B and the like)."""
+        return URL(str(self.server.make_url("")).rstrip("/") + path, encoded=True)
+
+    async def connect(self, session: ClientSession | None = None) -> Backend:
+        session = session or ClientSession()
+        ws = await session.ws_connect(self.url("/"), max_msg_size=0)
+        backend = Backend(ws, session)
+        self.backends.append(backend)
+        return backend
+
+    async def get(self, path: str) -> tuple[int, str, bytes]:
+        async with self.http.get(self.url(path)) as response:
+            return response.status, response.content_type, await response.read()
+
+    def connection_objects(self) -> set[BackendConnection]:
+        return set(self.cms.registry.connections)
+
+
+WorkerFactory = Callable[..., Awaitable[Worker]]
+
+
+@pytest.fixture
+async def start_worker(tmp_path: Path) -> AsyncIterator[WorkerFactory]:
+    """``await start_worker(**config_overrides)``: a running worker app on 127.0.0.1."""
+    workers: list[Worker] = []
+
+    async def start(**overrides: Any) -> Worker:
+        config = WorkerConfig(cache_dir=tmp_path / "cache", **{**BASE_CONFIG, **overrides})
+        app = create_app(config)
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        worker = Worker(app, server, config, ClientSession())
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        for backend in worker.backends:
+            await backend.close()
+        await worker.http.close()
+        await worker.server.close()
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 10.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def decode_jpeg(body: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(body), mode="r", format="image2pipe") as container:
+        frame = next(container.decode(video=0))
+        return frame.to_ndarray(format="rgb24")
+
+
+def colour_pixels(rgb: np.ndarray, colour: tuple[int, int, int], tolerance: int = 40) -> int:
+    distance = np.abs(rgb.astype(np.int32) - np.asarray(colour, dtype=np.int32)).sum(axis=2)
+    return int((distance < tolerance).sum())
+
+
+# ============================================================================= 1. the log
+
+
+async def test_example_communication_log(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    """worker.md section 6, message by message, with the right fields and values."""
+    worker = await start_worker()
+    backend = await worker.connect()
+    identifier = "display-001;entry-cam-01"
+
+    # 1. Connection established: the first message is a stateReport without cameras.
+    first = await backend.wait_for(lambda _: True, what="first message")
+    assert set(first) == STATE_KEYS, first
+    assert first["type"] == "stateReport"
+    assert first["cameraConnections"] == []
+    for key in ("cpuUsage", "memoryUsage"):
+        assert isinstance(first[key], int | float) and 0 <= first[key] <= 100, first
+    for key in ("gpuUsage", "gpuMemoryUsage"):
+        assert first[key] is None or 0 <= first[key] <= 100, first
+    # ... and heartbeats follow on their own (every 0.5 s here).
+    await backend.wait_for(is_state, after=1, timeout=2.0, what="heartbeat")
+
+    # 2. The backend subscribes the camera.
+    mark = backend.mark()
+    await backend.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
+
+    # 3. The worker acknowledges in its heartbeat: the camera, online.
+    state = await backend.wait_online(identifier, after=mark)
+    assert set(state) == STATE_KEYS
+    assert state["cameraConnections"] == [
+        {
+            "subscriptionIdentifier": identifier,
+            "modelId": 201,
+            "modelName": "Vehicle Identification",
+            "online": True,
+        }
+    ]
+
+    # 4. The worker detects the car: exactly the protocol's fields, the scene's values.
+    [detection] = await backend.detections(identifier, 1, after=mark)
+    received_at = datetime.now(UTC)
+    assert set(detection) == {"type", "subscriptionIdentifier", "timestamp", "data"}, detection
+    assert detection["type"] == "imageDetection"
+    assert detection["subscriptionIdentifier"] == identifier
+    assert ISO_MS_Z.match(detection["timestamp"]), detection["timestamp"]
+    captured = datetime.strptime(detection["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=UTC
+    )
+    assert abs((received_at - captured).total_seconds()) < 5, (received_at, captured)
+    data = detection["data"]
+    assert set(data) == {"detection", "modelId", "modelName"}
+    assert data["modelId"] == 201
+    assert data["modelName"] == "Vehicle Identification"
+    flat = data["detection"]
+    assert set(flat) == {"class", "confidence", "id"}, flat  # flat: no bbox, no nesting
+    assert flat["class"] == "yellow"  # the car wins; its badge is classified
+    assert flat["confidence"] == pytest.approx(1.0, abs=0.1)
+    assert isinstance(flat["id"], int) and flat["id"] >= 1
+    assert all(not isinstance(v, dict | list) for v in flat.values())
+
+    # 5./6. The backend unsubscribes; the worker acknowledges with no cameras.
+    mark = backend.mark()
+    await backend.send("unsubscribe", {"subscriptionIdentifier": identifier})
+    state = await backend.wait_for(
+        lambda m: is_state(m) and m["cameraConnections"] == [],
+        after=mark,
+        what="stateReport without cameras",
+    )
+    assert set(state) == STATE_KEYS
+    assert not [m for m in backend.since(mark) if is_error(m)]
+    # The camera connection is closed, and no detection follows the acknowledgement.
+    await camera.wait_for_async(lambda s: s.current_sessions == 0, timeout=10)
+    after_ack = backend.messages.index(state, mark) + 1
+    await asyncio.sleep(0.5)
+    assert not [m for m in backend.since(after_ack) if is_detection(m)]
+
+
+# ============================================================================= 2. two displays
+
+
+async def test_two_displays_share_one_rtsp_session_with_separate_results(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker(emission="every_frame")
+    backend = await worker.connect()
+    a, b = "display-A;cam-1", "display-B;cam-1"
+    mark = backend.mark()
+    await backend.send("subscribe", subscribe_payload(a, camera.url, model_server.url(), **UPPER))
+    await backend.send("subscribe", subscribe_payload(b, camera.url, model_server.url(), **LOWER))
+    # The backend names a display only: it applies to display-A's subscriptions only.
+    await backend.send("setSessionId", {"displayIdentifier": "display-A", "sessionId": 12345})
+
+    state = await backend.wait_for(
+        lambda m: (
+            connection_of(m, a).get("online") is True and connection_of(m, b).get("online") is True
+        ),
+        after=mark,
+        timeout=ONLINE_TIMEOUT_S,
+        what="both displays online",
+    )
+    # Each subscription's crop is echoed back.
+    assert connection_of(state, a) == {
+        "subscriptionIdentifier": a,
+        "modelId": 201,
+        "modelName": "Vehicle Identification",
+        "online": True,
+        **UPPER,
+    }
+    assert connection_of(state, b) == {
+        "subscriptionIdentifier": b,
+        "modelId": 201,
+        "modelName": "Vehicle Identification",
+        "online": True,
+        **LOWER,
+    }
+
+    # The upper half only shows the badged car; the lower half only the truck.
+    from_a = await backend.detections(a, 5, after=mark)
+    from_b = await backend.detections(b, 5, after=mark)
+    assert {detection_class(m) for m in from_a} == {"yellow"}, from_a
+    assert {detection_class(m) for m in from_b} == {"truck"}, from_b
+    assert all(m["sessionId"] == 12345 for m in from_a), from_a
+    assert all("sessionId" not in m for m in from_b), from_b
+    assert {m["data"]["modelId"] for m in from_a + from_b} == {201}
+
+    # One camera, one RTSP connection and one session, for both displays.
+    counters = camera.counters()
+    assert counters["sessions_total"] == 1, counters
+    assert counters["clients_connected_total"] == 1, counters
+    assert counters["current_sessions"] == 1, counters
+    assert len(worker.app[HUB_KEY].statuses()) == 1
+
+
+# ============================================================================= 3. sessions
+
+
+async def test_session_id_set_changed_and_cleared(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker(emission="every_frame")
+    backend = await worker.connect()
+    identifier = "display-001;cam-1"
+    await backend.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
+    await backend.detections(identifier, 2)
+
+    def with_session(value: object) -> Callable[[Message], bool]:
+        return lambda m: m.get("sessionId") == value
+
+    mark = backend.mark()
+    await backend.send("setSessionId", {"displayIdentifier": "display-001", "sessionId": 12345})
+    first = (await backend.detections(identifier, 1, after=mark, where=with_session(12345)))[0]
+    following = await backend.detections(identifier, 3, after=backend.messages.index(first) + 1)
+    assert all(m["sessionId"] == 12345 for m in following), following
+
+    # A new session (a string this time) replaces the old one.
+    mark = backend.mark()
+    await backend.send("setSessionId", {"displayIdentifier": "display-001", "sessionId": "s-2"})
+    first = (await backend.detections(identifier, 1, after=mark, where=with_session("s-2")))[0]
+    following = await backend.detections(identifier, 3, after=backend.messages.index(first) + 1)
+    assert all(m["sessionId"] == "s-2" for m in following), following
+
+    # null clears it: the key disappears from every later detection.
+    mark = backend.mark()
+    await backend.send("setSessionId", {"displayIdentifier": "display-001", "sessionId": None})
+    first = (
+        await backend.detections(identifier, 1, after=mark, where=lambda m: "sessionId" not in m)
+    )[0]
+    following = await backend.detections(identifier, 5, after=backend.messages.index(first) + 1)
+    assert all("sessionId" not in m for m in following), following
+    assert all(detection_class(m) == "yellow" for m in following)
+    # Another display's session never leaks onto this one.
+    mark = backend.mark()
+    await backend.send("setSessionId", {"displayIdentifier": "display-002", "sessionId": 7})
+    following = await backend.detections(identifier, 3, after=mark)
+    assert all("sessionId" not in m for m in following), following
+    assert not [m for m in backend.messages if is_error(m)]
+
+
+# ============================================================================= 4. outage
+
+
+async def test_camera_outage_goes_offline_and_recovers_without_resubscribe(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker(emission="every_frame")
+    backend = await worker.connect()
+    identifier = "display-001;cam-1"
+    await backend.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
+    await backend.wait_online(identifier)
+    await backend.detections(identifier, 2)
+
+    # The camera crashes: the heartbeat reports it offline (the subscription stays).
+    camera.kill()
+    mark = backend.mark()
+    offline = await backend.wait_online(identifier, after=mark, online=False)
+    assert connection_of(offline, identifier)["modelId"] == 201
+    assert len(worker.cms.subscriptions) == 1
+
+    # It comes back on the same port: online again and detections resume, no resubscribe.
+    mark = backend.mark()
+    await asyncio.to_thread(camera.restart)
+    await backend.wait_online(identifier, after=mark)
+    resumed = await backend.detections(identifier, 3, after=mark)
+    assert all(detection_class(m) == "yellow" for m in resumed), resumed
+    assert camera.counters()["sessions_total"] == 2  # one session per server run
+    assert camera.starts == 2
+    assert not [m for m in backend.messages if is_error(m)]
+
+
+# ============================================================================= 5. images
+
+
+async def test_camera_image_route(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker()
+    backend = await worker.connect()
+    a, b = "display-A;cam-1", "display-B;cam-1"
+    percent = "display-%41;cam-1"  # a literal '%' in an identifier
+    dead = "display-D;cam-dead"
+    box = {"cropX1": 100, "cropY1": 200, "cropX2": 300, "cropY2": 300}
+    model = model_server.url()
+    await backend.send("subscribe", subscribe_payload(a, camera.url, model, **UPPER))
+    await backend.send("subscribe", subscribe_payload(b, camera.url, model, **box))
+    await backend.send("subscribe", subscribe_payload(percent, camera.url, model))
+    nobody = f"rtsp://127.0.0.1:{free_port()}/cam"  # refuses connections: never a frame
+    await backend.send("subscribe", subscribe_payload(dead, nobody, model))
+    await backend.wait_for(
+        lambda m: all(connection_of(m, i) for i in (a, b, percent, dead)),
+        what="all four subscriptions in a stateReport",
+    )
+
+    # Unknown ids: 404 with a JSON error.
+    for path in (
+        "/camera/display-X;cam-1/image",
+        "/camera/display-A%3Bcam-2/image",
+        "/camera/nothing/image",
+    ):
+        status, content_type, body = await worker.get(path)
+        assert status == 404, path
+        assert content_type == "application/json"
+        assert "not subscribed" in json.loads(body)["error"]
+    # Subscribed, but the camera never delivered a frame: 404 with a JSON error.
+    for path in ("/camera/display-D;cam-dead/image", "/camera/display-D%3Bcam-dead/image"):
+        status, content_type, body = await worker.get(path)
+        assert status == 404, path
+        assert content_type == "application/json"
+        assert "no frame" in json.loads(body)["error"]
+
+    await backend.wait_online(a)
+    images: dict[str, np.ndarray] = {}
+    for path, expected in (
+        ("/camera/display-A;cam-1/image", (180, 640)),
+        ("/camera/display-A%3Bcam-1/image", (180, 640)),
+        ("/camera/display-A%3bcam-1/image", (180, 640)),
+        ("/camera/display-B;cam-1/image", (100, 200)),
+        ("/camera/display-B%3Bcam-1/image", (100, 200)),
+        ("/camera/display-%2541;cam-1/image", (360, 640)),
+        ("/camera/display-%2541%3Bcam-1/image", (360, 640)),
+    ):
+        status, content_type, body = await worker.get(path)
+        assert status == 200, (path, body[:200])
+        assert content_type == "image/jpeg"
+        assert body[:2] == b"\xff\xd8"
+        rgb = decode_jpeg(body)
+        assert rgb.shape == (*expected, 3), path
+        images[path] = rgb
+    # The crop is the right region: the car (red) is in the upper half, the truck is not.
+    upper = images["/camera/display-A;cam-1/image"]
+    assert colour_pixels(upper, CLASS_COLOURS["car"]) > 2000
+    assert colour_pixels(upper, CLASS_COLOURS["truck"], tolerance=60) < 50
+    full = images["/camera/display-%2541;cam-1/image"]
+    assert colour_pixels(full[180:], CLASS_COLOURS["car"]) < 50
+
+    # After unsubscribing, the image is gone.
+    mark = backend.mark()
+    await backend.send("unsubscribe", {"subscriptionIdentifier": a})
+    await backend.wait_for(lambda m: is_state(m) and not connection_of(m, a), after=mark)
+    status, _, body = await worker.get("/camera/display-A;cam-1/image")
+    assert status == 404 and "error" in json.loads(body)
+
+
+# ============================================================================= 6. hostile input
+
+
+def _deep_object(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {}
+    root = node
+    for _ in range(depth):
+        node["a"] = {}
+        node = node["a"]
+    return root
+
+
+def hostile_messages(model_server: ModelServer, count: int) -> list[tuple[str | bytes, str]]:
+    """``count`` malformed or hostile messages, each with a word its error reply must hold."""
+    ok = subscribe_payload("display-h;cam-h", "rtsp://127.0.0.1:1/cam", model_server.url())
+
+    def sub(**changes: Any) -> str:
+        payload = {**ok, **changes}
+        return json.dumps(
+            {"type": "subscribe", "payload": {k: v for k, v in payload.items() if v is not ...}}
+        )
+
+    huge_int = "9" * 5000  # past Python's int-from-string limit (4300 digits)
+    cases: list[tuple[str | bytes, str]] = [
+        ("not json at all", "not valid json"),
+        ("", "not valid json"),
+        ("{", "not valid json"),
+        ("{'type': 'requestState'}", "not valid json"),
+        ('{"type": "requestState",}', "not valid json"),
+        ("[1, 2, 3]", "must be a json object, got list"),
+        ('[{"type": "requestState"}]', "must be a json object, got list"),
+        ("42", "got int"),
+        ("-1.5e300", "got float"),
+        ('"subscribe"', "got str"),
+        ("null", "got nonetype"),
+        ("true", "got bool"),
+        ("{}", "type"),
+        ('{"payload": {}}', "type"),
+        ('{"type": 5}', "type"),
+        ('{"type": null}', "type"),
+        ('{"type": ["requestState"]}', "type"),
+        ('{"type": {"a": 1}}', "type"),
+        ('{"type": "hack"}', "unknown message type 'hack'"),
+        ('{"type": "RequestState"}', "unknown message type"),
+        ('{"type": "requestState", "type": "bogus"}', "unknown message type 'bogus'"),
+        (json.dumps({"type": "x" * 10_000}), "unknown message type"),
+        (json.dumps({"type": "nope", "payload": _deep_object(900)}), "unknown message type"),
+        (json.dumps({f"k{i}": i for i in range(20_000)} | {"type": "zz"}), "unknown message"),
+        ("[" * 100_000 + "]" * 100_000, "not valid json"),
+        ('{"a":' * 50_000 + "1" + "}" * 50_000, "not valid json"),
+        (json.dumps("x" * 2_000_000), "exceeds the limit"),
+        (sub(cropX1=0) + " " * 2_000_000, "exceeds the limit"),
+        ('{"type": "subscribe"}', "payload"),
+        ('{"type": "subscribe", "payload": null}', "payload"),
+        ('{"type": "subscribe", "payload": []}', "payload"),
+        ('{"type": "subscribe", "payload": "display;cam"}', "payload"),
+        (sub(subscriptionIdentifier=...), "subscriptionidentifier"),
+        (sub(subscriptionIdentifier="display-no-camera"), "subscriptionidentifier"),
+        (sub(subscriptionIdentifier="a;b;c"), "subscriptionidentifier"),
+        (sub(subscriptionIdentifier=";cam"), "subscriptionidentifier"),
+        (sub(subscriptionIdentifier="d;" + "c" * 1000), "subscriptionidentifier"),
+        (sub(subscriptionIdentifier=12), "subscriptionidentifier"),
+        (sub(modelUrl=...), "modelurl"),
+        (sub(modelUrl=""), "modelurl"),
+        (sub(modelUrl=["http://x"]), "modelurl"),
+        (sub(modelId=...), "modelid"),
+        (sub(modelId=None), "modelid"),
+        (sub(modelId=1.5), "modelid"),
+        (sub(modelId={"id": 1}), "modelid"),
+        (sub(modelId="m" * 100_000), "modelid"),
+        (sub(modelId=10**30), "modelid"),
+        (sub(modelId=-(10**30)), "modelid"),
+        (sub(modelId=0).replace('"modelId": 0', f'"modelId": {huge_int}'), "not valid json"),
+        (sub(modelId=0).replace('"modelId": 0', '"modelId": NaN'), "modelid"),
+        (sub(modelName="n" * 5000), "modelname"),
+        (sub(modelName=42), "modelname"),
+        (sub(rtspUrl=...), "rtspurl or snapshoturl"),
+        (sub(rtspUrl=None), "rtspurl or snapshoturl"),
+        (sub(rtspUrl=7), "rtspurl"),
+        (sub(rtspUrl="rtsp://" + "h" * 5000), "rtspurl"),
+        (sub(rtspUrl=None, snapshotUrl="http://127.0.0.1:1/s.jpg"), "snapshotinterval"),
+        (sub(snapshotUrl="http://127.0.0.1:1/s.jpg", snapshotInterval=-5), "snapshotinterval"),
+        (sub(snapshotUrl="http://127.0.0.1:1/s.jpg", snapshotInterval="often"), "snapshotinter"),
+        (sub(cropX1=0), "must be given together"),
+        (sub(cropX1=0, cropY1=0, cropX2=0, cropY2=10), "empty"),
+        (sub(cropX1=5, cropY1=50, cropX2=100, cropY2=10), "empty"),
+        (sub(cropX1=-1, cropY1=0, cropX2=10, cropY2=10), "cropx1"),
+        (sub(cropX1="abc", cropY1=0, cropX2=10, cropY2=10), "cropx1"),
+        (sub(cropX1=0, cropY1=0, cropX2=10**12, cropY2=10), "cropx2"),
+        (
+            sub(cropX1=0, cropY1=0, cropX2=10, cropY2=10).replace(
+                '"cropY2": 10', '"cropY2": 1e400'
+            ),
+            "cropy2",
+        ),
+        (sub(cropX1=0.5, cropY1=0, cropX2=10, cropY2=10), "cropx1"),
+        (sub(modelUrl=model_server.url("missing.mpta")), "missing.mpta"),
+        (sub(modelUrl=model_server.url("notzip.mpta")), "zip"),
+        (sub(modelUrl="gopher://127.0.0.1/x.mpta"), "unsupported scheme"),
+        (sub(modelUrl="http://127.0.0.1:1/model.mpta"), "127.0.0.1:1"),
+        ('{"type": "unsubscribe"}', "payload"),
+        ('{"type": "unsubscribe", "payload": {}}', "subscriptionidentifier"),
+        ('{"type": "unsubscribe", "payload": {"subscriptionIdentifier": 5}}', "subscriptionid"),
+        ('{"type": "unsubscribe", "payload": {"subscriptionIdentifier": ""}}', "subscriptionid"),
+        (
+            json.dumps({"type": "unsubscribe", "payload": {"subscriptionIdentifier": "d;nope"}}),
+            "unknown subscriptionidentifier",
+        ),
+        (
+            # A lone surrogate is no valid string.
+            '{"type": "unsubscribe", "payload": {"subscriptionIdentifier": "\\ud800;x"}}',
+            "subscriptionidentifier: input should be a valid string",
+        ),
+        ('{"type": "setSessionId"}', "payload"),
+        ('{"type": "setSessionId", "payload": {"sessionId": 1}}', "displayidentifier"),
+        ('{"type": "setSessionId", "payload": {"displayIdentifier": "d"}}', "sessionid"),
+        (
+            '{"type": "setSessionId", "payload": {"displayIdentifier": "d", "sessionId": [1]}}',
+            "sessionid",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "setSessionId",
+                    "payload": {"displayIdentifier": "d", "sessionId": "s" * 100_000},
+                }
+            ),
+            "sessionid",
+        ),
+        ('{"type": "patchSessionResult", "payload": {"sessionId": 1}}', "success"),
+        ('{"type": "patchSessionResult", "payload": {"success": "maybe"}}', "success"),
+        ('{"type": "patchSession", "sessionId": 1, "data": [1, 2]}', "data"),
+        ('{"type": "patchSession", "sessionId": {"a": 1}}', "sessionid"),
+        (b"\x00\xff\xfe binary", "binary frames"),
+        (b'{"type": "requestState"}', "binary frames"),
+    ]
+    messages: list[tuple[str | bytes, str]] = list(cases)
+    rng = random.Random(4)
+    alphabet = "{}[]:,\"'\\ abc0123456789-.eEtrufnl\u00e9\u4e2d\U0001f600"
+    while len(messages) < count:
+        kind = rng.randrange(5)
+        if kind == 0:  # random garbage, never valid JSON
+            text = "~" + "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 200)))
+            messages.append((text, "not valid json"))
+        elif kind == 1:  # random JSON that is not an object
+            choices: list[object] = [rng.random(), rng.randrange(-(10**9), 10**9), "s", [], [[]]]
+            value = rng.choice(choices)
+            messages.append((json.dumps(value), f"got {type(value).__name__}"))
+        elif kind == 2:  # unknown types
+            messages.append((json.dumps({"type": f"t{rng.randrange(10**6)}"}), "unknown message"))
+        elif kind == 3:  # unsubscribe of identifiers nobody subscribed
+            identifier = f"display-{rng.randrange(10**6)};cam-{rng.randrange(99)}"
+            text = json.dumps(
+                {"type": "unsubscribe", "payload": {"subscriptionIdentifier": identifier}}
+            )
+            messages.append((text, "unknown subscriptionidentifier"))
+        else:  # one of the hand-written cases again (the 2 MB ones only once)
+            text, expected = rng.choice(cases)
+            if len(text) < 100_000:
+                messages.append((text, expected))
+    return messages[:count]
+
+
+async def test_a_thousand_hostile_messages_get_errors_and_change_nothing(
+    model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker()
+    backend = await worker.connect()
+    await backend.wait_for(is_state, what="first stateReport")
+    messages = hostile_messages(model_server, 1000)
+    assert len(messages) == 1000
+    for number, (message, expected) in enumerate(messages):
+        mark = backend.mark()
+        if isinstance(message, bytes):
+            await backend.ws.send_bytes(message)
+        else:
+            await backend.ws.send_str(message)
+        reply = await backend.next_error(after=mark)
+        assert set(reply) <= {"type", "error", "subscriptionIdentifier"}, reply
+        assert expected in reply["error"].lower(), (number, message[:200], reply)
+        assert len(reply["error"]) < 4000, reply  # a bounded reply, whatever came in
+    assert sum(1 for m in backend.messages if is_error(m)) == len(messages)
+
+    # Still connected, still answering; nothing was subscribed; the worker is healthy.
+    mark = backend.mark()
+    await backend.send("requestState")
+    state = await backend.wait_for(is_state, after=mark, what="stateReport")
+    assert state["cameraConnections"] == []
+    assert len(worker.cms.subscriptions) == 0
+    assert worker.service.registry.loaded_count == 0
+    status, _, body = await worker.get("/health")
+    assert status == 200, body
+    assert json.loads(body)["status"] == "healthy"
+
+
+# ============================================================================= 7. disconnect
+
+
+def thread_names() -> Counter[str]:
+    return Counter(t.name for t in threading.enumerate())
+
+
+POOL_THREADS = ("inference_", "ingest-convert_", "asyncio_")
+
+
+async def test_backend_disconnect_grace_period_then_everything_is_released(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker(emission="every_frame", disconnect_grace_s=1.5)
+    registry = worker.service.registry
+    loaded_before = registry.loaded_count
+    threads_before = thread_names()
+    identifier = "display-001;cam-1"
+
+    first = await worker.connect()
+    await first.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
+    await first.send("setSessionId", {"displayIdentifier": "display-001", "sessionId": 777})
+    await first.wait_online(identifier)
+    await first.detections(identifier, 3)
+    assert registry.loaded_count == loaded_before + 2  # detector + classifier
+    assert any(name.startswith("ingest ") for name in thread_names())
+
+    # The backend vanishes mid-stream: no WebSocket close, the TCP connection just resets.
+    sock = first.ws.get_extra_info("socket")
+    assert sock is not None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await first.session.close()
+    await wait_until(lambda: not worker.cms.registry.connections, 5, "the worker noticed")
+    assert len(worker.cms.subscriptions) == 1  # kept for the grace period
+    assert camera.current_sessions == 1
+    undelivered = worker.cms.registry.detections_undelivered
+    await wait_until(
+        lambda: worker.cms.registry.detections_undelivered > undelivered, 3, "detections go on"
+    )
+
+    # A reconnect within the grace period finds the camera without resubscribing, and gets the
+    # detection it missed for the active session as a patchSession.
+    second = await worker.connect()
+    state = await second.wait_for(is_state, what="stateReport on reconnect")
+    assert connection_of(state, identifier)["online"] is True
+    patch = await second.wait_for(lambda m: m.get("type") == "patchSession", what="patchSession")
+    assert patch["sessionId"] == 777
+    assert patch["data"]["currentCar"]["class"] == "yellow"
+    await second.detections(identifier, 3)
+    # The reconnect cancelled the grace timer: well past it, all is still there.
+    await asyncio.sleep(2.0)
+    assert len(worker.cms.subscriptions) == 1
+    mark = second.mark()
+    await second.detections(identifier, 2, after=mark)
+
+    # The last backend leaves for good: after the grace period everything is freed.
+    await second.close()
+    await asyncio.sleep(0.5)
+    assert len(worker.cms.subscriptions) == 1  # still within the grace period
+    await wait_until(lambda: len(worker.cms.subscriptions) == 0, 5, "subscriptions released")
+    await camera.wait_for_async(lambda s: s.current_sessions == 0, timeout=10)
+    assert registry.loaded_count == loaded_before
+    assert worker.app[HUB_KEY].statuses() == []
+    await wait_until(
+        lambda: not any(n.startswith("ingest ") for n in thread_names()), 5, "reader thread ends"
+    )
+    new_threads = thread_names() - threads_before
+    assert all(name.startswith(POOL_THREADS) for name in new_threads), new_threads
+
+    # A backend that arrives later sees a worker without cameras.
+    third = await worker.connect()
+    state = await third.wait_for(is_state)
+    assert state["cameraConnections"] == []
+
+
+# ============================================================================= 8. slow reader
+
+
+def small_receive_buffer(addr_info: Any) -> socket.socket:
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+async def test_a_backend_that_stops_reading_cannot_grow_the_workers_memory(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    queue_size = 8
+    worker = await start_worker(
+        emission="every_frame",
+        ws_queue_size=queue_size,
+        target_fps=15,
+        poll_interval_ms=0,
+        ws_ping_interval_s=60,
+    )
+    # The stuck backend: a real WebSocket client whose application never reads.
+    stuck_session = ClientSession(connector=TCPConnector(socket_factory=small_receive_buffer))
+    try:
+        await _stuck_backend_scenario(worker, stuck_session, camera, model_server, queue_size)
+    finally:
+        await stuck_session.close()  # else the server's shutdown waits for its handler
+
+
+async def _stuck_backend_scenario(
+    worker: Worker,
+    stuck_session: ClientSession,
+    camera: RtspServer,
+    model_server: ModelServer,
+    queue_size: int,
+) -> None:
+    stuck_ws = await stuck_session.ws_connect(worker.url("/"))
+    await wait_until(lambda: len(worker.cms.registry.connections) == 1, 5, "stuck connected")
+    [stuck] = worker.connection_objects()
+    stats = stuck.queue.stats
+    healthy = await worker.connect()
+    await wait_until(lambda: len(worker.cms.registry.connections) == 2, 5, "healthy connected")
+
+    identifier = "display-001;cam-1"
+    await healthy.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
+    await healthy.detections(identifier, 3)
+
+    # Detections alone (a few hundred bytes, 15 a second) would take many minutes to fill the
+    # socket buffers (megabytes on loopback). So the stuck backend also keeps talking: each
+    # message earns an error reply of about a kilobyte, and the buffers soon fill on both
+    # sides. From then on, whatever the worker has for it waits in its queue or is dropped.
+    flood = json.dumps(
+        {"type": "subscribe", "payload": subscribe_payload("z" * 500, camera.url, "x.mpta")}
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len(stuck.queue) == 0:  # the sender keeps up: the pipe is not full yet
+        assert loop.time() < deadline, f"the stuck backend never backed up: {stats}"
+        for _ in range(500):
+            await stuck_ws.send_str(flood)
+        await asyncio.sleep(0.3)
+    for _ in range(1500):  # more replies than the bound of pending control messages (1024)
+        await stuck_ws.send_str(flood)
+
+    bound = queue_size + 1024 + 1  # detections + control messages + the newest stateReport
+    detections = stuck.queue._detections  # pyright: ignore[reportPrivateUsage] - reading only
+    mark = healthy.mark()
+    sub = worker.cms.subscriptions.get(identifier)
+    assert sub is not None
+    produced = sub.detections_sent
+    dropped = stats.detections_dropped
+
+    def bounded_and_dropping() -> bool:
+        assert len(stuck.queue) <= bound, len(stuck.queue)
+        assert len(detections) <= queue_size, len(detections)
+        return stats.detections_dropped >= dropped + 20
+
+    # Detections keep coming and keep being dropped for the stuck backend, its queue bounded...
+    await wait_until(bounded_and_dropping, 20, f"detections dropped: {stats}")
+    assert stats.control_dropped > 0, stats
+    assert stats.sent < 10_000, stats
+    # ... while the healthy backend gets every one of them, in real time.
+    produced = sub.detections_sent - produced
+    await healthy.detections(identifier, produced - 1, after=mark)
+    assert not [m for m in healthy.since(mark) if is_error(m)]  # errors go to the sender only
+    status, _, _ = await worker.get("/health")
+    assert status == 200
+
+    # When the stuck backend finally goes away, its connection is cleaned up.
+    await stuck_session.close()
+    await wait_until(lambda: len(worker.cms.registry.connections) == 1, 10, "stuck removed")
+    assert worker.cms.registry.detections_undelivered >= stats.detections_dropped
+    await healthy.detections(identifier, 2, after=healthy.mark())
+
+
+# ============================================================================= 9. resubscribe
+
+
+async def test_resubscribe_replace_limits_and_broken_models(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    worker = await start_worker(max_streams=2)
+    backend = await worker.connect()
+    registry = worker.service.registry
+    a, b, c = "display-A;cam-1", "display-B;cam-1", "display-C;cam-1"
+    model = model_server.url()
+
+    await backend.send("subscribe", subscribe_payload(a, camera.url, model, **UPPER))
+    [first] = await backend.detections(a, 1)
+    assert detection_class(first) == "yellow"
+    loads = registry.total_loads
+    loaded = registry.loaded_count
+    downloads = model_server.requests["demo.mpta"]
+    active = worker.cms.subscriptions.get(a)
+    assert active is not None
+
+    # The same payload again changes nothing: same subscription, no reload, no download.
+    mark = backend.mark()
+    await backend.send("subscribe", subscribe_payload(a, camera.url, model, **UPPER))
+    state = await backend.wait_for(lambda m: bool(connection_of(m, a)), after=mark)
+    assert connection_of(state, a)["cropY2"] == 180
+    await asyncio.sleep(0.3)
+    assert worker.cms.subscriptions.get(a) is active
+    assert registry.total_loads == loads
+    assert model_server.requests["demo.mpta"] == downloads
+    assert not [m for m in backend.since(mark) if is_error(m)]
+
+    # Another crop replaces it: the lower half shows the truck. The models are shared (no
+    # reload) and the camera connection is kept.
+    mark = backend.mark()
+    await backend.send("subscribe", subscribe_payload(a, camera.url, model, **LOWER))
+    await backend.wait_for(lambda m: connection_of(m, a).get("cropY1") == 180, after=mark)
+    await backend.detections(a, 1, after=mark, where=lambda m: detection_class(m) == "truck")
+    assert worker.cms.subscriptions.get(a) is not active
+    assert registry.total_loads == loads
+    assert registry.loaded_count == loaded
+    assert camera.counters()["sessions_total"] == 1
+    assert len(worker.cms.subscriptions) == 1
+
+    # max_streams (2): a second subscription fits, a third is refused.
+    mark = backend.mark()
+    await backend.send("subscribe", subscribe_payload(b, camera.url, model, **UPPER))
+    await backend.wait_for(lambda m: bool(connection_of(m, b)), after=mark)
+    mark = backend.mark()
+    await backend.send("subscribe", subscribe_payload(c, camera.url, model))
+    error = await backend.next_error(after=mark)
+    assert "max_streams" in error["error"], error
+    assert error["subscriptionIdentifier"] == c
+    assert worker.cms.subscriptions.get(c) is None
+    assert len(worker.cms.subscriptions) == 2
+
+    # Broken models: an error naming the URL, and no subscription left behind.
+    mark = backend.mark()
+    await backend.send("unsubscribe", {"subscriptionIdentifier": b})
+    await backend.wait_for(lambda m: is_state(m) and not connection_of(m, b), after=mark)
+    sessions = camera.counters()["sessions_total"]
+    for name, expected in (("missing.mpta", "404"), ("notzip.mpta", "zip")):
+        mark = backend.mark()
+        await backend.send("subscribe", subscribe_payload(c, camera.url, model_server.url(name)))
+        error = await backend.next_error(after=mark)
+        assert name in error["error"] and expected in error["error"].lower(), error
+        assert error["subscriptionIdentifier"] == c
+        assert worker.cms.subscriptions.get(c) is None
+        mark = backend.mark()
+        await backend.send("requestState")
+        state = await backend.wait_for(is_state, after=mark)
+        assert [e["subscriptionIdentifier"] for e in state["cameraConnections"]] == [a]
+    assert registry.loaded_count == loaded
+    assert camera.counters()["sessions_total"] == sessions
+
+    # A broken replacement leaves the running subscription exactly as it was.
+    running = worker.cms.subscriptions.get(a)
+    mark = backend.mark()
+    broken = subscribe_payload(a, camera.url, model_server.url("missing.mpta"), **UPPER)
+    await backend.send("subscribe", broken)
+    error = await backend.next_error(after=mark)
+    assert "missing.mpta" in error["error"] and error["subscriptionIdentifier"] == a
+    assert worker.cms.subscriptions.get(a) is running
+    mark = backend.mark()
+    await backend.send("requestState")
+    state = await backend.wait_for(is_state, after=mark)
+    assert connection_of(state, a) == {
+        "subscriptionIdentifier": a,
+        "modelId": 201,
+        "modelName": "Vehicle Identification",
+        "online": True,
+        **LOWER,
+    }
+    assert running is not None and running.task is not None and not running.task.done()

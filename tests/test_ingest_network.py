@@ -1,0 +1,426 @@
+"""Camera hub against real loopback servers: GStreamer RTSP and the aiohttp media server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Callable
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from aiohttp import web
+
+from pytrickle_worker.ingest import (
+    CameraFrame,
+    CameraHub,
+    IngestConfig,
+    SourceConfig,
+    Subscription,
+)
+from pytrickle_worker.ingest.options import sniff_format
+from tests.media_fixtures import RtspServer
+from tests.servers.media_http import MediaHttpServer, get_clip
+
+NET: dict[str, Any] = {
+    "hw_decode": "off",
+    "open_timeout_s": 3.0,
+    "read_timeout_s": 1.5,
+    "stall_timeout_s": 1.5,
+    "backoff_initial_s": 0.1,
+    "reconnect_interval_sec": 0.5,
+}
+
+
+def hub_with(**overrides: Any) -> CameraHub:
+    return CameraHub(IngestConfig(**{**NET, **overrides}))
+
+
+async def collect(sub: Subscription, seconds: float) -> list[CameraFrame]:
+    frames: list[CameraFrame] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (remaining := end - loop.time()) > 0:
+        frame = await sub.next_frame(timeout=remaining)
+        if frame is not None:
+            frames.append(frame)
+    return frames
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> float:
+    """Poll ``predicate``; the seconds it took. TimeoutError if it never holds."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        if loop.time() - start > within:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.02)
+    return loop.time() - start
+
+
+async def server_wait(server: RtspServer, predicate: Callable[[RtspServer], bool]) -> None:
+    await asyncio.to_thread(server.wait_for, predicate, 5.0)
+
+
+def assert_no_secret(secret: str, *texts: object) -> None:
+    for text in texts:
+        assert secret not in str(text)
+
+
+# -- RTSP -------------------------------------------------------------------------------------
+
+
+async def test_rtsp_frames_size_rate_and_per_subscriber_fps(rtsp_server: RtspServer) -> None:
+    async with hub_with() as hub:
+        source = SourceConfig(url=rtsp_server.url)
+        every = hub.subscribe(source, target_fps=100)
+        two = hub.subscribe(source, target_fps=2)
+        five = hub.subscribe(source, target_fps=5)
+        for sub in (every, two, five):
+            assert await sub.next_frame(timeout=8) is not None
+        got_all, got_two, got_five = await asyncio.gather(
+            collect(every, 3.0), collect(two, 3.0), collect(five, 3.0)
+        )
+        assert 38 <= len(got_all) <= 48  # 15 fps
+        assert 5 <= len(got_two) <= 7  # ~2 fps
+        assert 13 <= len(got_five) <= 16  # ~5 fps
+        for frames in (got_all, got_two, got_five):
+            seqs = [f.seq for f in frames]
+            assert len(set(seqs)) == len(seqs) and seqs == sorted(seqs)  # never a repeat
+            assert {f.rgb.shape for f in frames} == {(360, 640, 3)}
+        status = every.status
+        assert status.online and status.kind == "stream"
+        assert (status.width, status.height, status.codec) == (640, 360, "h264")
+        assert status.fps_in == pytest.approx(15, rel=0.2)
+        assert status.fps_decoded == pytest.approx(15, rel=0.2)
+        assert status.subscribers == 3
+
+
+async def test_rtsp_five_subscribers_one_session_one_decode(rtsp_server: RtspServer) -> None:
+    async with hub_with() as hub:
+        # two spellings of the same camera: the normalised URL is the sharing key
+        other_spelling = f"RTSP://127.0.0.1:{rtsp_server.port}/cam"
+        subs = [
+            hub.subscribe(SourceConfig(url=url), target_fps=10)
+            for url in [rtsp_server.url] * 3 + [other_spelling] * 2
+        ]
+        assert len(hub.statuses()) == 1
+        firsts = [await sub.next_frame(timeout=8) for sub in subs]
+        results = await asyncio.gather(*(collect(s, 2.0) for s in subs))
+        results = [[first, *frames] for first, frames in zip(firsts, results, strict=True) if first]
+        assert len(results) == 5 and all(len(r) >= 16 for r in results)
+        counters = rtsp_server.counters()
+        assert counters["sessions_total"] == 1
+        assert counters["clients_connected_total"] == 1
+        status = subs[0].status
+        taken = {f.seq for r in results for f in r}
+        assert status.conversions == len(taken)  # converted once per frame, not per subscriber
+        assert status.frames_delivered == sum(len(r) for r in results)
+        assert status.conversions <= status.frames_delivered
+        assert status.conversions <= status.frames_decoded
+        # the same frame reaches every subscriber as one shared, read-only image
+        first = {id(f.rgb) for r in results for f in r if f.seq == min(taken)}
+        assert len(first) == 1
+        for sub in subs[:-1]:
+            await sub.close()
+        assert rtsp_server.counters()["current_clients"] == 1
+        await subs[-1].close()
+        await server_wait(rtsp_server, lambda s: s.current_clients == 0)
+        await server_wait(rtsp_server, lambda s: s.current_sessions == 0)
+        assert rtsp_server.counters()["sessions_total"] == 1
+
+
+async def test_rtsp_server_killed_and_restarted(rtsp_server: RtspServer) -> None:
+    async with hub_with() as hub:
+        sub = hub.subscribe(SourceConfig(url=rtsp_server.url), target_fps=30)
+        assert await sub.next_frame(timeout=8) is not None
+        assert sub.status.online
+        await asyncio.to_thread(rtsp_server.kill)
+        await wait_until(lambda: not sub.status.online, within=5)
+        assert sub.status.last_error
+        await asyncio.sleep(1.0)  # a few refused reconnects
+        outage = sub.status
+        assert not outage.online and outage.reconnects >= 1
+        await asyncio.to_thread(rtsp_server.restart)
+        loop = asyncio.get_running_loop()
+        restarted, restarted_wall = loop.time(), time.time()
+        frame = await sub.next_frame(timeout=8)
+        while frame is not None and frame.capture_time < restarted_wall:
+            frame = await sub.next_frame(timeout=8)  # the last frame from before the outage
+        assert frame is not None
+        # within the backoff cap plus one open (probe ~1 s) plus scheduling slack
+        assert loop.time() - restarted <= NET["reconnect_interval_sec"] + NET["open_timeout_s"]
+        assert frame.rgb.shape == (360, 640, 3)
+        assert sub.status.online and sub.status.subscribers == 1
+        more = await collect(sub, 1.0)
+        assert len(more) >= 8  # delivering again, to the same subscription
+
+
+async def test_rtsp_401_and_404_give_up_after_max_retries(
+    rtsp_server_factory: Callable[..., RtspServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pytrickle_worker")
+    server = rtsp_server_factory(user="admin", password="right-pw")
+    secret = "wr0ng-s3cret"
+    bad_auth = server.url_with_credentials("admin", secret)
+    async with hub_with(max_retries=2) as hub:
+        unauthorised = hub.subscribe(SourceConfig(url=bad_auth), target_fps=5)
+        not_found = hub.subscribe(
+            SourceConfig(url=server.url_with_credentials().replace("/cam", "/nothing-here")),
+            target_fps=5,
+        )
+        await wait_until(lambda: unauthorised.status.gave_up and not_found.status.gave_up, 8)
+        for sub, code in ((unauthorised, "401"), (not_found, "404")):
+            status = sub.status
+            assert not status.online
+            assert status.reconnects == 2 and status.consecutive_failures == 3
+            assert status.last_error is not None and code in status.last_error, status
+            assert await sub.next_frame(timeout=0.1) is None
+        connections = server.counters()["clients_connected_total"]
+        assert connections <= 6  # 1 attempt + 2 retries each, one connection per attempt
+        await asyncio.sleep(0.6)
+        assert server.counters()["clients_connected_total"] == connections  # no more retries
+        assert "***" in unauthorised.status.source
+        assert_no_secret(secret, unauthorised.status, caplog.text, hub.statuses())
+        assert_no_secret("right-pw", not_found.status, caplog.text)
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+
+
+async def test_http_404_and_401_give_up_after_max_retries(
+    media_http: MediaHttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pytrickle_worker")
+    secret = "n0t-the-pw"
+    async with hub_with(max_retries=2) as hub:
+        missing = hub.subscribe(SourceConfig(url=media_http.url("/missing.ts")), target_fps=5)
+        denied = hub.subscribe(
+            SourceConfig(url=media_http.url("/auth/stream.ts", auth=("admin", secret))),
+            target_fps=5,
+        )
+        await wait_until(lambda: missing.status.gave_up and denied.status.gave_up, 8)
+        assert missing.status.last_error is not None and "404" in missing.status.last_error
+        assert denied.status.last_error is not None and "401" in denied.status.last_error
+        for sub in (missing, denied):
+            assert sub.status.reconnects == 2 and not sub.status.online
+        assert media_http.requests["/missing.ts"] == 3
+        assert media_http.requests["/auth/stream.ts"] <= 6  # FFmpeg retries auth once per try
+        before = dict(media_http.requests)
+        await asyncio.sleep(0.6)
+        assert dict(media_http.requests) == before
+        assert_no_secret(secret, denied.status, caplog.text)
+
+        # the right credentials work, and are masked in the status
+        allowed = hub.subscribe(
+            SourceConfig(url=media_http.url("/auth/stream.ts", auth=media_http.credentials)),
+            target_fps=5,
+        )
+        frame = await allowed.next_frame(timeout=8)
+        assert frame is not None and frame.rgb.shape == (360, 640, 3)
+        assert_no_secret(media_http.credentials[1], allowed.status, caplog.text)
+
+
+async def test_http_stall_watchdog_and_recovery(media_http: MediaHttpServer) -> None:
+    async with hub_with() as hub:
+        sub = hub.subscribe(SourceConfig(url=media_http.url("/stream.ts")), target_fps=30)
+        assert await sub.next_frame(timeout=8) is not None
+        media_http.frozen = True  # the connection stays open but no byte arrives
+        elapsed = await wait_until(lambda: not sub.status.online, within=6)
+        assert elapsed <= NET["stall_timeout_s"] + 1.5
+        assert sub.status.last_error is not None and "stalled" in sub.status.last_error
+        media_http.frozen = False
+        thawed = time.time()
+        frame = await sub.next_frame(timeout=8)
+        while frame is not None and frame.capture_time < thawed:
+            frame = await sub.next_frame(timeout=8)  # the last frame from before the stall
+        assert frame is not None
+        assert sub.status.online and sub.status.reconnects >= 1
+        assert media_http.streams_total >= 2
+
+
+async def test_http_stall_ts_fires_the_watchdog(media_http: MediaHttpServer) -> None:
+    async with hub_with() as hub:
+        sub = hub.subscribe(SourceConfig(url=media_http.url("/stall.ts")), target_fps=30)
+        await wait_until(lambda: sub.status.frames_decoded > 0, within=8)
+        await wait_until(lambda: sub.status.last_error is not None, within=5)
+        assert "stalled" in (sub.status.last_error or "")
+        await sub.close()
+        await media_http.wait_for(lambda s: s.open_streams == 0)
+
+
+async def test_http_mjpeg_and_last_unsubscribe_closes(media_http: MediaHttpServer) -> None:
+    async with hub_with() as hub:
+        source = SourceConfig(url=media_http.url("/mjpeg"))
+        subs = [hub.subscribe(source, target_fps=10) for _ in range(3)]
+        results = await asyncio.gather(*(collect(s, 1.5) for s in subs))
+        assert all(len(r) >= 8 for r in results)
+        assert {f.rgb.shape for r in results for f in r} == {(360, 640, 3)}
+        assert subs[0].status.codec == "mjpeg"
+        assert media_http.streams_total == 1 and media_http.open_streams == 1
+        await subs[0].close()
+        await subs[1].close()
+        await asyncio.sleep(0.2)
+        assert media_http.open_streams == 1
+        await subs[2].close()
+        await media_http.wait_for(lambda s: s.open_streams == 0, timeout=3)
+        assert hub.statuses() == []
+
+
+async def test_http_stream_that_ends_is_reopened(media_http: MediaHttpServer) -> None:
+    async with hub_with() as hub:
+        sub = hub.subscribe(SourceConfig(url=media_http.url("/eof.ts?seconds=2")), target_fps=30)
+        frames = await collect(sub, 4.5)
+        assert len(frames) >= 12
+        assert media_http.streams_total >= 2
+        assert sub.status.reconnects >= 1
+        seqs = [f.seq for f in frames]
+        assert seqs == sorted(set(seqs))
+
+
+async def test_mjpeg_content_type_sniff(media_http: MediaHttpServer) -> None:
+    answer = await asyncio.to_thread(sniff_format, media_http.url("/mjpeg"), 2.0)
+    assert answer.answered and answer.format == "mpjpeg"
+    answer = await asyncio.to_thread(sniff_format, media_http.url("/snapshot.jpg"), 2.0)
+    assert answer.answered and answer.format is None
+    refused = await asyncio.to_thread(sniff_format, "http://127.0.0.1:9/x", 1.0)
+    assert not refused.answered
+
+
+# -- snapshots --------------------------------------------------------------------------------
+
+
+async def test_snapshot_fetched_once_per_interval_for_all_subscribers(
+    media_http: MediaHttpServer,
+) -> None:
+    async with hub_with() as hub:
+        source = SourceConfig(
+            snapshot_url=media_http.url("/snapshot.jpg"), snapshot_interval_ms=200
+        )
+        subs = [hub.subscribe(source, target_fps=10) for _ in range(4)]
+        results = await asyncio.gather(*(collect(s, 1.5) for s in subs))
+        hits = media_http.snapshot_hits
+        assert 7 <= hits <= 9  # 1.5 s / 0.2 s, plus the first fetch
+        for frames in results:
+            assert 5 <= len(frames) <= hits
+            assert {f.rgb.shape for f in frames} == {(360, 640, 3)}
+        by_seq: dict[int, set[int]] = {}
+        for frames in results:
+            for f in frames:
+                by_seq.setdefault(f.seq, set()).add(id(f.rgb))
+        assert all(len(ids) == 1 for ids in by_seq.values())  # one image shared by everyone
+        status = subs[0].status
+        assert status.kind == "snapshot" and status.codec == "mjpeg" and status.online
+        assert status.conversions == len(by_seq)
+        assert status.frames_decoded == hits
+        for sub in subs:
+            await sub.close()
+        await asyncio.sleep(0.5)
+        assert media_http.snapshot_hits == hits  # the last unsubscribe stopped the polling
+
+
+async def test_snapshot_errors_go_offline_and_give_up(media_http: MediaHttpServer) -> None:
+    async with hub_with(max_retries=1) as hub:
+        source = SourceConfig(
+            snapshot_url=media_http.url("/auth/snapshot.jpg", auth=("admin", "bad-pw")),
+            snapshot_interval_ms=100,
+        )
+        sub = hub.subscribe(source, target_fps=5)
+        await wait_until(lambda: sub.status.gave_up, within=5)
+        status = sub.status
+        assert status.last_error is not None and "401" in status.last_error
+        assert not status.online and status.consecutive_failures == 2
+        assert media_http.requests["/auth/snapshot.jpg"] == 2
+        assert "bad-pw" not in str(status)
+        assert await sub.next_frame(timeout=0.1) is None
+
+
+# -- sources served by the test itself: broken MJPEG, HLS -------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def serve(app: web.Application) -> AsyncGenerator[str]:
+    """Run ``app`` on 127.0.0.1:<free port>; yields the base URL."""
+    runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_corrupt_mjpeg_parts_are_skipped_then_no_frame_watchdog_fires() -> None:
+    """1 s of good JPEG parts, then parts of random bytes: packets keep coming, frames stop."""
+    jpegs = (await asyncio.to_thread(get_clip, 320, 240, 15, 1.0)).jpegs
+
+    async def broken_camera(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={"Content-Type": "multipart/x-mixed-replace; boundary=frame"}
+        )
+        await response.prepare(request)
+        rng = np.random.default_rng(0)
+        index = 0
+        try:
+            while True:
+                part = jpegs[index] if index < len(jpegs) else rng.bytes(4000)
+                await response.write(
+                    b"--frame\r\nContent-Type: image/jpeg\r\n"
+                    + f"Content-Length: {len(part)}\r\n\r\n".encode()
+                    + part
+                    + b"\r\n"
+                )
+                index += 1
+                await asyncio.sleep(1 / 15)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return response
+
+    app = web.Application()
+    app.router.add_get("/mjpeg", broken_camera)
+    async with serve(app) as base, hub_with() as hub:
+        sub = hub.subscribe(SourceConfig(url=f"{base}/mjpeg"), target_fps=30)
+        first = await sub.next_frame(timeout=8)
+        assert first is not None and first.rgb.shape == (240, 320, 3)
+        await wait_until(lambda: sub.status.last_error is not None, within=8)
+        status = sub.status
+        assert status.corrupt_packets > 0
+        assert "no frame decoded" in (status.last_error or ""), status
+        await wait_until(lambda: sub.status.online, within=8)  # reconnected: good parts again
+        assert sub.status.reconnects >= 1
+
+
+async def test_hls_over_http(tmp_path: Path) -> None:
+    playlist = tmp_path / "index.m3u8"
+
+    def write_hls() -> None:
+        options = {"hls_time": "1", "hls_list_size": "0", "hls_playlist_type": "vod"}
+        with av.open(str(playlist), mode="w", format="hls", options=options) as out:
+            stream = out.add_stream("libx264", rate=15)
+            stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+            stream.codec_context.gop_size = 15
+            for index in range(45):
+                frame = av.VideoFrame.from_ndarray(
+                    np.full((240, 320, 3), index * 5, np.uint8), format="rgb24"
+                )
+                frame.pts, frame.time_base = index, Fraction(1, 15)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+
+    await asyncio.to_thread(write_hls)
+    app = web.Application()
+    app.router.add_static("/hls", tmp_path)
+    async with serve(app) as base, hub_with() as hub:
+        sub = hub.subscribe(SourceConfig(url=f"{base}/hls/index.m3u8"), target_fps=100)
+        frames = await collect(sub, 1.5)
+        assert len(frames) >= 10
+        assert {f.rgb.shape for f in frames} == {(240, 320, 3)}
+        assert sub.status.codec == "h264"
