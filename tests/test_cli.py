@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from aiohttp import web
 
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.demo.synthetic import moving_objects
+from tests.media_fixtures import RtspServer
 
 SAMPLE_FPS = 15.0
 SAMPLE_SIZE = (640, 360)
@@ -208,3 +209,29 @@ async def test_mpta_run_on_a_still_image(demo_assets: DemoAssets, tmp_path: Path
     assert record["detection"]["class"] == "truck"
     assert np.allclose(record["bbox"], truck.box, atol=3)
     assert len(record["nodes"]) == 1
+
+
+async def test_mpta_run_against_an_rtsp_camera(
+    demo_assets: DemoAssets, tmp_path: Path, rtsp_server_factory: Callable[..., RtspServer]
+) -> None:
+    camera = rtsp_server_factory(source="file", file=str(demo_assets.video_path), fps=15)
+    code, out, err = await run_cli(
+        tmp_path,
+        "mpta",
+        "run",
+        str(demo_assets.mpta_path),
+        "--source",
+        camera.url,
+        "--fps",
+        "5",
+        "--frames",
+        "6",
+        "--json",
+    )
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert len(records) == 6
+    # The looping sample video: the badged car is always in view and wins.
+    assert all(r["detection"]["class"] == "yellow" for r in records)
+    assert {r["detection"]["id"] for r in records} == {1}
+    assert camera.sessions_total == 1
