@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -82,6 +83,13 @@ class SubscribePayload(BaseModel):
     @model_validator(mode="after")
     def _check(self) -> SubscribePayload:
         split_subscription_identifier(self.subscriptionIdentifier)
+        for name in ("rtspUrl", "snapshotUrl", "modelUrl"):
+            value: str | None = getattr(self, name)
+            if value:
+                try:
+                    urlsplit(value)
+                except ValueError as exc:
+                    raise ValueError(f"{name} is not a valid URL: {exc}") from None
         if not self.rtspUrl and not self.snapshotUrl:
             raise ValueError("one of rtspUrl or snapshotUrl is required")
         if self.snapshotUrl and not self.rtspUrl and self.snapshotInterval is None:

@@ -897,10 +897,14 @@ async def test_backend_disconnect_grace_period_then_everything_is_released(
     new_threads = thread_names() - threads_before
     assert all(name.startswith(POOL_THREADS) for name in new_threads), new_threads
 
-    # A backend that arrives later sees a worker without cameras.
+    # A backend that arrives later finds a fresh worker: no cameras, and no session left over
+    # from the old backend on the detections of a display it subscribes again.
     third = await worker.connect()
     state = await third.wait_for(is_state)
     assert state["cameraConnections"] == []
+    await third.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
+    fresh = await third.detections(identifier, 3)
+    assert all("sessionId" not in m for m in fresh), fresh
 
 
 # ============================================================================= 8. slow reader
@@ -959,11 +963,15 @@ async def _stuck_backend_scenario(
     )
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
-    while len(stuck.queue) == 0:  # the sender keeps up: the pipe is not full yet
+    while True:
         assert loop.time() < deadline, f"the stuck backend never backed up: {stats}"
-        for _ in range(500):
+        for _ in range(1000):
             await stuck_ws.send_str(flood)
+        await asyncio.sleep(0.2)  # the worker reads and answers them
+        sent = stats.sent
         await asyncio.sleep(0.3)
+        if len(stuck.queue) > 0 and stats.sent == sent:
+            break  # replies are waiting, and none went out for a while: the pipe is full
     for _ in range(1500):  # more replies than the bound of pending control messages (1024)
         await stuck_ws.send_str(flood)
 
@@ -983,7 +991,6 @@ async def _stuck_backend_scenario(
     # Detections keep coming and keep being dropped for the stuck backend, its queue bounded...
     await wait_until(bounded_and_dropping, 20, f"detections dropped: {stats}")
     assert stats.control_dropped > 0, stats
-    assert stats.sent < 10_000, stats
     # ... while the healthy backend gets every one of them, in real time.
     produced = sub.detections_sent - produced
     await healthy.detections(identifier, produced - 1, after=mark)

@@ -100,6 +100,9 @@ class CmsEndpoint:
 
     async def _release_all(self) -> None:
         await self.subscriptions.close()
+        # The session ids were the departed backend's: a display subscribed again later must
+        # not have its detections tagged with a stale session.
+        self.subscriptions.sessions.clear()
 
     # ------------------------------------------------------------------ state
 
