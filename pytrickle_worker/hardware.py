@@ -50,6 +50,33 @@ class LoadSample:
         return 100.0 * used / total if total else 0.0
 
 
+def count_gpus() -> int:
+    """Number of NVIDIA GPUs NVML reports; 0 when ``pynvml`` is missing or NVML fails.
+
+    Failures are logged at DEBUG only: on a CPU host they are the normal case.
+    """
+    try:
+        import pynvml  # noqa: PLC0415 - optional at run time: only GPU hosts need it
+    except ImportError:
+        logger.debug("pynvml is not installed; assuming no GPU")
+        return 0
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError subclasses, or OSError for a missing library
+        logger.debug("NVML is unavailable (%s); assuming no GPU", exc)
+        return 0
+    try:
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception as exc:
+        logger.debug("NVML could not count devices (%s); assuming no GPU", exc)
+        return 0
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception as exc:
+            logger.debug("nvmlShutdown failed: %s", exc)
+
+
 class HardwareMonitor:
     """Samples system load. NVML is initialised once, lazily; without it GPU values are None.
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from pytrickle_worker.hardware import count_gpus as nvml_gpu_count
 from pytrickle_worker.ingest import (
     CameraFrame,
     CameraHub,
@@ -28,7 +29,6 @@ from pytrickle_worker.ingest import (
     SourceConfig,
     Subscription,
 )
-from pytrickle_worker.ingest.nvdec import nvml_gpu_count
 
 FPS = 15
 

@@ -217,7 +217,7 @@ def test_resolve_nvdec() -> None:
 
 
 def test_auto_on_this_host_does_not_pick_nvdec_without_gpu() -> None:
-    from pytrickle_worker.ingest.nvdec import nvml_gpu_count  # noqa: PLC0415
+    from pytrickle_worker.hardware import count_gpus as nvml_gpu_count  # noqa: PLC0415
 
     if nvml_gpu_count() > 0:
         pytest.skip("this host has a GPU")

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal, cast
 import onnxruntime as ort
 
 from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.hardware import count_gpus
 
 __all__ = [
     "CPU",
@@ -63,33 +64,6 @@ class ProviderUnavailableError(WorkerError, ValueError):
 def available_providers() -> list[str]:
     """``onnxruntime.get_available_providers()``, typed."""
     return [str(name) for name in _ORT.get_available_providers()]
-
-
-def count_gpus() -> int:
-    """Number of NVIDIA GPUs NVML reports; 0 when NVML (``pynvml``) is missing or fails.
-
-    Failures are logged at DEBUG only: on a CPU host this is the normal case.
-    """
-    try:
-        import pynvml  # noqa: PLC0415  (optional at run time: only GPU hosts need it)
-    except ImportError:
-        logger.debug("pynvml is not installed; assuming no GPU")
-        return 0
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # pynvml raises NVMLError subclasses, or OSError for the library
-        logger.debug("NVML is unavailable (%s); assuming no GPU", exc)
-        return 0
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    except Exception as exc:
-        logger.debug("NVML could not count devices (%s); assuming no GPU", exc)
-        return 0
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception as exc:
-            logger.debug("nvmlShutdown failed: %s", exc)
 
 
 def default_intra_op_threads() -> int:

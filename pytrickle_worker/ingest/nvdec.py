@@ -17,13 +17,13 @@ from av.packet import Packet
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
+from pytrickle_worker.hardware import count_gpus
 from pytrickle_worker.ingest.config import HwDecode
 
 __all__ = [
     "NVDEC_DECODERS",
     "VideoDecoder",
     "nvdec_decoder_name",
-    "nvml_gpu_count",
     "resolve_nvdec",
 ]
 
@@ -33,40 +33,13 @@ logger = logging.getLogger(__name__)
 NVDEC_DECODERS: dict[str, str] = {"h264": "h264_cuvid", "hevc": "hevc_cuvid"}
 
 
-def nvml_gpu_count() -> int:
-    """Number of NVIDIA GPUs NVML reports; 0 when ``pynvml`` is missing or NVML fails.
-
-    Failures are DEBUG only: on a CPU host they are the normal case.
-    """
-    try:
-        import pynvml  # noqa: PLC0415 - optional at run time: only GPU hosts need it
-    except ImportError:
-        logger.debug("pynvml is not installed; assuming no GPU for decoding")
-        return 0
-    try:
-        pynvml.nvmlInit()
-    except Exception as exc:  # NVMLError subclasses, or OSError for a missing library
-        logger.debug("NVML is unavailable (%s); assuming no GPU for decoding", exc)
-        return 0
-    try:
-        return int(pynvml.nvmlDeviceGetCount())
-    except Exception as exc:
-        logger.debug("NVML could not count devices (%s); assuming no GPU", exc)
-        return 0
-    finally:
-        try:
-            pynvml.nvmlShutdown()
-        except Exception as exc:
-            logger.debug("nvmlShutdown failed: %s", exc)
-
-
 def nvdec_decoder_name(codec: str) -> str | None:
     """The cuvid decoder for ``codec`` when PyAV's FFmpeg has one, else None."""
     name = NVDEC_DECODERS.get(codec)
     return name if name is not None and name in av.codecs_available else None
 
 
-def resolve_nvdec(mode: HwDecode, gpu_count: Callable[[], int] = nvml_gpu_count) -> bool:
+def resolve_nvdec(mode: HwDecode, gpu_count: Callable[[], int] = count_gpus) -> bool:
     """Whether readers should try NVDEC. Blocking (NVML): call it once, off the event loop."""
     if mode == "off":
         return False

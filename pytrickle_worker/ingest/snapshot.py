@@ -19,7 +19,6 @@ import aiohttp
 import av
 from av.error import FFmpegError
 
-from pytrickle_worker.ingest.backoff import Backoff
 from pytrickle_worker.ingest.config import IngestConfig
 from pytrickle_worker.ingest.reader import SourceReader
 from pytrickle_worker.ingest.source import SourceConfig
@@ -64,13 +63,10 @@ class SnapshotReader(SourceReader):
         *,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(source, config, notify)
+        super().__init__(source, config, notify, rng)
         self._executor = executor
         self._task: asyncio.Task[None] | None = None
         self._previous_error: str | None = None
-        self._backoff = Backoff(
-            config.backoff_initial_s, config.reconnect_interval_sec, config.max_retries, rng
-        )
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._task is None:
@@ -136,17 +132,8 @@ class SnapshotReader(SourceReader):
             )
         except SnapshotError as exc:
             error = mask_text(str(exc))
-            delay = self._backoff.next_delay()
-            failures = self._backoff.failures
-            self.tracker.failed(error, failures)
+            delay = self._retry_delay(error)
             if delay is None:
-                self.tracker.gave_up()
-                logger.error(
-                    "%s: offline, giving up after %d consecutive failures: %s",
-                    self.label,
-                    failures,
-                    error,
-                )
                 return None
             log = logger.debug if error == self._previous_error else logger.warning
             log("%s: snapshot failed: %s", self.label, error)

@@ -25,7 +25,6 @@ import av
 import av.container
 from av.error import ExitError, FFmpegError, InvalidDataError
 
-from pytrickle_worker.ingest.backoff import Backoff
 from pytrickle_worker.ingest.config import IngestConfig
 from pytrickle_worker.ingest.nvdec import VideoDecoder
 from pytrickle_worker.ingest.options import format_hint, needs_sniff, open_options, sniff_format
@@ -101,7 +100,7 @@ class StreamReader(SourceReader):
         try_nvdec: bool = False,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(source, config, notify)
+        super().__init__(source, config, notify, rng)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,9 +109,6 @@ class StreamReader(SourceReader):
         self._nvdec_failed = False
         self._format: str | None = source.format or format_hint(source.target_url)
         self._sniff_pending = self._format is None and needs_sniff(source.target_url)
-        self._backoff = Backoff(
-            config.backoff_initial_s, config.reconnect_interval_sec, config.max_retries, rng
-        )
         # A read may block at most this long: the interrupt callback and socket timeouts make
         # a silent peer fail within the stall timeout too.
         self._read_timeout = min(config.read_timeout_s, config.stall_timeout_s)
@@ -191,18 +187,10 @@ class StreamReader(SourceReader):
                 self._backoff.reset()
                 previous_error = None
             error = outcome.error or "stream ended"
-            delay = self._backoff.next_delay()
-            failures = self._backoff.failures
-            self.tracker.failed(error, failures)
+            delay = self._retry_delay(error)
             if delay is None:
-                self.tracker.gave_up()
-                logger.error(
-                    "%s: offline, giving up after %d consecutive failures: %s",
-                    self.label,
-                    failures,
-                    error,
-                )
                 break
+            failures = self._backoff.failures
             log = logger.warning if error != previous_error else logger.debug
             log("%s: %s; reconnecting in %.2f s (failure %d)", self.label, error, delay, failures)
             previous_error = error
