@@ -557,7 +557,11 @@ async def test_camera_outage_goes_offline_and_recovers_without_resubscribe(
     assert all(detection_class(m) == "yellow" for m in resumed), resumed
     assert camera.counters()["sessions_total"] == 2  # one session per server run
     assert camera.starts == 2
-    assert not [m for m in backend.messages if is_error(m)]
+    # The outage was also reported as an error for that subscription, naming the cause.
+    errors = [m for m in backend.messages if is_error(m)]
+    assert errors, "the camera outage was not reported"
+    assert all(m["subscriptionIdentifier"] == identifier for m in errors), errors
+    assert all(m["error"].startswith("camera offline: ") for m in errors), errors
 
 
 # ============================================================================= 5. images

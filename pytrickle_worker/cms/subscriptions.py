@@ -56,6 +56,7 @@ class ActiveSubscription:
     detections_sent: int = 0
     last_error: str | None = None
     last_error_report: float = field(default=0.0)
+    last_camera_error: str | None = None
 
     @property
     def identifier(self) -> str:
@@ -224,6 +225,7 @@ class SubscriptionManager:
             if frame is None:
                 if sub.camera.closed:
                     return
+                self._report_camera(sub)
                 continue
             try:
                 await self._process(sub, frame)
@@ -249,6 +251,17 @@ class SubscriptionManager:
         )
         sub.detections_sent += 1
         self.deliver(message)
+
+    def _report_camera(self, sub: ActiveSubscription) -> None:
+        """Tell the backends once per distinct camera error (the stateReport shows the state)."""
+        status = sub.camera.status
+        if status.online or not status.last_error:
+            sub.last_camera_error = None
+            return
+        if status.last_error != sub.last_camera_error:
+            sub.last_camera_error = status.last_error
+            gave_up = " (gave up: max_retries reached)" if status.gave_up else ""
+            self._report(sub, f"camera offline: {status.last_error}{gave_up}")
 
     def _report(self, sub: ActiveSubscription, error: str) -> None:
         error = mask_text(error)
