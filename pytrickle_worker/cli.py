@@ -51,6 +51,17 @@ def _build_parser() -> argparse.ArgumentParser:
     convert.add_argument("input", type=Path)
     convert.add_argument("output", type=Path)
 
+    trickle = commands.add_parser(
+        "trickle-server", help="a local trickle server (go-livepeer wire behaviour) for tests/demos"
+    )
+    trickle.add_argument("--host", default="127.0.0.1")
+    trickle.add_argument("--port", type=int, default=3389)
+    trickle.add_argument(
+        "--autocreate-on-get",
+        action="store_true",
+        help="also create channels on GET (default: only POST creates, as go-livepeer)",
+    )
+
     demo = commands.add_parser("demo", help="demo assets")
     demo_commands = demo.add_subparsers(dest="demo_command", required=True)
     build = demo_commands.add_parser("build", help="generate demo models, MPTA and video")
@@ -64,7 +75,7 @@ def _load_config(args: argparse.Namespace) -> WorkerConfig:
     if args.log_level:
         overrides["log_level"] = args.log_level.upper()
     for name in ("host", "port"):
-        value = getattr(args, name, None)
+        value = getattr(args, name, None) if args.command == "serve" else None
         if value is not None:
             overrides[name] = value
     if overrides:
@@ -83,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(config, args)
+        if args.command == "trickle-server":
+            return _trickle_server(args)
         if args.command == "demo":
             return _demo_build(config, args.out_dir)
         if args.mpta_command == "inspect":
@@ -101,6 +114,18 @@ def _ensure_demo(config: WorkerConfig) -> Path:
     from pytrickle_worker.demo.assets import build_demo_assets  # noqa: PLC0415 - needs onnx
 
     return build_demo_assets(config.resolved_demo_dir).mpta_path
+
+
+def _trickle_server(args: argparse.Namespace) -> int:
+    from pytrickle_worker.trickle.server import (  # noqa: PLC0415
+        TrickleServer,
+        run_trickle_server,
+    )
+
+    run_trickle_server(
+        args.host, args.port, server=TrickleServer(autocreate_on_get=args.autocreate_on_get)
+    )
+    return 0
 
 
 def _demo_build(config: WorkerConfig, out_dir: Path | None) -> int:

@@ -48,6 +48,19 @@ class EngineSettings:
 
 
 @dataclass(frozen=True)
+class RootOverrides:
+    """Per-stream overrides of the root node's ``minConfidence`` and ``triggerClasses``.
+
+    ``None`` keeps the pipeline's own value. ``trigger_classes`` names classes of the root
+    model; names the model does not have are ignored (the caller validates them).
+    Branch nodes are never overridden.
+    """
+
+    min_confidence: float | None = None
+    trigger_classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class NodeResult:
     """What one node of the chain found, and how long it took (milliseconds)."""
 
@@ -120,13 +133,17 @@ class PipelineRunner:
         pipeline: LoadedPipeline,
         frame: np.ndarray,
         tracker: TrackerState | None = None,
+        overrides: RootOverrides | None = None,
     ) -> PipelineResult:
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(
                 f"frame must be an H×W×3 uint8 RGB array, got shape {frame.shape} {frame.dtype}"
             )
         result = PipelineResult(detection=None, bbox=None)
-        found = self._run_node(pipeline.root, frame, (0, 0), tracker, result)
+        if overrides is not None and not pipeline.root.is_classifier:
+            found = self._detect(pipeline.root, frame, (0, 0), tracker, result, overrides)
+        else:
+            found = self._run_node(pipeline.root, frame, (0, 0), tracker, result)
         if found is None:
             return result
         result.detection = {
@@ -182,16 +199,28 @@ class PipelineRunner:
         offset: tuple[int, int],
         tracker: TrackerState | None,
         result: PipelineResult,
+        overrides: RootOverrides | None = None,
     ) -> _Found | None:
         settings = self.settings
         started = time.perf_counter()
+        min_confidence = node.spec.min_confidence
+        trigger_indices = node.trigger_indices
+        if overrides is not None:
+            if overrides.min_confidence is not None:
+                min_confidence = overrides.min_confidence
+            if overrides.trigger_classes is not None:
+                wanted = set(overrides.trigger_classes)
+                trigger_indices = np.asarray(
+                    [i for i, name in enumerate(node.model.info.names) if name in wanted],
+                    dtype=np.int64,
+                )
         # Detections below minConfidence still feed the tracker (ByteTrack's low-score stage
         # keeps tracks alive through brief confidence dips); only qualified ones are reported.
-        floor = min(settings.tracker_low_conf, node.spec.min_confidence)
+        floor = min(settings.tracker_low_conf, min_confidence)
         dets = node.model.detect(
             image,
-            conf_thres=floor if tracker is not None else node.spec.min_confidence,
-            classes=node.trigger_indices,
+            conf_thres=floor if tracker is not None else min_confidence,
+            classes=trigger_indices,
             iou_thres=settings.iou_threshold,
             max_det=settings.max_detections,
             timings=result.timings,
@@ -204,7 +233,7 @@ class PipelineRunner:
             track_started = time.perf_counter()
             track_ids = tracker.tracker_for(node.path).update(boxes, dets.scores, dets.class_ids)
             result.tracking_ms += (time.perf_counter() - track_started) * 1000
-        qualified = np.flatnonzero(dets.scores >= node.spec.min_confidence)
+        qualified = np.flatnonzero(dets.scores >= min_confidence)
         if len(qualified) == 0:
             ms = (time.perf_counter() - started) * 1000
             result.nodes.append(
