@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -90,27 +92,41 @@ def test_seed_config_json_keys_work_and_unknown_keys_are_ignored(
     assert "legacy_key" in caplog.text
 
 
+async def _health_once_loaded(client: TestClient[Any, Any]) -> tuple[int, dict[str, Any]]:
+    """/health while the default pipeline loads says LOADING (200); wait for the outcome."""
+    for _ in range(300):
+        response = await client.get("/health")
+        body: dict[str, Any] = await response.json()
+        if body["status"] != "LOADING":
+            return response.status, body
+        assert response.status == 200
+        await asyncio.sleep(0.05)
+    raise AssertionError("the default pipeline never finished loading")
+
+
 async def test_health_reports_the_loaded_default_pipeline(
     demo_assets: DemoAssets, tmp_path: Path
 ) -> None:
     config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
     app = create_app(config, str(demo_assets.mpta_path))
     async with TestClient(TestServer(app)) as client:
-        response = await client.get("/health")
-        assert response.status == 200
-        body = await response.json()
-    assert body["status"] == "healthy"
+        status, body = await _health_once_loaded(client)
+        ready = await client.get("/health/ready")
+        assert ready.status == 200
+    assert status == 200
+    assert body["status"] == "IDLE"
     assert body["execution_provider"] == "CPUExecutionProvider"
     assert body["models_loaded"] == 2
-    assert body["default_pipeline"].endswith("demo.mpta")
+    assert body["subscriptions"] == 0
 
 
-async def test_health_is_503_with_the_error_when_the_pipeline_is_broken(tmp_path: Path) -> None:
+async def test_health_is_500_with_the_error_when_the_pipeline_is_broken(tmp_path: Path) -> None:
     config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
     app = create_app(config, str(tmp_path / "missing.mpta"))
     async with TestClient(TestServer(app)) as client:
-        response = await client.get("/health")
-        assert response.status == 503
-        body = await response.json()
-    assert body["status"] == "error"
-    assert "missing.mpta" in body["error"]
+        status, body = await _health_once_loaded(client)
+        live = await client.get("/health/live")
+        assert live.status == 200
+    assert status == 500
+    assert body["status"] == "ERROR"
+    assert "missing.mpta" in body["error_message"]

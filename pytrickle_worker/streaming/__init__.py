@@ -1,0 +1,1 @@
+"""Trickle streaming: MPEG-TS media in and out, and the stream session that drives a processor."""
