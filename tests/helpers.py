@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from pytrickle_worker.ingest.frame import CameraFrame
+from pytrickle_worker.ingest.hub import Subscription
+
+
+async def collect(sub: Subscription, seconds: float) -> list[CameraFrame]:
+    """Every frame ``sub`` delivers within ``seconds``."""
+    frames: list[CameraFrame] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while (remaining := end - loop.time()) > 0:
+        frame = await sub.next_frame(timeout=remaining)
+        if frame is not None:
+            frames.append(frame)
+    return frames
 
 
 def free_port() -> int:

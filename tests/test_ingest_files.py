@@ -19,7 +19,6 @@ import pytest_asyncio
 
 from pytrickle_worker.hardware import count_gpus as nvml_gpu_count
 from pytrickle_worker.ingest import (
-    CameraFrame,
     CameraHub,
     Crop,
     CropError,
@@ -27,8 +26,8 @@ from pytrickle_worker.ingest import (
     IngestConfig,
     IngestError,
     SourceConfig,
-    Subscription,
 )
+from tests.helpers import collect
 
 FPS = 15
 
@@ -125,19 +124,8 @@ def corrupt_clip(media_dir: Path) -> Path:
 
 @pytest_asyncio.fixture
 async def hub() -> AsyncIterator[CameraHub]:
-    async with CameraHub(IngestConfig(**FAST)) as camera_hub:  # type: ignore[arg-type]
+    async with CameraHub(IngestConfig.model_validate(FAST)) as camera_hub:
         yield camera_hub
-
-
-async def collect(sub: Subscription, seconds: float) -> list[CameraFrame]:
-    frames: list[CameraFrame] = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while (remaining := end - loop.time()) > 0:
-        frame = await sub.next_frame(timeout=remaining)
-        if frame is not None:
-            frames.append(frame)
-    return frames
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
@@ -319,7 +307,7 @@ async def test_end_of_file_and_loop(hub: CameraHub, clip: Path) -> None:
 
 
 async def test_missing_file_retries_are_bounded(tmp_path: Path) -> None:
-    config = IngestConfig(**{**FAST, "max_retries": 2})  # type: ignore[arg-type]
+    config = IngestConfig.model_validate({**FAST, "max_retries": 2})
     async with CameraHub(config) as hub:
         sub = hub.subscribe(SourceConfig(url=str(tmp_path / "nope.mp4")), target_fps=5)
         await wait_until(lambda: sub.status.gave_up)
@@ -340,7 +328,7 @@ async def test_forced_nvdec_falls_back_to_software(
     if nvml_gpu_count() > 0:
         pytest.skip("this host has a GPU: the fallback path is not exercised")
     caplog.set_level(logging.INFO, logger="pytrickle_worker.ingest")
-    config = IngestConfig(**{**FAST, "hw_decode": "nvdec"})  # type: ignore[arg-type]
+    config = IngestConfig.model_validate({**FAST, "hw_decode": "nvdec"})
     async with CameraHub(config) as hub:
         assert hub.nvdec
         sub = hub.subscribe(SourceConfig(url=str(clip), realtime=False, loop=True), target_fps=30)
@@ -360,7 +348,7 @@ async def test_auto_hw_decode_never_tries_nvdec_on_cpu_host(
     if nvml_gpu_count() > 0:
         pytest.skip("this host has a GPU")
     caplog.set_level(logging.DEBUG, logger="pytrickle_worker.ingest")
-    config = IngestConfig(**{**FAST, "hw_decode": "auto"})  # type: ignore[arg-type]
+    config = IngestConfig.model_validate({**FAST, "hw_decode": "auto"})
     async with CameraHub(config) as hub:
         assert not hub.nvdec
         sub = hub.subscribe(SourceConfig(url=str(clip), realtime=False), target_fps=30)
@@ -398,7 +386,7 @@ async def test_subscribers_share_one_reader(hub: CameraHub, clip: Path) -> None:
 
 
 async def test_subscribe_argument_errors(clip: Path) -> None:
-    hub = CameraHub(IngestConfig(**FAST))  # type: ignore[arg-type]
+    hub = CameraHub(IngestConfig.model_validate(FAST))
     with pytest.raises(HubNotStartedError):
         hub.subscribe(SourceConfig(url=str(clip)), target_fps=5)
     async with hub:

@@ -17,13 +17,12 @@ import pytest
 from aiohttp import web
 
 from pytrickle_worker.ingest import (
-    CameraFrame,
     CameraHub,
     IngestConfig,
     SourceConfig,
-    Subscription,
 )
 from pytrickle_worker.ingest.options import sniff_format
+from tests.helpers import collect
 from tests.media_fixtures import RtspServer
 from tests.servers.media_http import MediaHttpServer, get_clip
 
@@ -39,17 +38,6 @@ NET: dict[str, Any] = {
 
 def hub_with(**overrides: Any) -> CameraHub:
     return CameraHub(IngestConfig(**{**NET, **overrides}))
-
-
-async def collect(sub: Subscription, seconds: float) -> list[CameraFrame]:
-    frames: list[CameraFrame] = []
-    loop = asyncio.get_running_loop()
-    end = loop.time() + seconds
-    while (remaining := end - loop.time()) > 0:
-        frame = await sub.next_frame(timeout=remaining)
-        if frame is not None:
-            frames.append(frame)
-    return frames
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> float:
