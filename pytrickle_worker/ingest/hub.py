@@ -28,6 +28,7 @@ from pytrickle_worker.ingest.snapshot import SnapshotReader
 from pytrickle_worker.ingest.source import SourceConfig
 from pytrickle_worker.ingest.status import SourceStatus
 from pytrickle_worker.ingest.stream import StreamReader
+from pytrickle_worker.ingest.trickle import TrickleReader
 
 __all__ = ["CameraHub", "Subscription"]
 
@@ -94,6 +95,8 @@ class Subscription:
         self._closed_event = asyncio.Event()
         self._clip_warned = False
         self.frames_taken = 0
+        #: Frames of the source this subscription never took (its fps sampling, and any lag).
+        self.frames_skipped = 0
         #: The last crop error (the frame size made the crop impossible), else None.
         self.error: str | None = None
 
@@ -145,6 +148,8 @@ class Subscription:
                 return None
             finally:
                 signal.waiting -= 1
+        if self._last_seq:
+            self.frames_skipped += max(0, slot.seq - self._last_seq - 1)
         self._last_seq = slot.seq
         self._last_taken = loop.time()
         frame = await self._to_camera_frame(slot)
@@ -354,6 +359,10 @@ class CameraHub:
         reader: SourceReader
         if source.kind == "snapshot":
             reader = SnapshotReader(source, self.config, notify, self._executor, rng=self._rng)
+        elif source.kind == "trickle":
+            reader = TrickleReader(
+                source, self.config, notify, try_nvdec=self._nvdec, rng=self._rng
+            )
         else:
             reader = StreamReader(source, self.config, notify, try_nvdec=self._nvdec, rng=self._rng)
         entry = _Source(key, reader, signal)

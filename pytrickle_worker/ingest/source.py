@@ -16,18 +16,35 @@ __all__ = [
     "SourceConfig",
     "SourceKind",
     "is_local_path",
+    "is_trickle_url",
     "local_path",
     "normalise_source_url",
+    "trickle_channel_url",
 ]
 
-SourceKind = Literal["stream", "snapshot"]
+SourceKind = Literal["stream", "snapshot", "trickle"]
 
 _DEFAULT_PORTS = {"rtsp": 554, "rtsps": 322, "http": 80, "https": 443, "rtmp": 1935}
+
+#: Schemes that name a trickle channel (MPEG-TS segments) instead of a URL FFmpeg opens:
+#: ``trickle://host:port/channel`` is plain HTTP, ``trickle+https://`` is HTTPS.
+TRICKLE_SCHEMES = {"trickle": "http", "trickle+http": "http", "trickle+https": "https"}
 
 
 def _scheme(url: str) -> str:
     head, sep, _ = url.partition("://")
     return head.lower() if sep else ""
+
+
+def is_trickle_url(url: str) -> bool:
+    return _scheme(url.strip()) in TRICKLE_SCHEMES
+
+
+def trickle_channel_url(url: str) -> str:
+    """The HTTP(S) URL of the trickle channel a ``trickle://`` source names."""
+    text = url.strip()
+    scheme, _, rest = text.partition("://")
+    return f"{TRICKLE_SCHEMES[scheme.lower()]}://{rest}"
 
 
 def is_local_path(url: str) -> bool:
@@ -53,6 +70,8 @@ def normalise_source_url(url: str) -> str:
     text = url.strip()
     if is_local_path(text):
         return os.path.abspath(local_path(text))
+    if is_trickle_url(text):
+        text = trickle_channel_url(text)
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
     userinfo, at, hostport = parts.netloc.rpartition("@")
@@ -78,8 +97,9 @@ class SourceConfig(BaseModel):
     are accepted as input aliases.
 
     The seed's rule decides the kind: ``snapshot_url`` with ``snapshot_interval_ms`` wins over
-    ``url``; otherwise ``url`` (``rtsp://``, ``http(s)://`` MPEG-TS/MJPEG/HLS, or a local file)
-    is streamed.
+    ``url``; otherwise ``url`` is streamed: ``trickle://host:port/channel`` (or
+    ``trickle+https://``) subscribes to a trickle channel of MPEG-TS segments, anything else
+    (``rtsp://``, ``http(s)://`` MPEG-TS/MJPEG/HLS, a local file) is opened by FFmpeg.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -124,7 +144,9 @@ class SourceConfig(BaseModel):
 
     @property
     def kind(self) -> SourceKind:
-        return "snapshot" if self.snapshot_url and self.snapshot_interval_ms else "stream"
+        if self.snapshot_url and self.snapshot_interval_ms:
+            return "snapshot"
+        return "trickle" if self.url and is_trickle_url(self.url) else "stream"
 
     @property
     def target_url(self) -> str:

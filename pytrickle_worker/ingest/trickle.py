@@ -1,0 +1,183 @@
+"""TrickleReader: a trickle channel of MPEG-TS segments as a camera of the hub.
+
+A ``trickle://host:port/channel`` source subscribes to the channel at ``-2`` (the segment
+being written, which starts with an IDR, so the first frame comes at once) and feeds every
+segment to one long-lived :class:`SegmentDecoder`, whose frames go straight into the hub's
+latest-frame slot: one decode per channel whatever the number of subscribers, like any other
+source.
+
+Failures follow the other readers: the channel ending (404, ``Lp-Trickle-Closed``: the
+publisher stopped), the subscriber giving up on errors, undecodable input, or no decoded frame
+for ``stall_timeout_s`` while segments keep coming or not, mark the source offline, and it
+reconnects after the backoff (a restarted publisher is picked up again) until ``max_retries``
+consecutive failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from fractions import Fraction
+
+import aiohttp
+import av
+
+from pytrickle_worker.ingest.config import IngestConfig
+from pytrickle_worker.ingest.reader import SourceReader
+from pytrickle_worker.ingest.source import SourceConfig, trickle_channel_url
+from pytrickle_worker.logutil import mask_text
+from pytrickle_worker.streaming.media import SegmentDecoder
+from pytrickle_worker.trickle.errors import TrickleError
+from pytrickle_worker.trickle.headers import SEQ_LATEST
+from pytrickle_worker.trickle.subscriber import TrickleSubscriber
+
+__all__ = ["TrickleReader"]
+
+logger = logging.getLogger(__name__)
+
+#: How often the watchdog looks at the time of the last decoded frame.
+_WATCH_INTERVAL_S = 0.25
+
+
+class TrickleReader(SourceReader):
+    """Subscribes to one trickle channel on the event loop; decodes on a thread."""
+
+    def __init__(
+        self,
+        source: SourceConfig,
+        config: IngestConfig,
+        notify: Callable[[], None],
+        *,
+        try_nvdec: bool = False,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(source, config, notify, rng)
+        self.channel_url = trickle_channel_url(source.target_url)
+        self._try_nvdec = try_nvdec
+        self._task: asyncio.Task[None] | None = None
+        self._decoder: SegmentDecoder | None = None
+        self._last_frame = 0.0
+        self._session_frames = 0
+        self._size: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ control
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._task is None:
+            self._task = loop.create_task(self._run(), name=f"trickle {self.label}"[:64])
+
+    def request_stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    @property
+    def stop_timeout_s(self) -> float:
+        return 6.0  # the decoder thread is given 5 s to notice its closed input
+
+    async def wait_stopped(self, within_s: float) -> bool:
+        task = self._task
+        if task is None or task.done():
+            return True
+        done, _ = await asyncio.wait({task}, timeout=within_s)
+        return bool(done)
+
+    # ------------------------------------------------------------------ reading
+    async def _run(self) -> None:
+        previous_error: str | None = None
+        timeout = aiohttp.ClientTimeout(total=None)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as http:
+                while True:
+                    error = await self._session(http)
+                    if self._session_frames > 0:
+                        self._backoff.reset()
+                        previous_error = None
+                    delay = self._retry_delay(error)
+                    if delay is None:
+                        return
+                    log = logger.warning if error != previous_error else logger.debug
+                    log("%s: %s; reconnecting in %.2f s", self.label, error, delay)
+                    previous_error = error
+                    await asyncio.sleep(delay)
+                    self.tracker.reconnecting()
+        finally:
+            self.tracker.stopped()
+
+    async def _session(self, http: aiohttp.ClientSession) -> str:
+        """Read the channel until it ends, fails or stalls; returns why it stopped."""
+        decoder = SegmentDecoder(
+            frame_queue_size=1,
+            pass_audio=False,
+            try_nvdec=self._try_nvdec,
+            decoder_threads=self.config.decoder_threads,
+            frame_sink=self._publish,
+            name=self.label,
+        )
+        subscriber = TrickleSubscriber(
+            self.channel_url,
+            start_seq=SEQ_LATEST,
+            session=http,
+            connect_timeout_s=self.config.open_timeout_s,
+            read_timeout_s=self.config.read_timeout_s,
+        )
+        self._decoder = decoder
+        self._session_frames = 0
+        self._last_frame = time.monotonic()
+        decoder.start()
+        feeding = asyncio.ensure_future(self._feed(subscriber, decoder))
+        try:
+            return await self._watch(feeding, decoder)
+        finally:
+            feeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await feeding
+            await subscriber.close()
+            await decoder.close()
+
+    async def _feed(self, subscriber: TrickleSubscriber, decoder: SegmentDecoder) -> str:
+        try:
+            while (segment := await subscriber.next_segment()) is not None:
+                self.tracker.packet()
+                try:
+                    if not await decoder.feed_segment(segment.chunks()):
+                        break  # the decoder ended: its error says why
+                except TrickleError as exc:  # one broken segment: the next one may be fine
+                    logger.debug("%s: a segment broke off: %s", self.label, exc)
+        except TrickleError as exc:
+            return f"subscription failed: {mask_text(str(exc))}"
+        if decoder.error is not None:
+            return f"undecodable input: {decoder.error}"
+        return "the trickle channel ended"
+
+    async def _watch(self, feeding: asyncio.Future[str], decoder: SegmentDecoder) -> str:
+        stall_s = self.config.stall_timeout_s
+        while True:
+            done, _ = await asyncio.wait({feeding}, timeout=_WATCH_INTERVAL_S)
+            if done:
+                return feeding.result()
+            if decoder.ended and decoder.error is not None:
+                return f"undecodable input: {decoder.error}"
+            if time.monotonic() - self._last_frame > stall_s:
+                return f"stalled: no frame decoded for {stall_s:g} s"
+
+    def _publish(self, frame: av.VideoFrame) -> None:
+        """The decoder thread's frame sink: into the latest-frame slot."""
+        self._last_frame = time.monotonic()
+        self._session_frames += 1
+        time_base = frame.time_base or Fraction(1, 90_000)
+        pts_time = float(frame.pts * time_base) if frame.pts is not None else None
+        self.slot.publish(frame, pts_time)
+        size = (frame.width, frame.height)
+        if self.tracker.frame(*size):
+            logger.info("%s: online, %dx%d from trickle", self.label, *size)
+            info = self._decoder.info if self._decoder is not None else None
+            codec = info.codec if info is not None else "unknown"
+            self.tracker.decoder_info(codec, codec, False)
+        elif size != self._size and self._size is not None:
+            logger.info(
+                "%s: resolution changed from %dx%d to %dx%d", self.label, *self._size, *size
+            )
+        self._size = size
