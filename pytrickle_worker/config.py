@@ -5,17 +5,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.ingest.config import IngestConfig
 
 ENV_PREFIX = "PTW_"
 SEED_CONFIG_FILE = "config.json"
+#: Conventional unprefixed variables, read too; the ``PTW_`` form wins when both are set.
+ENV_ALIASES: tuple[tuple[str, str], ...] = (
+    ("log_level", "LOG_LEVEL"),
+    ("log_format", "LOG_FORMAT"),
+)
+_ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +49,13 @@ class WorkerConfig(BaseModel):
 
     host: str = "0.0.0.0"  # noqa: S104 - a worker pod must accept connections from the CMS
     port: int = Field(default=8000, ge=1, le=65535)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Also LOG_LEVEL (PTW_LOG_LEVEL wins); case-insensitive"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text, or json: one JSON object per line; also LOG_FORMAT (PTW_ wins)",
+    )
 
     cache_dir: Path = Field(default_factory=default_cache_dir)
     demo_dir: Path | None = Field(
@@ -110,6 +132,90 @@ class WorkerConfig(BaseModel):
     action_buffer_size: int = Field(default=1000, ge=1)
     action_retry_interval_s: float = Field(default=1.0, gt=0)
 
+    # --- access control and CORS (docs/SECURITY.md) ---------------------------------------
+    access_token: SecretStr | None = Field(
+        default=None,
+        description="When set, required (Bearer) on the WebSocket and every route but probes",
+    )
+    access_token_file: Path | None = Field(
+        default=None,
+        description="Read the access token from this file at start (a mounted Secret)",
+    )
+    metrics_require_token: bool = Field(
+        default=False, description="Also require the access token on /metrics"
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list[str],
+        description="Origins allowed cross-origin (none: no CORS headers); env: JSON or a,b",
+    )
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _normalise_log_setting(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, str):
+            return value
+        value = value.strip()
+        if info.field_name == "log_format":
+            return value.lower()
+        value = value.upper()
+        return "WARNING" if value == "WARN" else value
+
+    @field_validator("access_token", mode="before")
+    @classmethod
+    def _strip_token(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise ValueError("must not be empty")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"not a JSON list: {exc}") from None
+            return text.split(",")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        origins: list[str] = []
+        for entry in value:
+            origin = entry.strip().rstrip("/").lower()
+            if not origin:
+                continue
+            if not _ORIGIN_RE.fullmatch(origin):
+                raise ValueError(f"{entry!r} is not an origin (scheme://host[:port])")
+            origins.append(origin)
+        return origins
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> WorkerConfig:
+        if self.access_token is not None and self.access_token_file is not None:
+            raise ValueError("set access_token or access_token_file, not both")
+        return self
+
+    def resolved_access_token(self) -> SecretStr | None:
+        """The access token: ``access_token``, or the content of ``access_token_file``
+        (surrounding whitespace stripped), read now. None: access control is off."""
+        if self.access_token_file is None:
+            return self.access_token
+        try:
+            text = self.access_token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WorkerError(
+                f"cannot read access_token_file {self.access_token_file}: {exc}"
+            ) from None
+        if not text:
+            raise WorkerError(f"access_token_file {self.access_token_file} is empty")
+        return SecretStr(text)
+
     @field_validator("model_url_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
@@ -161,6 +267,10 @@ class WorkerConfig(BaseModel):
                 logger.warning("config file %s: ignoring unknown keys %s", config_file, unknown)
             values.update({k: v for k, v in document.items() if k in cls.model_fields})
         env = os.environ if environ is None else environ
+        for name, alias in ENV_ALIASES:
+            raw = env.get(alias)
+            if raw is not None and raw != "":
+                values[name] = raw
         for name in cls.model_fields:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":

@@ -1,14 +1,29 @@
-"""Logging set-up and credential masking for URLs."""
+"""Logging set-up and credential masking for URLs.
 
+:func:`setup_logging` writes plain text lines (the default) or JSON lines (``LOG_FORMAT=json``:
+one object per line with ``ts``, ``level``, ``logger``, ``message`` and, for an exception,
+``exc``). Credentials never reach a log: every record is masked when it is created (so any
+handler, pytest's caplog included, sees the masked text) and both formatters mask their output
+again, tracebacks included.
+"""
+
+import json
 import logging
 import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
+
+LogFormat = Literal["text", "json"]
 
 _USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
 _SECRET_QUERY_RE = re.compile(
     r"(?P<key>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|key|secret|auth)=)[^&#\s]*",
     re.IGNORECASE,
 )
+#: ``Authorization: Bearer <token>`` (a header dump, a curl command line in an error message).
+_BEARER_RE = re.compile(r"(?P<key>\bBearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 
 
 def _mask_userinfo(userinfo: str) -> str:
@@ -41,27 +56,92 @@ def mask_text(text: str) -> str:
     def _substitute(match: re.Match[str]) -> str:
         return f"{match.group('scheme')}{_mask_userinfo(match.group('userinfo'))}@"
 
-    return _SECRET_QUERY_RE.sub(r"\g<key>***", _USERINFO_RE.sub(_substitute, text))
+    masked = _SECRET_QUERY_RE.sub(r"\g<key>***", _USERINFO_RE.sub(_substitute, text))
+    return _BEARER_RE.sub(r"\g<key>***", masked)
+
+
+def _mask_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+    except Exception:  # malformed args: the handler reports those, not us
+        return
+    masked = mask_text(message)
+    if masked != message:
+        record.msg = masked
+        record.args = None
+    if record.exc_info and not record.exc_text:
+        # Formatters reuse a record's exc_text: every handler then prints the masked traceback.
+        record.exc_text = mask_text(logging.Formatter().formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = mask_text(record.stack_info)
 
 
 class MaskingFilter(logging.Filter):
     """Masks URL credentials in every record, whatever logger produced it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        masked = mask_text(message)
-        if masked != message:
-            record.msg = masked
-            record.args = None
+        _mask_record(record)
         return True
 
 
-def setup_logging(level: str = "INFO") -> None:
+class MaskingRecordFactory:
+    """A ``logging`` record factory that masks each record's message as it is created.
+
+    Handler filters only see records that reach their handler; masking at creation covers
+    every handler (including ones installed by libraries or by pytest) at once.
+    """
+
+    def __init__(self, previous: Callable[..., logging.LogRecord]) -> None:
+        self.previous = previous
+
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.previous(*args, **kwargs)
+        _mask_record(record)
+        return record
+
+
+class TextFormatter(logging.Formatter):
+    """``12:00:00 INFO    name: message``, credentials masked (tracebacks included)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_text(super().format(record))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ``ts`` (ISO 8601, UTC), ``level``, ``logger``, ``message``,
+    and ``exc`` (the formatted traceback) when the record carries an exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.fromtimestamp(record.created, UTC)
+        entry: dict[str, str] = {
+            "ts": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": mask_text(record.getMessage()),
+        }
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc"] = mask_text(record.exc_text)
+        if record.stack_info:
+            entry["stack"] = mask_text(self.formatStack(record.stack_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def make_formatter(fmt: LogFormat = "text") -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else TextFormatter()
+
+
+def setup_logging(level: str = "INFO", fmt: LogFormat = "text") -> None:
+    """Log to stderr at ``level`` as ``fmt`` ("text" or "json"), credentials masked."""
+    factory = logging.getLogRecordFactory()
+    if not isinstance(factory, MaskingRecordFactory):
+        logging.setLogRecordFactory(MaskingRecordFactory(factory))
     handler = logging.StreamHandler()
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-    )
-    handler.addFilter(MaskingFilter())
+    handler.setFormatter(make_formatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -192,7 +192,13 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
 
     # All but the frames still inside the demuxer/decoder (the input has not ended).
     await wait_for(lambda: session.stats()["frames_encoded"] >= N - 8)
-    await events.until(lambda items: any(i["event"]["type"] == "heartbeat" for i in items))
+    # The first heartbeat may precede the first frame (dimensions 0x0 until one is seen).
+    await events.until(
+        lambda items: any(
+            i["event"]["type"] == "heartbeat" and i["event"]["dimensions"]["width"]
+            for i in items
+        )
+    )
     heartbeat = events_of(events, "heartbeat")[-1]
     assert heartbeat["dimensions"] == {"width": W, "height": H}
     assert set(heartbeat["fps"]) == {

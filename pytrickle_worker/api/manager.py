@@ -73,8 +73,12 @@ class StreamSessionLike(Protocol):
       failed (the manager then calls ``stop()`` and ``on_stream_stop()`` itself).
     * ``stop()`` ends it (idempotent) and releases everything; it must not call the
       processor's ``on_stream_stop`` (the manager does).
-    * ``update_params(changes)`` receives only validated, runtime-changeable stream-level
-      fields (today ``max_framerate``); the manager has already applied processor params.
+    * ``update_params(changes, requested)`` receives the validated, runtime-changeable
+      stream-level fields (today ``max_framerate``; possibly none) and the whole update as
+      requested, for the ``params_updated`` event; the manager has already applied the
+      processor's params. It is called for every accepted update.
+    * ``stats()["max_framerate"]``, when present, is the rate cap in effect (it may also
+      change from the control channel); status shows it in ``current_params``.
     * ``stats()`` is cheap and non-blocking; the manager reads ``input_fps``,
       ``output_fps`` and ``processing_fps`` from it (floats) and shows the rest as is.
     * ``wait_closed()`` returns when the session has ended, by ``stop()`` or on its own
@@ -85,7 +89,9 @@ class StreamSessionLike(Protocol):
 
     async def stop(self) -> None: ...
 
-    async def update_params(self, params: dict[str, Any]) -> None: ...
+    async def update_params(
+        self, changes: dict[str, Any], requested: dict[str, Any] | None = None
+    ) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
 
@@ -111,8 +117,10 @@ class IdleSession:
     async def stop(self) -> None:
         self._closed.set()
 
-    async def update_params(self, params: dict[str, Any]) -> None:
-        self.params.update(params)
+    async def update_params(
+        self, changes: dict[str, Any], requested: dict[str, Any] | None = None
+    ) -> None:
+        self.params.update(changes)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -291,6 +299,15 @@ class StreamManager:
     def _current_params(self, stream: _Stream) -> dict[str, Any]:
         params = stream.stream_params.given()
         params.update(self._last_params)
+        try:
+            stats = stream.session.stats()
+        except Exception:  # status must answer even if the session is broken
+            stats = {}
+        if "max_framerate" in stats:  # the cap in effect, whoever set it last
+            if stats["max_framerate"] is None:
+                params.pop("max_framerate", None)
+            else:
+                params["max_framerate"] = stats["max_framerate"]
         params.update(self.processor.current_params())
         return params
 
@@ -437,15 +454,14 @@ class StreamManager:
             except Exception as exc:
                 logger.exception("processor failed to apply params")
                 raise ApiError(500, f"Error updating params: {mask_text(str(exc))}") from exc
-            if changes:
-                try:
-                    await stream.session.update_params(changes)
-                except ParamsError as exc:
-                    raise ApiError(400, f"Invalid params: {exc}") from exc
-                except Exception as exc:
-                    logger.exception("session failed to apply params")
-                    raise ApiError(500, f"Error updating params: {mask_text(str(exc))}") from exc
-                self._last_params.update(changes)
+            try:
+                await stream.session.update_params(changes, params)
+            except ParamsError as exc:
+                raise ApiError(400, f"Invalid params: {exc}") from exc
+            except Exception as exc:
+                logger.exception("session failed to apply params")
+                raise ApiError(500, f"Error updating params: {mask_text(str(exc))}") from exc
+            self._last_params.update(changes)
             current = self._current_params(stream)
         logger.info("params updated: %s", sorted(params))
         return {

@@ -35,10 +35,14 @@ MAX_PENDING_PATCHES = 256
 class BackendConnection:
     """One connected backend and the task that writes to it."""
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str, registry: BackendRegistry) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, peer: str, registry: BackendRegistry, serial: int = 0
+    ) -> None:
         self.ws = ws
         self.peer = peer
         self.registry = registry
+        #: Tells apart connections from one peer (a metrics label).
+        self.serial = serial
         self.queue = OutboundQueue(
             max_detections=registry.queue_size,
             on_detection_dropped=registry.record_undelivered,
@@ -83,6 +87,7 @@ class BackendRegistry:
         self._grace_task: asyncio.Task[None] | None = None
         self.detections_undelivered = 0
         self._closing = False
+        self._serials = 0
 
     # ------------------------------------------------------------------ membership
 
@@ -91,7 +96,8 @@ class BackendRegistry:
             self._grace_task.cancel()
             self._grace_task = None
             logger.info("backend %s reconnected within the grace period", peer)
-        connection = BackendConnection(ws, peer, self)
+        self._serials += 1
+        connection = BackendConnection(ws, peer, self, self._serials)
         connection.sender = asyncio.get_running_loop().create_task(
             connection.run_sender(), name=f"backend-sender {peer}"
         )

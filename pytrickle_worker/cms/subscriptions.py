@@ -53,6 +53,8 @@ class ActiveSubscription:
     emitter: DetectionEmitter
     task: asyncio.Task[None] | None = None
     frames_processed: int = 0
+    #: Frames taken from the camera but not analysed (crop impossible, processing failed).
+    frames_dropped: int = 0
     detections_sent: int = 0
     last_error: str | None = None
     last_error_report: float = field(default=0.0)
@@ -108,6 +110,9 @@ class SubscriptionManager:
 
     def get(self, identifier: str) -> ActiveSubscription | None:
         return self._active.get(identifier)
+
+    def active(self) -> list[ActiveSubscription]:
+        return list(self._active.values())
 
     def connections(self) -> list[CameraConnection]:
         return [sub.connection() for sub in self._active.values()]
@@ -220,6 +225,7 @@ class SubscriptionManager:
             try:
                 frame = await sub.camera.next_frame(timeout=FRAME_WAIT_S)
             except CropError as exc:
+                sub.frames_dropped += 1
                 self._report(sub, str(exc))
                 continue
             if frame is None:
@@ -232,6 +238,7 @@ class SubscriptionManager:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                sub.frames_dropped += 1
                 logger.exception("%s: processing failed", sub.identifier)
                 self._report(sub, f"processing failed: {exc}")
 

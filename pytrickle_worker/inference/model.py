@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -43,6 +43,7 @@ from pytrickle_worker.inference.providers import CPU, ProviderChoice, select_pro
 
 __all__ = [
     "Classification",
+    "InferenceObserver",
     "ModelInfo",
     "ModelMetadata",
     "OnnxModel",
@@ -353,6 +354,13 @@ def _dims(shape: object) -> list[int | str | None]:
 # --------------------------------------------------------------------------------------
 
 
+class InferenceObserver(Protocol):
+    """Told about every ``session.run`` of a model (metrics). Called from inference threads,
+    so it must be thread-safe and cheap."""
+
+    def observe_inference(self, model: ModelInfo, seconds: float, batch_size: int) -> None: ...
+
+
 class _ThreadState(threading.local):
     """Per-thread preprocessing state of one model."""
 
@@ -388,6 +396,8 @@ class OnnxModel:
         self._local = _ThreadState()
         self._warned_names: set[str] = set()
         self._warned_class_ids = False
+        #: Set by the registry once the model is loaded (so the warm-up is not observed).
+        self.observer: InferenceObserver | None = None
         try:
             self._info = self._read_info(sha256 or file_sha256(self.path))
         except OSError as exc:
@@ -611,7 +621,13 @@ class OnnxModel:
         if session is None:
             raise ModelError(f"model '{self.path.name}' is closed")
         info = self._info
-        result = session.run([info.output_name], {info.input_name: tensor})
+        observer = self.observer
+        if observer is None:
+            result = session.run([info.output_name], {info.input_name: tensor})
+        else:
+            started = time.perf_counter()
+            result = session.run([info.output_name], {info.input_name: tensor})
+            observer.observe_inference(info, time.perf_counter() - started, int(tensor.shape[0]))
         return np.asarray(result[0], dtype=np.float32)
 
     def _letterbox_buffer(self) -> LetterboxBuffer:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from pytrickle_worker.errors import ModelError
-from pytrickle_worker.inference.model import OnnxModel, file_sha256
+from pytrickle_worker.inference.model import InferenceObserver, OnnxModel, file_sha256
 from pytrickle_worker.inference.providers import ProviderChoice
 
 __all__ = ["LoadedModelStats", "ModelRegistry"]
@@ -53,9 +53,16 @@ class _Entry:
 class ModelRegistry:
     """Loads each model once per (sha256, provider) and shares it until the last release."""
 
-    def __init__(self, providers: ProviderChoice, *, warmup: bool = True) -> None:
+    def __init__(
+        self,
+        providers: ProviderChoice,
+        *,
+        warmup: bool = True,
+        observer: InferenceObserver | None = None,
+    ) -> None:
         self.providers = providers
         self._warmup = warmup
+        self._observer = observer
         self._lock = threading.Lock()
         self._key_locks: dict[_Key, threading.Lock] = {}
         self._entries: dict[_Key, _Entry] = {}
@@ -95,6 +102,7 @@ class ModelRegistry:
             # Load outside the registry lock: other models load in parallel.
             model = OnnxModel(model_path, self.providers, sha256=sha256, warmup=self._warmup)
             with self._lock:
+                model.observer = self._observer  # after the warm-up: only real runs count
                 entry = _Entry(key, model, 1, time.time())
                 self._entries[key] = entry
                 self._by_model[id(model)] = entry
@@ -115,6 +123,13 @@ class ModelRegistry:
             del self._entries[entry.key]
         model.close()
         logger.info("unloaded %s", model.path.name)
+
+    def set_observer(self, observer: InferenceObserver | None) -> None:
+        """Observe every ``session.run`` of the loaded models and of those loaded later."""
+        with self._lock:
+            self._observer = observer
+            for entry in self._entries.values():
+                entry.model.observer = observer
 
     @property
     def loaded_count(self) -> int:

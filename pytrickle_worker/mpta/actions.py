@@ -119,6 +119,7 @@ class ActionStats:
     redis_outages: int = 0
     redis_errors: int = 0
     pending: int = 0
+    pending_bytes: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -293,6 +294,7 @@ class ActionDispatcher:
 
     def snapshot(self) -> dict[str, Any]:
         self.stats.pending = sum(len(q.jobs) for q in self._queues.values())
+        self.stats.pending_bytes = sum(q.held_bytes for q in self._queues.values())
         return {
             **self.stats.as_dict(),
             "targets": {

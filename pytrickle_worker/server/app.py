@@ -17,6 +17,8 @@ from pytrickle_worker.cms.endpoint import CmsEndpoint
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.ingest.hub import CameraHub
 from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.server.metrics import WorkerMetrics
+from pytrickle_worker.server.security import security_middlewares
 from pytrickle_worker.streaming.session import StreamSession
 
 logger = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ HUB_KEY = web.AppKey("camera_hub", CameraHub)
 CMS_KEY = web.AppKey("cms_endpoint", CmsEndpoint)
 STREAMS_KEY = web.AppKey("stream_manager", StreamManager)
 STARTED_KEY = web.AppKey("started_at", float)
+METRICS_KEY = web.AppKey("metrics", WorkerMetrics)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -50,7 +53,10 @@ async def health(request: web.Request) -> web.Response:
 
 def create_app(config: WorkerConfig, default_pipeline_source: str | None = None) -> web.Application:
     """``default_pipeline_source``: the MPTA the stream processor preloads (and warms up)."""
-    app = web.Application(client_max_size=config.max_message_bytes)
+    # Access token, CORS and body-size limits (docs/SECURITY.md); reads access_token_file.
+    app = web.Application(
+        client_max_size=config.max_message_bytes, middlewares=security_middlewares(config)
+    )
     service = PipelineService(config)
     hub = CameraHub(config.ingest_config())
     cms = CmsEndpoint(config, hub, service)
@@ -61,6 +67,8 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app[CMS_KEY] = cms
     app[STREAMS_KEY] = streams
     app[STARTED_KEY] = time.time()
+    metrics = WorkerMetrics(hub=hub, cms=cms, service=service, streams=streams)
+    app[METRICS_KEY] = metrics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await hub.start()
@@ -80,6 +88,7 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     # PipelineService it uses is still open.
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics.handle)  # Prometheus text format (docs/METRICS.md)
     app.router.add_routes(cms.routes())
     attach_stream_api(app, streams)
     return app

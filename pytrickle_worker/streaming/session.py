@@ -255,11 +255,16 @@ class StreamSession:
         return self._closed.is_set()
 
     # ------------------------------------------------------------------ params
-    async def update_params(self, params: dict[str, Any]) -> None:
-        """Validated stream-level changes from the API (``max_framerate``)."""
+    async def update_params(
+        self, changes: dict[str, Any], requested: dict[str, Any] | None = None
+    ) -> None:
+        """Validated stream-level ``changes`` from the API (``max_framerate``); ``requested``
+        is the whole update as the client sent it (the processor's part already applied),
+        which the ``params_updated`` event reports."""
         async with self._params_lock:
-            self._apply_stream_changes(params)
-        self._emit_stream_event("params_updated", params=_masked(params))
+            self._apply_stream_changes(changes)
+        announced = requested if requested is not None else changes
+        self._emit_stream_event("params_updated", params=_masked(announced))
 
     def _apply_stream_changes(self, changes: dict[str, Any]) -> None:
         if "max_framerate" in changes:
@@ -501,7 +506,13 @@ class StreamSession:
             if self._data is not None:
                 await self._data.close(timeout)
             extra: dict[str, Any] = {"error": self._failure} if self._failure else {}
-            self._emit_stream_event("stream_stopped", **extra)
+            # The final counts, so a gateway can tell what the stream delivered and lost.
+            counts = {
+                key: value
+                for key, value in self.stats().items()
+                if key.startswith(("frames_", "segments_"))
+            }
+            self._emit_stream_event("stream_stopped", stats=counts, **extra)
             if self._events is not None:
                 await self._events.close(timeout)
         except Exception:
@@ -581,6 +592,9 @@ class StreamSession:
             "frames_decoded": decoder.frames_decoded if decoder else 0,
             "frames_skipped_by_rate": decoder.frames_skipped if decoder else 0,
             "frames_dropped_before_processing": decoder.frames.dropped if decoder else 0,
+            "decode_queue_depth": len(decoder.frames) if decoder else 0,
+            "encode_queue_depth": len(encoder.frames_in) if encoder else 0,
+            "segment_queue_depth": len(encoder.segments) if encoder else 0,
             "frames_processed": processed,
             "frames_dropped_by_processor": self.frames_dropped_by_processor,
             "processor_errors": self.processor_errors,
