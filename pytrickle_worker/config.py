@@ -49,6 +49,16 @@ class WorkerConfig(BaseModel):
 
     host: str = "0.0.0.0"  # noqa: S104 - a worker pod must accept connections from the CMS
     port: int = Field(default=8000, ge=1, le=65535)
+    shutdown_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=3600,
+        description=(
+            "SIGTERM drain deadline: stop streams, flush WebSocket messages and Redis "
+            "actions, then exit 0 within this many seconds (keep it below Kubernetes' "
+            "terminationGracePeriodSeconds)"
+        ),
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Also LOG_LEVEL (PTW_LOG_LEVEL wins); case-insensitive"
     )

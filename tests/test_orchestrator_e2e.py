@@ -258,8 +258,10 @@ async def test_orchestrator_session_over_rest_and_trickle(rig: Rig) -> None:
     assert boxed[3] >= 0.9 * checked and plain[3] == 0, (boxed, plain)
 
     # -- data: the car's detections, none while minConfidence was above it
-    await data.until(lambda batches: bool(batches))
-    await asyncio.sleep(0.5)
+    # The session flushed its data channel before the stop answered: wait for the last phase.
+    await data.until(
+        lambda batches: any(r["pts"] // TICKS >= N - 2 * margin for b in batches for r in b)
+    )
     records = [r for batch in data.items for r in batch]
     await data.close()
     assert {r["detection"]["class"] for r in records} == {"yellow"}

@@ -39,7 +39,14 @@ class WorkerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        command = [sys.executable, str(REPO / "server.py"), "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [
+            sys.executable,
+            str(REPO / "server.py"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [*command, *self._args],
@@ -84,4 +91,3 @@ class WorkerProcess:
                 process.kill()
                 process.wait(timeout=5)
         return process.returncode
-

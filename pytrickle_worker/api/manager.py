@@ -179,6 +179,7 @@ class StreamManager:
         self._starting = False
         self._lock = asyncio.Lock()
         self._last_params: dict[str, Any] = {}
+        self._draining = False
 
     # ------------------------------------------------------------------ state
 
@@ -193,6 +194,14 @@ class StreamManager:
     @property
     def active(self) -> bool:
         return self._stream is not None
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def begin_drain(self) -> None:
+        """The process is shutting down: not ready any more, and starts are refused."""
+        self._draining = True
 
     def _set_error(self, message: str) -> None:
         self._error = mask_text(message)
@@ -249,15 +258,21 @@ class StreamManager:
     def health(self) -> tuple[int, dict[str, Any]]:
         """``/health``: 200 for LOADING, IDLE and OK; 500 for ERROR."""
         body: dict[str, Any] = {"status": self._state.value}
+        if self._draining:
+            body["draining"] = True
         if self._state is StreamState.ERROR:
             body["error_message"] = self._error
             return 500, body
         return 200, body
 
     def ready(self) -> tuple[int, dict[str, Any]]:
-        """``/health/ready``: 200 when a start would be served (IDLE) or one runs (OK)."""
-        ok = self._state in (StreamState.IDLE, StreamState.OK)
-        return (200 if ok else 503), {"status": self._state.value, "ready": ok}
+        """``/health/ready``: 200 when a start would be served (IDLE) or one runs (OK), and
+        the process is not shutting down."""
+        ok = self._state in (StreamState.IDLE, StreamState.OK) and not self._draining
+        body: dict[str, Any] = {"status": self._state.value, "ready": ok}
+        if self._draining:
+            body["draining"] = True
+        return (200 if ok else 503), body
 
     def status(self) -> dict[str, Any]:
         stream = self._stream
@@ -314,6 +329,8 @@ class StreamManager:
     # ------------------------------------------------------------------ start / stop
 
     async def start(self, request: StartRequest) -> dict[str, Any]:
+        if self._draining:
+            raise ApiError(503, "The server is shutting down")
         if self._state is StreamState.LOADING:
             raise ApiError(503, "Pipeline is still initializing. Please wait for IDLE status.")
         if self._stream is not None or self._starting:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from pytrickle_worker.cms.outbound import OutboundQueue
 from pytrickle_worker.protocol import (
@@ -48,6 +48,8 @@ class BackendConnection:
             on_detection_dropped=registry.record_undelivered,
         )
         self.sender: asyncio.Task[None] | None = None
+        #: A message taken off the queue is being written (flush waits for it too).
+        self.sending = False
 
     def send(self, message: OutboundMessage) -> None:
         wire = to_wire(message)
@@ -62,7 +64,11 @@ class BackendConnection:
         try:
             while not self.ws.closed:
                 message = await self.queue.get()
-                await self.ws.send_json(message)
+                self.sending = True
+                try:
+                    await self.ws.send_json(message)
+                finally:
+                    self.sending = False
                 self.queue.stats.sent += 1
                 if len(self.queue) == 0:
                     self.registry.flush_patches(self)
@@ -128,7 +134,21 @@ class BackendRegistry:
             logger.info("grace period over with no backend: releasing every subscription")
             await self._on_grace_expired()
 
-    async def close(self) -> None:
+    async def flush(self, timeout_s: float) -> bool:
+        """Wait until every connection's outgoing queue is sent (or ``timeout_s`` passes)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any((len(c.queue) or c.sending) and not c.ws.closed for c in self.connections):
+            if loop.time() >= deadline:
+                left = sum(len(c.queue) for c in self.connections)
+                logger.warning("%d message(s) to backends not sent before the deadline", left)
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def close(
+        self, *, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"worker stopping"
+    ) -> None:
         if self._grace_task is not None:
             self._grace_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -136,7 +156,7 @@ class BackendRegistry:
             self._grace_task = None
         self._closing = True
         for connection in list(self.connections):
-            await connection.ws.close()
+            await connection.ws.close(code=code, message=message)
             await self.remove(connection)
 
     # ------------------------------------------------------------------ delivery

@@ -13,7 +13,7 @@ import json
 import logging
 from urllib.parse import urlsplit
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from pytrickle_worker.cms.backends import BackendConnection, BackendRegistry
 from pytrickle_worker.cms.emission import EmissionMode
@@ -97,6 +97,24 @@ class CmsEndpoint:
         await self.registry.close()
         await self.subscriptions.close()
         self.monitor.close()
+
+    def begin_drain(self) -> None:
+        """The process is shutting down: refuse new subscriptions."""
+        self.accepting = False
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop every subscription, flush each backend's queue, then close its WebSocket
+        with 1001 (going away). True when every queue was flushed within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self.accepting = False
+        try:
+            await asyncio.wait_for(self.subscriptions.close(), timeout_s)
+        except TimeoutError:
+            logger.warning("drain: subscriptions did not stop in time")
+        flushed = await self.registry.flush(max(0.0, deadline - loop.time()))
+        await self.registry.close(code=WSCloseCode.GOING_AWAY, message=b"worker shutting down")
+        return flushed
 
     async def _release_all(self) -> None:
         await self.subscriptions.close()

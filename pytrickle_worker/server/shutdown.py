@@ -1,0 +1,115 @@
+"""Serving until SIGTERM/SIGINT, then a graceful drain within a deadline.
+
+On the signal, in this order (each step bounded by what is left of the deadline):
+
+1. Readiness goes false (``/health/ready`` 503, ``draining: true`` in ``/health``), so
+   Kubernetes stops routing; new CMS subscriptions and stream starts are refused. Liveness
+   stays 200: a draining worker must not be restarted.
+2. The trickle stream stops: its output channel gets its DELETE, the events channel its
+   ``stream_stopped``; decoders and encoders end.
+3. CMS subscriptions stop producing; every backend's outgoing queue is flushed, then its
+   WebSocket is closed with 1001 (going away), so backends reconnect elsewhere.
+4. Pending Redis actions are sent.
+5. The server closes (listening socket, handlers, components) and the process exits 0.
+
+A step that overruns the deadline is cut short and what it abandoned is logged; the
+process still exits 0 within ``shutdown_timeout_s`` (a hard exit if a blocked thread would
+hold it up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from aiohttp import web
+
+from pytrickle_worker.server.app import CMS_KEY, SERVICE_KEY, STREAMS_KEY
+
+__all__ = ["drain", "serve"]
+
+logger = logging.getLogger(__name__)
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+
+    def left(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+
+async def drain(app: web.Application, timeout_s: float) -> bool:
+    """Steps 1-4 of the module docstring; True when everything was flushed in time."""
+    deadline = _Deadline(timeout_s)
+    streams, cms, service = app[STREAMS_KEY], app[CMS_KEY], app[SERVICE_KEY]
+    streams.begin_drain()
+    cms.begin_drain()
+    complete = True
+    try:
+        await asyncio.wait_for(streams.shutdown(close_processor=False), deadline.left())
+    except TimeoutError:
+        complete = False
+        logger.warning("drain: the trickle stream did not stop in time")
+    if not await cms.drain(deadline.left()):
+        complete = False
+    if not await service.actions.drain(deadline.left()):
+        complete = False
+        logger.warning(
+            "drain: %d Redis action job(s) still pending at the deadline",
+            service.actions.snapshot()["pending"],
+        )
+    return complete
+
+
+async def serve(app: web.Application, host: str, port: int, shutdown_timeout_s: float) -> int:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain and close within the deadline."""
+    loop = asyncio.get_running_loop()
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(signum: signal.Signals) -> None:
+        if received:
+            logger.warning("%s again: still draining", signum.name)
+            return
+        received.append(signum.name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+    started = time.monotonic()
+    logger.info("%s: draining (deadline %.0f s)", received[0], shutdown_timeout_s)
+    deadline = _Deadline(shutdown_timeout_s)
+    complete = await drain(app, deadline.left())
+    try:
+        await asyncio.wait_for(runner.cleanup(), deadline.left())
+    except TimeoutError:
+        logger.error("shutdown overran its %.0f s deadline; exiting now", shutdown_timeout_s)
+        _hard_exit()
+    actions = app[SERVICE_KEY].actions.snapshot()
+    actions.pop("targets", None)
+    logger.info(
+        "shut down in %.2f s%s; redis actions: %s",
+        time.monotonic() - started,
+        "" if complete else " (the deadline cut the drain short; see above)",
+        json.dumps(actions, sort_keys=True),
+    )
+    return 0
+
+
+def _hard_exit() -> None:
+    """Exit 0 now: a thread stuck in native code (a decoder, an inference) must not keep a
+    pod in Terminating until the kubelet's SIGKILL."""
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(0)
