@@ -1,9 +1,11 @@
-"""Command line: ``pytrickle-worker serve | mpta inspect|run|convert | demo build``."""
+"""Command line: ``pytrickle-worker serve | mpta inspect|run|convert | demo build|camera|publish
+| trickle-server``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -66,6 +68,20 @@ def _build_parser() -> argparse.ArgumentParser:
     demo_commands = demo.add_subparsers(dest="demo_command", required=True)
     build = demo_commands.add_parser("build", help="generate demo models, MPTA and video")
     build.add_argument("out_dir", type=Path, nargs="?")
+    camera = demo_commands.add_parser(
+        "camera", help="serve a video as a looping live MPEG-TS camera at /stream.ts"
+    )
+    camera.add_argument("--host", default="127.0.0.1")
+    camera.add_argument("--port", type=int, default=8080)
+    camera.add_argument(
+        "--video", type=Path, help="H.264/HEVC file (default: the demo sample.mp4, made if missing)"
+    )
+    publish = demo_commands.add_parser(
+        "publish", help="publish a video to a trickle channel as live segments (a demo gateway)"
+    )
+    publish.add_argument("url", help="trickle channel URL, e.g. http://127.0.0.1:3389/demo")
+    publish.add_argument("--video", type=Path, help="video file (default: the demo sample.mp4)")
+    publish.add_argument("--loops", type=int, help="passes over the video (default: forever)")
     return parser
 
 
@@ -90,12 +106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except WorkerError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     try:
         if args.command == "serve":
             return _serve(config, args)
         if args.command == "trickle-server":
             return _trickle_server(args)
+        if args.command == "demo" and args.demo_command == "camera":
+            return _demo_camera(config, args)
+        if args.command == "demo" and args.demo_command == "publish":
+            return _demo_publish(config, args)
         if args.command == "demo":
             return _demo_build(config, args.out_dir)
         if args.mpta_command == "inspect":
@@ -136,10 +156,37 @@ def _demo_build(config: WorkerConfig, out_dir: Path | None) -> int:
     return 0
 
 
-def _serve(config: WorkerConfig, args: argparse.Namespace) -> int:
-    from aiohttp import web  # noqa: PLC0415 - keep `mpta` commands light to start
+def _demo_camera(config: WorkerConfig, args: argparse.Namespace) -> int:
+    from pytrickle_worker.demo.assets import VIDEO_FILE, write_sample_video  # noqa: PLC0415
+    from pytrickle_worker.demo.camera import run_camera  # noqa: PLC0415
 
-    from pytrickle_worker.server.app import create_app  # noqa: PLC0415
+    video: Path | None = args.video
+    if video is None:
+        video = config.resolved_demo_dir / VIDEO_FILE
+        if not video.is_file():
+            write_sample_video(video)
+    run_camera(args.host, args.port, video)
+    return 0
+
+
+def _demo_publish(config: WorkerConfig, args: argparse.Namespace) -> int:
+    from pytrickle_worker.demo.assets import VIDEO_FILE, write_sample_video  # noqa: PLC0415
+    from pytrickle_worker.demo.publish import publish_video  # noqa: PLC0415
+
+    video: Path | None = args.video
+    if video is None:
+        video = config.resolved_demo_dir / VIDEO_FILE
+        if not video.is_file():
+            write_sample_video(video)
+    # Ctrl-C cancels the publisher, which DELETEs its channel on the way out.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(publish_video(args.url, video, loops=args.loops))
+    return 0
+
+
+def _serve(config: WorkerConfig, args: argparse.Namespace) -> int:
+    from pytrickle_worker.server.app import create_app  # noqa: PLC0415 - keep `mpta` light
+    from pytrickle_worker.server.shutdown import serve  # noqa: PLC0415
 
     source: str | None = args.pipeline
     if source is None and not args.no_demo:
@@ -151,8 +198,7 @@ def _serve(config: WorkerConfig, args: argparse.Namespace) -> int:
                 "install the demo extra (pip install '.[demo]') or pass --pipeline"
             ) from exc
     app = create_app(config, source)
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
-    return 0
+    return asyncio.run(serve(app, config.host, config.port, config.shutdown_timeout_s))
 
 
 async def _inspect(config: WorkerConfig, source: str, as_json: bool, out: TextIO) -> int:

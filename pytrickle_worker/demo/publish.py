@@ -1,0 +1,90 @@
+"""A demo gateway input: a video file published to a trickle channel as live MPEG-TS segments.
+
+``pytrickle-worker demo publish URL [--video FILE] [--loops N]`` decodes the video, encodes
+it with the worker's own segment encoder (H.264, no B-frames, a 2 s GOP per segment, 90 kHz
+timestamps that keep increasing across loops) and POSTs one segment per 2 s of media at real
+time, as a gateway forwards a live stream. On exit it DELETEs the channel (end of stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import cast
+
+import av
+import numpy as np
+import numpy.typing as npt
+from av.error import FFmpegError
+
+from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.logutil import mask_url
+from pytrickle_worker.processing import VideoFrame
+from pytrickle_worker.streaming.media import TS_TIME_BASE, EncoderSettings, encode_segments
+from pytrickle_worker.trickle import TricklePublisher
+
+__all__ = ["publish_video"]
+
+logger = logging.getLogger(__name__)
+
+SEGMENT_S = 2.0
+
+
+def _segments(video: Path, first_index: int) -> Iterator[tuple[bytes, int, float]]:
+    """One pass over ``video`` as (MPEG-TS segment, frames in it, fps), one segment per
+    ``SEGMENT_S`` of media, frames numbered from ``first_index`` (the frames published so
+    far, so timestamps keep increasing across loops). Decodes lazily. Blocking."""
+    try:
+        with av.open(str(video)) as container:
+            if not container.streams.video:
+                raise WorkerError(f"{video} has no video stream")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or Fraction(30))
+            per_segment = max(1, round(fps * SEGMENT_S))
+            settings = EncoderSettings(fps=fps, gop_seconds=SEGMENT_S)
+            ticks = 90_000 / fps
+            group: list[VideoFrame] = []
+            index = first_index
+            for frame in container.decode(stream):
+                rgb = cast(npt.NDArray[np.uint8], frame.to_ndarray(format="rgb24"))
+                group.append(VideoFrame(rgb, round(index * ticks), TS_TIME_BASE))
+                index += 1
+                if len(group) == per_segment:
+                    yield b"".join(encode_segments(group, settings)), len(group), fps
+                    group = []
+            if group:
+                yield b"".join(encode_segments(group, settings)), len(group), fps
+    except FFmpegError as exc:
+        raise WorkerError(f"cannot read {video}: {exc}") from exc
+
+
+async def publish_video(url: str, video: Path, *, loops: int | None = None) -> int:
+    """Publish ``video`` to the trickle channel ``url`` in real time, ``loops`` times
+    (forever when None). Returns the number of segments published."""
+    loop = asyncio.get_running_loop()
+    publisher = TricklePublisher(url, "video/mp2t", reset_on_start=True)
+    logger.info("publishing %s to %s in real time", video, mask_url(url))
+    started = loop.time()
+    published = frames = 0
+    media_s = 0.0  # media time published so far: the next segment is due then
+    iteration = 0
+    try:
+        while loops is None or iteration < loops:
+            segments = _segments(video, frames)
+            while (item := await asyncio.to_thread(next, segments, None)) is not None:
+                data, count, fps = item
+                await asyncio.sleep(max(0.0, started + media_s - loop.time()))
+                if not await publisher.publish(data):
+                    logger.warning("segment %d was not accepted by the server", published)
+                published += 1
+                frames += count
+                media_s += count / fps
+            if frames == 0:
+                raise WorkerError(f"{video} has no decodable frames")
+            iteration += 1
+    finally:
+        await publisher.close()
+    return published

@@ -1,0 +1,71 @@
+"""``demo publish``: a video file as a live trickle input, read back like the worker reads it."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pytrickle_worker.demo.publish import publish_video
+from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.trickle import TrickleServer, TrickleSubscriber
+
+FPS = 30
+
+
+def write_clip(path: Path, frames: int) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 160, 96, "yuv420p"
+        for i in range(frames):
+            rgb = np.full((96, 160, 3), (i * 8) % 256, dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, FPS)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+
+
+async def test_publishes_live_segments_with_increasing_timestamps(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 45)  # 1.5 s: one 1 s... no: a 2 s segment cannot fill; one per pass
+    server = TrickleServer()
+    port = await server.start("127.0.0.1", 0)
+    url = f"http://127.0.0.1:{port}/cam"
+    server.create_channel("cam", "video/mp2t")
+    try:
+        received: list[bytes] = []
+
+        async def read() -> None:
+            async with TrickleSubscriber(url, start_seq=0, read_timeout_s=5) as subscriber:
+                while (segment := await subscriber.next_segment()) is not None:
+                    received.append(await segment.read_all(16 * 1024 * 1024))
+
+        reader = asyncio.ensure_future(read())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        assert await publish_video(url, clip, loops=2) == 2
+        elapsed = loop.time() - started
+        await asyncio.wait_for(reader, 5)  # the DELETE ended the channel
+    finally:
+        await server.stop()
+    assert 1.4 <= elapsed < 4.0  # paced at real time: the 2nd pass waited for the 1st's 1.5 s
+    pts: list[int] = []
+    for data in received:
+        with av.open(io.BytesIO(data), format="mpegts") as container:
+            frames = list(container.decode(video=0))
+        assert frames[0].key_frame and (frames[0].width, frames[0].height) == (160, 96)
+        pts.extend(frame.pts for frame in frames if frame.pts is not None)
+    assert len(pts) == 90
+    assert pts == sorted(pts) and len(set(pts)) == 90  # increasing across the loop
+
+
+async def test_unreadable_video_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(WorkerError, match="cannot read"):
+        await publish_video("http://127.0.0.1:9/cam", tmp_path / "missing.mp4", loops=1)
