@@ -2,8 +2,9 @@
 
 ``pytrickle-worker demo publish URL [--video FILE] [--loops N]`` decodes the video, encodes
 it with the worker's own segment encoder (H.264, no B-frames, a 2 s GOP per segment, 90 kHz
-timestamps that keep increasing across loops) and POSTs one segment per 2 s of media at real
-time, as a gateway forwards a live stream. On exit it DELETEs the channel (end of stream).
+timestamps that keep increasing across loops) and streams each segment's POST body over its
+2 s of media, in real time, as a gateway forwards a live stream. On exit it DELETEs the
+channel (end of stream).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = ["publish_video"]
 logger = logging.getLogger(__name__)
 
 SEGMENT_S = 2.0
+_TS_PACKET = 188
 
 
 def _segments(video: Path, first_index: int) -> Iterator[tuple[bytes, int, float]]:
@@ -77,8 +79,7 @@ async def publish_video(url: str, video: Path, *, loops: int | None = None) -> i
             while (item := await asyncio.to_thread(next, segments, None)) is not None:
                 data, count, fps = item
                 await asyncio.sleep(max(0.0, started + media_s - loop.time()))
-                if not await publisher.publish(data):
-                    logger.warning("segment %d was not accepted by the server", published)
+                await _stream_segment(publisher, data, count, started + media_s + count / fps)
                 published += 1
                 frames += count
                 media_s += count / fps
@@ -88,3 +89,21 @@ async def publish_video(url: str, video: Path, *, loops: int | None = None) -> i
     finally:
         await publisher.close()
     return published
+
+
+async def _stream_segment(
+    publisher: TricklePublisher, data: bytes, frames: int, due_by: float
+) -> None:
+    """Write one segment as an encoder would: its bytes spread over its media duration, one
+    piece per frame, instead of in one burst (a burst makes the worker decode a whole
+    segment's frames at once, and drop most of them to stay live)."""
+    loop = asyncio.get_running_loop()
+    writer = await publisher.next_segment()
+    step = max(_TS_PACKET, -(-len(data) // max(1, frames) // _TS_PACKET) * _TS_PACKET)
+    pieces = range(0, len(data), step)
+    start = loop.time()
+    interval = max(0.0, due_by - start) / max(1, len(pieces))
+    for n, offset in enumerate(pieces):
+        await writer.write(data[offset : offset + step])
+        await asyncio.sleep(max(0.0, start + (n + 1) * interval - loop.time()))
+    await writer.close()
