@@ -195,8 +195,7 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     # The first heartbeat may precede the first frame (dimensions 0x0 until one is seen).
     await events.until(
         lambda items: any(
-            i["event"]["type"] == "heartbeat" and i["event"]["dimensions"]["width"]
-            for i in items
+            i["event"]["type"] == "heartbeat" and i["event"]["dimensions"]["width"] for i in items
         )
     )
     heartbeat = events_of(events, "heartbeat")[-1]
