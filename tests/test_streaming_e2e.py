@@ -289,7 +289,7 @@ async def test_processor_none_drops_frames_and_data_is_batched(trickle: Trickle)
     await data.until(lambda batches: sum(len(b) for b in batches) >= N // 2)
     records = [r for batch in data.items for r in batch]
     assert [r["pts"] for r in records] == [i * TICKS for i in range(0, N, 2)]
-    assert len(data.items) > 1  # several 0.1 s batches, not one per record
+    assert 1 <= len(data.items) < len(records) // 4  # batched per 0.1 s, not one per record
     await data.close()
 
 
