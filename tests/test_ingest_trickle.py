@@ -51,8 +51,12 @@ async def publish_live(url: str, rounds: int, *, reset: bool = False) -> Trickle
     publisher = TricklePublisher(url, "video/mp2t", reset_on_start=reset)
     for _ in range(rounds):
         for segment in SEGMENTS:
-            await publisher.publish(segment)
-            await asyncio.sleep(0.5)
+            writer = await publisher.next_segment()
+            step = -(-len(segment) // 20)
+            for offset in range(0, len(segment), step):  # streamed, as an encoder writes it
+                await writer.write(segment[offset : offset + step])
+                await asyncio.sleep(0.5 / 20)
+            await writer.close()
     return publisher
 
 
