@@ -17,9 +17,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 LogFormat = Literal["text", "json"]
 
-_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+#: The userinfo runs to the *last* ``@`` before the path: a password may contain ``@``
+#: (FFmpeg accepts ``rtsp://admin:p@ss@cam/``), and all of it is secret.
+_USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s]+)@")
+#: Secret query values, including pre-signed URL signatures (S3, GCS, Azure SAS).
 _SECRET_QUERY_RE = re.compile(
-    r"(?P<key>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|key|secret|auth)=)[^&#\s]*",
+    r"(?P<key>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|key|secret|auth"
+    r"|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token"
+    r"|x-goog-signature|x-goog-credential)=)[^&#\s]*",
     re.IGNORECASE,
 )
 #: ``Authorization: Bearer <token>`` (a header dump, a curl command line in an error message).

@@ -402,6 +402,28 @@ async def test_health_codes_and_recovery_from_a_failed_model_load(
     assert (await call(client, "GET", "/health/ready")) == (200, {"status": "IDLE", "ready": True})
 
 
+async def test_a_failed_model_load_heals_in_the_background(
+    service: PipelineService, make_client: MakeClient, demo_assets: DemoAssets, tmp_path: Path
+) -> None:
+    """An unready pod gets no start that would retry the load: it retries by itself."""
+    late = tmp_path / "late.mpta"
+    manager = StreamManager(MptaDetectorProcessor(service, default_model_url=str(late)))
+    manager.load_retry_initial_s = 0.05
+    client = await make_client(manager)
+    await manager.wait_loaded()
+    assert manager.state is StreamState.ERROR
+    assert (await call(client, "GET", "/health/ready"))[0] == 503
+    await asyncio.sleep(0.3)  # a few retries fail while the archive is missing
+    assert manager.state is StreamState.ERROR
+    shutil.copy(demo_assets.mpta_path, late)
+    for _ in range(200):
+        if manager.state is StreamState.IDLE:
+            break
+        await asyncio.sleep(0.05)
+    assert manager.state is StreamState.IDLE and manager.error_message is None
+    assert (await call(client, "GET", "/health/ready")) == (200, {"status": "IDLE", "ready": True})
+
+
 async def test_failed_session_start_is_error_and_the_next_start_recovers(
     make_client: MakeClient,
 ) -> None:
@@ -415,6 +437,8 @@ async def test_failed_session_start_is_error_and_the_next_start_recovers(
     assert_error(status, reply, 500, "Error starting stream", "no media session support")
     assert manager.state is StreamState.ERROR and not manager.active
     assert (await call(client, "GET", "/health"))[0] == 500
+    # The model is loaded: still ready, so the next start (which clears ERROR) can arrive.
+    assert (await call(client, "GET", "/health/ready"))[0] == 200
 
     status, reply = await call(client, "POST", "/stream/start", start_body("b"))
     assert status == 200, reply

@@ -69,3 +69,10 @@ async def test_publishes_live_segments_with_increasing_timestamps(tmp_path: Path
 async def test_unreadable_video_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(WorkerError, match="cannot read"):
         await publish_video("http://127.0.0.1:9/cam", tmp_path / "missing.mp4", loops=1)
+
+
+async def test_an_unreachable_server_is_a_clear_error_not_a_loop(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 3)  # one tiny segment per pass: the refusals come quickly
+    with pytest.raises(WorkerError, match="refused 5 segments in a row"):
+        await asyncio.wait_for(publish_video("http://127.0.0.1:9/cam", clip), 30)

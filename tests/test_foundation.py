@@ -25,6 +25,11 @@ from pytrickle_worker.server.app import create_app
         ("https://cdn/m.mpta?token=abc&x=1", "https://cdn/m.mpta?token=***&x=1"),
         ("rtsp://cam/live", "rtsp://cam/live"),
         ("/local/path.mpta", "/local/path.mpta"),
+        ("rtsp://admin:p@ss@cam/x", "rtsp://admin:***@cam/x"),  # '@' in the password
+        (
+            "https://b.s3.amazonaws.com/m.mpta?X-Amz-Credential=AK&X-Amz-Signature=f00",
+            "https://b.s3.amazonaws.com/m.mpta?X-Amz-Credential=***&X-Amz-Signature=***",
+        ),
     ],
 )
 def test_mask_url(url: str, expected: str) -> None:
@@ -36,6 +41,8 @@ def test_mask_text_masks_every_url_in_a_message() -> None:
     masked = mask_text(text)
     assert "p4ss" not in masked and ":b@" not in masked and "zz" not in masked
     assert "rtsp://u:***@cam/1" in masked
+    masked = mask_text("open rtsp://admin:p@ss@cam/x failed; see a@b and https://h/m?sig=s1")
+    assert masked == "open rtsp://admin:***@cam/x failed; see a@b and https://h/m?sig=***"
 
 
 def test_masking_filter_rewrites_log_records() -> None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -143,6 +144,9 @@ async def test_sigterm_drains_streams_websockets_and_redis_actions(
             assert health["actions"]["pending"] > 0  # queued behind the paused Redis
             async with http.post(worker.base + "/api/stream/start", json=start) as response:
                 assert response.status == 503
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(worker.base + "/")  # reconnect to another worker
+            assert refused.value.status == 503
             closing = await asyncio.wait_for(ws.receive(), 10)
             assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
@@ -185,3 +189,18 @@ async def test_sigterm_drains_streams_websockets_and_redis_actions(
         await pubsub.aclose()
         await redis.aclose()
         worker.stop()
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = WorkerProcess(tmp_path, "--no-demo", "--port", str(port))
+        worker.port = port  # the last --port wins: the taken one
+        worker.start()
+        assert worker.process is not None
+        code = worker.process.wait(timeout=60)
+    log = worker.log()
+    assert code == 1, log
+    assert f"error: cannot listen on 127.0.0.1:{port}" in log and "Traceback" not in log

@@ -175,11 +175,14 @@ class StreamManager:
         self._error: str | None = None
         self._loaded = False
         self._load_task: asyncio.Task[None] | None = None
+        self._retry_task: asyncio.Task[None] | None = None
         self._stream: _Stream | None = None
         self._starting = False
         self._lock = asyncio.Lock()
         self._last_params: dict[str, Any] = {}
         self._draining = False
+        self.load_retry_initial_s = 5.0
+        self.load_retry_max_s = 60.0
 
     # ------------------------------------------------------------------ state
 
@@ -227,6 +230,26 @@ class StreamManager:
             await asyncio.shield(self._load_task)
 
     async def _load(self) -> None:
+        if not await self._try_load() and not self._draining:
+            self._retry_task = asyncio.get_running_loop().create_task(
+                self._retry_load(), name="stream-manager-load-retry"
+            )
+
+    async def _retry_load(self) -> None:
+        """Keep trying in the background: a pod whose model failed to load (the model server
+        was down) must heal on its own, since an unready pod gets no start that would retry."""
+        delay = self.load_retry_initial_s
+        while not self._loaded and not self._draining:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.load_retry_max_s)
+            async with self._lock:
+                if self._loaded or self._draining:
+                    return
+                if await self._try_load() and self._stream is None:
+                    self._error = None
+                    self._state = StreamState.IDLE
+
+    async def _try_load(self) -> bool:
         started = time.perf_counter()
         try:
             await self.processor.load_model()
@@ -234,22 +257,25 @@ class StreamManager:
             if not isinstance(exc, WorkerError):
                 logger.exception("processor model failed to load")
             self._set_error(f"model failed to load: {exc}")
-            return
+            return False
         self._loaded = True
         if self._state is StreamState.LOADING:
             self._state = StreamState.IDLE
         logger.info("processor ready in %.2f s", time.perf_counter() - started)
+        return True
 
     async def shutdown(self, *, close_processor: bool = True) -> None:
         """Stop the stream, stop loading, and close the processor."""
-        if self._load_task is not None and not self._load_task.done():
-            self._load_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._load_task
+        for task in (self._load_task, self._retry_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         async with self._lock:
             stream, self._stream = self._stream, None
             if stream is not None:
                 await self._teardown(stream, cancel_watcher=True)
+                self._set_idle()
         if close_processor:
             await self.processor.close()
 
@@ -266,9 +292,10 @@ class StreamManager:
         return 200, body
 
     def ready(self) -> tuple[int, dict[str, Any]]:
-        """``/health/ready``: 200 when a start would be served (IDLE) or one runs (OK), and
-        the process is not shutting down."""
-        ok = self._state in (StreamState.IDLE, StreamState.OK) and not self._draining
+        """``/health/ready``: 200 once the model is loaded, unless the process is shutting
+        down. ERROR after a failed stream is ready (the next start clears it); ERROR because
+        the model never loaded is not (it retries in the background)."""
+        ok = self._loaded and not self._draining
         body: dict[str, Any] = {"status": self._state.value, "ready": ok}
         if self._draining:
             body["draining"] = True

@@ -36,9 +36,16 @@ class BackendConnection:
     """One connected backend and the task that writes to it."""
 
     def __init__(
-        self, ws: web.WebSocketResponse, peer: str, registry: BackendRegistry, serial: int = 0
+        self,
+        ws: web.WebSocketResponse,
+        peer: str,
+        registry: BackendRegistry,
+        serial: int = 0,
+        transport: asyncio.Transport | None = None,
     ) -> None:
         self.ws = ws
+        #: The TCP connection, to abort when a close handshake cannot be written.
+        self.transport = transport
         self.peer = peer
         self.registry = registry
         #: Tells apart connections from one peer (a metrics label).
@@ -97,13 +104,18 @@ class BackendRegistry:
 
     # ------------------------------------------------------------------ membership
 
-    def add(self, ws: web.WebSocketResponse, peer: str) -> BackendConnection:
+    def add(
+        self,
+        ws: web.WebSocketResponse,
+        peer: str,
+        transport: asyncio.Transport | None = None,
+    ) -> BackendConnection:
         if self._grace_task is not None:
             self._grace_task.cancel()
             self._grace_task = None
             logger.info("backend %s reconnected within the grace period", peer)
         self._serials += 1
-        connection = BackendConnection(ws, peer, self, self._serials)
+        connection = BackendConnection(ws, peer, self, self._serials, transport)
         connection.sender = asyncio.get_running_loop().create_task(
             connection.run_sender(), name=f"backend-sender {peer}"
         )
@@ -156,7 +168,14 @@ class BackendRegistry:
             self._grace_task = None
         self._closing = True
         for connection in list(self.connections):
-            await connection.ws.close(code=code, message=message)
+            try:
+                await asyncio.wait_for(connection.ws.close(code=code, message=message), 1.0)
+            except (TimeoutError, ConnectionError):
+                # A peer that stopped reading: its socket buffer is full and the close frame
+                # cannot be written. Drop the connection rather than wait for it.
+                logger.info("backend %s: close handshake stuck; aborting", connection.peer)
+                if connection.transport is not None:
+                    connection.transport.abort()
             await self.remove(connection)
 
     # ------------------------------------------------------------------ delivery

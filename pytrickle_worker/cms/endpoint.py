@@ -108,6 +108,10 @@ class CmsEndpoint:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         self.accepting = False
+        # A subscribe still loading its model must not start a camera after the close below.
+        for task in list(self._command_tasks):
+            task.cancel()
+        await asyncio.gather(*self._command_tasks, return_exceptions=True)
         try:
             await asyncio.wait_for(self.subscriptions.close(), timeout_s)
         except TimeoutError:
@@ -145,6 +149,10 @@ class CmsEndpoint:
     # ------------------------------------------------------------------ websocket
 
     async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if not self.accepting:  # draining: the backend should connect to another worker
+            return web.json_response(
+                {"status": "error", "message": "worker is shutting down"}, status=503
+            )
         ws = web.WebSocketResponse(
             heartbeat=self.config.ws_ping_interval_s,
             # Larger than our own limit, so an oversized message gets an `error` reply
@@ -153,7 +161,7 @@ class CmsEndpoint:
         )
         await ws.prepare(request)
         peer = request.remote or "?"
-        connection = self.registry.add(ws, peer)
+        connection = self.registry.add(ws, peer, request.transport)
         logger.info("backend connected: %s", peer)
         connection.send(self.state_report())
         try:

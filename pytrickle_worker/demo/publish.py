@@ -10,6 +10,7 @@ channel (end of stream).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import Iterator
 from fractions import Fraction
@@ -33,12 +34,15 @@ logger = logging.getLogger(__name__)
 
 SEGMENT_S = 2.0
 _TS_PACKET = 188
+#: Consecutive segments the server may refuse (or not be reached for) before giving up.
+_MAX_REFUSED = 5
 
 
 def _segments(video: Path, first_index: int) -> Iterator[tuple[bytes, int, float]]:
     """One pass over ``video`` as (MPEG-TS segment, frames in it, fps), one segment per
     ``SEGMENT_S`` of media, frames numbered from ``first_index`` (the frames published so
-    far, so timestamps keep increasing across loops). Decodes lazily. Blocking."""
+    far, so timestamps keep increasing across loops). Decodes lazily and hands frames to the
+    encoder one by one, so memory does not grow with the resolution. Blocking."""
     try:
         with av.open(str(video)) as container:
             if not container.streams.video:
@@ -48,19 +52,37 @@ def _segments(video: Path, first_index: int) -> Iterator[tuple[bytes, int, float
             per_segment = max(1, round(fps * SEGMENT_S))
             settings = EncoderSettings(fps=fps, gop_seconds=SEGMENT_S)
             ticks = 90_000 / fps
-            group: list[VideoFrame] = []
+            decoded = iter(container.decode(stream))
             index = first_index
-            for frame in container.decode(stream):
-                rgb = cast(npt.NDArray[np.uint8], frame.to_ndarray(format="rgb24"))
-                group.append(VideoFrame(rgb, round(index * ticks), TS_TIME_BASE))
-                index += 1
-                if len(group) == per_segment:
-                    yield b"".join(encode_segments(group, settings)), len(group), fps
-                    group = []
-            if group:
-                yield b"".join(encode_segments(group, settings)), len(group), fps
+            while True:
+                start = index
+
+                def frames(start: int = start) -> Iterator[VideoFrame]:
+                    for offset, frame in enumerate(itertools.islice(decoded, per_segment)):
+                        rgb = cast(npt.NDArray[np.uint8], frame.to_ndarray(format="rgb24"))
+                        yield VideoFrame(rgb, round((start + offset) * ticks), TS_TIME_BASE)
+
+                counted = _Counted(frames())
+                data = b"".join(encode_segments(counted, settings))
+                if counted.count == 0:
+                    return
+                index += counted.count
+                yield data, counted.count, fps
     except FFmpegError as exc:
         raise WorkerError(f"cannot read {video}: {exc}") from exc
+
+
+class _Counted:
+    """An iterator that counts what it hands out."""
+
+    def __init__(self, items: Iterator[VideoFrame]) -> None:
+        self._items = items
+        self.count = 0
+
+    def __iter__(self) -> Iterator[VideoFrame]:
+        for item in self._items:
+            self.count += 1
+            yield item
 
 
 async def publish_video(url: str, video: Path, *, loops: int | None = None) -> int:
@@ -70,7 +92,7 @@ async def publish_video(url: str, video: Path, *, loops: int | None = None) -> i
     publisher = TricklePublisher(url, "video/mp2t", reset_on_start=True)
     logger.info("publishing %s to %s in real time", video, mask_url(url))
     started = loop.time()
-    published = frames = 0
+    published = frames = refused = 0
     media_s = 0.0  # media time published so far: the next segment is due then
     iteration = 0
     try:
@@ -79,7 +101,15 @@ async def publish_video(url: str, video: Path, *, loops: int | None = None) -> i
             while (item := await asyncio.to_thread(next, segments, None)) is not None:
                 data, count, fps = item
                 await asyncio.sleep(max(0.0, started + media_s - loop.time()))
-                await _stream_segment(publisher, data, count, started + media_s + count / fps)
+                if await _stream_segment(publisher, data, count, started + media_s + count / fps):
+                    refused = 0
+                else:
+                    refused += 1
+                    if refused >= _MAX_REFUSED:
+                        raise WorkerError(
+                            f"{mask_url(url)} refused {refused} segments in a row "
+                            "(is the trickle server running, and the channel open?)"
+                        )
                 published += 1
                 frames += count
                 media_s += count / fps
@@ -93,10 +123,11 @@ async def publish_video(url: str, video: Path, *, loops: int | None = None) -> i
 
 async def _stream_segment(
     publisher: TricklePublisher, data: bytes, frames: int, due_by: float
-) -> None:
+) -> bool:
     """Write one segment as an encoder would: its bytes spread over its media duration, one
     piece per frame, instead of in one burst (a burst makes the worker decode a whole
-    segment's frames at once, and drop most of them to stay live)."""
+    segment's frames at once, and drop most of them to stay live). True when the server
+    took it."""
     loop = asyncio.get_running_loop()
     writer = await publisher.next_segment()
     step = max(_TS_PACKET, -(-len(data) // max(1, frames) // _TS_PACKET) * _TS_PACKET)
@@ -107,3 +138,4 @@ async def _stream_segment(
         await writer.write(data[offset : offset + step])
         await asyncio.sleep(max(0.0, start + (n + 1) * interval - loop.time()))
     await writer.close()
+    return writer.ok

@@ -108,12 +108,19 @@ class TrickleReader(SourceReader):
 
     async def _session(self, http: aiohttp.ClientSession) -> str:
         """Read the channel until it ends, fails or stalls; returns why it stopped."""
+
+        def sink(frame: av.VideoFrame) -> None:
+            # A decoder thread that outlived its session (stuck past close()) must not feed
+            # stale frames, or hide a stall of the next session.
+            if decoder is self._decoder:
+                self._publish(frame)
+
         decoder = SegmentDecoder(
             frame_queue_size=1,
             pass_audio=False,
             try_nvdec=self._try_nvdec,
             decoder_threads=self.config.decoder_threads,
-            frame_sink=self._publish,
+            frame_sink=sink,
             name=self.label,
         )
         subscriber = TrickleSubscriber(
@@ -136,6 +143,7 @@ class TrickleReader(SourceReader):
                 await feeding
             await subscriber.close()
             await decoder.close()
+            self._decoder = None
 
     async def _feed(self, subscriber: TrickleSubscriber, decoder: SegmentDecoder) -> str:
         try:

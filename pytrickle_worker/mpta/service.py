@@ -134,4 +134,5 @@ class PipelineService:
     async def close(self) -> None:
         await self.actions.close()
         await self.archives.close()
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        # Off the event loop: a model load or inference still running would block it.
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)

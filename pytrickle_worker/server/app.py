@@ -74,9 +74,7 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         await hub.start()
         await cms.start()
         logger.info(
-            "worker listening on %s:%d (provider %s)",
-            config.host,
-            config.port,
+            "worker started (execution provider %s)",
             service.providers.name,
         )
         yield

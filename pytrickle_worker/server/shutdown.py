@@ -26,9 +26,11 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 
 from aiohttp import web
 
+from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.server.app import CMS_KEY, SERVICE_KEY, STREAMS_KEY
 
 __all__ = ["drain", "serve"]
@@ -44,43 +46,73 @@ class _Deadline:
         return max(0.0, self.end - time.monotonic())
 
 
+async def _step(name: str, step: Awaitable[bool | None], timeout_s: float) -> bool:
+    """Run one drain step within ``timeout_s``; a timeout or failure is logged, never raised."""
+    try:
+        return await asyncio.wait_for(step, timeout_s) is not False
+    except TimeoutError:
+        logger.warning("drain: %s did not finish before the deadline", name)
+    except Exception:
+        logger.exception("drain: %s failed", name)
+    return False
+
+
 async def drain(app: web.Application, timeout_s: float) -> bool:
     """Steps 1-4 of the module docstring; True when everything was flushed in time."""
     deadline = _Deadline(timeout_s)
     streams, cms, service = app[STREAMS_KEY], app[CMS_KEY], app[SERVICE_KEY]
     streams.begin_drain()
     cms.begin_drain()
-    complete = True
-    try:
-        await asyncio.wait_for(streams.shutdown(close_processor=False), deadline.left())
-    except TimeoutError:
-        complete = False
-        logger.warning("drain: the trickle stream did not stop in time")
-    if not await cms.drain(deadline.left()):
-        complete = False
-    if not await service.actions.drain(deadline.left()):
-        complete = False
+    complete = await _step(
+        "stopping the trickle stream", streams.shutdown(close_processor=False), deadline.left()
+    )
+    complete &= await _step(
+        "flushing the CMS backends", cms.drain(deadline.left()), deadline.left()
+    )
+    actions_sent = await _step(
+        "sending the Redis actions", service.actions.drain(deadline.left()), deadline.left()
+    )
+    if not actions_sent:
         logger.warning(
             "drain: %d Redis action job(s) still pending at the deadline",
             service.actions.snapshot()["pending"],
         )
-    return complete
+    return complete and actions_sent
 
 
-async def serve(app: web.Application, host: str, port: int, shutdown_timeout_s: float) -> int:
-    """Serve ``app`` until SIGTERM or SIGINT, then drain and close within the deadline."""
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    shutdown_timeout_s: float,
+    *,
+    exit_process: bool = True,
+) -> int:
+    """Serve ``app`` until SIGTERM or SIGINT, then drain and close within the deadline.
+
+    With ``exit_process`` (the CLI) the process ends here with ``os._exit``: after a drain,
+    nothing may keep it alive, not even a thread stuck in native code that the interpreter's
+    exit would wait for (a decoder, an inference, an NVML call).
+    """
     loop = asyncio.get_running_loop()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    # Handlers still running when the server closes get at most this long: the drain has
+    # already closed the WebSockets, and stream requests are short.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise WorkerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    logger.info("listening on %s:%d", host, port)
     stop = asyncio.Event()
     received: list[str] = []
 
     def on_signal(signum: signal.Signals) -> None:
         if received:
-            logger.warning("%s again: still draining", signum.name)
-            return
+            logger.warning("%s again while draining: exiting now", signum.name)
+            _hard_exit()
         received.append(signum.name)
         stop.set()
 
@@ -96,6 +128,9 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout_s: 
     except TimeoutError:
         logger.error("shutdown overran its %.0f s deadline; exiting now", shutdown_timeout_s)
         _hard_exit()
+    except Exception:
+        complete = False
+        logger.exception("shutdown: closing the server failed")
     actions = app[SERVICE_KEY].actions.snapshot()
     actions.pop("targets", None)
     logger.info(
@@ -104,6 +139,8 @@ async def serve(app: web.Application, host: str, port: int, shutdown_timeout_s: 
         "" if complete else " (the deadline cut the drain short; see above)",
         json.dumps(actions, sort_keys=True),
     )
+    if exit_process:
+        _hard_exit()
     return 0
 
 
@@ -111,5 +148,6 @@ def _hard_exit() -> None:
     """Exit 0 now: a thread stuck in native code (a decoder, an inference) must not keep a
     pod in Terminating until the kubelet's SIGKILL."""
     logging.shutdown()
+    sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
