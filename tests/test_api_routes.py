@@ -111,6 +111,9 @@ async def test_start_status_stop(passthrough: tuple[Client, StreamManager], pref
     status, body = await call(client, "GET", f"{prefix}/stream/status")
     assert status == 200
     assert body["state"] == "IDLE" and body["active_streams"] == 0
+    # pytrickle's get_pipeline_state() fields, for clients written against it
+    assert body["status"] == body["pipeline_state"] == "IDLE"
+    assert body["additional_info"] == {"draining": False}
     assert body["pipeline_ready"] is True and body["startup_complete"] is True
     assert body["current_params"] == {} and body["stream"] is None
 

@@ -324,7 +324,12 @@ class StreamManager:
                 "uptime_s": round(time.time() - stream.started_at, 3),
             }
         return {
+            # pytrickle's get_pipeline_state() fields first (status/pipeline_state repeat the
+            # state, as there), then ours.
+            "status": self._state.value,
             "state": self._state.value,
+            "pipeline_state": self._state.value,
+            "additional_info": {"draining": self._draining},
             "pipeline_ready": self._loaded,
             "startup_complete": self._load_task is not None and self._load_task.done(),
             "active_streams": 1 if stream is not None else 0,
