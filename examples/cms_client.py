@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +23,11 @@ DEMO = Path.home() / ".cache" / "pytrickle-worker" / "demo"
 
 async def run(args: argparse.Namespace) -> int:
     identifier = "display-001;cam-001"
-    async with aiohttp.ClientSession() as http, http.ws_connect(args.worker) as ws:
+    headers = {"Authorization": f"Bearer {args.token}"} if args.token else None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(args.worker, headers=headers) as ws,
+    ):
         await ws.send_json(
             {
                 "type": "subscribe",
@@ -75,6 +80,11 @@ def main() -> int:
     parser.add_argument("--model", default=str(DEMO / "demo.mpta"))
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--session", type=int)
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("PTW_ACCESS_TOKEN"),
+        help="the worker's access token, when it requires one (default: $PTW_ACCESS_TOKEN)",
+    )
     return asyncio.run(run(parser.parse_args()))
 
 
