@@ -223,6 +223,44 @@ async def test_decoder_drops_the_oldest_frames_for_a_slow_consumer() -> None:
     assert decoder.frames.dropped == N - 4 and decoder.frames_decoded == N
 
 
+async def _take(decoder: SegmentDecoder, count: int, delay_s: float) -> list[DecodedVideoFrame]:
+    """``count`` frames, read by a consumer that needs ``delay_s`` per frame."""
+    taken: list[DecodedVideoFrame] = []
+    while len(taken) < count:
+        frame = await asyncio.wait_for(decoder.next_frame(), 10)
+        assert frame is not None
+        taken.append(frame)
+        await asyncio.sleep(delay_s)
+    return taken
+
+
+async def test_a_burst_at_the_live_edge_waits_for_the_consumer() -> None:
+    """A whole segment at once (a -2 start): nothing is dropped, the decoder waits."""
+    decoder = SegmentDecoder(frame_queue_size=4)
+    decoder.start()
+    first = synthetic_segments()[0]  # 60 frames
+    await decoder.feed_segment([first])
+    frames = await _take(decoder, 50, 0.005)  # the demuxer may hold the last few back
+    decoder.end_input()
+    frames += [f async for f in _frames(decoder)]
+    assert [f.pts for f in frames] == [i * TICKS for i in range(60)]
+    assert decoder.frames.dropped == 0
+
+
+async def test_a_consumer_behind_by_a_segment_drops_the_oldest_to_catch_up() -> None:
+    decoder = SegmentDecoder(frame_queue_size=4)
+    decoder.start()
+    for segment in synthetic_segments():  # 3 segments queued: the consumer is behind
+        await decoder.feed_segment([segment])
+    frames = await _take(decoder, 30, 0.005)
+    assert decoder.frames.dropped > 0  # frames of the older segments were skipped
+    # At the newest segment (nothing newer is arriving) the decoder waits again: the frames
+    # of the last segment come through one after another.
+    last = [f.pts // TICKS for f in frames if f.pts >= 120 * TICKS]
+    assert last and last == list(range(last[0], last[0] + len(last)))
+    await decoder.close()
+
+
 async def _frames(decoder: SegmentDecoder) -> AsyncIterator[DecodedVideoFrame]:
     while (frame := await decoder.next_frame()) is not None:
         yield frame

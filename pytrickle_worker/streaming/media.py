@@ -149,6 +149,10 @@ class _RateLimitedWarning:
         logger.warning(message, *args)
 
 
+#: How often a decoder waiting out a burst re-checks whether it has fallen behind.
+_BURST_POLL_S = 0.02
+
+
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -198,6 +202,18 @@ class _InputBuffer:
     def exhausted(self) -> bool:
         """Closed, or at end of input with nothing left to read."""
         return self._closed or (self._eof and not self._chunks)
+
+    @property
+    def ended(self) -> bool:
+        """Closed, or no more input will come."""
+        return self._closed or self._eof
+
+    @property
+    def behind(self) -> bool:
+        """A segment newer than the one being read has started to arrive: the reader is at
+        least a segment behind the live edge."""
+        with self._cond:
+            return self._feeding > self._reading
 
     def begin_segment(self) -> None:
         with self._cond:
@@ -315,10 +331,13 @@ class SegmentDecoder:
         await decoder.close()                          # stop at once
 
     Decoded frames go to :attr:`frames`, a drop-oldest queue of ``frame_queue_size``: a slow
-    consumer loses the oldest frames, never latency. With ``frame_sink`` set, every frame is
-    handed to it undecoded-to-RGB on the decoder thread instead (for readers that keep only a
-    latest-frame slot, like the camera hub's). :attr:`max_fps` (changeable at any time) skips
-    frames closer than ``1/max_fps`` of pts to the previous one, before RGB conversion.
+    consumer loses the oldest frames, never latency. A burst at the live edge (a whole
+    segment delivered at once) is not a slow consumer: then the decoder waits for room (up to
+    ``burst_wait_s`` per frame) until a newer segment starts to arrive. With ``frame_sink``
+    set, every frame is handed to it undecoded-to-RGB on the decoder thread instead (for
+    readers that keep only a latest-frame slot, like the camera hub's). :attr:`max_fps`
+    (changeable at any time) skips frames closer than ``1/max_fps`` of pts to the previous
+    one, before RGB conversion.
 
     Audio packets (first audio stream, when ``pass_audio``) go to the sink given to
     :meth:`set_audio_sink`; until one is set the latest ``audio_backlog`` are kept.
@@ -339,6 +358,7 @@ class SegmentDecoder:
         max_restarts: int = 3,
         output_size: tuple[int, int] | None = None,
         frame_sink: Callable[[av.VideoFrame], None] | None = None,
+        burst_wait_s: float = 5.0,
         name: str = "trickle",
     ) -> None:
         if output_size is not None and (output_size[0] < 1 or output_size[1] < 1):
@@ -349,6 +369,7 @@ class SegmentDecoder:
         self.max_fps = max_fps
         self.pass_audio = pass_audio
         self.max_restarts = max_restarts
+        self.burst_wait_s = burst_wait_s
         self.info: VideoInfo | None = None
         #: The input's audio parameters (a remux template for the encoder), once probed;
         #: detached from the input container, so it outlives it.
@@ -581,7 +602,25 @@ class SegmentDecoder:
             return
         rgb = self._to_rgb(frame)
         self._delivered += 1
-        self.frames.put(DecodedVideoFrame(rgb, pts, time_base, self._delivered, time.monotonic()))
+        item = DecodedVideoFrame(rgb, pts, time_base, self._delivered, time.monotonic())
+        self._wait_for_consumer()
+        self.frames.put(item)
+
+    def _wait_for_consumer(self) -> None:
+        """A full frame queue at the live edge is a burst (a segment delivered faster than
+        real time, like the one a ``-2`` subscription starts with): wait for the consumer
+        rather than drop, within ``burst_wait_s``. Once a newer segment is arriving (the
+        consumer is really behind), at the end of the input, or on close, the put evicts the
+        oldest frame instead, so the stream catches up with live."""
+        frames = self.frames
+        deadline = time.monotonic() + self.burst_wait_s
+        while len(frames) >= frames.maxsize:
+            if self._input.behind or self._input.ended or frames.closed:
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            frames.wait_for_room_blocking(min(left, _BURST_POLL_S))
 
     def _to_rgb(self, frame: av.VideoFrame) -> RgbArray:
         """RGB, once; with ``output_size``: scaled to cover it and centre-cropped."""

@@ -19,8 +19,9 @@ class DropOldestQueue(Generic[T]):
     an event loop (:meth:`get`) or on a thread (:meth:`get_blocking`). :meth:`close` ends
     it: consumers drain what is left, then get None. ``dropped`` counts evicted items.
 
-    A producer on an event loop that would rather wait than evict (backpressure towards an
-    earlier drop-oldest queue) awaits :meth:`wait_for_room` before its ``put``.
+    A producer that would rather wait than evict (backpressure towards an earlier drop-oldest
+    queue) awaits :meth:`wait_for_room` (on an event loop) or calls
+    :meth:`wait_for_room_blocking` (on a thread) before its ``put``.
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -29,7 +30,9 @@ class DropOldestQueue(Generic[T]):
         self.maxsize = maxsize
         self.dropped = 0
         self._items: deque[T] = deque()
-        self._cond = threading.Condition(threading.Lock())
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)
+        self._room = threading.Condition(lock)  # a producer thread waiting for room
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
         self._waiter_loop: asyncio.AbstractEventLoop | None = None
@@ -82,6 +85,14 @@ class DropOldestQueue(Generic[T]):
             if not self._items and not self._closed:
                 self._cond.wait(timeout)
             return self._pop_locked()
+
+    def wait_for_room_blocking(self, timeout: float) -> bool:
+        """Wait (on a producer thread) up to ``timeout`` until a ``put`` would not evict;
+        True when there is room (or the queue is closed)."""
+        with self._room:
+            if not self._closed and len(self._items) >= self.maxsize:
+                self._room.wait(timeout)
+            return self._closed or len(self._items) < self.maxsize
 
     async def wait_for_room(self) -> None:
         """Wait (on the event loop) until a ``put`` would not evict, or the queue is closed."""
@@ -139,6 +150,7 @@ class DropOldestQueue(Generic[T]):
             return
 
     def _wake_room_locked(self) -> None:
+        self._room.notify_all()
         room = self._room_waiter
         if room is None:
             return
