@@ -252,7 +252,7 @@ async def test_a_consumer_behind_by_a_segment_drops_the_oldest_to_catch_up() -> 
     decoder.start()
     for segment in synthetic_segments():  # 3 segments queued: the consumer is behind
         await decoder.feed_segment([segment])
-    frames = await _take(decoder, 30, 0.005)
+    frames = await _take(decoder, 30, 0.02)  # 50 fps: slower than decoding
     assert decoder.frames.dropped > 0  # frames of the older segments were skipped
     # At the newest segment (nothing newer is arriving) the decoder waits again: the frames
     # of the last segment come through one after another.
