@@ -28,7 +28,7 @@ from aiohttp import web
 
 from pytrickle_worker.errors import WorkerError
 
-__all__ = ["LoopClip", "TsLooper", "create_camera_app", "load_clip", "run_camera"]
+__all__ = ["LoopClip", "LoopPacket", "TsLooper", "create_camera_app", "load_clip", "run_camera"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _ANNEXB_FILTERS = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
 
 
 @dataclass(frozen=True)
-class _Packet:
+class LoopPacket:
     data: bytes
     pts: int  # in LoopClip.time_base, relative to the clip's first packet
     dts: int
@@ -54,7 +54,7 @@ class LoopClip:
     rate: Fraction
     time_base: Fraction
     span: int  # the clip's length in time_base units: the timestamp offset of each loop
-    packets: tuple[_Packet, ...]
+    packets: tuple[LoopPacket, ...]
 
 
 def load_clip(path: Path) -> LoopClip:
@@ -91,7 +91,7 @@ def load_clip(path: Path) -> LoopClip:
         first = min(int(p.dts) for p in raw)
         end = max(int(p.pts) + (int(p.duration) or frame_ticks) for p in raw)
         packets = tuple(
-            _Packet(bytes(p), int(p.pts) - first, int(p.dts) - first, bool(p.is_keyframe))
+            LoopPacket(bytes(p), int(p.pts) - first, int(p.dts) - first, bool(p.is_keyframe))
             for p in raw
         )
         return LoopClip(
@@ -161,9 +161,11 @@ class TsLooper:
         self._container.mux(packet)
         return self._sink.take()
 
-    def close(self) -> None:
+    def close(self) -> bytes:
+        """End the stream; returns the muxer's last bytes (for a client that reads to EOF)."""
         with contextlib.suppress(Exception):
             self._container.close()
+        return self._sink.take()
 
 
 CLIP_KEY = web.AppKey("demo_camera_clip", LoopClip)

@@ -50,6 +50,7 @@ from typing import Any
 import av
 from aiohttp import web
 
+from pytrickle_worker.demo.camera import LoopClip, LoopPacket, TsLooper
 from pytrickle_worker.demo.synthetic import moving_objects, render_scene
 from pytrickle_worker.inference.imageops import encode_jpeg
 
@@ -60,22 +61,15 @@ STREAM_PATHS = ("/stream.ts", "/mjpeg", "/stall.ts", "/eof.ts")
 
 
 @dataclass(frozen=True)
-class EncodedPacket:
-    data: bytes
-    pts: int  # in frames (time base 1/fps)
-    dts: int
-    keyframe: bool
-
-
-@dataclass(frozen=True)
 class Clip:
-    """``frames`` frames of the moving-objects scene, H.264 (Annex B) and JPEG."""
+    """``frames`` frames of the moving-objects scene: H.264 (Annex B, timestamps in frames,
+    ready for the demo camera's :class:`TsLooper`) and JPEG."""
 
     width: int
     height: int
     fps: int
     frames: int
-    packets: tuple[EncodedPacket, ...]
+    video: LoopClip
     jpegs: tuple[bytes, ...]
 
 
@@ -105,13 +99,13 @@ def _encode_clip(width: int, height: int, fps: int, frames: int) -> Clip:
     ctx.gop_size = fps
     ctx.max_b_frames = 0
     ctx.options = {"preset": "ultrafast", "tune": "zerolatency"}
-    packets: list[EncodedPacket] = []
+    packets: list[LoopPacket] = []
     jpegs: list[bytes] = []
 
     def collect(encoded: Any) -> None:
         for packet in encoded:
             packets.append(
-                EncodedPacket(bytes(packet), int(packet.pts), int(packet.dts), packet.is_keyframe)
+                LoopPacket(bytes(packet), int(packet.pts), int(packet.dts), packet.is_keyframe)
             )
 
     for index in range(frames):
@@ -121,58 +115,16 @@ def _encode_clip(width: int, height: int, fps: int, frames: int) -> Clip:
         frame.pts = index
         collect(ctx.encode(frame))
     collect(ctx.encode(None))
-    return Clip(width, height, fps, frames, tuple(packets), tuple(jpegs))
-
-
-class _ByteSink:
-    """A write-only file object for PyAV's muxer; :meth:`take` drains what it wrote."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self._buf += data
-        return len(data)
-
-    def take(self) -> bytes:
-        data = bytes(self._buf)
-        self._buf.clear()
-        return data
-
-
-class TsMuxer:
-    """Muxes a clip's H.264 packets into MPEG-TS, looping with continuous timestamps."""
-
-    def __init__(self, clip: Clip) -> None:
-        self.clip = clip
-        self.sink = _ByteSink()
-        self.container: Any = av.open(
-            self.sink, mode="w", format="mpegts", options={"flush_packets": "1"}
-        )
-        self.stream: Any = self.container.add_stream("h264", rate=clip.fps)
-        self.stream.width = clip.width
-        self.stream.height = clip.height
-        self.index = 0
-
-    def next_frame(self) -> bytes:
-        """The TS bytes of the next frame (the clip repeats forever)."""
-        clip = self.clip
-        encoded = clip.packets[self.index % len(clip.packets)]
-        offset = (self.index // len(clip.packets)) * clip.frames
-        self.index += 1
-        packet = av.Packet(encoded.data)
-        packet.stream = self.stream
-        packet.time_base = Fraction(1, clip.fps)
-        packet.pts = encoded.pts + offset
-        packet.dts = encoded.dts + offset
-        packet.is_keyframe = encoded.keyframe
-        self.container.mux(packet)
-        return self.sink.take()
-
-    def close(self) -> bytes:
-        with contextlib.suppress(Exception):
-            self.container.close()
-        return self.sink.take()
+    video = LoopClip(
+        codec="h264",
+        width=width,
+        height=height,
+        rate=Fraction(fps),
+        time_base=Fraction(1, fps),
+        span=frames,
+        packets=tuple(packets),
+    )
+    return Clip(width, height, fps, frames, video, tuple(jpegs))
 
 
 class MediaHttpServer:
@@ -372,7 +324,7 @@ class MediaHttpServer:
             headers={"Content-Type": "video/mp2t", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        muxer = TsMuxer(clip)
+        muxer = TsLooper(clip.video)
         loop = asyncio.get_running_loop()
         try:
             with self._streaming(request, "/stream.ts"):
@@ -380,7 +332,7 @@ class MediaHttpServer:
                 index = 0
                 while True:
                     start += await self._wait_while_frozen()
-                    await response.write(muxer.next_frame())
+                    await response.write(muxer.next_chunk())
                     index += 1
                     await self._pace(start, index, clip.fps)
         except ConnectionError:
@@ -394,13 +346,13 @@ class MediaHttpServer:
         clip = await self._clip_for(request, seconds)
         response = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
         await response.prepare(request)
-        muxer = TsMuxer(clip)
+        muxer = TsLooper(clip.video)
         loop = asyncio.get_running_loop()
         try:
             with self._streaming(request, "/eof.ts"):
                 start = loop.time()
                 for index in range(clip.frames):
-                    await response.write(muxer.next_frame())
+                    await response.write(muxer.next_chunk())
                     await self._pace(start, index + 1, clip.fps)
                 await response.write(muxer.close())
                 await response.write_eof()
@@ -414,10 +366,10 @@ class MediaHttpServer:
         clip = await self._clip_for(request)
         response = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
         await response.prepare(request)
-        muxer = TsMuxer(clip)
+        muxer = TsLooper(clip.video)
         try:
             with self._streaming(request, "/stall.ts"):
-                await response.write(b"".join(muxer.next_frame() for _ in range(self.stall_frames)))
+                await response.write(b"".join(muxer.next_chunk() for _ in range(self.stall_frames)))
                 await asyncio.Event().wait()  # until the client leaves or the server stops
         except ConnectionError:
             pass
