@@ -20,7 +20,7 @@ import av
 from av.error import FFmpegError
 
 from pytrickle_worker.ingest.config import IngestConfig
-from pytrickle_worker.ingest.reader import SourceReader
+from pytrickle_worker.ingest.reader import TaskReader
 from pytrickle_worker.ingest.source import SourceConfig
 from pytrickle_worker.logutil import mask_text
 
@@ -51,8 +51,10 @@ def decode_image(data: bytes) -> tuple[av.VideoFrame, str]:
     raise SnapshotError("the snapshot holds no image")
 
 
-class SnapshotReader(SourceReader):
+class SnapshotReader(TaskReader):
     """Polls ``snapshot_url`` every ``snapshot_interval_ms`` on the event loop."""
+
+    task_kind = "snapshot"
 
     def __init__(
         self,
@@ -65,27 +67,11 @@ class SnapshotReader(SourceReader):
     ) -> None:
         super().__init__(source, config, notify, rng)
         self._executor = executor
-        self._task: asyncio.Task[None] | None = None
         self._previous_error: str | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._task is None:
-            self._task = loop.create_task(self._run(), name=f"snapshot {self.label}")
-
-    def request_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
     @property
     def stop_timeout_s(self) -> float:
         return 5.0
-
-    async def wait_stopped(self, within_s: float) -> bool:
-        task = self._task
-        if task is None or task.done():
-            return True
-        done, _ = await asyncio.wait({task}, timeout=within_s)
-        return bool(done)
 
     async def _fetch(self, session: aiohttp.ClientSession) -> bytes:
         try:

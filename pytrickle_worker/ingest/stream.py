@@ -112,7 +112,6 @@ class StreamReader(SourceReader):
         # A read may block at most this long: the interrupt callback and socket timeouts make
         # a silent peer fail within the stall timeout too.
         self._read_timeout = min(config.read_timeout_s, config.stall_timeout_s)
-        self._size: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ control (event loop)
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -292,7 +291,7 @@ class StreamReader(SourceReader):
                     pts_time = frame.time
                     if pacer is not None and not pacer.wait(pts_time):
                         return _Outcome(counter[0], None)
-                    self._publish(frame, pts_time)
+                    self._publish_frame(frame, pts_time)
                     counter[0] += 1
                     frames_this_pass += 1
                     last_frame = time.monotonic()
@@ -308,14 +307,3 @@ class StreamReader(SourceReader):
                 return _Outcome(counter[0], "the file has no decodable frames")
             container.seek(0)
             decoder.flush()
-
-    def _publish(self, frame: av.VideoFrame, pts_time: float | None) -> None:
-        self.slot.publish(frame, pts_time)
-        size = (frame.width, frame.height)
-        if self.tracker.frame(*size):
-            logger.info("%s: online, %dx%d", self.label, *size)
-        elif size != self._size and self._size is not None:
-            logger.info(
-                "%s: resolution changed from %dx%d to %dx%d", self.label, *self._size, *size
-            )
-        self._size = size

@@ -27,7 +27,7 @@ import aiohttp
 import av
 
 from pytrickle_worker.ingest.config import IngestConfig
-from pytrickle_worker.ingest.reader import SourceReader
+from pytrickle_worker.ingest.reader import TaskReader
 from pytrickle_worker.ingest.source import SourceConfig, trickle_channel_url
 from pytrickle_worker.logutil import mask_text
 from pytrickle_worker.streaming.media import SegmentDecoder
@@ -43,8 +43,10 @@ logger = logging.getLogger(__name__)
 _WATCH_INTERVAL_S = 0.25
 
 
-class TrickleReader(SourceReader):
+class TrickleReader(TaskReader):
     """Subscribes to one trickle channel on the event loop; decodes on a thread."""
+
+    task_kind = "trickle"
 
     def __init__(
         self,
@@ -58,31 +60,13 @@ class TrickleReader(SourceReader):
         super().__init__(source, config, notify, rng)
         self.channel_url = trickle_channel_url(source.target_url)
         self._try_nvdec = try_nvdec
-        self._task: asyncio.Task[None] | None = None
         self._decoder: SegmentDecoder | None = None
         self._last_frame = 0.0
         self._session_frames = 0
-        self._size: tuple[int, int] | None = None
-
-    # ------------------------------------------------------------------ control
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._task is None:
-            self._task = loop.create_task(self._run(), name=f"trickle {self.label}"[:64])
-
-    def request_stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
 
     @property
     def stop_timeout_s(self) -> float:
         return 6.0  # the decoder thread is given 5 s to notice its closed input
-
-    async def wait_stopped(self, within_s: float) -> bool:
-        task = self._task
-        if task is None or task.done():
-            return True
-        done, _ = await asyncio.wait({task}, timeout=within_s)
-        return bool(done)
 
     # ------------------------------------------------------------------ reading
     async def _run(self) -> None:
@@ -177,15 +161,7 @@ class TrickleReader(SourceReader):
         self._session_frames += 1
         time_base = frame.time_base or Fraction(1, 90_000)
         pts_time = float(frame.pts * time_base) if frame.pts is not None else None
-        self.slot.publish(frame, pts_time)
-        size = (frame.width, frame.height)
-        if self.tracker.frame(*size):
-            logger.info("%s: online, %dx%d from trickle", self.label, *size)
+        if self._publish_frame(frame, pts_time):
             info = self._decoder.info if self._decoder is not None else None
             codec = info.codec if info is not None else "unknown"
             self.tracker.decoder_info(codec, codec, False)
-        elif size != self._size and self._size is not None:
-            logger.info(
-                "%s: resolution changed from %dx%d to %dx%d", self.label, *self._size, *size
-            )
-        self._size = size
