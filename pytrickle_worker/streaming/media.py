@@ -46,6 +46,7 @@ from av.video.frame import PictureType
 from av.video.stream import VideoStream
 
 from pytrickle_worker.ingest.nvdec import VideoDecoder
+from pytrickle_worker.processing import VideoFrame
 from pytrickle_worker.streaming.fps import FpsMeter
 from pytrickle_worker.streaming.queues import DropOldestQueue
 
@@ -93,31 +94,15 @@ class RgbFrame(Protocol):
     def time_base(self) -> Fraction: ...
 
 
-@dataclass(frozen=True, slots=True)
-class DecodedVideoFrame:
-    """One decoded frame: ``rgb`` is ``H x W x 3`` uint8 (writable, owned by the receiver).
+@dataclass
+class DecodedVideoFrame(VideoFrame):
+    """A :class:`VideoFrame` as the decoder delivers it (``rgb`` writable, owned by the
+    receiver; ``pts`` in ``time_base`` units, 1/90000 for MPEG-TS), with ``index``, the
+    frames the decoder delivered (1-based), and ``decoded_at``, ``time.monotonic()`` at
+    conversion."""
 
-    ``pts`` is in ``time_base`` units (1/90000 for MPEG-TS); ``index`` counts the frames the
-    decoder delivered (1-based); ``decoded_at`` is ``time.monotonic()`` at conversion.
-    """
-
-    rgb: RgbArray
-    pts: int
-    time_base: Fraction
     index: int
     decoded_at: float
-
-    @property
-    def width(self) -> int:
-        return int(self.rgb.shape[1])
-
-    @property
-    def height(self) -> int:
-        return int(self.rgb.shape[0])
-
-    @property
-    def time_s(self) -> float:
-        return float(self.pts * self.time_base)
 
 
 @dataclass(frozen=True, slots=True)

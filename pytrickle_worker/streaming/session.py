@@ -360,7 +360,7 @@ class StreamSession:
             if decoded is None:
                 break
             self._input_size = (decoded.width, decoded.height)
-            frame = VideoFrame(decoded.rgb, decoded.pts, decoded.time_base)
+            frame: VideoFrame = decoded
             started = time.perf_counter()
             try:
                 result = await processor.process_video_async(frame)
