@@ -256,11 +256,7 @@ class MptaDetectorProcessor(FrameProcessor):
     def update_params(self, params: dict[str, Any]) -> None:
         """Apply an update now; a new ``model_url`` is validated now and loaded in the
         background (frames keep using the current model until the new one is ready)."""
-        merged = self._params.merged(params)
-        url = self._effective_url(merged)
-        if url == self._pipeline_url and self._pipeline is not None:
-            self._check_classes(merged, self._pipeline)
-            self._commit(merged)
+        if self._commit_without_load(self._params.merged(params)):
             return
         task = asyncio.get_running_loop().create_task(
             self._apply_in_background(dict(params)), name="mpta-detector-params"
@@ -276,11 +272,9 @@ class MptaDetectorProcessor(FrameProcessor):
         """
         async with self._update_lock:
             merged = self._params.merged(params)
-            url = self._effective_url(merged)
-            if url == self._pipeline_url and self._pipeline is not None:
-                self._check_classes(merged, self._pipeline)
-                self._commit(merged)
+            if self._commit_without_load(merged):
                 return
+            url = self._effective_url(merged)
             pipeline = await self._load(url, user_given=merged.model_url is not None)
             try:
                 # Other updates may have landed while the archive loaded: merge again.
@@ -291,6 +285,16 @@ class MptaDetectorProcessor(FrameProcessor):
                 raise
             await self._install(pipeline, url)
             self._commit(merged)
+
+    def _commit_without_load(self, merged: MptaDetectorParams) -> bool:
+        """Commit ``merged`` when it keeps the loaded archive (its classes checked against
+        it); False when another archive must be loaded first."""
+        pipeline = self._pipeline
+        if pipeline is None or self._effective_url(merged) != self._pipeline_url:
+            return False
+        self._check_classes(merged, pipeline)
+        self._commit(merged)
+        return True
 
     async def _apply_in_background(self, params: dict[str, Any]) -> None:
         try:
