@@ -22,7 +22,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from aiohttp import web
 from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
-from tests.helpers import free_port
+from tests.worker_process import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -581,17 +580,6 @@ class GatedArchive:
         return f"http://127.0.0.1:{self.port}/demo.mpta"
 
 
-@dataclass
-class Worker:
-    base: str
-    port: int
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
 @pytest.fixture
 async def gated_archive(demo_assets: DemoAssets) -> AsyncIterator[GatedArchive]:
     server = GatedArchive(demo_assets.mpta_path.read_bytes(), failures=[404])
@@ -601,50 +589,18 @@ async def gated_archive(demo_assets: DemoAssets) -> AsyncIterator[GatedArchive]:
 
 
 @pytest.fixture
-def worker(tmp_path: Path, gated_archive: GatedArchive) -> Iterator[Worker]:
+def worker(tmp_path: Path, gated_archive: GatedArchive) -> Iterator[WorkerProcess]:
     """``python server.py`` preloading the gated archive: offline, CPU only, own cache."""
-    port = free_port()
-    log_path = tmp_path / "worker.log"
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PTW_CACHE_DIR": str(tmp_path / "cache"),
-        "PTW_EXECUTION_PROVIDER": "cpu",
-        "PTW_MODEL_URL_HOSTS": "127.0.0.1",
-        "PTW_LOG_LEVEL": "INFO",
-    }
-    env.pop("PTW_ACCESS_TOKEN", None)
-    command = [sys.executable, str(REPO / "server.py"), "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--pipeline", gated_archive.url]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=log
-        )
+    worker = WorkerProcess(
+        tmp_path,
+        "--pipeline",
+        gated_archive.url,
+        env={"PTW_MODEL_URL_HOSTS": "127.0.0.1", "PTW_LOG_LEVEL": "INFO"},
+    ).start()
     try:
-        yield Worker(f"http://127.0.0.1:{port}", port, process, log_path)
+        yield worker
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-async def _wait_for(
-    http: aiohttp.ClientSession, worker: Worker, path: str, status: int, within_s: float = 60
-) -> None:
-    deadline = time.monotonic() + within_s
-    while True:
-        assert worker.process.poll() is None, f"the worker exited\n{worker.log()}"
-        try:
-            async with http.get(worker.base + path) as response:
-                if response.status == status:
-                    return
-        except aiohttp.ClientError:
-            pass
-        assert time.monotonic() < deadline, f"{path} never answered {status}\n{worker.log()}"
-        await asyncio.sleep(0.1)
+        worker.stop()
 
 
 def docker_healthchecks(port: int) -> dict[str, list[str]]:
@@ -666,7 +622,7 @@ def docker_healthchecks(port: int) -> dict[str, list[str]]:
     return commands
 
 
-async def _healthcheck_exit_codes(worker: Worker) -> dict[str, int]:
+async def _healthcheck_exit_codes(worker: WorkerProcess) -> dict[str, int]:
     codes: dict[str, int] = {}
     env = {**os.environ, "PTW_PORT": str(worker.port)}
     for source, argv in docker_healthchecks(worker.port).items():
@@ -677,7 +633,9 @@ async def _healthcheck_exit_codes(worker: Worker) -> dict[str, int]:
     return codes
 
 
-async def _check_state(http: aiohttp.ClientSession, worker: Worker, state: str) -> dict[str, Any]:
+async def _check_state(
+    http: aiohttp.ClientSession, worker: WorkerProcess, state: str
+) -> dict[str, Any]:
     """Every probe path answers as documented for ``state``, and every Docker health-check
     command passes exactly when its path answers 200. Returns the bodies by path."""
     answers: dict[str, tuple[int, Any]] = {}
@@ -699,16 +657,16 @@ async def _check_state(http: aiohttp.ClientSession, worker: Worker, state: str) 
 
 
 async def test_every_probe_answers_as_documented_in_every_state(
-    worker: Worker, gated_archive: GatedArchive
+    worker: WorkerProcess, gated_archive: GatedArchive
 ) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
         # LOADING: the default pipeline's download is held back by the archive server.
-        await _wait_for(http, worker, "/health/live", 200)
+        await worker.wait_status("/health/live", 200)
         await _check_state(http, worker, "LOADING")
 
         # ERROR: the download fails (404).
         gated_archive.opened.set()
-        await _wait_for(http, worker, "/health", 500)
+        await worker.wait_status("/health", 500)
         bodies = await _check_state(http, worker, "ERROR")
         assert "404" in bodies["/health"]["error_message"]
 

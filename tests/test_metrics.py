@@ -34,6 +34,7 @@ from pytrickle_worker.server.app import METRICS_KEY, create_app
 from pytrickle_worker.server.metrics import WorkerMetrics
 from pytrickle_worker.trickle import TricklePublisher, TrickleServer
 from tests.helpers import RedisProcess, free_port
+from tests.test_streaming_e2e import CHANNELS
 from tests.test_streaming_media import synthetic_segments
 
 BASE_CONFIG: dict[str, Any] = {
@@ -332,13 +333,6 @@ async def test_redis_outage_counts_and_buffers(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- trickle stream
 
 MID = "metrics-stream"
-CHANNELS = {
-    "": "video/MP2T",
-    "-out": "video/MP2T",
-    "-control": "application/json",
-    "-events": "application/json",
-    "-data": "application/jsonl",
-}
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class WorkerProcess:
-    """``python server.py --host 127.0.0.1 --port <free>`` with an offline, CPU-only env.
+    """``python server.py --host 127.0.0.1 --port <free>`` with an offline, CPU-only env
+    (and no access token from the developer's environment).
 
     stderr (the worker's log) goes to ``log_path`` so a failing test can show it.
     """
@@ -28,8 +29,9 @@ class WorkerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "worker.log"
         self._args = list(args)
+        inherited = {k: v for k, v in os.environ.items() if k != "PTW_ACCESS_TOKEN"}
         self._env = {
-            **os.environ,
+            **inherited,
             "PTW_CACHE_DIR": str(workdir / "cache"),
             "PTW_EXECUTION_PROVIDER": "cpu",
             "PTW_MODEL_URL_HOSTS": "127.0.0.1,localhost",
