@@ -156,28 +156,29 @@ def _demo_build(config: WorkerConfig, out_dir: Path | None) -> int:
     return 0
 
 
-def _demo_camera(config: WorkerConfig, args: argparse.Namespace) -> int:
+def _demo_video(config: WorkerConfig, given: Path | None) -> Path:
+    """``--video``, or the demo sample video (generated when missing; PyAV only)."""
+    if given is not None:
+        return given
     from pytrickle_worker.demo.assets import VIDEO_FILE, write_sample_video  # noqa: PLC0415
+
+    video = config.resolved_demo_dir / VIDEO_FILE
+    if not video.is_file():
+        write_sample_video(video)
+    return video
+
+
+def _demo_camera(config: WorkerConfig, args: argparse.Namespace) -> int:
     from pytrickle_worker.demo.camera import run_camera  # noqa: PLC0415
 
-    video: Path | None = args.video
-    if video is None:
-        video = config.resolved_demo_dir / VIDEO_FILE
-        if not video.is_file():
-            write_sample_video(video)
-    run_camera(args.host, args.port, video)
+    run_camera(args.host, args.port, _demo_video(config, args.video))
     return 0
 
 
 def _demo_publish(config: WorkerConfig, args: argparse.Namespace) -> int:
-    from pytrickle_worker.demo.assets import VIDEO_FILE, write_sample_video  # noqa: PLC0415
     from pytrickle_worker.demo.publish import publish_video  # noqa: PLC0415
 
-    video: Path | None = args.video
-    if video is None:
-        video = config.resolved_demo_dir / VIDEO_FILE
-        if not video.is_file():
-            write_sample_video(video)
+    video = _demo_video(config, args.video)
     # Ctrl-C cancels the publisher, which DELETEs its channel on the way out.
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(publish_video(args.url, video, loops=args.loops))

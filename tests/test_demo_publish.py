@@ -11,6 +11,7 @@ import av
 import numpy as np
 import pytest
 
+from pytrickle_worker.cli import main
 from pytrickle_worker.demo.publish import publish_video
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.trickle import TrickleServer, TrickleSubscriber
@@ -76,3 +77,15 @@ async def test_an_unreachable_server_is_a_clear_error_not_a_loop(tmp_path: Path)
     write_clip(clip, 3)  # one tiny segment per pass: the refusals come quickly
     with pytest.raises(WorkerError, match="refused 5 segments in a row"):
         await asyncio.wait_for(publish_video("http://127.0.0.1:9/cam", clip), 30)
+
+
+def test_cli_reports_an_unreachable_channel_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 3)
+    code = main(["demo", "publish", "http://user:pw@127.0.0.1:9/cam", "--video", str(clip)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "error: http://user:***@127.0.0.1:9/cam refused 5 segments in a row" in err
+    assert "pw@" not in err
