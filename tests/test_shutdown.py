@@ -204,3 +204,46 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
     log = worker.log()
     assert code == 1, log
     assert f"error: cannot listen on 127.0.0.1:{port}" in log and "Traceback" not in log
+
+
+async def test_a_drain_that_cannot_finish_is_cut_at_the_deadline(
+    tmp_path: Path, demo_assets: DemoAssets
+) -> None:
+    """The stream's events channel points at a peer that accepts and never answers: stopping
+    the stream would take its own 5 s step timeouts, but the 1 s deadline wins, exit 0."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def accept_and_ignore(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)
+
+    black_hole = await asyncio.start_server(accept_and_ignore, "127.0.0.1", 0)
+    port = black_hole.sockets[0].getsockname()[1]
+    worker = WorkerProcess(
+        tmp_path,
+        "--pipeline",
+        str(demo_assets.mpta_path),
+        env={"PTW_SHUTDOWN_TIMEOUT_S": "1"},
+    ).start()
+    try:
+        await worker.wait_status("/health/ready", 200)
+        start = {"gateway_request_id": "stuck", "events_url": f"http://127.0.0.1:{port}/ev"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(worker.base + "/api/stream/start", json=start) as response,
+        ):
+            assert response.status == 200, await response.text()
+        assert worker.process is not None
+        await asyncio.sleep(0.5)  # the events channel's POST is open and unanswered
+        signalled = time.monotonic()
+        worker.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(worker.process.wait, 10)
+        elapsed = time.monotonic() - signalled
+    finally:
+        worker.stop()
+        black_hole.close()
+        for writer in silent:
+            writer.close()
+    log = worker.log()
+    assert code == 0, log
+    assert elapsed < 3.0, (elapsed, log)
+    assert "stopping the trickle stream did not finish before the deadline" in log
