@@ -5,34 +5,75 @@ Inbound models tolerate unknown extra keys (the backend may add fields); outboun
 serialised with :func:`to_wire`, which drops optional keys the protocol marks as optional
 (crop fields, ``sessionId``) when they are unset, and keeps explicit ``null`` values inside a
 detection.
+
+Inbound validation happens here, once, at the edge: a message this module accepts is valid for
+every later step (camera, archive fetch, pipeline), so a backend hears what was wrong with the
+field named, never "internal error". Types are strict: a number where a string belongs, a
+string where a number belongs, or a boolean where a number belongs is an error (``modelId:
+"1"`` stays the string ``"1"``; ``cropX1: true`` is refused, not read as 1). Strings may not
+hold control characters. One leniency is kept for the original detector worker's backends:
+an empty ``rtspUrl``/``snapshotUrl`` means "not given" (the original tested them for
+truthiness), so ``snapshotUrl: ""`` beside an ``rtspUrl`` streams the ``rtspUrl``.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
+    Strict,
     Tag,
     TypeAdapter,
     ValidationError,
     model_validator,
 )
 
+from pytrickle_worker.ingest.source import SourceConfig, is_local_path, local_path
+
 ModelId = int | str
 SessionId = int | str
 
+#: C0 controls (NUL, newline, escape, …), DEL and the C1 controls: never part of an
+#: identifier, a name or a URL, and NUL breaks every file-system call that meets it.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _no_control_characters(value: str) -> str:
+    found = _CONTROL_CHARACTERS.search(value)
+    if found is not None:
+        raise ValueError(
+            f"must not contain control characters (found {found.group()!r} "
+            f"at position {found.start()})"
+        )
+    return value
+
+
+def _empty_as_absent(value: object) -> object:
+    return None if value == "" else value
+
+
+#: A wire string: exactly a JSON string (strict), without control characters.
+WireStr = Annotated[str, Strict(), AfterValidator(_no_control_characters)]
+WireInt = Annotated[int, Strict()]
+#: An optional URL where ``""`` means "not given", as the original detector worker read it.
+OptionalUrl = Annotated[WireStr | None, BeforeValidator(_empty_as_absent)]
+
 #: What the worker accepts as a modelId or sessionId. Both are echoed in every stateReport
 #: and detection, so they are bounded: a 64-bit integer or a string of at most 1024 characters.
+#: Strict, so each comes back exactly as it was sent (``"1"`` stays a string).
 MAX_ID_CHARS = 1024
 InboundId = (
-    Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
-    | Annotated[str, Field(max_length=MAX_ID_CHARS)]
+    Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]
+    | Annotated[WireStr, Field(max_length=MAX_ID_CHARS)]
 )
 
 _INBOUND = ConfigDict(extra="allow", frozen=True)
@@ -53,6 +94,25 @@ def split_subscription_identifier(identifier: str) -> tuple[str, str]:
     return display, camera
 
 
+#: POSIX's usual limit on one path component (NAME_MAX); a longer one fails every open.
+MAX_PATH_COMPONENT = 255
+
+
+def _check_url(name: str, value: str) -> None:
+    try:
+        urlsplit(value)
+    except ValueError as exc:
+        raise ValueError(f"{name} is not a valid URL: {exc}") from None
+    if is_local_path(value):
+        # Checked here rather than met later as an OSError from deep inside a reader.
+        longest = max(len(part.encode()) for part in local_path(value).parts) if value else 0
+        if longest > MAX_PATH_COMPONENT:
+            raise ValueError(
+                f"{name} is not a usable path: a component of {longest} bytes exceeds "
+                f"{MAX_PATH_COMPONENT}"
+            )
+
+
 class Crop(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -68,17 +128,17 @@ class Crop(BaseModel):
 class SubscribePayload(BaseModel):
     model_config = _INBOUND
 
-    subscriptionIdentifier: str = Field(min_length=3, max_length=512)
-    rtspUrl: str | None = Field(default=None, max_length=4096)
-    snapshotUrl: str | None = Field(default=None, max_length=4096)
-    snapshotInterval: int | None = Field(default=None, gt=0, le=86_400_000)
-    modelUrl: str = Field(min_length=1, max_length=4096)
+    subscriptionIdentifier: WireStr = Field(min_length=3, max_length=512)
+    rtspUrl: OptionalUrl = Field(default=None, max_length=4096)
+    snapshotUrl: OptionalUrl = Field(default=None, max_length=4096)
+    snapshotInterval: WireInt | None = Field(default=None, gt=0, le=86_400_000)
+    modelUrl: WireStr = Field(min_length=1, max_length=4096)
     modelId: InboundId
-    modelName: str = Field(default="", max_length=1024)
-    cropX1: int | None = Field(default=None, ge=0, le=MAX_COORDINATE)
-    cropY1: int | None = Field(default=None, ge=0, le=MAX_COORDINATE)
-    cropX2: int | None = Field(default=None, ge=0, le=MAX_COORDINATE)
-    cropY2: int | None = Field(default=None, ge=0, le=MAX_COORDINATE)
+    modelName: WireStr = Field(default="", max_length=1024)
+    cropX1: WireInt | None = Field(default=None, ge=0, le=MAX_COORDINATE)
+    cropY1: WireInt | None = Field(default=None, ge=0, le=MAX_COORDINATE)
+    cropX2: WireInt | None = Field(default=None, ge=0, le=MAX_COORDINATE)
+    cropY2: WireInt | None = Field(default=None, ge=0, le=MAX_COORDINATE)
 
     @model_validator(mode="after")
     def _check(self) -> SubscribePayload:
@@ -86,14 +146,16 @@ class SubscribePayload(BaseModel):
         for name in ("rtspUrl", "snapshotUrl", "modelUrl"):
             value: str | None = getattr(self, name)
             if value:
-                try:
-                    urlsplit(value)
-                except ValueError as exc:
-                    raise ValueError(f"{name} is not a valid URL: {exc}") from None
+                _check_url(name, value)
         if not self.rtspUrl and not self.snapshotUrl:
             raise ValueError("one of rtspUrl or snapshotUrl is required")
         if self.snapshotUrl and not self.rtspUrl and self.snapshotInterval is None:
             raise ValueError("snapshotUrl needs snapshotInterval (milliseconds)")
+        try:
+            self.source_config()
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            raise ValueError(f"camera source: {first['msg']}") from None
         coords = (self.cropX1, self.cropY1, self.cropX2, self.cropY2)
         given = [c is not None for c in coords]
         if any(given) and not all(given):
@@ -126,6 +188,17 @@ class SubscribePayload(BaseModel):
         assert url is not None  # guaranteed by _check
         return url
 
+    def source_config(self) -> SourceConfig:
+        """The camera this subscription reads, as the camera hub takes it."""
+        return SourceConfig(
+            url=self.rtspUrl,
+            snapshot_url=self.snapshotUrl,
+            snapshot_interval_ms=self.snapshotInterval,
+            # A local file standing in for a camera (demos, tests) plays in a loop, at its
+            # native rate, like a camera that never ends.
+            loop=bool(self.rtspUrl) and is_local_path(self.rtspUrl or ""),
+        )
+
     @property
     def crop(self) -> Crop | None:
         if self.cropX1 is None or self.cropY1 is None or self.cropX2 is None:
@@ -149,7 +222,7 @@ class SubscribeMessage(BaseModel):
 
 class UnsubscribePayload(BaseModel):
     model_config = _INBOUND
-    subscriptionIdentifier: str = Field(min_length=1, max_length=512)
+    subscriptionIdentifier: WireStr = Field(min_length=1, max_length=512)
 
 
 class UnsubscribeMessage(BaseModel):
@@ -165,7 +238,7 @@ class RequestStateMessage(BaseModel):
 
 class SetSessionIdPayload(BaseModel):
     model_config = _INBOUND
-    displayIdentifier: str = Field(min_length=1, max_length=512)
+    displayIdentifier: WireStr = Field(min_length=1, max_length=512)
     sessionId: InboundId | None
 
 
@@ -177,9 +250,9 @@ class SetSessionIdMessage(BaseModel):
 
 class PatchSessionResultPayload(BaseModel):
     model_config = _INBOUND
-    sessionId: SessionId | None = None
-    success: bool
-    message: str | None = None
+    sessionId: InboundId | None = None
+    success: Annotated[bool, Strict()]
+    message: Annotated[str, Strict()] | None = None
 
 
 class PatchSessionResultMessage(BaseModel):
@@ -242,11 +315,29 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif part in INBOUND_TYPES:
-            continue  # the discriminator tag is not a field
+        elif part in INBOUND_TYPES or not part.isidentifier():
+            # The discriminator tag, or a union member's tag ("constrained-int",
+            # "function-after[…]"): neither is a field.
+            continue
         else:
             path += f".{part}" if path else str(part)
     return path or "message"
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 10) -> str:
+    """One line naming each wrong field; a union's alternatives are joined with "or"."""
+    by_field: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False, include_input=False):
+        messages = by_field.setdefault(_field_path(error["loc"]), [])
+        if error["msg"] not in messages:
+            messages.append(error["msg"])
+    problems: list[str] = []
+    for path, messages in list(by_field.items())[:limit]:
+        text = messages[0]
+        for other in messages[1:]:
+            text += " or " + other.removeprefix("Input should be ")
+        problems.append(f"{path}: {text}")
+    return "; ".join(problems)
 
 
 def _identifier_hint(document: dict[str, Any]) -> str | None:
@@ -274,11 +365,8 @@ def parse_inbound(document: object) -> InboundMessage:
     try:
         return _INBOUND_ADAPTER.validate_python(typed)
     except ValidationError as exc:
-        problems: list[str] = []
-        for error in exc.errors(include_url=False, include_input=False):
-            problems.append(f"{_field_path(error['loc'])}: {error['msg']}")
         raise ProtocolError(
-            f"invalid {kind} message: " + "; ".join(problems[:10]),
+            f"invalid {kind} message: {describe_validation_error(exc)}",
             _identifier_hint(typed),
         ) from None
 

@@ -8,7 +8,7 @@ import pytest
 from pytrickle_worker.demo.assets import DemoAssets, build_demo_assets
 from tests.helpers import RedisProcess
 
-pytest_plugins = ["tests.media_fixtures"]
+pytest_plugins = ["tests.media_fixtures", "tests.cms_harness"]
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,6 @@ from pytrickle_worker.cms.backends import BackendConnection, BackendRegistry
 from pytrickle_worker.cms.emission import EmissionMode
 from pytrickle_worker.cms.subscriptions import SubscriptionError, SubscriptionManager
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.hardware import HardwareMonitor
 from pytrickle_worker.inference.imageops import encode_jpeg
 from pytrickle_worker.ingest.hub import CameraHub
@@ -42,10 +41,6 @@ from pytrickle_worker.protocol import (
 
 logger = logging.getLogger(__name__)
 
-#: Subscribe/unsubscribe requests being worked on at once, and queued behind them.
-MAX_CONCURRENT_COMMANDS = 4
-MAX_PENDING_COMMANDS = 64
-
 
 class CmsEndpoint:
     """Owns the CMS side of the worker; ``start``/``stop`` bracket its life."""
@@ -66,9 +61,8 @@ class CmsEndpoint:
             target_fps=config.analysis_fps,
             max_streams=config.max_streams,
             emission=EmissionMode(config.emission),
+            on_change=self._broadcast_state,
         )
-        self._commands = asyncio.Semaphore(MAX_CONCURRENT_COMMANDS)
-        self._command_tasks: set[asyncio.Task[None]] = set()
         self._heartbeat: asyncio.Task[None] | None = None
         self.accepting = True
 
@@ -91,9 +85,6 @@ class CmsEndpoint:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-        for task in list(self._command_tasks):
-            task.cancel()
-        await asyncio.gather(*self._command_tasks, return_exceptions=True)
         await self.registry.close()
         await self.subscriptions.close()
         self.monitor.close()
@@ -108,10 +99,7 @@ class CmsEndpoint:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         self.accepting = False
-        # A subscribe still loading its model must not start a camera after the close below.
-        for task in list(self._command_tasks):
-            task.cancel()
-        await asyncio.gather(*self._command_tasks, return_exceptions=True)
+        # close() also cancels pending subscribes: none starts a camera after it.
         try:
             await asyncio.wait_for(self.subscriptions.close(), timeout_s)
         except TimeoutError:
@@ -139,6 +127,10 @@ class CmsEndpoint:
             ),
             cameraConnections=self.subscriptions.connections(),
         )
+
+    def _broadcast_state(self) -> None:
+        if self.registry.connections:
+            self.registry.broadcast(self.state_report())
 
     async def _heartbeat_loop(self) -> None:
         while True:
@@ -243,38 +235,19 @@ class CmsEndpoint:
     def _command(
         self, connection: BackendConnection, identifier: str, payload: SubscribePayload | None
     ) -> None:
-        if not self.accepting:
-            self._error(connection, "worker is shutting down", identifier)
-            return
-        if len(self._command_tasks) >= MAX_PENDING_COMMANDS:
-            self._error(connection, "too many subscribe/unsubscribe requests pending", identifier)
-            return
-        task = asyncio.get_running_loop().create_task(
-            self._run_command(connection, identifier, payload)
-        )
-        self._command_tasks.add(task)
-        task.add_done_callback(self._command_tasks.discard)
+        def reply(error: str) -> None:
+            self._error(connection, error, identifier)
 
-    async def _run_command(
-        self, connection: BackendConnection, identifier: str, payload: SubscribePayload | None
-    ) -> None:
-        async with self._commands:
+        if not self.accepting:
+            reply("worker is shutting down")
+            return
+        if payload is not None:
             try:
-                if payload is None:
-                    if not await self.subscriptions.unsubscribe(identifier):
-                        self._error(connection, "unknown subscriptionIdentifier", identifier)
-                        return
-                else:
-                    self._check_model_url(payload.modelUrl)
-                    await self.subscriptions.subscribe(payload)
-            except (WorkerError, SubscriptionError) as exc:
-                self._error(connection, str(exc), identifier)
+                self._check_model_url(payload.modelUrl)
+            except SubscriptionError as exc:
+                reply(str(exc))
                 return
-            except Exception as exc:
-                logger.exception("%s: command failed", identifier)
-                self._error(connection, f"internal error: {exc}", identifier)
-                return
-        self.registry.broadcast(self.state_report())
+        self.subscriptions.request(identifier, payload, reply)
 
     def _check_model_url(self, url: str) -> None:
         allowed = self.config.model_url_hosts

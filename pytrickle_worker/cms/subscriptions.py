@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from processors.mpta import MptaProcessor
 from pytrickle_worker.cms.emission import DetectionEmitter, EmissionMode
@@ -20,7 +21,6 @@ from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.ingest.errors import CropError
 from pytrickle_worker.ingest.frame import CameraFrame
 from pytrickle_worker.ingest.hub import CameraHub, Subscription
-from pytrickle_worker.ingest.source import SourceConfig, is_local_path
 from pytrickle_worker.logutil import mask_text, mask_url
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.protocol import (
@@ -79,9 +79,43 @@ class ActiveSubscription:
 
 
 Deliver = Callable[[ImageDetection | ErrorMessage], None]
+#: Tells the backend that sent a command what went wrong with it.
+Reply = Callable[[str], None]
+
+#: Subscriptions started or stopped at once while the worker releases everything.
+RELEASE_CONCURRENCY = 16
+#: Starts (archive fetch and model load) at once, across all ids.
+MAX_CONCURRENT_STARTS = 4
+#: Ids that are neither subscribed nor yet starting may have this many subscribes pending.
+MAX_PENDING_NEW = 64
+
+
+@dataclass
+class _Intent:
+    """What the backends last asked for one subscription id, and the task carrying it out.
+
+    Commands never wait in a queue: each one overwrites ``desired`` (the last command wins),
+    and the id's one worker task moves the running state towards it, one step at a time.
+    """
+
+    desired: SubscribePayload | None
+    reply: Reply
+    worker: asyncio.Task[None] | None = None
+    #: The start in progress and the payload it is starting, so a newer command can cancel it.
+    starting: asyncio.Task[ActiveSubscription] | None = None
+    starting_payload: SubscribePayload | None = None
 
 
 class SubscriptionManager:
+    """Owns every CMS subscription; see the README's "Command ordering".
+
+    For each subscription id, commands take effect in arrival order and the last one wins:
+    a burst of subscribe/unsubscribe ends in the state of its last message. One worker task
+    per id applies them, so two operations on one id never overlap. A subscribe that a newer
+    command supersedes while its archive loads is cancelled and its resources freed. An
+    unsubscribe is never refused: it only changes what the worker task aims for.
+    """
+
     def __init__(
         self,
         hub: CameraHub,
@@ -91,6 +125,7 @@ class SubscriptionManager:
         target_fps: float,
         max_streams: int,
         emission: EmissionMode,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.hub = hub
         self.service = service
@@ -98,10 +133,14 @@ class SubscriptionManager:
         self.target_fps = target_fps
         self.max_streams = max_streams
         self.emission = emission
+        #: Called when the set of subscriptions, or a camera's reported state, changes.
+        self.on_change = on_change
         self.sessions: dict[str, SessionId] = {}
         self._active: dict[str, ActiveSubscription] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._pending = 0
+        self._intents: dict[str, _Intent] = {}
+        self._starts = asyncio.Semaphore(MAX_CONCURRENT_STARTS)
+        self._starting_new = 0
+        self._closing = False
 
     # ------------------------------------------------------------------ queries
 
@@ -121,6 +160,17 @@ class SubscriptionManager:
         display = identifier.partition(";")[0]
         return self.sessions.get(display)
 
+    @property
+    def pending(self) -> int:
+        """Ids with a command still being carried out."""
+        return len(self._intents)
+
+    async def settled(self) -> None:
+        """Wait until every command received so far has been carried out."""
+        while self._intents:
+            workers = [i.worker for i in self._intents.values() if i.worker is not None]
+            await asyncio.gather(*workers, return_exceptions=True)
+
     # ------------------------------------------------------------------ commands
 
     def set_session(self, display: str, session_id: SessionId | None) -> int:
@@ -131,80 +181,139 @@ class SubscriptionManager:
             self.sessions[display] = session_id
         return sum(1 for i in self._active if i.partition(";")[0] == display)
 
-    def _lock(self, identifier: str) -> asyncio.Lock:
-        lock = self._locks.get(identifier)
-        if lock is None:
-            lock = self._locks[identifier] = asyncio.Lock()
-        return lock
+    def request(self, identifier: str, payload: SubscribePayload | None, reply: Reply) -> None:
+        """Ask for ``identifier`` to run ``payload`` (subscribe) or nothing (unsubscribe).
 
-    async def subscribe(self, payload: SubscribePayload) -> bool:
-        """Start (or atomically replace) a subscription. Returns False when nothing changed.
-
-        The archive is fetched and its models loaded before the old subscription (if any) is
-        touched, so a failing replacement leaves the running one as it was.
+        Returns at once; ``reply`` hears of a command that fails. Never raises.
         """
-        identifier = payload.subscriptionIdentifier
-        async with self._lock(identifier):
+        if self._closing:
+            reply("every subscription is being released; send the command again")
+            return
+        intent = self._intents.get(identifier)
+        if intent is None:
             current = self._active.get(identifier)
-            if current is not None and current.payload.same_subscription(payload):
+            if payload is None and current is None:
+                reply("unknown subscriptionIdentifier")
+                return
+            if _same(payload, current.payload if current is not None else None):
+                self.on_change()  # nothing to do; the backend still hears the state
+                return
+            if payload is not None and current is None and self._new_pending() >= MAX_PENDING_NEW:
+                reply("too many subscribe requests pending")
+                return
+            intent = self._intents[identifier] = _Intent(payload, reply)
+            intent.worker = asyncio.get_running_loop().create_task(
+                self._carry_out(identifier, intent), name=f"subscription command {identifier}"
+            )
+            return
+        intent.desired, intent.reply = payload, reply
+        starting = intent.starting
+        if starting is not None and not _same(intent.starting_payload, payload):
+            starting.cancel()  # superseded: stop loading what nobody wants any more
+
+    def _new_pending(self) -> int:
+        return sum(1 for i in self._intents if i not in self._active)
+
+    async def _carry_out(self, identifier: str, intent: _Intent) -> None:
+        try:
+            while await self._step(identifier, intent):
+                pass
+        except Exception as exc:  # a bug: say so rather than leave the command unanswered
+            logger.exception("%s: command failed", identifier)
+            intent.reply(f"internal error: {exc}")
+        finally:
+            if self._intents.get(identifier) is intent:
+                del self._intents[identifier]
+            if not self._closing:  # closing: no backend is told (the drain closes them)
+                self.on_change()
+
+    async def _step(self, identifier: str, intent: _Intent) -> bool:
+        """One move towards ``intent.desired``; False once the running state matches it."""
+        desired = intent.desired
+        current = self._active.get(identifier)
+        if desired is None:
+            if current is None:
                 return False
-            if current is None and len(self._active) + self._pending >= self.max_streams:
-                raise SubscriptionError(
-                    f"max_streams reached ({self.max_streams} subscriptions); "
-                    "unsubscribe one first or raise max_streams"
-                )
-            self._pending += 1
-            try:
-                replacement = await self._start(payload)
-            finally:
-                self._pending -= 1
-            if current is not None:
-                await self._stop(current)
-            self._active[identifier] = replacement
-            replacement.task = asyncio.get_running_loop().create_task(
-                self._run(replacement), name=f"subscription {identifier}"
-            )
-            logger.info(
-                "%s %s: model %s (%s), camera %s",
-                "replaced" if current is not None else "subscribed",
-                identifier,
-                payload.modelId,
-                mask_url(payload.modelUrl),
-                mask_url(payload.source_url),
-            )
+            del self._active[identifier]
+            await _uncancelled(self._stop(current))
+            logger.info("unsubscribed %s", identifier)
             return True
+        if current is not None and current.payload.same_subscription(desired):
+            return False
+        if current is None and len(self._active) + self._starting_new >= self.max_streams:
+            intent.desired = None
+            intent.reply(
+                f"max_streams reached ({self.max_streams} subscriptions); "
+                "unsubscribe one first or raise max_streams"
+            )
+            return False
+        replacement = await self._start_cancellable(intent, desired, new=current is None)
+        if replacement is None:
+            return True  # superseded or failed: look at what is wanted now
+        if not _same(intent.desired, desired):
+            await _uncancelled(self._stop(replacement))  # superseded after it had started
+            return True
+        # The replacement is ready before the old one stops, so a failing replacement
+        # leaves the running subscription as it was.
+        if current is not None:
+            await _uncancelled(self._stop(current))
+        self._active[identifier] = replacement
+        replacement.task = asyncio.get_running_loop().create_task(
+            self._run(replacement), name=f"subscription {identifier}"
+        )
+        logger.info(
+            "%s %s: model %s (%s), camera %s",
+            "replaced" if current is not None else "subscribed",
+            identifier,
+            desired.modelId,
+            mask_url(desired.modelUrl),
+            mask_url(desired.source_url),
+        )
+        self.on_change()
+        return True
+
+    async def _start_cancellable(
+        self, intent: _Intent, payload: SubscribePayload, *, new: bool
+    ) -> ActiveSubscription | None:
+        """Start ``payload``; None when a newer command cancelled the start or it failed."""
+        async with self._starts:
+            if not _same(intent.desired, payload):
+                return None  # superseded while it waited for its turn
+            self._starting_new += new
+            start = asyncio.get_running_loop().create_task(self._start(payload))
+            intent.starting, intent.starting_payload = start, payload
+            try:
+                return await start
+            except asyncio.CancelledError:
+                if not start.cancelled() or _cancelling():
+                    raise  # the worker itself is being cancelled (the manager closes)
+                return None
+            except WorkerError as exc:
+                if _same(intent.desired, payload):
+                    # Nothing changed: what runs (if anything) is what is wanted now.
+                    current = self._active.get(payload.subscriptionIdentifier)
+                    intent.desired = current.payload if current is not None else None
+                    intent.reply(str(exc))
+                return None
+            finally:
+                intent.starting = intent.starting_payload = None
+                self._starting_new -= new
 
     async def _start(self, payload: SubscribePayload) -> ActiveSubscription:
         processor = MptaProcessor(self.service, payload.modelUrl)
         await processor.start()
         try:
-            source = SourceConfig(
-                url=payload.rtspUrl,
-                snapshot_url=payload.snapshotUrl,
-                snapshot_interval_ms=payload.snapshotInterval,
-                # A local file standing in for a camera (demos, tests) plays in a loop, at its
-                # native rate, like a camera that never ends.
-                loop=bool(payload.rtspUrl) and is_local_path(payload.rtspUrl or ""),
+            camera = self.hub.subscribe(
+                payload.source_config(), target_fps=self.target_fps, crop=payload.crop
             )
-            camera = self.hub.subscribe(source, target_fps=self.target_fps, crop=payload.crop)
         except BaseException:
-            await processor.stop()
+            await _uncancelled(processor.stop())
             raise
         processor.tracker.set_frame_rate(self.target_fps)
         pipeline = processor.pipeline
         tracked = pipeline is not None and not pipeline.root.is_classifier
         emitter = DetectionEmitter(self.emission, tracked=tracked)
         return ActiveSubscription(payload, camera, processor, emitter)
-
-    async def unsubscribe(self, identifier: str) -> bool:
-        async with self._lock(identifier):
-            current = self._active.pop(identifier, None)
-            if current is None:
-                return False
-            await self._stop(current)
-            logger.info("unsubscribed %s", identifier)
-        self._locks.pop(identifier, None)
-        return True
 
     async def _stop(self, sub: ActiveSubscription) -> None:
         if sub.task is not None:
@@ -215,8 +324,31 @@ class SubscriptionManager:
         await sub.processor.stop()
 
     async def close(self) -> None:
-        for identifier in list(self._active):
-            await self.unsubscribe(identifier)
+        """Cancel every pending command and release every subscription, several at a time."""
+        self._closing = True
+        try:
+            workers = [i.worker for i in self._intents.values() if i.worker is not None]
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            subscriptions = list(self._active.values())
+            self._active.clear()
+            gate = asyncio.Semaphore(RELEASE_CONCURRENCY)
+
+            async def release(sub: ActiveSubscription) -> None:
+                async with gate:
+                    await self._stop(sub)
+
+            results = await asyncio.gather(
+                *(release(sub) for sub in subscriptions), return_exceptions=True
+            )
+            for sub, result in zip(subscriptions, results, strict=True):
+                if isinstance(result, Exception):
+                    logger.error("%s: release failed: %s", sub.identifier, result)
+            if subscriptions:
+                logger.info("released %d subscription(s)", len(subscriptions))
+        finally:
+            self._closing = False
 
     # ------------------------------------------------------------------ processing
 
@@ -278,3 +410,29 @@ class SubscriptionManager:
         sub.last_error = error
         sub.last_error_report = now
         self.deliver(ErrorMessage(subscriptionIdentifier=sub.identifier, error=error))
+
+
+def _same(a: SubscribePayload | None, b: SubscribePayload | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.same_subscription(b)
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _uncancelled(step: Coroutine[Any, Any, None]) -> None:
+    """Run ``step`` to its end even if the caller is cancelled meanwhile (then re-raise):
+    a stop cut in half would leave a camera connection or a loaded model behind."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            cancelled = True
+    task.result()  # its own exception, if it failed
+    if cancelled:
+        raise asyncio.CancelledError

@@ -83,7 +83,7 @@ class PipelineService:
         """Fetch, extract, validate and load ``source``; raises an MptaError subclass."""
         archive = await self.archives.open(source)
         loop = asyncio.get_running_loop()
-        pipeline = await loop.run_in_executor(
+        loading = loop.run_in_executor(
             self._executor,
             load_pipeline_tree,
             archive.spec,
@@ -92,6 +92,12 @@ class PipelineService:
             source,
             archive.sha256,
         )
+        try:
+            pipeline = await asyncio.shield(loading)
+        except asyncio.CancelledError:
+            # The load runs on in its thread; whatever it loads is released, not leaked.
+            loading.add_done_callback(self._release_abandoned)
+            raise
         logger.info(
             "loaded pipeline %s (%s…): %d node(s)",
             mask_url(source),
@@ -99,6 +105,16 @@ class PipelineService:
             len(pipeline.nodes()),
         )
         return pipeline
+
+    def _release_abandoned(self, loading: asyncio.Future[LoadedPipeline]) -> None:
+        if loading.cancelled() or loading.exception() is not None:
+            return
+        pipeline = loading.result()
+        logger.info("releasing %s: its load was cancelled", mask_url(pipeline.source))
+        try:
+            self._executor.submit(pipeline.release)
+        except RuntimeError:  # the pool is shut down: the service is closing
+            pipeline.release()
 
     async def release(self, pipeline: LoadedPipeline) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, pipeline.release)
