@@ -26,6 +26,7 @@ from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.server.app import CMS_KEY, SERVICE_KEY, create_app
+from tests.helpers import RedisProcess
 from tests.media_fixtures import RtspServer
 
 Message = dict[str, Any]
@@ -80,7 +81,11 @@ async def model_server(demo_assets: DemoAssets, tmp_path: Path) -> AsyncIterator
         path = files.get(name)
         if path is None:
             raise web.HTTPNotFound()
-        return web.FileResponse(path)
+        response = web.FileResponse(path)
+        # No keep-alive: a socket still open after a test is then the worker's, not a pooled
+        # connection to this server (the fd baselines of the ordering and fuzz tests).
+        response.force_close()
+        return response
 
     app = web.Application()
     app.router.add_get("/models/{name}", serve)
@@ -294,12 +299,19 @@ WorkerFactory = Callable[..., Awaitable[Worker]]
 
 
 @pytest.fixture
-async def start_worker(tmp_path: Path) -> AsyncIterator[WorkerFactory]:
-    """``await start_worker(**config_overrides)``: a running worker app on 127.0.0.1."""
+async def start_worker(tmp_path: Path, redis_server: RedisProcess) -> AsyncIterator[WorkerFactory]:
+    """``await start_worker(**config_overrides)``: a running worker app on 127.0.0.1.
+
+    The demo pipeline's Redis actions go to the test session's own Redis server, never to
+    one that happens to listen on the machine's default port.
+    """
     workers: list[Worker] = []
 
     async def start(**overrides: Any) -> Worker:
-        config = WorkerConfig(cache_dir=tmp_path / "cache", **{**BASE_CONFIG, **overrides})
+        config = WorkerConfig(
+            cache_dir=tmp_path / "cache",
+            **{**BASE_CONFIG, "redis_url": redis_server.url, **overrides},
+        )
         app = create_app(config)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()

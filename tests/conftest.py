@@ -8,7 +8,11 @@ import pytest
 from pytrickle_worker.demo.assets import DemoAssets, build_demo_assets
 from tests.helpers import RedisProcess
 
-pytest_plugins = ["tests.media_fixtures", "tests.cms_harness"]
+pytest_plugins = [
+    "tests.media_fixtures",
+    "tests.cms_harness",
+    "tests.hypothesis_profiles",  # registers and loads the fuzz profiles
+]
 
 REPO = Path(__file__).resolve().parent.parent
 

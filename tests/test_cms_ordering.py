@@ -44,8 +44,16 @@ def running_pipelines() -> set[str]:
     }
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def open_fds() -> Counter[str]:
+    """The process's open file descriptors by what they point at (sockets and pipes by kind)."""
+    kinds: Counter[str] = Counter()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor, for one)
+        kinds[target.split(":[")[0] if ":[" in target else target] += 1
+    return kinds
 
 
 def other_threads() -> Counter[str]:
@@ -85,7 +93,7 @@ async def assert_nothing_left(
     backends: list[Backend],
     camera: RtspServer,
     *,
-    fds: int,
+    fds: Counter[str],
     threads: Counter[str],
     loaded: int,
 ) -> None:
@@ -97,7 +105,7 @@ async def assert_nothing_left(
     assert worker.app[HUB_KEY].statuses() == []
     await camera.wait_for_async(lambda s: s.current_sessions == 0, timeout=10)
     await wait_until(lambda: other_threads() == threads, 10, "reader threads end")
-    await wait_until(lambda: open_fds() == fds, 10, f"fds back to {fds} (now {open_fds()})")
+    await wait_until(lambda: open_fds() == fds, 10, "fds back to the baseline")
     await wait_until(lambda: worker.service.registry.loaded_count == loaded, 10, "models released")
     marks = [b.mark() for b in backends]
     await asyncio.sleep(QUIET_S)

@@ -816,3 +816,29 @@ async def test_resubscribe_replace_limits_and_broken_models(
         **LOWER,
     }
     assert running is not None and running.task is not None and not running.task.done()
+
+
+# ============================================================================= 9. online first
+
+
+async def test_a_camera_is_reported_online_before_its_first_detection(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    """No heartbeat comes to the rescue (30 s apart): the stateReport sent when the
+    subscription starts still shows the camera offline (it is connecting), so the worker must
+    say it is online itself, before the first imageDetection."""
+    worker = await start_worker(emission="every_frame", heartbeat_interval_s=30.0)
+    backend = await worker.connect()
+    await backend.wait_for(is_state)
+    for number in range(3):
+        identifier = f"display-{number};cam-1"
+        mark = backend.mark()
+        await backend.send(
+            "subscribe", subscribe_payload(identifier, camera.url, model_server.url())
+        )
+        first = (await backend.detections(identifier, 1, after=mark))[0]
+        before = backend.messages[mark : backend.messages.index(first, mark)]
+        states = [connection_of(m, identifier) for m in before if is_state(m)]
+        assert any(state.get("online") is True for state in states), states
+        await backend.send("unsubscribe", {"subscriptionIdentifier": identifier})
+        await camera.wait_for_async(lambda s: s.current_sessions == 0, timeout=10)

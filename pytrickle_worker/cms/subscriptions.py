@@ -59,18 +59,28 @@ class ActiveSubscription:
     last_error: str | None = None
     last_error_report: float = field(default=0.0)
     last_camera_error: str | None = None
+    #: A frame was analysed since the camera last went offline: it is online, whatever the
+    #: reader's bookkeeping says yet.
+    analysed_since_offline: bool = False
+    #: The ``online`` value the backends last saw in a stateReport.
+    announced_online: bool = False
 
     @property
     def identifier(self) -> str:
         return self.payload.subscriptionIdentifier
 
+    @property
+    def online(self) -> bool:
+        return self.analysed_since_offline or self.camera.status.online
+
     def connection(self) -> CameraConnection:
         p = self.payload
+        self.announced_online = online = self.online
         return CameraConnection(
             subscriptionIdentifier=p.subscriptionIdentifier,
             modelId=p.modelId,
             modelName=p.modelName,
-            online=self.camera.status.online,
+            online=online,
             cropX1=p.cropX1,
             cropY1=p.cropY1,
             cropX2=p.cropX2,
@@ -377,6 +387,11 @@ class SubscriptionManager:
     async def _process(self, sub: ActiveSubscription, frame: CameraFrame) -> None:
         processed = await sub.processor.process(frame.rgb, self.target_fps)
         sub.frames_processed += 1
+        sub.analysed_since_offline = True
+        if not sub.announced_online:
+            # The backends hear that the camera is online before its first detection (state
+            # is sent ahead of detections), not at the next heartbeat.
+            self.on_change()
         detection = sub.emitter.decide(processed.detection)
         if detection is None:
             return
@@ -394,6 +409,8 @@ class SubscriptionManager:
     def _report_camera(self, sub: ActiveSubscription) -> None:
         """Tell the backends once per distinct camera error (the stateReport shows the state)."""
         status = sub.camera.status
+        if not status.online:
+            sub.analysed_since_offline = False
         if status.online or not status.last_error:
             sub.last_camera_error = None
             return
