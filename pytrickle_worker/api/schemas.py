@@ -15,7 +15,7 @@ not (see docs in ``trickle-and-streamserver.md``):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,6 +30,7 @@ from pydantic import (
 
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.processing import (
+    NO_CONTROL,
     NOT_BOOL,
     STREAM_PARAM_KEYS,
     ParamsError,
@@ -39,6 +40,7 @@ from pytrickle_worker.processing import (
 __all__ = [
     "CHANNEL_FIELDS",
     "RUNTIME_IMMUTABLE",
+    "ErrorBody",
     "StartRequest",
     "StreamParams",
     "parse_start_request",
@@ -62,13 +64,28 @@ _MAX_URL = 4096
 _MAX_SIDE = 16384
 
 Side = Annotated[int, NOT_BOOL, Field(gt=0, le=_MAX_SIDE)]
+Url = Annotated[str, NO_CONTROL, Field(max_length=_MAX_URL)]
 Framerate = Annotated[int, NOT_BOOL, Field(ge=1, le=60)]
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer of every route (4xx and 5xx):
+    ``{"status": "error", "message": "..."}``, nothing else.
+
+    The health probes are not errors: ``/health`` answers 500 with its StreamServer status
+    body in ERROR, ``/health/ready`` 503 with its readiness body.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    status: Literal["error"]
+    message: str = Field(min_length=1)
 
 
 class StreamParams(BaseModel):
     """The stream-level part of a params dict; other keys are left to the processor."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     width: Side | None = None
     height: Side | None = None
@@ -105,14 +122,14 @@ def _stream_params(params: Mapping[str, Any], prefix: str) -> StreamParams:
 class StartRequest(BaseModel):
     """``POST /stream/start`` (and ``/live-video-to-video``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    gateway_request_id: str = Field(min_length=1, max_length=256)
-    subscribe_url: str | None = Field(default=None, max_length=_MAX_URL)
-    publish_url: str | None = Field(default=None, max_length=_MAX_URL)
-    control_url: str | None = Field(default=None, max_length=_MAX_URL)
-    events_url: str | None = Field(default=None, max_length=_MAX_URL)
-    data_url: str | None = Field(default=None, max_length=_MAX_URL)
+    gateway_request_id: Annotated[str, NO_CONTROL] = Field(min_length=1, max_length=256)
+    subscribe_url: Url | None = None
+    publish_url: Url | None = None
+    control_url: Url | None = None
+    events_url: Url | None = None
+    data_url: Url | None = None
     params: dict[str, Any] = Field(default_factory=dict[str, Any])
 
     _stream: StreamParams = PrivateAttr(default_factory=StreamParams)
