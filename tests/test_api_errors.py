@@ -17,6 +17,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
+from pydantic import SecretStr
 
 from pytrickle_worker.api.schemas import ErrorBody
 from pytrickle_worker.config import WorkerConfig
@@ -89,7 +90,7 @@ async def make_worker(tmp_path: Path) -> AsyncIterator[MakeWorker]:
             execution_provider="cpu",
             hw_decode="off",
             max_message_bytes=LIMIT,
-            access_token=TOKEN,
+            access_token=SecretStr(TOKEN),
             cors_origins=[ORIGIN],
             model_url_hosts=["127.0.0.1"],
         )
