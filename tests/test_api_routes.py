@@ -37,6 +37,9 @@ URLS = {
     "data_url": "http://127.0.0.1:3389/abc-data",
 }
 
+#: /health while a stream runs and its input is not stalled.
+OK_HEALTH = {"version": __version__, "status": "OK", "healthy": True, "input_stalled": False}
+
 MakeClient = Callable[[StreamManager], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
 
@@ -262,7 +265,7 @@ async def test_start_while_loading_is_503_and_health_reports_loading(
         assert_error(status, reply, 503, "still initializing")
         assert await call(client, "GET", "/health") == (
             200,
-            {"version": __version__, "status": "LOADING"},
+            {"version": __version__, "status": "LOADING", "healthy": True},
         )
         status, reply = await call(client, "GET", "/health/ready")
         assert (status, reply) == (503, {"status": "LOADING", "ready": False})
@@ -408,7 +411,7 @@ async def test_health_codes_and_recovery_from_a_failed_model_load(
     shutil.copy(demo_assets.mpta_path, late)
     status, reply = await call(client, "POST", "/stream/start", start_body())
     assert status == 200, reply
-    assert await call(client, "GET", "/health") == (200, {"version": __version__, "status": "OK"})
+    assert await call(client, "GET", "/health") == (200, OK_HEALTH)
     assert (await client.get("/stream/stop")).status == 405
     assert (await call(client, "POST", "/stream/stop"))[0] == 200
     assert (await call(client, "GET", "/health"))[1]["status"] == "IDLE"
@@ -517,7 +520,7 @@ async def test_sessions_that_end_on_their_own_free_the_slot(make_client: MakeCli
     assert (await call(client, "POST", "/stream/start", {**URLS, "gateway_request_id": "c"}))[
         0
     ] == 200
-    assert (await call(client, "GET", "/health")) == (200, {"version": __version__, "status": "OK"})
+    assert (await call(client, "GET", "/health")) == (200, OK_HEALTH)
 
 
 # --------------------------------------------------------------------------- info routes
