@@ -7,8 +7,11 @@ import pytest
 
 from pytrickle_worker.demo.assets import DemoAssets, build_demo_assets
 from tests.helpers import RedisProcess
+from tests.hypothesis_profiles import register_profiles
 
 pytest_plugins = ["tests.media_fixtures"]
+
+register_profiles()  # HYPOTHESIS_PROFILE=ci (default) | nightly
 
 REPO = Path(__file__).resolve().parent.parent
 
