@@ -240,3 +240,33 @@ async def test_a_stop_whose_channels_do_not_answer_takes_under_a_second(
 
 def test_the_stop_budget_defaults_under_a_second() -> None:
     assert StreamSessionConfig().close_timeout_s < 1.0
+
+
+# --------------------------------------------------------------------------- publish_url
+
+
+async def test_a_stream_without_publish_url_is_analysed_and_publishes_no_video(
+    make_worker: MakeWorker, trickle: str
+) -> None:
+    """publish_url is optional, as in pytrickle: frames are analysed (data and events flow)
+    and no video is encoded or published."""
+    worker = await make_worker()
+    urls = {"subscribe_url": trickle, "data_url": trickle + "-data"}
+    status, reply = await worker.call("POST", "/stream/start", start_body(**urls))
+    assert status == 200, reply
+    publisher = TricklePublisher(trickle, "video/mp2t")
+    for segment in synthetic_segments():
+        await publisher.publish(segment)
+    stream_status: dict[str, Any] = {}
+    for _ in range(200):
+        _, stream_status = await worker.call("GET", "/api/stream/status")
+        if stream_status["session"]["frames_processed"] > 0:
+            break
+        await asyncio.sleep(0.05)
+    session = stream_status["session"]
+    assert session["frames_processed"] > 0, session
+    assert session["frames_encoded"] == 0 and session["segments_out"] == 0, session
+    assert session["output_fps"] == 0.0
+    assert "publish_url" not in stream_status["current_params"]
+    assert (await worker.call("POST", "/stream/stop"))[0] == 200
+    await publisher.close(delete=False)

@@ -3,8 +3,14 @@
 Validation follows pytrickle's StreamServer where it is right and is stricter where it was
 not (see docs in ``trickle-and-streamserver.md``):
 
-* ``gateway_request_id`` is required; the channel URLs are optional (no ``subscribe_url``:
-  a generative stream; no URL at all: a stream with no media yet);
+* ``gateway_request_id`` is required; the channel URLs are optional, as in pytrickle's
+  StreamServer code (its API reference calls ``publish_url`` required; the code, PR #92,
+  does not): no ``subscribe_url``: a generative stream; no ``publish_url``: frames are
+  analysed (data and events flow) but no video is encoded or published; no URL at all: a
+  stream with no media yet;
+* wire types are strict: ``"1"`` is not a number, ``true`` is not 1, ``30.0`` is not an
+  integer (pytrickle coerces with ``int()``, but no reference client sends strings); every
+  string refuses control characters;
 * ``width``/``height`` come together and are positive integers, ``max_framerate`` is 1..60;
   ``true``/``false`` are not numbers;
 * unknown top-level keys of a start request (``manifest_id``, ``stream_id`` …) are ignored,
