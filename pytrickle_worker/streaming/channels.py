@@ -28,6 +28,8 @@ from typing import Any, cast
 
 import aiohttp
 
+from pytrickle_worker.api.body import parse_json
+from pytrickle_worker.api.manager import ApiError
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.streaming.queues import DropOldestQueue
 from pytrickle_worker.trickle import (
@@ -393,8 +395,10 @@ class ControlChannel:
 
     async def _handle(self, data: bytes) -> None:
         try:
-            message: object = json.loads(data)
-        except ValueError as exc:
+            # Bounded like a REST body (nesting, number length): a hostile message is
+            # skipped, never a RecursionError that ends the control loop.
+            message: object = parse_json(data.decode("utf-8"))
+        except (UnicodeDecodeError, ApiError) as exc:
             self.errors += 1
             logger.warning("control message is not JSON: %s", exc)
             return
