@@ -136,10 +136,24 @@ CLOSED = f"http://127.0.0.1:{free_port()}"
 CONTROL = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.characters(
     min_codepoint=0x7F, max_codepoint=0x9F
 )
+
+
+def _concat(before: str, middle: str, after: str) -> str:
+    return before + middle + after
+
+
+def _merged(chosen: dict[str, Json], extra: dict[str, Json]) -> dict[str, Json]:
+    return {**extra, **chosen}
+
+
+def _closed_url(path: str) -> str:
+    return f"{CLOSED}/{path}"
+
+
 HOSTILE_TEXT = st.one_of(
     st.text(max_size=40),
     st.text(alphabet=CONTROL, min_size=1, max_size=5),
-    st.builds(lambda a, c, b: a + c + b, st.text(max_size=10), CONTROL, st.text(max_size=10)),
+    st.builds(_concat, st.text(max_size=10), CONTROL, st.text(max_size=10)),
     st.text(alphabet=st.characters(min_codepoint=0x80), max_size=30),  # any unicode
     st.integers(1, 8000).map(lambda n: "x" * n),  # over every max_length
     st.sampled_from(["\ud800", "\udfff", "\ufeff", "\u202e", "%00", "../../etc/passwd"]),
@@ -227,7 +241,7 @@ def model_body(
         for name, prop in properties.items()
     }
     return st.builds(
-        lambda chosen, extra: {**extra, **chosen},
+        _merged,
         st.fixed_dictionaries({}, optional=fields),
         st.dictionaries(HOSTILE_TEXT, ANY_JSON, max_size=2),
     )
@@ -235,7 +249,7 @@ def model_body(
 
 URLS = st.one_of(
     st.sampled_from([None, "", CLOSED + "/in", CLOSED + "/out", "ftp://h/x", "http://", "x"]),
-    st.builds(lambda path: f"{CLOSED}/{path}", st.text(max_size=20)),
+    st.builds(_closed_url, st.text(max_size=20)),
 )
 PARAMS_SCHEMA = {
     "properties": {
