@@ -47,6 +47,7 @@ from pytrickle_worker.mpta.engine import PipelineResult, RootOverrides
 from pytrickle_worker.mpta.loader import LoadedPipeline
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.processing import (
+    NO_CONTROL,
     NOT_BOOL,
     FrameProcessor,
     ParamsError,
@@ -71,14 +72,17 @@ _DUE_EPSILON_S = 1e-4
 Image = npt.NDArray[np.uint8]
 
 
+ClassName = Annotated[str, NO_CONTROL, Field(min_length=1, max_length=200)]
+
+
 class MptaDetectorParams(ParamsModel):
-    model_url: str | None = Field(default=None, min_length=1, max_length=4096)
+    model_url: Annotated[str, NO_CONTROL] | None = Field(
+        default=None, min_length=1, max_length=4096
+    )
     min_confidence: (
         Annotated[float, NOT_BOOL, Field(ge=0.0, le=1.0, allow_inf_nan=False)] | None
     ) = None
-    trigger_classes: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
-        default=None, min_length=1, max_length=1000
-    )
+    trigger_classes: list[ClassName] | None = Field(default=None, min_length=1, max_length=1000)
     annotate: bool = True
     target_fps: Annotated[float, NOT_BOOL, Field(gt=0.0, le=240.0, allow_inf_nan=False)] | None = (
         None

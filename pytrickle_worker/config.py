@@ -135,6 +135,14 @@ class WorkerConfig(BaseModel):
         default=10.0, gt=0, description="No frame for this long: reconnect"
     )
     hw_decode: Literal["auto", "nvdec", "off"] = "auto"
+    stream_input_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "StreamServer stream: no input frame for this long after the start, or since the "
+            "last frame, reports input_stalled (events channel, status, /health)"
+        ),
+    )
 
     redis_url: str | None = Field(
         default=None, description="Overrides the redis block of every pipeline.json when set"

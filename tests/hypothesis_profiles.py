@@ -4,7 +4,7 @@
   time budget; the examples are reproducible from the printed seed.
 - ``nightly``: many more examples, for a long run by hand or on a schedule::
 
-      HYPOTHESIS_PROFILE=nightly .venv/bin/python -m pytest tests/test_cms_fuzz.py
+      HYPOTHESIS_PROFILE=nightly .venv/bin/python -m pytest tests/test_cms_fuzz.py tests/test_api_fuzz.py
 
 Suites that pay for a real worker per example (cameras, model loads) take a fraction of the
 profile's count through :func:`heavy`.
@@ -21,7 +21,13 @@ from hypothesis import HealthCheck, settings
 # examples on purpose (each example cleans up after itself and checks that it did).
 _COMMON = {
     "deadline": None,
-    "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    # Huge bodies and messages are the point of some suites, not a generator problem.
+    "suppress_health_check": [
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
     "print_blob": True,
 }
 settings.register_profile("ci", max_examples=60, **_COMMON)

@@ -37,6 +37,9 @@ URLS = {
     "data_url": "http://127.0.0.1:3389/abc-data",
 }
 
+#: /health while a stream runs and its input is not stalled.
+OK_HEALTH = {"version": __version__, "status": "OK", "healthy": True, "input_stalled": False}
+
 MakeClient = Callable[[StreamManager], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
 
@@ -179,7 +182,12 @@ async def test_live_video_to_video_alias_and_status_masks_urls(
         (start_body(width="wide", height=384), ["params.width", "valid integer"]),
         (start_body(width=-4, height=384), ["params.width", "greater than 0"]),
         (start_body(width=True, height=384), ["params.width", "not a boolean"]),
-        (start_body(width=704.5, height=384), ["params.width", "fractional"]),
+        (start_body(width=704.5, height=384), ["params.width", "valid integer"]),
+        # Strict wire types: a number as a string, or 30.0 for an integer, is not accepted.
+        (start_body(width="704", height=384), ["params.width", "valid integer"]),
+        (start_body(max_framerate=30.0), ["params.max_framerate", "valid integer"]),
+        (start_body(detect_out_resolution="true"), ["params.detect_out_resolution", "boolean"]),
+        (start_body(detect_out_resolution=1), ["params.detect_out_resolution", "boolean"]),
         ({"gateway_request_id": "x", "params": [1, 2]}, ["params", "valid dictionary"]),
         ({"gateway_request_id": "x", "subscribe_url": "ftp://h/x"}, ["subscribe_url", "http(s)"]),
         ({"gateway_request_id": "x", "data_url": 5}, ["data_url"]),
@@ -195,17 +203,22 @@ async def test_start_rejects_bad_requests(
     assert manager.state is StreamState.IDLE  # a client mistake changes no state
 
 
-async def test_start_rejects_non_json_and_accepts_coercible_values(
+async def test_start_rejects_non_json_and_takes_wire_types_strictly(
     passthrough: tuple[Client, StreamManager],
 ) -> None:
-    client, _ = passthrough
+    client, manager = passthrough
     status, reply = await call(client, "POST", "/api/stream/start", raw="{not json")
     assert_error(status, reply, 400, "not valid JSON")
     status, reply = await call(client, "POST", "/api/stream/start", raw="")
     assert_error(status, reply, 400, "JSON object")
-    # As pytrickle: numeric strings are integers.
+    # Unlike pytrickle's int() coercion, numbers must be JSON numbers: every field is named.
     body = start_body(width="704", height=384.0, max_framerate="30")
     status, reply = await call(client, "POST", "/api/stream/start", body)
+    assert_error(status, reply, 400, "params.width", "params.height", "params.max_framerate")
+    assert manager.state is StreamState.IDLE
+    status, reply = await call(
+        client, "POST", "/api/stream/start", start_body(width=704, height=384, max_framerate=30)
+    )
     assert status == 200, reply
     _, status_body = await call(client, "GET", "/api/stream/status")
     params = status_body["current_params"]["params"]
@@ -252,7 +265,7 @@ async def test_start_while_loading_is_503_and_health_reports_loading(
         assert_error(status, reply, 503, "still initializing")
         assert await call(client, "GET", "/health") == (
             200,
-            {"version": __version__, "status": "LOADING"},
+            {"version": __version__, "status": "LOADING", "healthy": True},
         )
         status, reply = await call(client, "GET", "/health/ready")
         assert (status, reply) == (503, {"status": "LOADING", "ready": False})
@@ -398,7 +411,7 @@ async def test_health_codes_and_recovery_from_a_failed_model_load(
     shutil.copy(demo_assets.mpta_path, late)
     status, reply = await call(client, "POST", "/stream/start", start_body())
     assert status == 200, reply
-    assert await call(client, "GET", "/health") == (200, {"version": __version__, "status": "OK"})
+    assert await call(client, "GET", "/health") == (200, OK_HEALTH)
     assert (await client.get("/stream/stop")).status == 405
     assert (await call(client, "POST", "/stream/stop"))[0] == 200
     assert (await call(client, "GET", "/health"))[1]["status"] == "IDLE"
@@ -419,11 +432,15 @@ async def test_a_failed_model_load_heals_in_the_background(
     await asyncio.sleep(0.3)  # a few retries fail while the archive is missing
     assert manager.state is StreamState.ERROR
     shutil.copy(demo_assets.mpta_path, late)
+
+    def state() -> StreamState:  # a call: pyright narrowed manager.state to ERROR above
+        return manager.state
+
     for _ in range(200):
-        if manager.state is StreamState.IDLE:
+        if state() is StreamState.IDLE:
             break
         await asyncio.sleep(0.05)
-    assert manager.state is StreamState.IDLE and manager.error_message is None
+    assert state() is StreamState.IDLE and manager.error_message is None
     assert (await call(client, "GET", "/health/ready")) == (200, {"status": "IDLE", "ready": True})
 
 
@@ -503,7 +520,7 @@ async def test_sessions_that_end_on_their_own_free_the_slot(make_client: MakeCli
     assert (await call(client, "POST", "/stream/start", {**URLS, "gateway_request_id": "c"}))[
         0
     ] == 200
-    assert (await call(client, "GET", "/health")) == (200, {"version": __version__, "status": "OK"})
+    assert (await call(client, "GET", "/health")) == (200, OK_HEALTH)
 
 
 # --------------------------------------------------------------------------- info routes

@@ -309,13 +309,13 @@ async def test_camera_image_route(
         status, content_type, body = await worker.get(path)
         assert status == 404, path
         assert content_type == "application/json"
-        assert "not subscribed" in json.loads(body)["error"]
+        assert "not subscribed" in json.loads(body)["message"]
     # Subscribed, but the camera never delivered a frame: 404 with a JSON error.
     for path in ("/camera/display-D;cam-dead/image", "/camera/display-D%3Bcam-dead/image"):
         status, content_type, body = await worker.get(path)
         assert status == 404, path
         assert content_type == "application/json"
-        assert "no frame" in json.loads(body)["error"]
+        assert "no frame" in json.loads(body)["message"]
 
     await backend.wait_online(a)
     images: dict[str, np.ndarray] = {}
@@ -347,7 +347,7 @@ async def test_camera_image_route(
     await backend.send("unsubscribe", {"subscriptionIdentifier": a})
     await backend.wait_for(lambda m: is_state(m) and not connection_of(m, a), after=mark)
     status, _, body = await worker.get("/camera/display-A;cam-1/image")
-    assert status == 404 and "error" in json.loads(body)
+    assert status == 404 and json.loads(body)["status"] == "error"
 
 
 # ============================================================================= 6. hostile input

@@ -149,7 +149,7 @@ async def test_without_a_token_everything_is_open_and_no_cors_headers(
         assert not [h for h in headers if h.lower().startswith("access-control-")]
         assert "Vary" not in headers
     status, body, _ = await worker.get("/camera/cam-1/image")
-    assert status == 404 and body is not None and "not subscribed" in body["error"]
+    assert status == 404 and body is not None and "not subscribed" in body["message"]
     assert (await first_ws_message(worker))["type"] == "stateReport"
     # No CORS configured: a preflight is an ordinary OPTIONS request (no route answers it).
     async with worker.http.options(
@@ -196,7 +196,7 @@ async def test_rest_routes_require_the_bearer_token(start_worker: StartWorker) -
     # The camera image also takes ?token= (an <img src> cannot set headers).
     for kwargs in [{"headers": BEARER}, {"params": {"token": TOKEN}}]:
         status, body, _ = await worker.get("/camera/cam-1/image", **kwargs)
-        assert status == 404 and body is not None and "not subscribed" in body["error"]
+        assert status == 404 and body is not None and "not subscribed" in body["message"]
     status, body, _ = await worker.get("/camera/cam-1/image", params={"token": "nope"})
     assert (status, body) == (401, UNAUTHORIZED)
 

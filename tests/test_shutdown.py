@@ -210,7 +210,8 @@ async def test_a_drain_that_cannot_finish_is_cut_at_the_deadline(
     tmp_path: Path, demo_assets: DemoAssets
 ) -> None:
     """The stream's events channel points at a peer that accepts and never answers: stopping
-    the stream would take its own 5 s step timeouts, but the 1 s deadline wins, exit 0."""
+    the stream takes its close budget (0.6 s, StreamSessionConfig.close_timeout_s), but a
+    0.3 s drain deadline wins, exit 0."""
     silent: list[asyncio.StreamWriter] = []
 
     async def accept_and_ignore(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -222,7 +223,7 @@ async def test_a_drain_that_cannot_finish_is_cut_at_the_deadline(
         tmp_path,
         "--pipeline",
         str(demo_assets.mpta_path),
-        env={"PTW_SHUTDOWN_TIMEOUT_S": "1"},
+        env={"PTW_SHUTDOWN_TIMEOUT_S": "0.3"},
     ).start()
     try:
         await worker.wait_status("/health/ready", 200)

@@ -182,13 +182,15 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     control = TricklePublisher(trickle.url("-control"), "application/json")
     await control.publish(b'{"keep": "alive"}')
     await control.publish(b"not json")
+    await control.publish(b"[" * 100_000)  # bounded like a REST body: skipped, not fatal
     await control.publish(b'{"max_framerate": 0}')  # invalid: logged, not fatal
+    await control.publish(b'{"max_framerate": "30"}')  # strict types, as over REST
     await control.publish(b'{"max_framerate": 60, "label": "x"}')
     await wait_for(lambda: session.stats()["max_framerate"] == 60)
     assert processor.current_params() == {"label": "x"}
     stats = session.stats()
-    assert stats["control_messages"] == 2  # keepalives are not messages
-    assert stats["control_errors"] == 1 and stats["control_rejected"] == 1
+    assert stats["control_messages"] == 3  # keepalives are not messages
+    assert stats["control_errors"] == 2 and stats["control_rejected"] == 2
 
     # All but the frames still inside the demuxer/decoder (the input has not ended).
     await wait_for(lambda: session.stats()["frames_encoded"] >= N - 8)

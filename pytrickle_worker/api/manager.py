@@ -80,7 +80,9 @@ class StreamSessionLike(Protocol):
     * ``stats()["max_framerate"]``, when present, is the rate cap in effect (it may also
       change from the control channel); status shows it in ``current_params``.
     * ``stats()`` is cheap and non-blocking; the manager reads ``input_fps``,
-      ``output_fps`` and ``processing_fps`` from it (floats) and shows the rest as is.
+      ``output_fps`` and ``processing_fps`` from it (floats) and ``input_stalled`` (bool,
+      optional: the input watchdog's verdict, shown in status and ``/health``) and shows
+      the rest as is.
     * ``wait_closed()`` returns when the session has ended, by ``stop()`` or on its own
       (input ended, channel gone), and raises the failure that ended it, if any.
     """
@@ -281,9 +283,31 @@ class StreamManager:
 
     # ------------------------------------------------------------------ health
 
+    def _session_stats(self) -> dict[str, Any]:
+        stream = self._stream
+        if stream is None:
+            return {}
+        try:
+            return dict(stream.session.stats())
+        except Exception as exc:  # status must answer even if the session is broken
+            logger.warning("session stats failed: %s", exc)
+            return {}
+
     def health(self) -> tuple[int, dict[str, Any]]:
-        """``/health``: 200 for LOADING, IDLE and OK; 500 for ERROR."""
-        body: dict[str, Any] = {"status": self._state.value}
+        """``/health``: 200 for LOADING, IDLE and OK; 500 for ERROR.
+
+        ``healthy`` is false in ERROR and while the active stream's input is stalled
+        (``input_stalled``: no frame for the session's input timeout); a stalled stream
+        stays ``OK`` with 200 (it is running and may get its input back; the gateway's
+        side is what failed), so StreamServer clients see the same states as before.
+        """
+        stalled = bool(self._session_stats().get("input_stalled"))
+        body: dict[str, Any] = {
+            "status": self._state.value,
+            "healthy": self._state is not StreamState.ERROR and not stalled,
+        }
+        if self._stream is not None:
+            body["input_stalled"] = stalled
         if self._draining:
             body["draining"] = True
         if self._state is StreamState.ERROR:
@@ -303,12 +327,8 @@ class StreamManager:
 
     def status(self) -> dict[str, Any]:
         stream = self._stream
-        stats: dict[str, Any] = {}
-        if stream is not None:
-            try:
-                stats = dict(stream.session.stats())
-            except Exception as exc:  # status must answer even if the session is broken
-                logger.warning("session stats failed: %s", exc)
+        stats = self._session_stats()
+        stalled = bool(stats.get("input_stalled"))
         fps = {
             key: float(stats.get(key) or 0.0)
             for key in ("input_fps", "output_fps", "processing_fps")
@@ -337,6 +357,8 @@ class StreamManager:
             "client_active": stream is not None,
             "client_running": stream is not None,
             "error_message": self._error,
+            "healthy": self._state is not StreamState.ERROR and not stalled,
+            "input_stalled": stalled,
             "fps": fps,
             "current_params": current,
             "stream": stream_info,

@@ -11,17 +11,18 @@ Every error answers ``{"status": "error", "message": ...}``.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
+from pytrickle_worker.api.body import read_json
 from pytrickle_worker.api.manager import ApiError, StreamManager
 from pytrickle_worker.api.schemas import parse_start_request
 from pytrickle_worker.logutil import mask_text
 from pytrickle_worker.processing import ParamsError
+from pytrickle_worker.server.errors import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,6 @@ MANAGER_KEY = web.AppKey("stream_manager", StreamManager)
 ROUTE_PREFIXES: tuple[str, ...] = ("/api", "")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def error_response(status: int, message: str) -> web.Response:
-    return web.json_response({"status": "error", "message": message}, status=status)
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -63,34 +60,22 @@ def _guarded(handler: Handler) -> Handler:
     return run
 
 
-async def _json_body(request: web.Request, *, empty_ok: bool = False) -> object:
-    text = await request.text()
-    if not text.strip():
-        if empty_ok:
-            return {}
-        raise ApiError(400, "request body must be a JSON object")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
-
-
 def create_api(manager: StreamManager) -> list[web.RouteDef]:
     """The StreamServer routes bound to ``manager``."""
 
     @_guarded
     async def start(request: web.Request) -> web.StreamResponse:
-        start_request = parse_start_request(await _json_body(request))
+        start_request = parse_start_request(await read_json(request))
         return web.json_response(await manager.start(start_request))
 
     @_guarded
     async def stop(request: web.Request) -> web.StreamResponse:
-        await _json_body(request, empty_ok=True)  # pytrickle sends {} or nothing
+        await read_json(request, empty_ok=True)  # pytrickle sends {} or nothing
         return web.json_response(await manager.stop())
 
     @_guarded
     async def params(request: web.Request) -> web.StreamResponse:
-        return web.json_response(await manager.update_params(await _json_body(request)))
+        return web.json_response(await manager.update_params(await read_json(request)))
 
     @_guarded
     async def status(request: web.Request) -> web.StreamResponse:

@@ -3,8 +3,14 @@
 Validation follows pytrickle's StreamServer where it is right and is stricter where it was
 not (see docs in ``trickle-and-streamserver.md``):
 
-* ``gateway_request_id`` is required; the channel URLs are optional (no ``subscribe_url``:
-  a generative stream; no URL at all: a stream with no media yet);
+* ``gateway_request_id`` is required; the channel URLs are optional, as in pytrickle's
+  StreamServer code (its API reference calls ``publish_url`` required; the code, PR #92,
+  does not): no ``subscribe_url``: a generative stream; no ``publish_url``: frames are
+  analysed (data and events flow) but no video is encoded or published; no URL at all: a
+  stream with no media yet;
+* wire types are strict: ``"1"`` is not a number, ``true`` is not 1, ``30.0`` is not an
+  integer (pytrickle coerces with ``int()``, but no reference client sends strings); every
+  string refuses control characters;
 * ``width``/``height`` come together and are positive integers, ``max_framerate`` is 1..60;
   ``true``/``false`` are not numbers;
 * unknown top-level keys of a start request (``manifest_id``, ``stream_id`` …) are ignored,
@@ -15,7 +21,7 @@ not (see docs in ``trickle-and-streamserver.md``):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -30,6 +36,7 @@ from pydantic import (
 
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.processing import (
+    NO_CONTROL,
     NOT_BOOL,
     STREAM_PARAM_KEYS,
     ParamsError,
@@ -39,6 +46,7 @@ from pytrickle_worker.processing import (
 __all__ = [
     "CHANNEL_FIELDS",
     "RUNTIME_IMMUTABLE",
+    "ErrorBody",
     "StartRequest",
     "StreamParams",
     "parse_start_request",
@@ -62,13 +70,28 @@ _MAX_URL = 4096
 _MAX_SIDE = 16384
 
 Side = Annotated[int, NOT_BOOL, Field(gt=0, le=_MAX_SIDE)]
+Url = Annotated[str, NO_CONTROL, Field(max_length=_MAX_URL)]
 Framerate = Annotated[int, NOT_BOOL, Field(ge=1, le=60)]
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer of every route (4xx and 5xx):
+    ``{"status": "error", "message": "..."}``, nothing else.
+
+    The health probes are not errors: ``/health`` answers 500 with its StreamServer status
+    body in ERROR, ``/health/ready`` 503 with its readiness body.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    status: Literal["error"]
+    message: str = Field(min_length=1)
 
 
 class StreamParams(BaseModel):
     """The stream-level part of a params dict; other keys are left to the processor."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     width: Side | None = None
     height: Side | None = None
@@ -105,14 +128,14 @@ def _stream_params(params: Mapping[str, Any], prefix: str) -> StreamParams:
 class StartRequest(BaseModel):
     """``POST /stream/start`` (and ``/live-video-to-video``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    gateway_request_id: str = Field(min_length=1, max_length=256)
-    subscribe_url: str | None = Field(default=None, max_length=_MAX_URL)
-    publish_url: str | None = Field(default=None, max_length=_MAX_URL)
-    control_url: str | None = Field(default=None, max_length=_MAX_URL)
-    events_url: str | None = Field(default=None, max_length=_MAX_URL)
-    data_url: str | None = Field(default=None, max_length=_MAX_URL)
+    gateway_request_id: Annotated[str, NO_CONTROL] = Field(min_length=1, max_length=256)
+    subscribe_url: Url | None = None
+    publish_url: Url | None = None
+    control_url: Url | None = None
+    events_url: Url | None = None
+    data_url: Url | None = None
     params: dict[str, Any] = Field(default_factory=dict[str, Any])
 
     _stream: StreamParams = PrivateAttr(default_factory=StreamParams)

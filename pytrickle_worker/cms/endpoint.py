@@ -268,12 +268,14 @@ class CmsEndpoint:
         subscription = self.subscriptions.get(identifier)
         if subscription is None:
             return web.json_response(
-                {"error": f"camera {identifier!r} is not subscribed"}, status=404
+                {"status": "error", "message": f"camera {identifier!r} is not subscribed"},
+                status=404,
             )
         frame = await subscription.camera.latest()
         if frame is None:
             return web.json_response(
-                {"error": f"no frame available yet for camera {identifier!r}"}, status=404
+                {"status": "error", "message": f"no frame available yet for camera {identifier!r}"},
+                status=404,
             )
         jpeg = await asyncio.to_thread(encode_jpeg, frame.rgb, 85)
         return web.Response(body=jpeg, content_type="image/jpeg")

@@ -13,13 +13,15 @@ from processors.mpta_detector import MptaDetectorProcessor
 from pytrickle_worker import __version__
 from pytrickle_worker.api.manager import StreamManager
 from pytrickle_worker.api.routes import attach as attach_stream_api
+from pytrickle_worker.api.schemas import StartRequest
 from pytrickle_worker.cms.endpoint import CmsEndpoint
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.ingest.hub import CameraHub
 from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.processing import FrameProcessor
 from pytrickle_worker.server.metrics import WorkerMetrics
 from pytrickle_worker.server.security import security_middlewares
-from pytrickle_worker.streaming.session import StreamSession
+from pytrickle_worker.streaming.session import StreamSession, StreamSessionConfig
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,12 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     hub = CameraHub(config.ingest_config())
     cms = CmsEndpoint(config, hub, service)
     processor = MptaDetectorProcessor(service, default_model_url=default_pipeline_source)
-    streams = StreamManager(processor, StreamSession)
+    session_config = StreamSessionConfig(input_timeout_s=config.stream_input_timeout_s)
+
+    def session_factory(request: StartRequest, processor: FrameProcessor) -> StreamSession:
+        return StreamSession(request, processor, config=session_config)
+
+    streams = StreamManager(processor, session_factory)
     app[SERVICE_KEY] = service
     app[HUB_KEY] = hub
     app[CMS_KEY] = cms

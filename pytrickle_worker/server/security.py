@@ -15,7 +15,9 @@
    lines; ``aiohttp-cors`` needs per-route registration (every route the API and the metrics
    engineer add would have to be remembered), has no middleware mode, and would be one more
    dependency to track.
-2. **Access token** (only when ``access_token``/``access_token_file`` is set). Required as
+2. **Errors as JSON** (:mod:`pytrickle_worker.server.errors`): aiohttp's plain-text 404/405
+   and unhandled exceptions become ``{"status": "error", "message": ...}``.
+3. **Access token** (only when ``access_token``/``access_token_file`` is set). Required as
    ``Authorization: Bearer <token>`` on every route except the health probes (``/health``,
    ``/health/live``, ``/health/ready``) and ``/metrics`` (open unless
    ``metrics_require_token``). Clients that cannot set headers (browser WebSockets, ``<img>``
@@ -26,7 +28,7 @@
    failure answers 401 ``{"status": "error", "message": "unauthorized"}`` with
    ``WWW-Authenticate: Bearer`` and nothing about why; the log line says why, with the
    method, path (never the query) and remote address, never the presented token.
-3. **Body size**: a ``Content-Length`` above the app's ``client_max_size``
+4. **Body size**: a ``Content-Length`` above the app's ``client_max_size``
    (``max_message_bytes``) is answered 413 before the handler runs; a body without one
    (chunked) that grows past it while a handler reads it gets the same JSON 413
    ``{"status": "error", "message": "request body too large (limit N bytes)"}``.
@@ -43,6 +45,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.server.errors import error_middleware, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ PREFLIGHT_MAX_AGE_S = 600
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"status": "error", "message": message}, status=status)
+    return error_response(status, message)
 
 
 def _digest(token: str) -> bytes:
@@ -225,6 +228,9 @@ def security_middlewares(config: WorkerConfig) -> list[Middleware]:
     if config.cors_origins:
         middlewares.append(cors_middleware(frozenset(config.cors_origins)))
         logger.info("CORS allowed for %s", ", ".join(config.cors_origins))
+    # Inside CORS (its JSON errors get the CORS headers), outside the rest (their errors
+    # become JSON too).
+    middlewares.append(error_middleware)
     token = config.resolved_access_token()
     if token is not None:
         policy = AccessPolicy(

@@ -23,11 +23,13 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, cast
 
 import aiohttp
 
+from pytrickle_worker.api.body import parse_json
+from pytrickle_worker.api.manager import ApiError
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.streaming.queues import DropOldestQueue
 from pytrickle_worker.trickle import (
@@ -65,6 +67,13 @@ def _dumps(value: object) -> str:
     # default=str: a processor record with a non-JSON value (numpy scalar, datetime) is
     # published as text rather than failing the whole batch.
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+async def _bounded(work: Coroutine[Any, Any, object], timeout_s: float) -> None:
+    """Run ``work`` for at most ``timeout_s``; then it is cancelled. Network failures are
+    swallowed (closing a channel must not fail the stop)."""
+    with contextlib.suppress(TrickleError, aiohttp.ClientError, OSError, TimeoutError):
+        await asyncio.wait_for(work, max(0.0, timeout_s))
 
 
 class _Backoff:
@@ -187,10 +196,13 @@ class EventsChannel:
             await asyncio.sleep(delay)
 
     async def close(self, timeout: float = 3.0) -> None:  # noqa: ASYNC109
-        """Publish what is queued (for at most ``timeout``), then close without DELETE: the
-        gateway owns the channel and may still be reading the last events."""
+        """Publish what is queued, then close without DELETE (the gateway owns the channel
+        and may still be reading the last events); all within ``timeout``, after which what
+        is left is abandoned (its task cancelled)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self._queue.close()
-        task = self._task
+        task, self._task = self._task, None
         if task is not None:
             done, _ = await asyncio.wait({task}, timeout=timeout)
             if not done:
@@ -199,8 +211,7 @@ class EventsChannel:
                     await task
             elif not task.cancelled() and task.exception() is not None:
                 logger.warning("events channel task failed: %r", task.exception())
-        with contextlib.suppress(TrickleError, aiohttp.ClientError, OSError):
-            await asyncio.wait_for(self._publisher.close(delete=False), timeout)
+        await _bounded(self._publisher.close(delete=False), deadline - loop.time())
 
 
 class DataChannel:
@@ -294,13 +305,16 @@ class DataChannel:
                 )
 
     async def close(self, timeout: float = 3.0) -> None:  # noqa: ASYNC109
-        """Publish the last records (for at most ``timeout``) and close without DELETE."""
+        """Publish the last records and close without DELETE, all within ``timeout``; what
+        is left then is abandoned (its task cancelled)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         task, self._task = self._task, None
         if task is not None:
             # Never cancel a publish half-way: the server may have the batch already, and
             # the final flush would send it again.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lock.acquire(), timeout)
+                await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - loop.time()))
             try:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -308,10 +322,8 @@ class DataChannel:
             finally:
                 if self._lock.locked():
                     self._lock.release()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), timeout)
-        with contextlib.suppress(TrickleError, aiohttp.ClientError, OSError, TimeoutError):
-            await asyncio.wait_for(self._publisher.close(delete=False), timeout)
+        await _bounded(self.flush(), deadline - loop.time())
+        await _bounded(self._publisher.close(delete=False), deadline - loop.time())
 
 
 class ControlChannel:
@@ -383,8 +395,10 @@ class ControlChannel:
 
     async def _handle(self, data: bytes) -> None:
         try:
-            message: object = json.loads(data)
-        except ValueError as exc:
+            # Bounded like a REST body (nesting, number length): a hostile message is
+            # skipped, never a RecursionError that ends the control loop.
+            message: object = parse_json(data.decode("utf-8"))
+        except (UnicodeDecodeError, ApiError) as exc:
             self.errors += 1
             logger.warning("control message is not JSON: %s", exc)
             return

@@ -96,7 +96,26 @@ class StreamSessionConfig(BaseModel):
     events_queue_size: int = Field(default=64, ge=1)
     control_max_bytes: int = Field(default=1024 * 1024, gt=0)
     channel_retry_max_s: float = Field(default=10.0, gt=0)
-    stop_timeout_s: float = Field(default=5.0, gt=0, description="Per shutdown step")
+    stop_timeout_s: float = Field(
+        default=5.0, gt=0, description="Per local shutdown step (decoder, encoder flush)"
+    )
+    close_timeout_s: float = Field(
+        default=0.6,
+        gt=0,
+        description=(
+            "At stop, the network part together: the last output segment, the output "
+            "channel's DELETE, the last data and events. What is not done by then is "
+            "abandoned (cancelled), so unreachable channels cannot hold a stop up."
+        ),
+    )
+    input_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description=(
+            "No decoded input frame for this long, since the start or since the last "
+            "frame: the input is stalled (input_stalled event, status and /health)"
+        ),
+    )
 
     def encoder_settings(self, fps: float | None) -> EncoderSettings:
         return EncoderSettings(
@@ -122,6 +141,17 @@ def _masked(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_masked(v) for v in cast("list[Any]", value)]
     return value
+
+
+async def _finish(task: asyncio.Task[None], timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for ``task``; cancel it (and reap it) when it is late.
+    True when it finished by itself (whatever its outcome)."""
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, timeout_s))
+    if not done:
+        task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return bool(done)
 
 
 class StreamSession:
@@ -155,6 +185,10 @@ class StreamSession:
         self._media_task: asyncio.Task[None] | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self._input_stalled = False
+        self._last_input_at: float | None = None
+        self.input_stalls = 0
         self._params_lock = asyncio.Lock()
         self._processed = FpsMeter()
         self._max_framerate: int | None = self._stream_params.max_framerate
@@ -231,6 +265,9 @@ class StreamSession:
             )
             self._decoder.start()
             self._media_task = loop.create_task(self._media(), name=f"media-{self.stream_id}")
+            self._watchdog_task = loop.create_task(
+                self._input_watchdog(), name=f"input-watchdog-{self.stream_id}"
+            )
         else:
             logger.warning("stream %s has no subscribe_url: no video to process", self.stream_id)
         self._emit_stream_event(
@@ -386,6 +423,53 @@ class StreamSession:
         if decoder.error is not None:
             raise StreamSessionError(f"input decoder failed: {decoder.error}")
 
+    async def _input_watchdog(self) -> None:
+        """Report an input that never starts or stops delivering frames, and its return.
+
+        Stalled: no decoded video frame for ``input_timeout_s`` since the start or since the
+        last frame. The events channel gets ``input_stalled`` (and ``input_resumed`` when
+        frames come back); :meth:`stats` shows it, and the manager shows it in status and
+        ``/health``. The stream keeps running: the gateway may still send input.
+        """
+        timeout = self.config.input_timeout_s
+        period = min(1.0, timeout / 4)
+        started = time.monotonic()
+        seen = 0
+        while True:
+            await asyncio.sleep(period)
+            decoder = self._decoder
+            if decoder is None:
+                return
+            now = time.monotonic()
+            if decoder.frames_decoded != seen:
+                seen = decoder.frames_decoded
+                self._last_input_at = now
+                if self._input_stalled:
+                    self._input_stalled = False
+                    logger.info("stream %s: input resumed", self.stream_id)
+                    self._emit_stream_event("input_resumed", frames_decoded=seen)
+                continue
+            last = self._last_input_at
+            quiet_s = now - (last if last is not None else started)
+            if not self._input_stalled and quiet_s >= timeout:
+                self._input_stalled = True
+                self.input_stalls += 1
+                reason = "no_input" if last is None else "stalled"
+                logger.warning(
+                    "stream %s: input stalled (%s): no frame for %.1f s",
+                    self.stream_id,
+                    "nothing received since the start" if last is None else "frames stopped",
+                    quiet_s,
+                )
+                self._emit_stream_event(
+                    "input_stalled",
+                    reason=reason,
+                    seconds_without_input=round(quiet_s, 3),
+                    timeout_s=timeout,
+                    frames_decoded=seen,
+                    segments_in=self.segments_in,
+                )
+
     def _warn_processor(self, exc: Exception) -> None:
         now = time.monotonic()
         if now - self._last_processor_warning >= 5.0:
@@ -482,29 +566,34 @@ class StreamSession:
     async def _do_shutdown(self) -> None:
         self._state = "stopping"
         timeout = self.config.stop_timeout_s
+        loop = asyncio.get_running_loop()
         try:
             media = self._media_task
             if media is not None:
                 media.cancel()
-            for task in (self._ingest_task, media, self._process_task):
+            for task in (
+                self._ingest_task,
+                media,
+                self._process_task,
+                self._watchdog_task,
+                self._heartbeat_task,
+            ):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
+            # Local work first, bounded per step: the decoder thread, the encoder's flush.
             if self._decoder is not None:
                 await self._decoder.close(timeout)
-            await self._drain_output()
-            if self._output is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(self._output.close(delete=True), timeout)
+            if self._encoder is not None:
+                await self._encoder.close(flush=True, timeout=timeout)
             if self._control is not None:
                 await self._control.close()
-            if self._heartbeat_task is not None:
-                self._heartbeat_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._heartbeat_task
-            if self._data is not None:
-                await self._data.close(timeout)
+            # Then the network, within one budget: a channel that does not answer is
+            # abandoned (its task cancelled), never waited for.
+            budget = self.config.close_timeout_s
+            deadline = loop.time() + budget
+            await asyncio.gather(self._close_output(deadline), self._close_data(deadline))
             extra: dict[str, Any] = {"error": self._failure} if self._failure else {}
             # The final counts, so a gateway can tell what the stream delivered and lost.
             counts = {
@@ -514,7 +603,9 @@ class StreamSession:
             }
             self._emit_stream_event("stream_stopped", stats=counts, **extra)
             if self._events is not None:
-                await self._events.close(timeout)
+                # stream_stopped gets a quarter of the budget even when the others took it.
+                left = max(deadline - loop.time(), budget / 4)
+                await self._events.close(left)
         except Exception:
             logger.exception("stream %s: shutdown failed", self.stream_id)
         finally:
@@ -523,6 +614,26 @@ class StreamSession:
             self._state = "stopped"
             self._closed.set()
             logger.info("stream %s session stopped", self.stream_id)
+
+    async def _close_output(self, deadline: float) -> None:
+        """Publish the last output segment and DELETE the output channel, by ``deadline``."""
+        loop = asyncio.get_running_loop()
+        egress = self._egress_task
+        if egress is not None and not await _finish(egress, deadline - loop.time()):
+            logger.warning("stream %s: last output segment abandoned at stop", self.stream_id)
+        if self._output is not None:
+            closing = loop.create_task(
+                self._output.close(delete=True), name=f"output-close-{self.stream_id}"
+            )
+            if not await _finish(closing, deadline - loop.time()):
+                logger.warning(
+                    "stream %s: output channel DELETE abandoned (no answer) at stop",
+                    self.stream_id,
+                )
+
+    async def _close_data(self, deadline: float) -> None:
+        if self._data is not None:
+            await self._data.close(max(0.0, deadline - asyncio.get_running_loop().time()))
 
     # ------------------------------------------------------------------ events
     def _emit_stream_event(self, kind: str, **fields: Any) -> None:
@@ -616,4 +727,9 @@ class StreamSession:
             "control_messages": self._control.messages if self._control else 0,
             "control_errors": self._control.errors if self._control else 0,
             "control_rejected": self.control_rejected,
+            "input_stalled": self._input_stalled,
+            "input_stalls": self.input_stalls,
+            "seconds_since_input": round(time.monotonic() - self._last_input_at, 3)
+            if self._last_input_at is not None
+            else None,
         }
