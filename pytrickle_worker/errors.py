@@ -5,6 +5,10 @@ class WorkerError(Exception):
     """Base class for errors the worker reports to users."""
 
 
+class MissingDependencyError(WorkerError):
+    """An optional package (one of the project's extras) is needed and not installed."""
+
+
 class MptaError(WorkerError):
     """An MPTA archive could not be fetched, extracted, validated or loaded."""
 
