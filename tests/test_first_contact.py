@@ -1,0 +1,169 @@
+"""A new user's first commands, run as they run them: ``pytrickle-worker ...`` subprocesses on
+loopback. Global options after the subcommand, a taken port, the trickle server's start line,
+a missing local ``--pipeline``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from pytrickle_worker.demo.assets import DemoAssets
+from tests.helpers import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if k != "PTW_ACCESS_TOKEN"}
+    return {
+        **inherited,
+        "PTW_CACHE_DIR": str(tmp_path / "cache"),
+        "PTW_EXECUTION_PROVIDER": "cpu",
+        "PYTHONPATH": str(REPO),
+    }
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "pytrickle_worker", *args]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port something else is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["serve", "--no-demo", "--host", "127.0.0.1"],
+        ["trickle-server", "--host", "127.0.0.1"],
+        ["demo", "camera", "--host", "127.0.0.1"],
+    ],
+    ids=["serve", "trickle-server", "demo-camera"],
+)
+def test_a_taken_port_is_one_clear_line_and_exit_1(
+    command: list[str], taken_port: int, tmp_path: Path, demo_assets: DemoAssets
+) -> None:
+    if command[0] == "demo":
+        command = [*command, "--video", str(demo_assets.video_path)]
+    result = subprocess.run(
+        _cli(*command, "--port", str(taken_port)),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line[:2].isdigit()]
+    assert errors == [f"error: cannot listen on 127.0.0.1:{taken_port}: Address already in use"], (
+        result.stderr
+    )
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace")
+
+
+async def _wait_health(
+    url: str, proc: asyncio.subprocess.Process, log: Path, within_s: float = 30.0
+) -> dict[str, object]:
+    deadline = time.monotonic() + within_s
+    async with aiohttp.ClientSession() as http:
+        while True:
+            assert proc.returncode is None, _text(log)
+            try:
+                async with http.get(url) as response:
+                    return await response.json()
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() < deadline, f"{url} never answered\n{_text(log)}"
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.parametrize("entry", ["cli", "server.py"])
+async def test_config_and_log_level_are_accepted_after_the_subcommand(
+    entry: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "worker.json"
+    config.write_text(json.dumps({"port": port, "host": "127.0.0.1"}))
+    options = ["--no-demo", "--config", str(config), "--log-level", "debug"]
+    command = (
+        _cli("serve", *options)
+        if entry == "cli"
+        else [sys.executable, str(REPO / "server.py"), *options]
+    )
+    log = tmp_path / "worker.log"
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            *command, cwd=tmp_path, env=_env(tmp_path), stdout=sink, stderr=sink
+        )
+    try:
+        body = await _wait_health(f"http://127.0.0.1:{port}/health", proc, log)
+        assert body["status"] == "IDLE"
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+    err = _text(log)
+    assert proc.returncode == 0, err
+    assert " DEBUG " in err, err  # --log-level debug after the subcommand took effect
+    assert f"try http://127.0.0.1:{port}/health, the CMS WebSocket ws://127.0.0.1:{port}/" in err
+
+
+def test_global_options_before_the_subcommand_still_work(tmp_path: Path) -> None:
+    config = tmp_path / "worker.json"
+    config.write_text(json.dumps({"port": 0}))  # invalid: proves the file was read
+    result = subprocess.run(
+        _cli("--config", str(config), "--log-level", "info", "serve", "--no-demo"),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "invalid configuration: port" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [([], "channels are created on POST)"), (["--autocreate-on-get"], "on POST and GET)")],
+)
+def test_trickle_server_start_line_says_when_channels_are_created(
+    flags: list[str], expected: str, tmp_path: Path
+) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        _cli("trickle-server", "--port", str(port), *flags),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert f"trickle server on http://127.0.0.1:{port}/ (" in line, line
+    assert line.rstrip().endswith(expected), line
