@@ -1,11 +1,12 @@
 """A new user's first commands, run as they run them: ``pytrickle-worker ...`` subprocesses on
 loopback. Global options after the subcommand, a taken port, the trickle server's start line,
-a missing local ``--pipeline``."""
+a missing local ``--pipeline`` (a permanent error, where an unreachable URL is retried)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -13,12 +14,18 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from processors.mpta_detector import MptaDetectorProcessor
+from pytrickle_worker.api.manager import StreamManager
+from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.mpta.service import PipelineService
 from tests.helpers import free_port
+from tests.worker_process import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -167,3 +174,62 @@ def test_trickle_server_start_line_says_when_channels_are_created(
         proc.communicate(timeout=30)
     assert f"trickle server on http://127.0.0.1:{port}/ (" in line, line
     assert line.rstrip().endswith(expected), line
+
+
+async def _load_failures(
+    source: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> tuple[list[str], tuple[int, dict[str, Any]], int]:
+    """Start a StreamManager whose default pipeline is ``source`` with a 20 ms first retry
+    delay; after 0.4 s: the ERROR log lines, ``/health`` and ``/health/ready``'s code."""
+    config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
+    async with PipelineService(config) as service:
+        manager = StreamManager(MptaDetectorProcessor(service, default_model_url=source))
+        manager.load_retry_initial_s = 0.02
+        with caplog.at_level(logging.ERROR, logger="pytrickle_worker.api.manager"):
+            await manager.startup()
+            await manager.wait_loaded()
+            await asyncio.sleep(0.4)
+            health, ready = manager.health(), manager.ready()[0]
+            await manager.shutdown()
+    errors = [r.getMessage() for r in caplog.records if "stream server ERROR" in r.getMessage()]
+    return errors, health, ready
+
+
+@pytest.mark.parametrize("form", ["path", "file-url"])
+async def test_a_missing_local_pipeline_is_a_permanent_error(
+    form: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    missing = tmp_path / "nowhere" / "model.mpta"
+    source = str(missing) if form == "path" else missing.as_uri()
+    errors, (code, body), ready = await _load_failures(source, tmp_path, caplog)
+    assert len(errors) == 1, errors  # logged once, no retry loop
+    assert source in errors[0] and "not found" in errors[0] and "not retried" in errors[0]
+    assert code == 500 and body["status"] == "ERROR"
+    assert source in body["error_message"], body
+    assert ready == 503
+
+
+async def test_an_unreachable_pipeline_url_keeps_retrying(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = f"http://127.0.0.1:{free_port()}/model.mpta"  # nothing listens there
+    errors, (code, _), ready = await _load_failures(source, tmp_path, caplog)
+    assert len(errors) >= 3, errors  # the first attempt and retries at 20, 40, 80 ms...
+    assert all("not retried" not in error for error in errors)
+    assert (code, ready) == (500, 503)
+
+
+async def test_serve_with_a_missing_pipeline_path_is_not_ready_and_says_why(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "typo.mpta"
+    worker = WorkerProcess(tmp_path, "--pipeline", str(missing)).start()
+    try:
+        await worker.wait_status("/health", 500, within_s=30)
+        await worker.wait_status("/health/ready", 503)
+        async with aiohttp.ClientSession() as http, http.get(worker.base + "/health") as reply:
+            body = await reply.json()
+        assert f"archive {missing} not found" in body["error_message"], body
+    finally:
+        assert worker.stop() == 0, worker.log()
+    assert worker.log().count("stream server ERROR") == 1, worker.log()
