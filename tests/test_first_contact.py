@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -233,3 +234,37 @@ async def test_serve_with_a_missing_pipeline_path_is_not_ready_and_says_why(
     finally:
         assert worker.stop() == 0, worker.log()
     assert worker.log().count("stream server ERROR") == 1, worker.log()
+
+
+async def test_cms_client_finds_the_demo_where_the_worker_put_it(
+    tmp_path: Path, demo_assets: DemoAssets
+) -> None:
+    """examples/cms_client.py's default camera and model follow PTW_CACHE_DIR as the worker's
+    do (HOME points elsewhere, so ~/.cache cannot be what it finds)."""
+    cache = tmp_path / "elsewhere"
+    shutil.copytree(demo_assets.root, cache / "demo")  # as `serve` builds it, made faster
+    env = {"PTW_CACHE_DIR": str(cache), "HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": ""}
+    worker = WorkerProcess(tmp_path, env=env).start()
+    try:
+        await worker.wait_status("/health/ready", 200)
+        client = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(REPO / "examples" / "cms_client.py"),
+            "--worker",
+            f"ws://127.0.0.1:{worker.port}/",
+            "--seconds",
+            "12",
+            cwd=tmp_path,
+            env={**_env(tmp_path), **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(client.communicate(), 60)
+    finally:
+        assert worker.stop() == 0, worker.log()
+    text = out.decode()
+    assert client.returncode == 0, err.decode()
+    detections = [json.loads(line) for line in text.splitlines() if '"imageDetection"' in line]
+    assert detections, f"{text}\n{err.decode()}\n{worker.log()}"
+    assert all(d["subscriptionIdentifier"] == "display-001;cam-001" for d in detections)
+    assert not [line for line in text.splitlines() if '"error"' in line], text
