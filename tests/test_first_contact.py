@@ -19,13 +19,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from processors.mpta_detector import MptaDetectorProcessor
 from pytrickle_worker.api.manager import StreamManager
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.mpta.service import PipelineService
-from tests.helpers import free_port
+from tests.helpers import RedisProcess, free_port
 from tests.worker_process import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
@@ -237,13 +238,19 @@ async def test_serve_with_a_missing_pipeline_path_is_not_ready_and_says_why(
 
 
 async def test_cms_client_finds_the_demo_where_the_worker_put_it(
-    tmp_path: Path, demo_assets: DemoAssets
+    tmp_path: Path, demo_assets: DemoAssets, private_redis: RedisProcess
 ) -> None:
     """examples/cms_client.py's default camera and model follow PTW_CACHE_DIR as the worker's
-    do (HOME points elsewhere, so ~/.cache cannot be what it finds)."""
+    do (HOME points elsewhere, so ~/.cache cannot be what it finds). The demo pipeline's
+    actions go to the test's Redis (PTW_REDIS_URL), never to whatever listens on :6379."""
     cache = tmp_path / "elsewhere"
     shutil.copytree(demo_assets.root, cache / "demo")  # as `serve` builds it, made faster
-    env = {"PTW_CACHE_DIR": str(cache), "HOME": str(tmp_path / "home"), "XDG_CACHE_HOME": ""}
+    env = {
+        "PTW_CACHE_DIR": str(cache),
+        "HOME": str(tmp_path / "home"),
+        "XDG_CACHE_HOME": "",
+        "PTW_REDIS_URL": private_redis.url,
+    }
     worker = WorkerProcess(tmp_path, env=env).start()
     try:
         await worker.wait_status("/health/ready", 200)
@@ -268,3 +275,6 @@ async def test_cms_client_finds_the_demo_where_the_worker_put_it(
     assert detections, f"{text}\n{err.decode()}\n{worker.log()}"
     assert all(d["subscriptionIdentifier"] == "display-001;cam-001" for d in detections)
     assert not [line for line in text.splitlines() if '"error"' in line], text
+    assert f"Redis actions go to {private_redis.url} (PTW_REDIS_URL)" in worker.log()
+    async with aioredis.from_url(private_redis.url) as redis:
+        assert await redis.keys("demo:*"), worker.log()  # the demo's redis_save_image
