@@ -278,3 +278,35 @@ async def test_cms_client_finds_the_demo_where_the_worker_put_it(
     assert f"Redis actions go to {private_redis.url} (PTW_REDIS_URL)" in worker.log()
     async with aioredis.from_url(private_redis.url) as redis:
         assert await redis.keys("demo:*"), worker.log()  # the demo's redis_save_image
+
+
+async def test_serve_without_onnx_starts_with_no_pipeline_and_says_how_to_get_the_demo(
+    tmp_path: Path,
+) -> None:
+    """The offline twin of tests/test_plain_install.py: ``onnx`` made unimportable by a
+    package of that name first on sys.path that raises ImportError, as a missing one does."""
+    shim = tmp_path / "no-onnx" / "onnx"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError(\"No module named 'onnx'\")\n")
+    port = free_port()
+    log = tmp_path / "worker.log"
+    env = {**_env(tmp_path), "PYTHONPATH": f"{shim.parent}{os.pathsep}{REPO}"}
+    with log.open("wb") as sink:
+        proc = await asyncio.create_subprocess_exec(
+            *_cli("serve", "--host", "127.0.0.1", "--port", str(port)),
+            cwd=tmp_path,
+            env=env,
+            stdout=sink,
+            stderr=sink,
+        )
+    try:
+        body = await _wait_health(f"http://127.0.0.1:{port}/health", proc, log)
+        assert body["status"] == "IDLE", body
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30)
+    lines = _text(log).splitlines()
+    assert proc.returncode == 0, lines
+    assert "no pipeline preloaded" in lines[0], lines
+    assert "pip install 'pytrickle-worker[demo]'" in lines[0] and "--no-demo" in lines[0]
+    assert not (tmp_path / "cache" / "demo").exists()  # nothing half-built
