@@ -3,8 +3,11 @@
     python examples/cms_client.py [--worker ws://127.0.0.1:8000/] [--camera URL_OR_PATH]
                                   [--model URL_OR_PATH] [--seconds 20] [--session 42]
 
-Defaults use the demo assets that `pytrickle-worker serve` builds on first start
-(~/.cache/pytrickle-worker/demo): the sample video as the camera, the demo MPTA as the model.
+Defaults use the demo assets that `pytrickle-worker serve` builds on first start, in the
+folder the worker uses (PTW_DEMO_DIR, else $PTW_CACHE_DIR/demo, else
+$XDG_CACHE_HOME/pytrickle-worker/demo, else ~/.cache/pytrickle-worker/demo; ./config.json's
+demo_dir/cache_dir too, as the worker reads them): the sample video as the camera, the demo
+MPTA as the model.
 """
 
 from __future__ import annotations
@@ -18,7 +21,12 @@ from pathlib import Path
 
 import aiohttp
 
-DEMO = Path.home() / ".cache" / "pytrickle-worker" / "demo"
+from pytrickle_worker.config import WorkerConfig
+
+
+def demo_dir() -> Path:
+    """The worker's own demo folder, resolved exactly as `pytrickle-worker serve` does."""
+    return WorkerConfig.load().resolved_demo_dir
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -75,9 +83,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    demo = demo_dir()
     parser.add_argument("--worker", default="ws://127.0.0.1:8000/")
-    parser.add_argument("--camera", default=str(DEMO / "sample.mp4"))
-    parser.add_argument("--model", default=str(DEMO / "demo.mpta"))
+    parser.add_argument("--camera", default=str(demo / "sample.mp4"))
+    parser.add_argument("--model", default=str(demo / "demo.mpta"))
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--session", type=int)
     parser.add_argument(

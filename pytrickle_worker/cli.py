@@ -1,5 +1,5 @@
 """Command line: ``pytrickle-worker serve | mpta inspect|run|convert | demo build|camera|publish
-| trickle-server``."""
+| trickle-server``. --config and --log-level go before or after the subcommand."""
 
 from __future__ import annotations
 
@@ -14,74 +14,141 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.errors import MissingDependencyError, WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url, setup_logging
 
 logger = logging.getLogger(__name__)
 
+_DESCRIPTION = (
+    "The pytrickle-worker video-analytics worker and its tools. --config FILE and "
+    "--log-level LEVEL are accepted before or after the subcommand; every setting can also "
+    "be given as a PTW_* environment variable (see the README)."
+)
+
+
+def _global_options(*, suppress: bool) -> argparse.ArgumentParser:
+    """``--config`` and ``--log-level``, accepted before and after every subcommand.
+
+    Subcommand parsers get them with ``SUPPRESS`` defaults, so an option given before the
+    subcommand is not reset by the subcommand's parser."""
+    default = argparse.SUPPRESS if suppress else None
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help="JSON config file (default: ./config.json when present; PTW_* env vars override)",
+    )
+    options.add_argument(
+        "--log-level", default=default, metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR"
+    )
+    return options
+
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pytrickle-worker", description=__doc__)
-    parser.add_argument("--config", type=Path, help="JSON config file (PTW_* env vars override)")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    parser = argparse.ArgumentParser(
+        prog="pytrickle-worker", description=_DESCRIPTION, parents=[_global_options(suppress=False)]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
+    common = [_global_options(suppress=True)]
 
-    serve = commands.add_parser("serve", help="run the worker (HTTP/WebSocket on port 8000)")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    serve = commands.add_parser(
+        "serve", parents=common, help="run the worker (HTTP/WebSocket on port 8000)"
+    )
+    serve.add_argument("--host", help="listen address (default 0.0.0.0; PTW_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (default 8000; PTW_PORT)")
     serve.add_argument(
         "--pipeline",
-        help="MPTA loaded at start (default: the bundled demo pipeline, built on first run)",
+        metavar="SOURCE",
+        help=(
+            "MPTA preloaded for the stream API: path, file:// or http(s):// URL (default: the "
+            "demo pipeline, generated on first start; needs the 'demo' extra)"
+        ),
     )
-    serve.add_argument("--no-demo", action="store_true", help="start without any pipeline")
+    serve.add_argument("--no-demo", action="store_true", help="start without a preloaded pipeline")
 
-    mpta = commands.add_parser("mpta", help="inspect, run or convert MPTA archives")
+    mpta = commands.add_parser("mpta", parents=common, help="inspect, run or convert MPTA archives")
     mpta_commands = mpta.add_subparsers(dest="mpta_command", required=True)
-    inspect = mpta_commands.add_parser("inspect", help="validate an archive and print its tree")
-    inspect.add_argument("archive", help="path, file:// or http(s):// URL")
+    inspect = mpta_commands.add_parser(
+        "inspect", parents=common, help="validate an archive and print its tree"
+    )
+    inspect.add_argument("archive", metavar="FILE_OR_URL", help="path, file:// or http(s):// URL")
     inspect.add_argument("--json", action="store_true", help="print the description as JSON")
 
-    run = mpta_commands.add_parser("run", help="run a pipeline on an image or video")
-    run.add_argument("archive", help="path, file:// or http(s):// URL")
-    run.add_argument("--source", required=True, help="image/video path or URL (rtsp, http)")
-    run.add_argument("--frames", type=int, help="stop after N processed frames")
-    run.add_argument("--fps", type=float, help="sample at most F frames per second")
+    run = mpta_commands.add_parser(
+        "run", parents=common, help="run a pipeline on an image or video"
+    )
+    run.add_argument("archive", metavar="FILE_OR_URL", help="path, file:// or http(s):// URL")
+    run.add_argument(
+        "--source",
+        required=True,
+        metavar="PATH_OR_URL",
+        help="image/video path or URL (rtsp, http)",
+    )
+    run.add_argument("--frames", type=int, metavar="N", help="stop after N processed frames")
+    run.add_argument("--fps", type=float, metavar="F", help="sample at most F frames per second")
     run.add_argument("--json", action="store_true", help="one JSON object per frame on stdout")
     run.add_argument("--actions", action="store_true", help="also run the pipeline's Redis actions")
 
-    convert = mpta_commands.add_parser("convert", help="export .pt models inside to ONNX")
-    convert.add_argument("input", type=Path)
-    convert.add_argument("output", type=Path)
+    convert = mpta_commands.add_parser(
+        "convert", parents=common, help="export .pt models inside to ONNX"
+    )
+    convert.add_argument("input", type=Path, metavar="IN.mpta")
+    convert.add_argument("output", type=Path, metavar="OUT.mpta")
 
     trickle = commands.add_parser(
-        "trickle-server", help="a local trickle server (go-livepeer wire behaviour) for tests/demos"
+        "trickle-server",
+        parents=common,
+        help="a local trickle server (go-livepeer wire behaviour) for tests/demos",
     )
-    trickle.add_argument("--host", default="127.0.0.1")
-    trickle.add_argument("--port", type=int, default=3389)
+    trickle.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    trickle.add_argument("--port", type=int, default=3389, help="listen port (default 3389)")
     trickle.add_argument(
         "--autocreate-on-get",
         action="store_true",
         help="also create channels on GET (default: only POST creates, as go-livepeer)",
     )
 
-    demo = commands.add_parser("demo", help="demo assets")
+    demo = commands.add_parser("demo", parents=common, help="demo assets")
     demo_commands = demo.add_subparsers(dest="demo_command", required=True)
-    build = demo_commands.add_parser("build", help="generate demo models, MPTA and video")
-    build.add_argument("out_dir", type=Path, nargs="?")
-    camera = demo_commands.add_parser(
-        "camera", help="serve a video as a looping live MPEG-TS camera at /stream.ts"
+    build = demo_commands.add_parser(
+        "build", parents=common, help="generate demo models, MPTA and video"
     )
-    camera.add_argument("--host", default="127.0.0.1")
-    camera.add_argument("--port", type=int, default=8080)
+    build.add_argument(
+        "out_dir",
+        type=Path,
+        nargs="?",
+        metavar="OUT_DIR",
+        help="default: the worker's demo folder (PTW_DEMO_DIR, else <PTW_CACHE_DIR>/demo)",
+    )
+    camera = demo_commands.add_parser(
+        "camera",
+        parents=common,
+        help="serve a video as a looping live MPEG-TS camera at /stream.ts",
+    )
+    camera.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
+    camera.add_argument("--port", type=int, default=8080, help="listen port (default 8080)")
     camera.add_argument(
-        "--video", type=Path, help="H.264/HEVC file (default: the demo sample.mp4, made if missing)"
+        "--video",
+        type=Path,
+        metavar="FILE",
+        help="H.264/HEVC file (default: the demo sample.mp4, made if missing)",
     )
     publish = demo_commands.add_parser(
-        "publish", help="publish a video to a trickle channel as live segments (a demo gateway)"
+        "publish",
+        parents=common,
+        help="publish a video to a trickle channel as live segments (a demo gateway)",
     )
-    publish.add_argument("url", help="trickle channel URL, e.g. http://127.0.0.1:3389/demo")
-    publish.add_argument("--video", type=Path, help="video file (default: the demo sample.mp4)")
-    publish.add_argument("--loops", type=int, help="passes over the video (default: forever)")
+    publish.add_argument(
+        "url", metavar="URL", help="trickle channel URL, e.g. http://127.0.0.1:3389/demo"
+    )
+    publish.add_argument(
+        "--video", type=Path, metavar="FILE", help="video file (default: the demo sample.mp4)"
+    )
+    publish.add_argument(
+        "--loops", type=int, metavar="N", help="passes over the video (default: forever)"
+    )
     return parser
 
 
@@ -130,10 +197,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _ensure_demo(config: WorkerConfig) -> Path:
-    from pytrickle_worker.demo.assets import build_demo_assets  # noqa: PLC0415 - needs onnx
+def _default_pipeline(config: WorkerConfig, args: argparse.Namespace) -> str | None:
+    """The MPTA ``serve`` preloads, and one log line that says which and why.
 
-    return build_demo_assets(config.resolved_demo_dir).mpta_path
+    Without ``--pipeline`` it is the demo pipeline, generated on first start. Generating it
+    needs the optional ``onnx`` package: a plain ``pip install pytrickle-worker`` serves
+    without a preloaded pipeline and says how to get the demo."""
+    if args.pipeline is not None:
+        logger.info("preloading the pipeline %s (--pipeline)", mask_url(args.pipeline))
+        return str(args.pipeline)
+    if args.no_demo:
+        logger.info("no pipeline preloaded (--no-demo)")
+        return None
+    from pytrickle_worker.demo.assets import build_demo_assets  # noqa: PLC0415
+
+    try:
+        assets = build_demo_assets(config.resolved_demo_dir)
+    except MissingDependencyError:
+        logger.warning(
+            "no pipeline preloaded: the demo pipeline is generated with the optional 'onnx' "
+            "package, which is not installed; to get the demo: pip install "
+            "'pytrickle-worker[demo]' (or bash scripts/run.sh in a checkout); "
+            "--pipeline SOURCE preloads your own MPTA, --no-demo silences this line"
+        )
+        return None
+    logger.info(
+        "preloading the demo pipeline %s (camera video %s); "
+        "--pipeline SOURCE preloads your own MPTA, --no-demo starts without one",
+        assets.mpta_path,
+        assets.video_path,
+    )
+    return str(assets.mpta_path)
 
 
 def _trickle_server(args: argparse.Namespace) -> int:
@@ -189,16 +283,7 @@ def _serve(config: WorkerConfig, args: argparse.Namespace) -> int:
     from pytrickle_worker.server.app import create_app  # noqa: PLC0415 - keep `mpta` light
     from pytrickle_worker.server.shutdown import serve  # noqa: PLC0415
 
-    source: str | None = args.pipeline
-    if source is None and not args.no_demo:
-        try:
-            source = str(_ensure_demo(config))
-        except ImportError as exc:
-            raise WorkerError(
-                f"demo assets are missing and cannot be generated ({exc}); "
-                "install the demo extra (pip install '.[demo]') or pass --pipeline"
-            ) from exc
-    app = create_app(config, source)
+    app = create_app(config, _default_pipeline(config, args))
     return asyncio.run(serve(app, config.host, config.port, config.shutdown_timeout_s))
 
 

@@ -1,8 +1,18 @@
 """Exception hierarchy. Every error carries a message that names what was wrong."""
 
+from typing import ClassVar
+
 
 class WorkerError(Exception):
     """Base class for errors the worker reports to users."""
+
+    #: True when trying again cannot succeed without someone changing something (a local
+    #: archive path that does not exist): background retry loops give up at once.
+    permanent: ClassVar[bool] = False
+
+
+class MissingDependencyError(WorkerError):
+    """An optional package (one of the project's extras) is needed and not installed."""
 
 
 class MptaError(WorkerError):
@@ -11,6 +21,12 @@ class MptaError(WorkerError):
 
 class FetchError(MptaError):
     """The archive could not be downloaded or read."""
+
+
+class ArchiveNotFoundError(FetchError):
+    """A local archive (a path or a ``file://`` URL) does not exist or is not a file."""
+
+    permanent = True
 
 
 class ArchiveError(MptaError):

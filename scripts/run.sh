@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Run the worker on a fresh machine: installs into .venv, builds the offline demo assets
 # (demo models, demo MPTA, sample video) on first use, and serves on port 8000.
+# Arguments go to `pytrickle-worker serve` (e.g. --port 9000, --config FILE, --no-demo).
+# Once it listens, the worker logs the URLs to try (health, the CMS WebSocket, the stream API).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh demo
+echo "run: starting .venv/bin/pytrickle-worker serve $* (Ctrl-C stops it)"
 exec .venv/bin/pytrickle-worker serve "$@"

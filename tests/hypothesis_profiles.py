@@ -4,7 +4,7 @@
   time budget; the examples are reproducible from the printed seed.
 - ``nightly``: many more examples, for a long run by hand or on a schedule::
 
-      HYPOTHESIS_PROFILE=nightly .venv/bin/python -m pytest tests/test_cms_fuzz.py tests/test_api_fuzz.py
+      HYPOTHESIS_PROFILE=nightly .venv/bin/python -m pytest tests/test_*_fuzz.py
 
 Suites that pay for a real worker per example (cameras, model loads) take a fraction of the
 profile's count through :func:`heavy`.

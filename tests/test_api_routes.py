@@ -421,27 +421,46 @@ async def test_health_codes_and_recovery_from_a_failed_model_load(
 async def test_a_failed_model_load_heals_in_the_background(
     service: PipelineService, make_client: MakeClient, demo_assets: DemoAssets, tmp_path: Path
 ) -> None:
-    """An unready pod gets no start that would retry the load: it retries by itself."""
+    """An unready pod gets no start that would retry the load: it retries by itself. The
+    model server answers 404 until the archive is there (a missing *local* path is a
+    permanent error instead: tests/test_first_contact.py)."""
     late = tmp_path / "late.mpta"
-    manager = StreamManager(MptaDetectorProcessor(service, default_model_url=str(late)))
-    manager.load_retry_initial_s = 0.05
-    client = await make_client(manager)
-    await manager.wait_loaded()
-    assert manager.state is StreamState.ERROR
-    assert (await call(client, "GET", "/health/ready"))[0] == 503
-    await asyncio.sleep(0.3)  # a few retries fail while the archive is missing
-    assert manager.state is StreamState.ERROR
-    shutil.copy(demo_assets.mpta_path, late)
 
-    def state() -> StreamState:  # a call: pyright narrowed manager.state to ERROR above
-        return manager.state
+    async def model_server(_request: web.Request) -> web.StreamResponse:
+        if not late.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(late)
 
-    for _ in range(200):
-        if state() is StreamState.IDLE:
-            break
-        await asyncio.sleep(0.05)
-    assert state() is StreamState.IDLE and manager.error_message is None
-    assert (await call(client, "GET", "/health/ready")) == (200, {"status": "IDLE", "ready": True})
+    models = web.Application()
+    models.router.add_get("/late.mpta", model_server)
+    models_client: Client = TestClient(TestServer(models, host="127.0.0.1"))
+    await models_client.start_server()
+    try:
+        url = str(models_client.make_url("/late.mpta"))
+        manager = StreamManager(MptaDetectorProcessor(service, default_model_url=url))
+        manager.load_retry_initial_s = 0.05
+        client = await make_client(manager)
+        await manager.wait_loaded()
+        assert manager.state is StreamState.ERROR
+        assert (await call(client, "GET", "/health/ready"))[0] == 503
+        await asyncio.sleep(0.3)  # a few retries fail while the archive is missing
+        assert manager.state is StreamState.ERROR
+        shutil.copy(demo_assets.mpta_path, late)
+
+        def state() -> StreamState:  # a call: pyright narrowed manager.state to ERROR above
+            return manager.state
+
+        for _ in range(200):
+            if state() is StreamState.IDLE:
+                break
+            await asyncio.sleep(0.05)
+        assert state() is StreamState.IDLE and manager.error_message is None
+        assert (await call(client, "GET", "/health/ready")) == (
+            200,
+            {"status": "IDLE", "ready": True},
+        )
+    finally:
+        await models_client.close()
 
 
 async def test_failed_session_start_is_error_and_the_next_start_recovers(

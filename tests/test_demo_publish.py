@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from fractions import Fraction
 from pathlib import Path
 
@@ -33,7 +34,10 @@ def write_clip(path: Path, frames: int) -> None:
             container.mux(packet)
 
 
-async def test_publishes_live_segments_with_increasing_timestamps(tmp_path: Path) -> None:
+async def test_publishes_live_segments_with_increasing_timestamps(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="pytrickle_worker.streaming.media")
     clip = tmp_path / "clip.mp4"
     write_clip(clip, 45)  # 1.5 s: shorter than a 2 s segment, so one segment per pass
     server = TrickleServer()
@@ -65,6 +69,9 @@ async def test_publishes_live_segments_with_increasing_timestamps(tmp_path: Path
         pts.extend(frame.pts for frame in frames if frame.pts is not None)
     assert len(pts) == 90
     assert pts == sorted(pts) and len(set(pts)) == 90  # increasing across the loop
+    # One encoder per segment: the choice is logged at INFO once, later opens at DEBUG.
+    opens = [r.levelno for r in caplog.records if r.getMessage().startswith("encoder open")]
+    assert opens == [logging.INFO, logging.DEBUG], opens
 
 
 async def test_unreadable_video_is_a_clear_error(tmp_path: Path) -> None:

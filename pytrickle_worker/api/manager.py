@@ -10,7 +10,9 @@ States (``/health`` and ``/stream/status``)::
 * IDLE: ready, no stream. OK: one stream runs; another start gets 503.
 * ERROR: the model failed to load, a start failed, or a session died. It is never sticky:
   the next start is accepted (it retries the model load first when that is what failed)
-  and clears ERROR when it succeeds.
+  and clears ERROR when it succeeds. A failed startup load is retried in the background
+  (5 s, doubling to 60 s) unless its error is permanent (a local archive that does not
+  exist).
 
 Client mistakes (bad params, stop with no stream) answer 400 and change no state. One
 stream at a time, as pytrickle: a processor instance serves one stream.
@@ -178,6 +180,7 @@ class StreamManager:
         self._loaded = False
         self._load_task: asyncio.Task[None] | None = None
         self._retry_task: asyncio.Task[None] | None = None
+        self._load_error_permanent = False
         self._stream: _Stream | None = None
         self._starting = False
         self._lock = asyncio.Lock()
@@ -232,7 +235,7 @@ class StreamManager:
             await asyncio.shield(self._load_task)
 
     async def _load(self) -> None:
-        if not await self._try_load() and not self._draining:
+        if not await self._try_load() and not self._draining and not self._load_error_permanent:
             self._retry_task = asyncio.get_running_loop().create_task(
                 self._retry_load(), name="stream-manager-load-retry"
             )
@@ -258,7 +261,13 @@ class StreamManager:
         except Exception as exc:
             if not isinstance(exc, WorkerError):
                 logger.exception("processor model failed to load")
-            self._set_error(f"model failed to load: {exc}")
+            # A missing local archive stays missing: no background retry (a start still
+            # tries again), and the log and /health say so once.
+            self._load_error_permanent = isinstance(exc, WorkerError) and exc.permanent
+            suffix = " (not retried in the background; the next stream start tries again)"
+            self._set_error(
+                f"model failed to load: {exc}{suffix if self._load_error_permanent else ''}"
+            )
             return False
         self._loaded = True
         if self._state is StreamState.LOADING:
@@ -318,7 +327,8 @@ class StreamManager:
     def ready(self) -> tuple[int, dict[str, Any]]:
         """``/health/ready``: 200 once the model is loaded, unless the process is shutting
         down. ERROR after a failed stream is ready (the next start clears it); ERROR because
-        the model never loaded is not (it retries in the background)."""
+        the model never loaded is not (it retries in the background, unless the error is
+        permanent)."""
         ok = self._loaded and not self._draining
         body: dict[str, Any] = {"status": self._state.value, "ready": ok}
         if self._draining:

@@ -276,11 +276,13 @@ def build_demo_assets(out_dir: Path, *, force: bool = False) -> DemoAssets:
     Returns at once when the assets are already there for the current
     :data:`ASSETS_VERSION` (unless ``force``). Every file is written atomically
     and the stamp last, so an interrupted build is redone on the next call.
-    Raises :class:`~pytrickle_worker.errors.WorkerError` when ``onnx`` is missing.
+    Raises :class:`~pytrickle_worker.errors.MissingDependencyError` when ``onnx`` is
+    missing (unless the assets are already there).
     """
     from pytrickle_worker.demo.models import (  # noqa: PLC0415 - needs onnx
         build_colour_classifier,
         build_colour_detector,
+        require_onnx,
     )
 
     out_dir = Path(out_dir)
@@ -289,6 +291,7 @@ def build_demo_assets(out_dir: Path, *, force: bool = False) -> DemoAssets:
         logger.debug("demo assets in %s are up to date", out_dir)
         return assets
 
+    require_onnx()  # before anything is written or logged
     logger.info("building demo assets in %s", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / STAMP_NAME).unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.listen import listen_socket
 
 __all__ = ["LoopClip", "LoopPacket", "TsLooper", "create_camera_app", "load_clip", "run_camera"]
 
@@ -211,6 +212,7 @@ def create_camera_app(clip: LoopClip) -> web.Application:
 def run_camera(host: str, port: int, video: Path) -> None:
     """Serve ``video`` at ``http://host:port/stream.ts`` until SIGINT/SIGTERM. Blocking."""
     clip = load_clip(video)
+    sock = listen_socket(host, port)  # a taken port: one WorkerError line, no traceback
     logger.info(
         "demo camera: %s (%dx%d, %s fps, %.1f s loop) at http://%s:%d%s",
         video,
@@ -224,8 +226,7 @@ def run_camera(host: str, port: int, video: Path) -> None:
     )
     web.run_app(
         create_camera_app(clip),
-        host=host,
-        port=port,
+        sock=sock,
         print=None,
         access_log=None,
         handler_cancellation=True,

@@ -47,7 +47,7 @@ from pytrickle_worker.demo.synthetic import (
     DETECTOR_TAU_UINT8,
     RGB,
 )
-from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.errors import MissingDependencyError
 
 if TYPE_CHECKING:
     from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto
@@ -65,6 +65,7 @@ __all__ = [
     "build_colour_detector",
     "build_model_with_output_shape",
     "build_yolov8n_like",
+    "require_onnx",
 ]
 
 logger = logging.getLogger(__name__)
@@ -112,11 +113,12 @@ class ModelStats:
     gflops: float
 
 
-def _require_onnx() -> None:
+def require_onnx() -> None:
+    """Raise :class:`MissingDependencyError` when the optional ``onnx`` package is missing."""
     try:
         importlib.import_module("onnx")
     except ImportError as exc:
-        raise WorkerError(
+        raise MissingDependencyError(
             "building demo models needs the 'onnx' package: pip install 'pytrickle-worker[demo]'"
         ) from exc
 
@@ -125,7 +127,7 @@ class _Graph:
     """A tiny ONNX graph builder: nodes and initializers with unique, stable names."""
 
     def __init__(self) -> None:
-        _require_onnx()
+        require_onnx()
         self.nodes: list[NodeProto] = []
         self.initializers: list[TensorProto] = []
         self._counts: dict[str, int] = {}

@@ -63,7 +63,9 @@ def _segments(video: Path, first_index: int) -> Iterator[tuple[bytes, int, float
                         yield VideoFrame(rgb, round((start + offset) * ticks), TS_TIME_BASE)
 
                 counted = _Counted(frames())
-                data = b"".join(encode_segments(counted, settings))
+                # One segment per call: the encoder choice is logged at INFO only once (the
+                # first segment of the first pass; later passes start at first_index > 0).
+                data = b"".join(encode_segments(counted, settings, announce=start == 0))
                 if counted.count == 0:
                     return
                 index += counted.count

@@ -53,7 +53,7 @@ from urllib.request import url2pathname
 import aiohttp
 from aiohttp import hdrs
 
-from pytrickle_worker.errors import ArchiveError, FetchError
+from pytrickle_worker.errors import ArchiveError, ArchiveNotFoundError, FetchError
 from pytrickle_worker.logutil import mask_text, mask_url
 from pytrickle_worker.mpta.archive import PIPELINE_JSON, ArchiveLimits, extract_archive
 from pytrickle_worker.mpta.spec import PipelineSpec, iter_nodes, parse_pipeline_json
@@ -279,11 +279,11 @@ class ArchiveCache:
             path = await asyncio.to_thread(lambda: path.expanduser().resolve())
             st = await asyncio.to_thread(path.stat)
         except FileNotFoundError:
-            raise FetchError(f"archive {shown} not found") from None
+            raise ArchiveNotFoundError(f"archive {shown} not found") from None
         except OSError as exc:
             raise FetchError(f"cannot read archive {shown}: {exc.strerror or exc}") from None
         if not stat.S_ISREG(st.st_mode):
-            raise FetchError(f"archive {shown} is not a regular file")
+            raise ArchiveNotFoundError(f"archive {shown} is not a regular file")
         limit = self.limits.max_archive_bytes
         if st.st_size > limit:
             raise FetchError(

@@ -99,10 +99,11 @@ class PipelineService:
             loading.add_done_callback(self._release_abandoned)
             raise
         logger.info(
-            "loaded pipeline %s (%s…): %d node(s)",
+            "loaded pipeline %s (%s…): %d node(s), %s",
             mask_url(source),
             archive.sha256[:12],
             len(pipeline.nodes()),
+            self.describe_actions_target(pipeline),
         )
         return pipeline
 
@@ -115,6 +116,23 @@ class PipelineService:
             self._executor.submit(pipeline.release)
         except RuntimeError:  # the pool is shut down: the service is closing
             pipeline.release()
+
+    def describe_actions_target(self, pipeline: LoadedPipeline) -> str:
+        """Where ``pipeline``'s Redis actions go, for log lines (credentials masked)."""
+        if not any(node.spec.actions for node in pipeline.nodes()):
+            return "no Redis actions"
+        url = self.actions.target_url(pipeline.redis)
+        if url is None:
+            return "Redis actions skipped (no redis block and PTW_REDIS_URL unset)"
+        origin = "PTW_REDIS_URL" if self.actions.redis_url_override else "its redis block"
+        return f"Redis actions to {mask_url(url)} ({origin})"
+
+    def describe_redis_setting(self) -> str:
+        """The worker-wide Redis setting, for the startup log line (credentials masked)."""
+        override = self.actions.redis_url_override
+        if override:
+            return f"Redis actions go to {mask_url(override)} (PTW_REDIS_URL)"
+        return "Redis actions go to each pipeline's redis block (PTW_REDIS_URL unset)"
 
     async def release(self, pipeline: LoadedPipeline) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, pipeline.release)

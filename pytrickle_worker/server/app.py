@@ -81,8 +81,9 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         await hub.start()
         await cms.start()
         logger.info(
-            "worker started (execution provider %s)",
+            "worker started (execution provider %s); %s",
             service.providers.name,
+            service.describe_redis_setting(),
         )
         yield
         await cms.stop()

@@ -30,7 +30,7 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from pytrickle_worker.errors import WorkerError
+from pytrickle_worker.listen import listen_socket
 from pytrickle_worker.server.app import CMS_KEY, SERVICE_KEY, STREAMS_KEY
 
 __all__ = ["drain", "serve"]
@@ -98,14 +98,25 @@ async def serve(
     # Handlers still running when the server closes get at most this long: the drain has
     # already closed the WebSockets, and stream requests are short.
     runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    # Bound before the components start: a taken port is one clear WorkerError, nothing to undo.
+    sock = listen_socket(host, port)
     try:
-        await site.start()
-    except OSError as exc:
+        await runner.setup()
+        await web.SockSite(runner, sock).start()
+    except BaseException:
         await runner.cleanup()
-        raise WorkerError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    logger.info("listening on %s:%d", host, port)
+        sock.close()
+        raise
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # noqa: S104 - a comparison
+    if ":" in shown:
+        shown = f"[{shown}]"
+    logger.info(
+        "listening on %s:%d; try http://%s:%d/health, the CMS WebSocket ws://%s:%d/ and "
+        "http://%s:%d/api/stream/status",
+        host,
+        port,
+        *(shown, port) * 3,
+    )
     stop = asyncio.Event()
     received: list[str] = []
 

@@ -778,9 +778,14 @@ class _EncoderCore:
         audio_template: AudioStream | None,
         audio_backlog: int,
         output_size: tuple[int, int] | None = None,
+        *,
+        announce: bool = True,
     ) -> None:
         self.settings = settings
         self.output_size = output_size
+        # The first open is logged at INFO (the encoder choice) unless the caller already
+        # announced it; reopens (a new size) and a caller's later encoders log at DEBUG.
+        self._announce = announce
         self.fps_audio_out = FpsMeter()
         self._on_segment = on_segment
         self._gop_ticks = round(settings.gop_seconds * TS_CLOCK)
@@ -958,7 +963,8 @@ class _EncoderCore:
         self._ctx = ctx
         self.width, self.height = width, height
         self._last_idr = None
-        logger.info(
+        logger.log(
+            logging.INFO if self._announce else logging.DEBUG,
             "encoder open: %s %dx%d, preset %s, IDR every %.2f s%s",
             settings.codec,
             width,
@@ -967,6 +973,7 @@ class _EncoderCore:
             settings.gop_seconds,
             ", audio remuxed" if self.has_audio else "",
         )
+        self._announce = False
         return ctx
 
     def _mux_video(self, packet: Packet[VideoStream]) -> None:
@@ -1216,13 +1223,17 @@ class SegmentEncoder:
 def encode_segments(
     frames: Iterable[RgbFrame],
     settings: EncoderSettings | None = None,
+    *,
+    announce: bool = True,
 ) -> list[bytes]:
     """Encode ``frames`` synchronously (on this thread) into complete MPEG-TS segments.
 
-    For tests, tools and benchmarks; a live stream uses :class:`SegmentEncoder`.
+    For tests, tools and benchmarks; a live stream uses :class:`SegmentEncoder`. A caller
+    that encodes piece by piece passes ``announce=False`` after its first call, so the
+    ``encoder open`` line is logged at INFO once and at DEBUG afterwards.
     """
     segments: list[EncodedSegment] = []
-    core = _EncoderCore(settings or EncoderSettings(), segments.append, None, 1)
+    core = _EncoderCore(settings or EncoderSettings(), segments.append, None, 1, announce=announce)
     try:
         for frame in frames:
             core.encode(frame)

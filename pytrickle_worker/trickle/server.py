@@ -63,6 +63,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
+from pytrickle_worker.listen import listen_socket
 from pytrickle_worker.trickle.headers import (
     CLOSED_HEADER,
     CLOSED_VALUE,
@@ -630,11 +631,16 @@ def run_trickle_server(host: str, port: int, *, server: TrickleServer | None = N
     """
     if server is None:
         server = TrickleServer()
-    logger.info("trickle server on %s:%d (autocreate on POST)", host, port)
+    sock = listen_socket(host, port)  # a taken port: one WorkerError line, no traceback
+    logger.info(
+        "trickle server on http://%s:%d/ (channels are created on %s)",
+        host,
+        port,
+        "POST and GET" if server.autocreate_on_get else "POST",
+    )
     web.run_app(
         server.app,
-        host=host,
-        port=port,
+        sock=sock,
         print=None,
         handler_cancellation=True,
         shutdown_timeout=5.0,
