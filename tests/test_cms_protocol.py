@@ -842,3 +842,51 @@ async def test_a_camera_is_reported_online_before_its_first_detection(
         assert any(state.get("online") is True for state in states), states
         await backend.send("unsubscribe", {"subscriptionIdentifier": identifier})
         await camera.wait_for_async(lambda s: s.current_sessions == 0, timeout=10)
+
+
+# ============================================================================= 10. strict types
+
+
+async def test_wire_types_are_strict_and_payloads_are_validated_at_the_edge(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    """Each payload here was accepted by the protocol model once and then either failed later
+    with "internal error" or was silently coerced; now each is refused with the field named,
+    or (an empty snapshotUrl) read as the original detector worker read it."""
+    worker = await start_worker()
+    backend = await worker.connect()
+    await backend.wait_for(is_state)
+    identifier = "display-1;cam-1"
+    good = subscribe_payload(identifier, camera.url, model_server.url())
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"modelUrl": model_server.url() + "\x00.mpta"}, "payload.modelUrl: "),
+        ({"rtspUrl": "rtsp://127.0.0.1/\x1b[2J"}, "payload.rtspUrl: "),
+        ({"cropX1": True, "cropY1": 0, "cropX2": 320, "cropY2": 180}, "payload.cropX1: "),
+        ({"modelId": True}, "payload.modelId: "),
+        ({"modelId": 1.5}, "payload.modelId: "),
+        ({"snapshotUrl": "http://127.0.0.1/x.jpg", "snapshotInterval": "5000"}, "snapshotInterval"),
+        ({"rtspUrl": "/" + "a" * 300 + "/video.mp4"}, "rtspUrl is not a usable path"),
+        ({"rtspUrl": "", "snapshotUrl": ""}, "one of rtspUrl or snapshotUrl is required"),
+    ]
+    for change, expected in refused:
+        mark = backend.mark()
+        await backend.send("subscribe", {**good, **change})
+        error = await backend.next_error(after=mark)
+        assert expected in error["error"], (change, error)
+        assert "internal error" not in error["error"]
+    mark = backend.mark()
+    await backend.send("setSessionId", {"displayIdentifier": "display-1", "sessionId": 1.5})
+    error = await backend.next_error(after=mark)
+    assert "payload.sessionId: " in error["error"], error
+    assert len(worker.cms.subscriptions) == 0
+
+    # Accepted: an empty snapshotUrl beside an rtspUrl streams the rtspUrl, and a string
+    # modelId comes back as the string it was.
+    mark = backend.mark()
+    await backend.send("subscribe", {**good, "snapshotUrl": "", "modelId": "1"})
+    await backend.send("setSessionId", {"displayIdentifier": "display-1", "sessionId": "12"})
+    state = await backend.wait_online(identifier, after=mark)
+    assert connection_of(state, identifier)["modelId"] == "1"
+    detection = (await backend.detections(identifier, 1, after=mark))[0]
+    assert detection["data"]["modelId"] == "1"
+    assert not [m for m in backend.since(mark) if is_error(m)]
