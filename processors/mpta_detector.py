@@ -47,7 +47,6 @@ from pytrickle_worker.mpta.engine import PipelineResult, RootOverrides
 from pytrickle_worker.mpta.loader import LoadedPipeline
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.processing import (
-    NO_CONTROL,
     NOT_BOOL,
     FrameProcessor,
     ParamsError,
@@ -55,6 +54,7 @@ from pytrickle_worker.processing import (
     VideoFrame,
 )
 from pytrickle_worker.tracking.bytetrack import TrackerState
+from pytrickle_worker.validation import NO_CONTROL
 
 logger = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ interface in :mod:`processors.base`.
 from __future__ import annotations
 
 import abc
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -29,13 +28,12 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 import numpy.typing as npt
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from pytrickle_worker.errors import WorkerError
 
 __all__ = [
     "NOT_BOOL",
-    "NO_CONTROL",
     "STREAM_PARAM_KEYS",
     "FrameProcessor",
     "ParamsError",
@@ -60,25 +58,6 @@ def _reject_bool(value: object) -> object:
 
 #: ``Annotated[int, NOT_BOOL]``: a number field that refuses ``true``/``false``.
 NOT_BOOL = BeforeValidator(_reject_bool)
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _reject_control(value: str) -> str:
-    # A NUL reaches os/zip calls as "embedded null byte"; newlines and other control
-    # characters in ids and URLs only ever forge log lines or headers.
-    found = _CONTROL.search(value)
-    if found is not None:
-        raise ValueError(
-            f"must not contain control characters (U+{ord(found.group()):04X} at {found.start()})"
-        )
-    return value
-
-
-#: ``Annotated[str, NO_CONTROL]``: a string field that refuses NUL and other control
-#: characters (Unicode category Cc), naming the field in the error.
-NO_CONTROL = AfterValidator(_reject_control)
 
 
 class ParamsError(WorkerError):

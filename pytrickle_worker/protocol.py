@@ -18,13 +18,11 @@ truthiness), so ``snapshotUrl: ""`` beside an ``rtspUrl`` streams the ``rtspUrl`
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -38,23 +36,10 @@ from pydantic import (
 )
 
 from pytrickle_worker.ingest.source import SourceConfig, is_local_path, local_path
+from pytrickle_worker.validation import NO_CONTROL
 
 ModelId = int | str
 SessionId = int | str
-
-#: C0 controls (NUL, newline, escape, …), DEL and the C1 controls: never part of an
-#: identifier, a name or a URL, and NUL breaks every file-system call that meets it.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def _no_control_characters(value: str) -> str:
-    found = _CONTROL_CHARACTERS.search(value)
-    if found is not None:
-        raise ValueError(
-            f"must not contain control characters (found {found.group()!r} "
-            f"at position {found.start()})"
-        )
-    return value
 
 
 def _empty_as_absent(value: object) -> object:
@@ -62,7 +47,7 @@ def _empty_as_absent(value: object) -> object:
 
 
 #: A wire string: exactly a JSON string (strict), without control characters.
-WireStr = Annotated[str, Strict(), AfterValidator(_no_control_characters)]
+WireStr = Annotated[str, Strict(), NO_CONTROL]
 WireInt = Annotated[int, Strict()]
 #: An optional URL where ``""`` means "not given", as the original detector worker read it.
 OptionalUrl = Annotated[WireStr | None, BeforeValidator(_empty_as_absent)]

@@ -46,6 +46,19 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pytrickle_worker", *args]
 
 
+def _run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pytrickle-worker ARGS`` to its end, in ``tmp_path`` with the test environment."""
+    return subprocess.run(
+        _cli(*args),
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.fixture
 def taken_port() -> Iterator[int]:
     """A port something else is listening on."""
@@ -69,15 +82,7 @@ def test_a_taken_port_is_one_clear_line_and_exit_1(
 ) -> None:
     if command[0] == "demo":
         command = [*command, "--video", str(demo_assets.video_path)]
-    result = subprocess.run(
-        _cli(*command, "--port", str(taken_port)),
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = _run_cli(tmp_path, *command, "--port", str(taken_port))
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
     errors = [line for line in result.stderr.splitlines() if not line[:2].isdigit()]
@@ -139,14 +144,8 @@ async def test_config_and_log_level_are_accepted_after_the_subcommand(
 def test_global_options_before_the_subcommand_still_work(tmp_path: Path) -> None:
     config = tmp_path / "worker.json"
     config.write_text(json.dumps({"port": 0}))  # invalid: proves the file was read
-    result = subprocess.run(
-        _cli("--config", str(config), "--log-level", "info", "serve", "--no-demo"),
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    result = _run_cli(
+        tmp_path, "--config", str(config), "--log-level", "info", "serve", "--no-demo"
     )
     assert result.returncode == 2, result.stderr
     assert "invalid configuration: port" in result.stderr, result.stderr

@@ -36,12 +36,12 @@ from pydantic import (
 
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.processing import (
-    NO_CONTROL,
     NOT_BOOL,
     STREAM_PARAM_KEYS,
     ParamsError,
     format_validation_error,
 )
+from pytrickle_worker.validation import NO_CONTROL
 
 __all__ = [
     "CHANNEL_FIELDS",
