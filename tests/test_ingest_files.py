@@ -322,6 +322,27 @@ async def test_missing_file_retries_are_bounded(tmp_path: Path) -> None:
         await sub.close()
 
 
+async def test_a_cancelled_next_frame_is_cancelled_even_when_a_frame_wakes_it(
+    tmp_path: Path,
+) -> None:
+    """The wake-up of a new frame and the cancellation of the waiting task (a subscription
+    being stopped) land in the same loop tick. On Python 3.11, ``asyncio.wait_for`` returned
+    the wake-up and dropped the cancellation, so the processing loop ran on after its stop
+    (found by tests/test_cms_fuzz.py); every such wait must raise CancelledError."""
+    async with CameraHub(IngestConfig.model_validate(FAST)) as hub:
+        sub = hub.subscribe(SourceConfig(url=str(tmp_path / "never.mp4")), target_fps=5)
+        for _ in range(50):
+            waiting = asyncio.get_running_loop().create_task(sub.next_frame(timeout=5.0))
+            while sub._entry.signal.waiting == 0:  # noqa: ASYNC110  # pyright: ignore[reportPrivateUsage] - until it waits
+                await asyncio.sleep(0)
+            sub._entry.signal.fire()  # pyright: ignore[reportPrivateUsage] - as the reader does
+            await asyncio.sleep(0)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(waiting, 2.0)
+        await sub.close()
+
+
 async def test_forced_nvdec_falls_back_to_software(
     clip: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -439,7 +439,8 @@ class StreamManager:
             logger.exception("stream session failed to start")
             if session is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(session.stop(), self.stop_timeout_s)
+                    async with asyncio.timeout(self.stop_timeout_s):
+                        await session.stop()
             with contextlib.suppress(Exception):
                 await self.processor.on_stream_stop()
             self._set_error(f"stream session failed to start: {exc}")
@@ -481,7 +482,8 @@ class StreamManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await stream.watcher
         try:
-            await asyncio.wait_for(stream.session.stop(), self.stop_timeout_s)
+            async with asyncio.timeout(self.stop_timeout_s):
+                await stream.session.stop()
         except Exception as exc:
             logger.exception("stream session failed to stop")
             failure = f"session stop failed: {exc!r}"

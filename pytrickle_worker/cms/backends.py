@@ -169,7 +169,8 @@ class BackendRegistry:
         self._closing = True
         for connection in list(self.connections):
             try:
-                await asyncio.wait_for(connection.ws.close(code=code, message=message), 1.0)
+                async with asyncio.timeout(1.0):
+                    await connection.ws.close(code=code, message=message)
             except (TimeoutError, ConnectionError):
                 # A peer that stopped reading: its socket buffer is full and the close frame
                 # cannot be written. Drop the connection rather than wait for it.

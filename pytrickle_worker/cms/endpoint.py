@@ -101,7 +101,8 @@ class CmsEndpoint:
         self.accepting = False
         # close() also cancels pending subscribes: none starts a camera after it.
         try:
-            await asyncio.wait_for(self.subscriptions.close(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self.subscriptions.close()
         except TimeoutError:
             logger.warning("drain: subscriptions did not stop in time")
         flushed = await self.registry.flush(max(0.0, deadline - loop.time()))

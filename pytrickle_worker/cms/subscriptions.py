@@ -176,10 +176,14 @@ class SubscriptionManager:
         return len(self._intents)
 
     async def settled(self) -> None:
-        """Wait until every command received so far has been carried out."""
+        """Wait until every command received so far has been carried out. Cancelling the
+        wait cancels no command (asyncio.wait, unlike gather, leaves its tasks alone)."""
         while self._intents:
-            workers = [i.worker for i in self._intents.values() if i.worker is not None]
-            await asyncio.gather(*workers, return_exceptions=True)
+            workers = {i.worker for i in self._intents.values() if i.worker is not None}
+            if workers:
+                await asyncio.wait(workers)
+            else:
+                await asyncio.sleep(0)
 
     # ------------------------------------------------------------------ commands
 

@@ -143,7 +143,11 @@ class Subscription:
                 slot = self._new_frame()  # published before the reader could see us waiting?
                 if slot is not None:
                     break
-                await asyncio.wait_for(waiter.wait(), remaining)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+                # cancellation that arrives as its timeout fires, and a subscription's
+                # processing task then runs on after its stop.
+                async with asyncio.timeout(remaining):
+                    await waiter.wait()
             except TimeoutError:
                 return None
             finally:
@@ -173,7 +177,8 @@ class Subscription:
         if seconds <= 0:
             return
         try:
-            await asyncio.wait_for(self._closed_event.wait(), seconds)
+            async with asyncio.timeout(seconds):  # not wait_for: see next_frame
+                await self._closed_event.wait()
         except TimeoutError:
             return
 

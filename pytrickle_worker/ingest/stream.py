@@ -134,7 +134,8 @@ class StreamReader(SourceReader):
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within_s
         try:
-            await asyncio.wait_for(exited.wait(), within_s)
+            async with asyncio.timeout(within_s):
+                await exited.wait()
         except TimeoutError:
             return False
         # The thread signalled from its last lines; let it finish without blocking the loop

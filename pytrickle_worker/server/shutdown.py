@@ -49,7 +49,8 @@ class _Deadline:
 async def _step(name: str, step: Awaitable[bool | None], timeout_s: float) -> bool:
     """Run one drain step within ``timeout_s``; a timeout or failure is logged, never raised."""
     try:
-        return await asyncio.wait_for(step, timeout_s) is not False
+        async with asyncio.timeout(timeout_s):
+            return (await step) is not False
     except TimeoutError:
         logger.warning("drain: %s did not finish before the deadline", name)
     except Exception:
@@ -135,7 +136,8 @@ async def serve(
     deadline = _Deadline(shutdown_timeout_s)
     complete = await drain(app, deadline.left())
     try:
-        await asyncio.wait_for(runner.cleanup(), deadline.left())
+        async with asyncio.timeout(deadline.left()):
+            await runner.cleanup()
     except TimeoutError:
         logger.error("shutdown overran its %.0f s deadline; exiting now", shutdown_timeout_s)
         _hard_exit()

@@ -73,7 +73,8 @@ async def _bounded(work: Coroutine[Any, Any, object], timeout_s: float) -> None:
     """Run ``work`` for at most ``timeout_s``; then it is cancelled. Network failures are
     swallowed (closing a channel must not fail the stop)."""
     with contextlib.suppress(TrickleError, aiohttp.ClientError, OSError, TimeoutError):
-        await asyncio.wait_for(work, max(0.0, timeout_s))
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await work
 
 
 class _Backoff:
@@ -314,7 +315,8 @@ class DataChannel:
             # Never cancel a publish half-way: the server may have the batch already, and
             # the final flush would send it again.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._lock.acquire(), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                    await self._lock.acquire()
             try:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

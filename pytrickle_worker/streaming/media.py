@@ -448,7 +448,8 @@ class SegmentDecoder:
 
     async def wait_ended(self, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         try:
-            await asyncio.wait_for(self._ended.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ended.wait()
         except TimeoutError:
             return False
         return True
@@ -1164,7 +1165,8 @@ class SegmentEncoder:
             self._ended.set()
             return
         try:
-            await asyncio.wait_for(self._ended.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ended.wait()
         except TimeoutError:
             logger.warning("%s: encoder thread did not stop within %.1f s", self.name, timeout)
 

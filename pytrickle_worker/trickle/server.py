@@ -130,7 +130,8 @@ class _Segment:
         """Wait until data is appended or the segment closes, or ``wait_s`` passes."""
         changed = self._changed
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(changed.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await changed.wait()
 
 
 class _Channel:
