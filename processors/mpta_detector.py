@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +44,7 @@ from pytrickle_worker.errors import MptaError, WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url
 from pytrickle_worker.mpta.engine import PipelineResult, RootOverrides
 from pytrickle_worker.mpta.loader import LoadedPipeline
+from pytrickle_worker.mpta.policy import ModelUrlRefusedError
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.processing import (
     NO_CONTROL,
@@ -167,6 +167,7 @@ class MptaDetectorProcessor(FrameProcessor):
             raise ValueError(f"max_pending_data must be >= 1, got {max_pending_data}")
         self._service = service
         self._default_url = default_model_url
+        self._model_urls = service.config.model_url_policy()
         self._params = MptaDetectorParams()
         self._pipeline: LoadedPipeline | None = None
         self._pipeline_url: str | None = None
@@ -325,21 +326,14 @@ class MptaDetectorProcessor(FrameProcessor):
         url = params.model_url if params.model_url is not None else self._default_url
         if url is None:
             raise ParamsError("model_url: required (this worker has no default pipeline)")
-        if params.model_url is not None:
-            self._check_host(params.model_url)
+        # A caller's URL passes the same rule as a CMS modelUrl (mpta/policy.py); naming the
+        # operator's preloaded pipeline is always allowed.
+        if params.model_url is not None and params.model_url != self._default_url:
+            try:
+                self._model_urls.check(params.model_url)
+            except ModelUrlRefusedError as exc:
+                raise ParamsError(f"model_url: {exc}") from None
         return url
-
-    def _check_host(self, url: str) -> None:
-        allowed = self._service.config.model_url_hosts
-        if allowed is None:
-            return
-        if "://" not in url or url.startswith("file://"):
-            raise ParamsError("model_url: only http(s) URLs of allowed hosts are accepted here")
-        host = (urlsplit(url).hostname or "").lower()
-        if host not in allowed:
-            raise ParamsError(
-                f"model_url: host {host!r} is not allowed (allowed: {', '.join(allowed)})"
-            )
 
     @staticmethod
     def _check_classes(params: MptaDetectorParams, pipeline: LoadedPipeline) -> None:

@@ -23,6 +23,7 @@ from pydantic import (
 
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.ingest.config import IngestConfig
+from pytrickle_worker.mpta.policy import ModelUrlPolicy
 
 ENV_PREFIX = "PTW_"
 DEFAULT_CONFIG_FILE = "config.json"
@@ -129,6 +130,13 @@ class WorkerConfig(BaseModel):
         default=None,
         description=(
             "When set, modelUrl may only name these hosts (SSRF guard); env: comma-separated"
+        ),
+    )
+    allow_local_models: bool | None = Field(
+        default=None,
+        description=(
+            "Whether callers (CMS modelUrl, stream model_url) may name file:// URLs and local "
+            "paths; unset: allowed exactly when model_url_hosts is unset"
         ),
     )
     stall_timeout_s: float = Field(
@@ -247,6 +255,10 @@ class WorkerConfig(BaseModel):
         if self.poll_interval_ms <= 0:
             return self.target_fps
         return min(self.target_fps, 1000.0 / self.poll_interval_ms)
+
+    def model_url_policy(self) -> ModelUrlPolicy:
+        """The one rule both doors apply to a caller's model URL (docs/SECURITY.md)."""
+        return ModelUrlPolicy.create(self.model_url_hosts, self.allow_local_models)
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(
