@@ -66,7 +66,10 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     session_config = StreamSessionConfig(input_timeout_s=config.stream_input_timeout_s)
 
     def session_factory(request: StartRequest, processor: FrameProcessor) -> StreamSession:
-        return StreamSession(request, processor, config=session_config)
+        # hw_decode as the hub resolved it at start (NVML is asked once): trickle streams
+        # decode with NVDEC exactly when camera readers do, with the same software fallback.
+        config = session_config.model_copy(update={"try_nvdec": hub.nvdec})
+        return StreamSession(request, processor, config=config)
 
     streams = StreamManager(processor, session_factory)
     app[SERVICE_KEY] = service
