@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, cast
 
@@ -256,9 +256,10 @@ class WorkerConfig(BaseModel):
             return self.target_fps
         return min(self.target_fps, 1000.0 / self.poll_interval_ms)
 
-    def model_url_policy(self) -> ModelUrlPolicy:
-        """The one rule both doors apply to a caller's model URL (docs/SECURITY.md)."""
-        return ModelUrlPolicy.create(self.model_url_hosts, self.allow_local_models)
+    def model_url_policy(self, trusted: Iterable[str] = ()) -> ModelUrlPolicy:
+        """The one rule both doors apply to a caller's model URL (docs/SECURITY.md);
+        ``trusted``: the operator's own sources (the preloaded pipeline), always allowed."""
+        return ModelUrlPolicy.create(self.model_url_hosts, self.allow_local_models, trusted)
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(

@@ -255,3 +255,71 @@ async def test_one_model_url_rule_on_both_doors(name: str, tmp_path: Path) -> No
             await backend.close()
     finally:
         await server.close()
+
+
+async def test_params_and_the_preloaded_pipeline_follow_the_same_rule(
+    tmp_path: Path, demo_assets: DemoAssets
+) -> None:
+    """Local archives refused (an allow-list is set): the operator's preloaded pipeline may
+    still be named at both doors; another local archive is refused by ``/api/stream/params``
+    and by a CMS subscribe with the same reason."""
+    environ = {
+        "PTW_CACHE_DIR": str(tmp_path / "cache"),
+        **{f"PTW_{k.upper()}": str(v) for k, v in BASE_CONFIG.items()},
+        "PTW_MODEL_URL_HOSTS": "127.0.0.1",
+    }
+    preloaded, other = str(demo_assets.mpta_path), str(tmp_path / "other.mpta")
+    app = create_app(WorkerConfig.load(environ=environ), preloaded)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
+    try:
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + WAIT_S
+            while (await http.get(base + "/health/ready")).status != 200:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            body = {"gateway_request_id": MID, "params": {"model_url": preloaded}}
+            await _json(http, "POST", base + "/api/stream/start", json=body)
+            async with http.post(base + "/api/stream/params", json={"model_url": other}) as r:
+                assert r.status == 400, await r.text()
+                rest_error: str = (await r.json())["message"]
+
+            backend = Backend(await http.ws_connect(base + "/"), http)
+            for identifier, url in (("display-1;other", other), ("display-1;own", preloaded)):
+                await backend.send(
+                    "subscribe",
+                    {
+                        "subscriptionIdentifier": identifier,
+                        "rtspUrl": f"rtsp://127.0.0.1:{free_port()}/cam",
+                        "modelUrl": url,
+                        "modelName": "m",
+                        "modelId": 1,
+                    },
+                )
+            refused = await backend.wait_for(
+                lambda m: m.get("type") == "error", timeout=30, what="the refusal"
+            )
+            # The preloaded one is subscribed (the camera itself is unreachable).
+            await backend.wait_for(
+                lambda m: (
+                    m.get("type") == "stateReport"
+                    and any(
+                        c["subscriptionIdentifier"] == "display-1;own"
+                        for c in m.get("cameraConnections", [])
+                    )
+                ),
+                timeout=30,
+                what="the preloaded pipeline's subscription",
+            )
+            errors = [m for m in backend.messages if m.get("type") == "error"]
+            await _json(http, "POST", base + "/api/stream/stop")
+            await backend.close()
+    finally:
+        await server.close()
+    assert refused["subscriptionIdentifier"] == "display-1;other", refused
+    assert "local archives" in rest_error, rest_error
+    assert refused["error"].removeprefix("modelUrl: ") == rest_error.removeprefix(
+        "Invalid params: model_url: "
+    ), (refused, rest_error)
+    assert len(errors) == 1, errors

@@ -22,7 +22,7 @@ from pytrickle_worker.hardware import HardwareMonitor
 from pytrickle_worker.inference.imageops import encode_jpeg
 from pytrickle_worker.ingest.hub import CameraHub
 from pytrickle_worker.logutil import mask_text
-from pytrickle_worker.mpta.policy import ModelUrlRefusedError
+from pytrickle_worker.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.protocol import (
     ErrorMessage,
@@ -45,11 +45,17 @@ logger = logging.getLogger(__name__)
 class CmsEndpoint:
     """Owns the CMS side of the worker; ``start``/``stop`` bracket its life."""
 
-    def __init__(self, config: WorkerConfig, hub: CameraHub, service: PipelineService) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        hub: CameraHub,
+        service: PipelineService,
+        model_urls: ModelUrlPolicy | None = None,
+    ) -> None:
         self.config = config
         self.hub = hub
         # The same rule as the stream door's model_url (pytrickle_worker/mpta/policy.py).
-        self.model_urls = config.model_url_policy()
+        self.model_urls = model_urls or config.model_url_policy()
         self.monitor = HardwareMonitor()
         self.registry = BackendRegistry(
             queue_size=config.ws_queue_size,

@@ -4,7 +4,7 @@ The CMS door (``modelUrl`` of a ``subscribe``) and the stream door (``model_url`
 of ``/api/stream/start``, ``/api/stream/params`` and the control channel) check every URL a
 caller gives with the same :class:`ModelUrlPolicy`, built from the worker config by
 ``WorkerConfig.model_url_policy()``. The pipeline the operator preloads (``--pipeline``) is
-not a caller's choice and is not checked.
+not a caller's choice: it is ``trusted``, and a caller may name it too.
 
 * ``http://`` and ``https://``: any host, or, when ``model_url_hosts``
   (``PTW_MODEL_URL_HOSTS``) is set, only those hosts (an SSRF guard).
@@ -47,17 +47,24 @@ def _invalid(url: str, exc: ValueError) -> ModelUrlRefusedError:
 @dataclass(frozen=True)
 class ModelUrlPolicy:
     """``hosts``: the http(s) hosts allowed (lower case), None for any host.
-    ``allow_local``: whether ``file://`` URLs and local paths are allowed."""
+    ``allow_local``: whether ``file://`` URLs and local paths are allowed.
+    ``trusted``: sources the operator gave (the preloaded pipeline), always allowed."""
 
     hosts: frozenset[str] | None = None
     allow_local: bool = True
+    trusted: frozenset[str] = frozenset()
 
     @classmethod
-    def create(cls, hosts: Iterable[str] | None, allow_local: bool | None = None) -> ModelUrlPolicy:
+    def create(
+        cls,
+        hosts: Iterable[str] | None,
+        allow_local: bool | None = None,
+        trusted: Iterable[str] = (),
+    ) -> ModelUrlPolicy:
         """``allow_local`` None: local archives are allowed exactly when ``hosts`` is None."""
         allowed = None if hosts is None else frozenset(h.strip().lower() for h in hosts)
         local = allowed is None if allow_local is None else allow_local
-        return cls(hosts=allowed, allow_local=local)
+        return cls(hosts=allowed, allow_local=local, trusted=frozenset(trusted))
 
     def describe(self) -> str:
         """One line for the start-up log."""
@@ -68,6 +75,8 @@ class ModelUrlPolicy:
     def check(self, url: str) -> None:
         """Return when a caller may name ``url``; raise :class:`ModelUrlRefusedError` saying why
         (the message names the setting that decides it) when not."""
+        if url in self.trusted:
+            return
         if _WINDOWS_DRIVE_RE.match(url):
             scheme = ""
         else:
