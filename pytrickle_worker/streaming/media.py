@@ -404,14 +404,6 @@ class SegmentDecoder:
     def segments_dropped(self) -> int:
         return self._input.segments_dropped
 
-    def _on_nvdec_fallback(self, reason: str) -> None:
-        if self.nvdec_fallback is None:
-            logger.info("%s: NVDEC is not usable (%s); decoding in software", self.name, reason)
-        self.nvdec_fallback = reason
-        self.hw_decoder = False
-        if self.info is not None:
-            self.video_decoder = self.info.codec
-
     @property
     def bytes_in(self) -> int:
         return self._input.bytes_in
@@ -579,6 +571,15 @@ class SegmentDecoder:
                     continue
                 for frame in frames:
                     self._emit_video(frame)
+
+    def _on_nvdec_fallback(self, reason: str) -> None:
+        """The video decoder gave NVDEC up (decoder thread): say so once, remember why."""
+        if self.nvdec_fallback is None:
+            logger.info("%s: NVDEC is not usable (%s); decoding in software", self.name, reason)
+        self.nvdec_fallback = reason
+        self.hw_decoder = False
+        if self.info is not None:
+            self.video_decoder = self.info.codec
 
     def _emit_audio(self, packet: Packet[AudioStream]) -> None:
         self.audio_packets += 1
