@@ -34,7 +34,6 @@ from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +44,7 @@ from pytrickle_worker.errors import MptaError, WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url
 from pytrickle_worker.mpta.engine import PipelineResult, RootOverrides
 from pytrickle_worker.mpta.loader import LoadedPipeline
+from pytrickle_worker.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.processing import (
     NOT_BOOL,
@@ -161,12 +161,17 @@ class MptaDetectorProcessor(FrameProcessor):
         service: PipelineService,
         *,
         default_model_url: str | None = None,
+        model_urls: ModelUrlPolicy | None = None,
         max_pending_data: int = DEFAULT_MAX_PENDING_DATA,
     ) -> None:
         if max_pending_data < 1:
             raise ValueError(f"max_pending_data must be >= 1, got {max_pending_data}")
         self._service = service
         self._default_url = default_model_url
+        # The rule for a caller's model_url, the CMS door's too; the default is trusted.
+        self._model_urls = model_urls or service.config.model_url_policy(
+            [default_model_url] if default_model_url is not None else []
+        )
         self._params = MptaDetectorParams()
         self._pipeline: LoadedPipeline | None = None
         self._pipeline_url: str | None = None
@@ -325,21 +330,13 @@ class MptaDetectorProcessor(FrameProcessor):
         url = params.model_url if params.model_url is not None else self._default_url
         if url is None:
             raise ParamsError("model_url: required (this worker has no default pipeline)")
+        # A caller's URL passes the same rule as a CMS modelUrl (mpta/policy.py).
         if params.model_url is not None:
-            self._check_host(params.model_url)
+            try:
+                self._model_urls.check(params.model_url)
+            except ModelUrlRefusedError as exc:
+                raise ParamsError(f"model_url: {exc}") from None
         return url
-
-    def _check_host(self, url: str) -> None:
-        allowed = self._service.config.model_url_hosts
-        if allowed is None:
-            return
-        if "://" not in url or url.startswith("file://"):
-            raise ParamsError("model_url: only http(s) URLs of allowed hosts are accepted here")
-        host = (urlsplit(url).hostname or "").lower()
-        if host not in allowed:
-            raise ParamsError(
-                f"model_url: host {host!r} is not allowed (allowed: {', '.join(allowed)})"
-            )
 
     @staticmethod
     def _check_classes(params: MptaDetectorParams, pipeline: LoadedPipeline) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, cast
 
@@ -23,9 +23,10 @@ from pydantic import (
 
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.ingest.config import IngestConfig
+from pytrickle_worker.mpta.policy import ModelUrlPolicy
 
 ENV_PREFIX = "PTW_"
-SEED_CONFIG_FILE = "config.json"
+DEFAULT_CONFIG_FILE = "config.json"
 #: Conventional unprefixed variables, read too; the ``PTW_`` form wins when both are set.
 ENV_ALIASES: tuple[tuple[str, str], ...] = (
     ("log_level", "LOG_LEVEL"),
@@ -96,12 +97,12 @@ class WorkerConfig(BaseModel):
         default=0.1, ge=0, le=1, description="Detections above this feed the tracker"
     )
 
-    # --- CMS protocol (the seed's config.json keys keep their names) ----------------------
+    # --- CMS protocol (the original detector worker's config.json keys) ----------------------
     target_fps: float = Field(
         default=10.0, gt=0, le=120, description="Analysis rate per subscription"
     )
     poll_interval_ms: int = Field(
-        default=100, ge=0, description="Seed key: the rate is also capped at 1000/poll_interval_ms"
+        default=100, ge=0, description="Also caps the rate at 1000/poll_interval_ms"
     )
     max_streams: int = Field(default=16, ge=1, description="Most subscriptions at once")
     reconnect_interval_sec: float = Field(
@@ -115,7 +116,7 @@ class WorkerConfig(BaseModel):
     heartbeat_interval_s: float = Field(default=2.0, gt=0, description="stateReport period")
     emission: Literal["changes", "every_frame"] = Field(
         default="changes",
-        description="changes: send on a new track or a changed result; every_frame: the seed's way",
+        description="changes: send on a new track or a changed result; every_frame: as before",
     )
     disconnect_grace_s: float = Field(
         default=30.0, ge=0, description="Keep subscriptions this long after the last backend leaves"
@@ -129,6 +130,13 @@ class WorkerConfig(BaseModel):
         default=None,
         description=(
             "When set, modelUrl may only name these hosts (SSRF guard); env: comma-separated"
+        ),
+    )
+    allow_local_models: bool | None = Field(
+        default=None,
+        description=(
+            "Whether callers (CMS modelUrl, stream model_url) may name file:// URLs and local "
+            "paths; unset: allowed exactly when model_url_hosts is unset"
         ),
     )
     stall_timeout_s: float = Field(
@@ -243,10 +251,15 @@ class WorkerConfig(BaseModel):
 
     @property
     def analysis_fps(self) -> float:
-        """target_fps, capped by the seed's poll_interval_ms."""
+        """target_fps, capped by poll_interval_ms (as the original detector worker did)."""
         if self.poll_interval_ms <= 0:
             return self.target_fps
         return min(self.target_fps, 1000.0 / self.poll_interval_ms)
+
+    def model_url_policy(self, trusted: Iterable[str] = ()) -> ModelUrlPolicy:
+        """The one rule both doors apply to a caller's model URL (docs/SECURITY.md);
+        ``trusted``: the operator's own sources (the preloaded pipeline), always allowed."""
+        return ModelUrlPolicy.create(self.model_url_hosts, self.allow_local_models, trusted)
 
     def ingest_config(self) -> IngestConfig:
         return IngestConfig(
@@ -266,11 +279,12 @@ class WorkerConfig(BaseModel):
     ) -> WorkerConfig:
         """Build the config from an optional JSON file, then environment overrides.
 
-        Without ``config_file``, ``./config.json`` is read when it exists, as the seed did.
+        Without ``config_file``, ``./config.json`` is read when it exists, as the original
+        detector worker did.
         """
         values: dict[str, object] = {}
-        if config_file is None and Path(SEED_CONFIG_FILE).is_file():
-            config_file = Path(SEED_CONFIG_FILE)
+        if config_file is None and Path(DEFAULT_CONFIG_FILE).is_file():
+            config_file = Path(DEFAULT_CONFIG_FILE)
         if config_file is not None:
             try:
                 loaded: object = json.loads(config_file.read_text(encoding="utf-8"))
@@ -281,7 +295,8 @@ class WorkerConfig(BaseModel):
             document = cast(dict[str, object], loaded)
             unknown = sorted(set(document) - set(cls.model_fields))
             if unknown:
-                # A seed config.json may carry keys this worker does not use: warn, don't fail.
+                # The original detector worker's config.json may carry keys this worker does
+                # not use: warn, don't fail.
                 logger.warning("config file %s: ignoring unknown keys %s", config_file, unknown)
             values.update({k: v for k, v in document.items() if k in cls.model_fields})
         env = os.environ if environ is None else environ

@@ -164,7 +164,7 @@ class SubscribePayload(BaseModel):
 
     @property
     def uses_snapshot(self) -> bool:
-        """The seed's rule: a snapshotUrl with an interval wins over rtspUrl."""
+        """The original detector worker's rule: a snapshotUrl with an interval wins over rtspUrl."""
         return bool(self.snapshotUrl) and self.snapshotInterval is not None
 
     @property
@@ -247,9 +247,11 @@ class PatchSessionResultMessage(BaseModel):
 
 
 class InboundPatchSessionMessage(BaseModel):
-    """A ``patchSession`` sent *to* the worker (the seed's test client does this).
+    """A ``patchSession`` sent *to* the worker (the original detector worker's
+    ``test_protocol.py`` client does this).
 
-    The seed answered it with a ``patchSessionResult``; kept for compatibility. The fields sit
+    The original detector worker answered it with a ``patchSessionResult``; kept for
+    compatibility. The fields sit
     at the top level (as in ``test_protocol.py``) or inside ``payload``.
     """
 

@@ -84,7 +84,7 @@ def test_config_file_errors_are_clear(tmp_path: Path) -> None:
         WorkerConfig.load(bad, environ={})
 
 
-def test_seed_config_json_keys_work_and_unknown_keys_are_ignored(
+def test_original_worker_config_json_keys_work_and_unknown_keys_are_ignored(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "config.json").write_text(

@@ -8,10 +8,12 @@ its subscribers.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from pytrickle_worker.hardware import count_gpus
 from pytrickle_worker.ingest import CameraHub, IngestConfig, SourceConfig
 from pytrickle_worker.ingest.source import normalise_source_url
 from pytrickle_worker.trickle import TricklePublisher, TrickleServer
@@ -151,3 +153,24 @@ async def test_garbage_on_the_channel_is_an_error_not_a_crash(
         assert status.last_error.startswith(("undecodable", "stalled"))
         await publisher.close()
         await sub.close()
+
+
+async def test_hw_decode_nvdec_falls_back_to_software_and_the_status_says_which(
+    trickle: tuple[TrickleServer, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _server, address = trickle
+    caplog.set_level(logging.INFO, logger="pytrickle_worker.streaming.media")
+    async with CameraHub(FAST.model_copy(update={"hw_decode": "nvdec"})) as hub:
+        assert hub.nvdec  # forced: tried whatever the host has
+        subscription = hub.subscribe(SourceConfig(url=f"trickle://{address}/cam"), target_fps=5)
+        publisher = asyncio.ensure_future(publish_live(f"http://{address}/cam", 1))
+        assert await subscription.next_frame(timeout=8) is not None
+        status = hub.statuses()[0]
+        await (await publisher).close()
+        await subscription.close()
+    fell_back = [r.getMessage() for r in caplog.records if "NVDEC is not usable" in r.getMessage()]
+    if count_gpus() == 0:  # no GPU: software, said once
+        assert (status.decoder, status.hw_decoder) == ("h264", False), status
+        assert len(fell_back) == 1, fell_back
+    else:  # a GPU: NVDEC decodes, or the fallback is logged
+        assert status.hw_decoder or fell_back, status

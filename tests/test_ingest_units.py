@@ -59,7 +59,7 @@ def test_source_config_kinds_and_aliases() -> None:
     snap = SourceConfig.model_validate(
         {"rtspUrl": "rtsp://cam/1", "snapshotUrl": "http://cam/s.jpg", "snapshotInterval": 500}
     )
-    assert snap.kind == "snapshot"  # the seed's rule: snapshot with an interval wins
+    assert snap.kind == "snapshot"  # the original worker's rule: snapshot with an interval wins
     assert snap.snapshot_interval_s == 0.5
     assert snap.key.startswith("snapshot:http://cam/")
     assert SourceConfig(url="/tmp/x.mp4").is_file

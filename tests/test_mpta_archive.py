@@ -77,7 +77,7 @@ def test_extract_flat_archive(env: tuple[Path, Path]) -> None:
     assert [p.name for p in (cache / "extracted").iterdir()] == ["abc"]
 
 
-def test_extract_nested_folder_like_the_seed(env: tuple[Path, Path]) -> None:
+def test_extract_nested_folder_like_the_original_worker(env: tuple[Path, Path]) -> None:
     tmp_path, cache = env
     zip_path = _build(
         tmp_path / "demo.mpta",

@@ -291,7 +291,7 @@ async def test_model_url_hosts_guard(tmp_path: Path, demo_assets: DemoAssets) ->
     async with PipelineService(config) as service:
         processor = MptaDetectorProcessor(service)
         try:
-            with pytest.raises(ParamsError, match="only http"):
+            with pytest.raises(ParamsError, match=r"local archives .* are not accepted"):
                 await processor.on_stream_start({"model_url": mpta(demo_assets)})
             with pytest.raises(ParamsError, match=r"host 'evil\.example' is not allowed"):
                 await processor.on_stream_start({"model_url": "http://evil.example/x.mpta"})

@@ -529,7 +529,7 @@ async def test_real_server_json_logs_debug_level_and_token(tmp_path: Path) -> No
         sys.executable,
         str(REPO / "server.py"),
         "--no-demo",
-        cwd=tmp_path,  # no seed config.json here
+        cwd=tmp_path,  # no stray config.json here
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

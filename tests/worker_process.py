@@ -35,6 +35,8 @@ class WorkerProcess:
             "PTW_CACHE_DIR": str(workdir / "cache"),
             "PTW_EXECUTION_PROVIDER": "cpu",
             "PTW_MODEL_URL_HOSTS": "127.0.0.1,localhost",
+            # With an allow-list, local archives are refused unless allowed: tests use them.
+            "PTW_ALLOW_LOCAL_MODELS": "true",
             **(env or {}),
         }
         self._workdir = workdir

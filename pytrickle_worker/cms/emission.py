@@ -7,8 +7,9 @@ track is not confirmed yet is not sent (it will be, one frame later, with its id
 without tracking (a classifier at the root) sends a result when it differs from the last one
 sent. Frames with nothing relevant send nothing.
 
-``every_frame`` (the seed's behaviour): every processed frame is sent, and a frame with
-nothing relevant is sent as ``{"class": "none", "confidence": 1.0}``, exactly as the seed did.
+``every_frame`` (the original detector worker's behaviour): every processed frame is sent,
+and a frame with nothing relevant is sent as ``{"class": "none", "confidence": 1.0}``,
+exactly as the original detector worker did.
 """
 
 from __future__ import annotations

@@ -11,18 +11,18 @@ import asyncio
 import contextlib
 import json
 import logging
-from urllib.parse import urlsplit
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from pytrickle_worker.cms.backends import BackendConnection, BackendRegistry
 from pytrickle_worker.cms.emission import EmissionMode
-from pytrickle_worker.cms.subscriptions import SubscriptionError, SubscriptionManager
+from pytrickle_worker.cms.subscriptions import SubscriptionManager
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.hardware import HardwareMonitor
 from pytrickle_worker.inference.imageops import encode_jpeg
 from pytrickle_worker.ingest.hub import CameraHub
 from pytrickle_worker.logutil import mask_text
+from pytrickle_worker.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.protocol import (
     ErrorMessage,
@@ -45,9 +45,17 @@ logger = logging.getLogger(__name__)
 class CmsEndpoint:
     """Owns the CMS side of the worker; ``start``/``stop`` bracket its life."""
 
-    def __init__(self, config: WorkerConfig, hub: CameraHub, service: PipelineService) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        hub: CameraHub,
+        service: PipelineService,
+        model_urls: ModelUrlPolicy | None = None,
+    ) -> None:
         self.config = config
         self.hub = hub
+        # The same rule as the stream door's model_url (pytrickle_worker/mpta/policy.py).
+        self.model_urls = model_urls or config.model_url_policy()
         self.monitor = HardwareMonitor()
         self.registry = BackendRegistry(
             queue_size=config.ws_queue_size,
@@ -244,21 +252,11 @@ class CmsEndpoint:
             return
         if payload is not None:
             try:
-                self._check_model_url(payload.modelUrl)
-            except SubscriptionError as exc:
-                reply(str(exc))
+                self.model_urls.check(payload.modelUrl)
+            except ModelUrlRefusedError as exc:
+                reply(f"modelUrl: {exc}")
                 return
         self.subscriptions.request(identifier, payload, reply)
-
-    def _check_model_url(self, url: str) -> None:
-        allowed = self.config.model_url_hosts
-        if allowed is None:
-            return
-        host = (urlsplit(url).hostname or "").lower()
-        if "://" in url and not url.startswith("file://") and host not in allowed:
-            raise SubscriptionError(
-                f"modelUrl host {host!r} is not allowed (PTW_MODEL_URL_HOSTS: {', '.join(allowed)})"
-            )
 
     # ------------------------------------------------------------------ image
 

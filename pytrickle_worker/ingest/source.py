@@ -96,7 +96,8 @@ class SourceConfig(BaseModel):
     """One camera or file. CMS spellings (``rtspUrl``, ``snapshotUrl``, ``snapshotInterval``)
     are accepted as input aliases.
 
-    The seed's rule decides the kind: ``snapshot_url`` with ``snapshot_interval_ms`` wins over
+    The original detector worker's rule decides the kind: ``snapshot_url`` with
+    ``snapshot_interval_ms`` wins over
     ``url``; otherwise ``url`` is streamed: ``trickle://host:port/channel`` (or
     ``trickle+https://``) subscribes to a trickle channel of MPEG-TS segments, anything else
     (``rtsp://``, ``http(s)://`` MPEG-TS/MJPEG/HLS, a local file) is opened by FFmpeg.

@@ -162,6 +162,10 @@ class TrickleReader(TaskReader):
         time_base = frame.time_base or Fraction(1, 90_000)
         pts_time = float(frame.pts * time_base) if frame.pts is not None else None
         if self._publish_frame(frame, pts_time):
-            info = self._decoder.info if self._decoder is not None else None
+            decoder = self._decoder
+            info = decoder.info if decoder is not None else None
             codec = info.codec if info is not None else "unknown"
-            self.tracker.decoder_info(codec, codec, False)
+            if decoder is not None and decoder.video_decoder is not None:
+                self.tracker.decoder_info(codec, decoder.video_decoder, decoder.hw_decoder)
+            else:
+                self.tracker.decoder_info(codec, codec, False)

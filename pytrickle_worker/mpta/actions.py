@@ -63,7 +63,8 @@ def _render_value(value: object) -> str:
 def render_template(template: str, context: Mapping[str, object]) -> str:
     """Substitute ``{identifier}`` placeholders; every other brace is left as written.
 
-    Unlike ``str.format`` (which the seed used), literal JSON braces in a message template need
+    Unlike ``str.format`` (which the original detector worker used), literal JSON braces in
+    a message template need
     no escaping: ``{"class":"{class}"}`` renders as expected.
     """
 

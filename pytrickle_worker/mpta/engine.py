@@ -1,6 +1,6 @@
 """Pure pipeline execution: one RGB frame in, one typed result out.
 
-Semantics follow the seed's final ``run_pipeline``:
+Semantics follow the original detector worker's final ``run_pipeline`` (pympta.py):
 
 * a detection node detects (restricted to its triggerClasses), drops detections below its
   minConfidence and keeps the most confident one;
@@ -10,15 +10,15 @@ Semantics follow the seed's final ``run_pipeline``:
 * the final result is the deepest result found, with the bbox of the root detection; when no
   branch matches, or the branch finds nothing, the parent's detection is the result.
 
-Choices that differ from the seed, on purpose:
+Choices that differ from the original detector worker, on purpose:
 
 * tracking is explicit: the caller passes the stream's :class:`TrackerState`; nothing is global;
 * a classification result keeps the parent's track id instead of ``None``, so the CMS can tell
   one tracked object's events from another's;
-* a crop is passed to the branch as it is; the model's own preprocessing resizes it (the seed
-  first squashed every crop to 224x224, which distorted its aspect ratio);
-* the actions of the node that produced the final result run once (the seed ran a classifier
-  branch's actions twice).
+* a crop is passed to the branch as it is; the model's own preprocessing resizes it (the original
+  detector worker first squashed every crop to 224x224, which distorted its aspect ratio);
+* the actions of the node that produced the final result run once (the original detector worker
+  ran a classifier branch's actions twice).
 
 This module never touches Redis or the event loop: the result names the node whose actions
 should run and the image that node saw, and the caller dispatches them.

@@ -7,7 +7,7 @@ constructed from Python (``populate_by_name``), tolerate unknown keys
 
 ``parse_pipeline_json`` validates in pydantic's lax mode on purpose: hand-written
 manifests in the wild spell numbers as strings (``"port": "6379"``), which the
-seed accepted, so a numeric string is converted; anything that is not a number
+original detector worker accepted, so a numeric string is converted; anything that is not a number
 (``"minConfidence": "high"``) is an error naming the field. ``expire_seconds``
 accepts an integral float such as ``3600.0`` (stored as the ``int`` 3600);
 ``1.5`` is rejected.

@@ -61,12 +61,20 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     )
     service = PipelineService(config)
     hub = CameraHub(config.ingest_config())
-    cms = CmsEndpoint(config, hub, service)
-    processor = MptaDetectorProcessor(service, default_model_url=default_pipeline_source)
+    # One model-URL rule for both doors; the operator's preloaded pipeline is trusted.
+    trusted = [default_pipeline_source] if default_pipeline_source is not None else []
+    model_urls = config.model_url_policy(trusted)
+    cms = CmsEndpoint(config, hub, service, model_urls)
+    processor = MptaDetectorProcessor(
+        service, default_model_url=default_pipeline_source, model_urls=model_urls
+    )
     session_config = StreamSessionConfig(input_timeout_s=config.stream_input_timeout_s)
 
     def session_factory(request: StartRequest, processor: FrameProcessor) -> StreamSession:
-        return StreamSession(request, processor, config=session_config)
+        # hw_decode as the hub resolved it at start (NVML is asked once): trickle streams
+        # decode with NVDEC exactly when camera readers do, with the same software fallback.
+        config = session_config.model_copy(update={"try_nvdec": hub.nvdec})
+        return StreamSession(request, processor, config=config)
 
     streams = StreamManager(processor, session_factory)
     app[SERVICE_KEY] = service
@@ -81,9 +89,10 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         await hub.start()
         await cms.start()
         logger.info(
-            "worker started (execution provider %s); %s",
+            "worker started (execution provider %s); %s; %s",
             service.providers.name,
             service.describe_redis_setting(),
+            model_urls.describe(),
         )
         yield
         await cms.stop()

@@ -367,6 +367,11 @@ class SegmentDecoder:
         self.decode_errors = 0
         self.audio_packets = 0
         self.restarts = 0
+        #: Why NVDEC was given up for software decoding (it is not tried again), if it was.
+        self.nvdec_fallback: str | None = None
+        #: The video decoder in use (``h264_cuvid``, ``h264``, ...), once the input is open.
+        self.video_decoder: str | None = None
+        self.hw_decoder = False
         self._input = _InputBuffer(max_buffer_bytes)
         self._try_nvdec = try_nvdec
         self._threads = decoder_threads
@@ -524,7 +529,13 @@ class SegmentDecoder:
             audio = container.streams.audio[0] if container.streams.audio else None
             if not self.pass_audio:
                 audio = None
-            decoder = VideoDecoder(video, try_nvdec=self._try_nvdec, threads=self._threads)
+            decoder = VideoDecoder(
+                video,
+                try_nvdec=self._try_nvdec and self.nvdec_fallback is None,
+                threads=self._threads,
+                on_fallback=self._on_nvdec_fallback,
+            )
+            self.video_decoder, self.hw_decoder = decoder.name, decoder.hardware
             rate = video.average_rate or video.guessed_rate
             self.info = VideoInfo(
                 width=video.codec_context.width,
@@ -561,6 +572,15 @@ class SegmentDecoder:
                     continue
                 for frame in frames:
                     self._emit_video(frame)
+
+    def _on_nvdec_fallback(self, reason: str) -> None:
+        """The video decoder gave NVDEC up (decoder thread): say so once, remember why."""
+        if self.nvdec_fallback is None:
+            logger.info("%s: NVDEC is not usable (%s); decoding in software", self.name, reason)
+        self.nvdec_fallback = reason
+        self.hw_decoder = False
+        if self.info is not None:
+            self.video_decoder = self.info.codec
 
     def _emit_audio(self, packet: Packet[AudioStream]) -> None:
         self.audio_packets += 1

@@ -81,7 +81,13 @@ class StreamSessionConfig(BaseModel):
     )
     segment_queue_size: int = Field(default=4, ge=1, description="Output segments awaiting POST")
     pass_audio: bool = True
-    try_nvdec: bool = False
+    try_nvdec: bool = Field(
+        default=False,
+        description=(
+            "Decode H.264/HEVC input with NVDEC, software when it is not usable (the worker "
+            "sets it from hw_decode as the camera hub resolved it)"
+        ),
+    )
 
     preset: str = "superfast"
     crf: int = Field(default=23, ge=0, le=51)
@@ -701,6 +707,10 @@ class StreamSession:
             "output_dimensions": size(self._output_size),
             "max_framerate": self._max_framerate,
             "frames_decoded": decoder.frames_decoded if decoder else 0,
+            "try_nvdec": self.config.try_nvdec,
+            "video_decoder": decoder.video_decoder if decoder else None,
+            "hw_decoder": decoder.hw_decoder if decoder else False,
+            "nvdec_fallback": decoder.nvdec_fallback if decoder else None,
             "frames_skipped_by_rate": decoder.frames_skipped if decoder else 0,
             "frames_dropped_before_processing": decoder.frames.dropped if decoder else 0,
             "decode_queue_depth": len(decoder.frames) if decoder else 0,
