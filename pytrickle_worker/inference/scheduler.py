@@ -5,7 +5,9 @@ through ``PipelineService.process``, the stream door through the same call), so 
 of runs at once, and the threads each uses, follow one :class:`ThreadBudget`. Model loading
 (session creation, graph optimisation, a TensorRT engine build, the warm-up run) and
 unloading go through :meth:`InferenceScheduler.load`, on separate threads: a subscribe that
-loads a model never makes the running streams' frames wait.
+loads a model never makes the running streams' frames wait. The loading threads run at a
+lower priority (niceness +``LOAD_NICENESS``), so where the cores are short a load also
+gives way to the inference threads on the CPU.
 
 Threads: ``inference_0`` … (``budget.inference_workers`` of them) and ``inference_load_0`` …
 (``load_workers``). Jobs queue first-in first-out; at most ``max_pending`` inference jobs are
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,7 +31,7 @@ from typing import Final, ParamSpec, TypedDict, TypeVar
 
 from pytrickle_worker.inference.budget import ThreadBudget
 
-__all__ = ["DEFAULT_LOAD_WORKERS", "InferenceScheduler", "SchedulerStats"]
+__all__ = ["DEFAULT_LOAD_WORKERS", "LOAD_NICENESS", "InferenceScheduler", "SchedulerStats"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,19 @@ T = TypeVar("T")
 DEFAULT_LOAD_WORKERS: Final = 2
 #: Queued + running inference jobs per inference worker before callers wait.
 _PENDING_PER_WORKER: Final = 16
+#: Niceness added to the loading threads: when the cores are short, a load (graph
+#: optimisation, an engine build) gives way to the inference threads instead of sharing.
+LOAD_NICENESS: Final = 10
+
+
+def _lower_thread_priority(niceness: int) -> None:
+    """Raise the calling thread's niceness (Linux: per thread); a no-op where unsupported."""
+    try:
+        tid = threading.get_native_id()
+        current = os.getpriority(os.PRIO_PROCESS, tid)
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + niceness))
+    except (AttributeError, OSError) as exc:
+        logger.debug("model-loading thread keeps its priority: %s", exc)
 
 
 class SchedulerStats(TypedDict):
@@ -63,11 +79,13 @@ class InferenceScheduler:
         *,
         load_workers: int = DEFAULT_LOAD_WORKERS,
         max_pending: int | None = None,
+        load_niceness: int = LOAD_NICENESS,
     ) -> None:
         if load_workers < 1:
             raise ValueError(f"load_workers must be >= 1, got {load_workers}")
         self.budget = budget
         self.load_workers = load_workers
+        self.load_niceness = load_niceness
         self.max_pending = max_pending or budget.inference_workers * _PENDING_PER_WORKER
         if self.max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
@@ -95,7 +113,10 @@ class InferenceScheduler:
             max_workers=budget.inference_workers, thread_name_prefix="inference"
         )
         self._loads = ThreadPoolExecutor(
-            max_workers=self.load_workers, thread_name_prefix="inference_load"
+            max_workers=self.load_workers,
+            thread_name_prefix="inference_load",
+            initializer=_lower_thread_priority,
+            initargs=(self.load_niceness,),
         )
         self._slots = None  # bound to the loop of the first run
         logger.info(
