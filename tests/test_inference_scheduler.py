@@ -13,6 +13,7 @@ import statistics
 import threading
 import time
 import zipfile
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from processors.mpta import MptaProcessor
+from processors.mpta_detector import MptaDetectorProcessor
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.demo.synthetic import moving_objects, render_scene
@@ -30,9 +33,11 @@ from pytrickle_worker.inference.providers import ProviderChoice, select_provider
 from pytrickle_worker.inference.scheduler import InferenceScheduler
 from pytrickle_worker.mpta.loader import LoadedPipeline
 from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.processing import VideoFrame
 from pytrickle_worker.tracking.bytetrack import TrackerState
 
 Frame = npt.NDArray[np.uint8]
+TB = Fraction(1, 90_000)
 
 #: Nodes of the slow-loading model: 0.5-1 s of session creation per 6000 on the 2-core VM.
 SLOW_MODEL_NODES = 12000
@@ -257,3 +262,37 @@ async def test_a_model_load_does_not_delay_a_running_streams_frames(
         else:
             pytest.fail("; ".join(failures))
         await service.release(stream)
+
+
+# ----------------------------------------------------------------- both doors, one scheduler
+
+
+async def test_both_doors_run_on_the_schedulers_threads_and_the_processor_owns_none(
+    demo_assets: DemoAssets, tmp_path: Path
+) -> None:
+    config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
+    threads_before = {t.name for t in threading.enumerate()}
+    async with PipelineService(config, cores=2) as service:
+        stream_door = MptaDetectorProcessor(service, default_model_url=str(demo_assets.mpta_path))
+        await stream_door.load_model()
+        await stream_door.on_stream_start({})
+        cms_door = MptaProcessor(service, str(demo_assets.mpta_path), run_actions=False)
+        await cms_door.start()
+        done = service.scheduler.stats()["inference_done"]
+
+        frames = camera_frames(3)
+        for index, rgb in enumerate(frames):
+            out = await stream_door.process_video_async(VideoFrame(rgb, index * 9000, TB))
+            assert out is not None
+        assert stream_door.frames_analysed == 3
+        for rgb in frames:
+            processed = await cms_door.process(rgb, 10.0)
+            assert processed.detection is not None
+        # Every analysis of both doors was one job of the scheduler.
+        assert service.scheduler.stats()["inference_done"] == done + 6
+
+        new = {t.name for t in threading.enumerate()} - threads_before
+        assert not [n for n in new if "mpta" in n or "detector" in n], new
+        assert any(n.startswith("inference_") and "load" not in n for n in new), new
+        await cms_door.stop()
+        await stream_door.close()
