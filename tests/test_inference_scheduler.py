@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import threading
 import time
@@ -30,7 +31,7 @@ from pytrickle_worker.demo.synthetic import moving_objects, render_scene
 from pytrickle_worker.inference.budget import thread_budget
 from pytrickle_worker.inference.model import InputMeta, OnnxModel
 from pytrickle_worker.inference.providers import ProviderChoice, select_providers
-from pytrickle_worker.inference.scheduler import InferenceScheduler
+from pytrickle_worker.inference.scheduler import LOAD_NICENESS, InferenceScheduler
 from pytrickle_worker.mpta.loader import LoadedPipeline
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.processing import VideoFrame
@@ -157,8 +158,15 @@ async def test_scheduler_threads_lifecycle_and_bounded_queue(cpu: ProviderChoice
     assert set(names) == {"inference_0", "inference_1"}
     load_name = await scheduler.load(lambda: threading.current_thread().name)
     assert load_name == "inference_load_0"
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    # Loads give way to runs on the CPU: their threads are niced, the inference ones not.
+    run_nice, load_nice = await scheduler.run(niceness), await scheduler.load(niceness)
+    assert load_nice == min(19, run_nice + LOAD_NICENESS) > run_nice
     stats = scheduler.stats()
-    assert stats["inference_done"] == 4 and stats["loads_done"] == 1
+    assert stats["inference_done"] == 5 and stats["loads_done"] == 2
     assert stats["inference_pending"] == 0 and stats["loads_pending"] == 0
     await scheduler.stop()
     assert not scheduler.running
