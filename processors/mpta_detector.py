@@ -1,7 +1,9 @@
 """MptaDetectorProcessor: runs an MPTA pipeline on a trickle stream and draws what it finds.
 
 Per stream it keeps its own :class:`TrackerState` (track ids start at 1 for every stream);
-the loaded models are shared through the :class:`PipelineService`'s registry.
+the loaded models are shared through the :class:`PipelineService`'s registry, and every
+analysis runs on its inference scheduler (``PipelineService.process``, as CMS frames do):
+the processor owns no inference thread.
 
 Params (all optional; unknown keys are rejected):
 
@@ -32,7 +34,6 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import numpy as np
@@ -186,9 +187,8 @@ class MptaDetectorProcessor(FrameProcessor):
         # Serialises params updates that load a model (REST and control channel).
         self._update_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        # One thread: a stream's frames are analysed in order, and the tracker state is
-        # only ever touched by one thread at a time.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpta-detector")
+        # A stream's frames are analysed in order, one at a time (under the frame lock), so
+        # the tracker state is only ever touched by one inference thread at a time.
         self.last_error: str | None = None
         self.frames_in = 0
         self.frames_analysed = 0
@@ -258,7 +258,6 @@ class MptaDetectorProcessor(FrameProcessor):
                 await self._service.release(pipeline)
             except RuntimeError as exc:  # the service was closed first: its models are gone
                 logger.warning("mpta-detector: pipeline not released: %s", exc)
-        await asyncio.to_thread(self._executor.shutdown, True)
 
     # ------------------------------------------------------------------ params
 
@@ -388,13 +387,11 @@ class MptaDetectorProcessor(FrameProcessor):
     async def process_video_async(self, frame: VideoFrame) -> VideoFrame | None:
         self.frames_in += 1
         params = self._params
-        loop = asyncio.get_running_loop()
         if not self._schedule.due(frame.time_s, params.target_fps):
             if not params.annotate or not self._last:
                 return frame
-            drawn = await loop.run_in_executor(
-                self._executor, draw_annotations, frame.rgb, self._last
-            )
+            # Drawing is no inference: a plain worker thread, not the scheduler's.
+            drawn = await asyncio.to_thread(draw_annotations, frame.rgb, self._last)
             return frame.with_rgb(drawn)
         async with self._frame_lock:
             pipeline = self._pipeline
@@ -406,14 +403,14 @@ class MptaDetectorProcessor(FrameProcessor):
                 rate, tracker.frame_rate, rel_tol=_RATE_CHANGE
             ):
                 tracker.set_frame_rate(rate)
-            result, annotations, drawn = await loop.run_in_executor(
-                self._executor,
-                self._analyse,
-                pipeline,
-                frame.rgb,
-                tracker,
-                params.overrides(),
-                params.annotate,
+            result = await self._service.process(
+                pipeline, frame.rgb, tracker, run_actions=False, overrides=params.overrides()
+            )
+            annotations = _annotations(result)
+            drawn = (
+                await asyncio.to_thread(draw_annotations, frame.rgb, annotations)
+                if params.annotate and annotations
+                else None
             )
             self._last = annotations
         self.frames_analysed += 1
@@ -422,20 +419,6 @@ class MptaDetectorProcessor(FrameProcessor):
             if params.run_actions:
                 self._service.dispatch_actions(pipeline, result)
         return frame.with_rgb(drawn) if drawn is not None else frame
-
-    def _analyse(
-        self,
-        pipeline: LoadedPipeline,
-        rgb: Image,
-        tracker: TrackerState,
-        overrides: RootOverrides | None,
-        annotate: bool,
-    ) -> tuple[PipelineResult, tuple[Annotation, ...], Image | None]:
-        """Worker thread: run the pipeline, then draw its result when asked."""
-        result = self._service.runner.run(pipeline, rgb, tracker, overrides)
-        annotations = _annotations(result)
-        drawn = draw_annotations(rgb, annotations) if annotate and annotations else None
-        return result, annotations, drawn
 
     def _queue(self, frame: VideoFrame, result: PipelineResult) -> None:
         if len(self._data) == self._data.maxlen:

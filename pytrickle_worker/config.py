@@ -80,8 +80,16 @@ class WorkerConfig(BaseModel):
     download_read_timeout_s: float = Field(default=60.0, gt=0)
 
     execution_provider: Literal["auto", "tensorrt", "cuda", "cpu"] = "auto"
-    intra_op_threads: int = Field(default=0, ge=0, description="0 = onnxruntime default")
-    inference_workers: int = Field(default=2, ge=1)
+    intra_op_threads: int = Field(
+        default=0,
+        ge=0,
+        description="onnxruntime threads per run; 0 = the thread budget's (inference/budget.py)",
+    )
+    inference_workers: int = Field(
+        default=0,
+        ge=0,
+        description="inference runs at once; 0 = the thread budget's (inference/budget.py)",
+    )
     ort_allow_spinning: bool = Field(
         default=False,
         description=(

@@ -30,7 +30,7 @@ from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.mpta.actions import ActionJob
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.mpta.spec import RedisConfig, RedisPublishAction
-from pytrickle_worker.server.app import METRICS_KEY, create_app
+from pytrickle_worker.server.app import METRICS_KEY, SERVICE_KEY, create_app
 from pytrickle_worker.server.metrics import WorkerMetrics
 from pytrickle_worker.trickle import TricklePublisher, TrickleServer
 from tests.helpers import RedisProcess, free_port
@@ -158,6 +158,11 @@ async def test_fresh_app_scrapes_without_any_stream(start_worker: WorkerFactory)
     assert scrape.value("ptw_models_loaded") == 0
     assert scrape.value("ptw_redis_action_buffer_jobs") == 0
     assert scrape.value("ptw_execution_provider_info", provider="CPUExecutionProvider") == 1
+    service = worker.server.app[SERVICE_KEY]
+    assert scrape.value("ptw_inference_workers") == service.budget.inference_workers >= 1
+    assert scrape.value("ptw_inference_intra_op_threads") == service.budget.intra_op_threads
+    assert scrape.value("ptw_inference_jobs_pending") == 0
+    assert scrape.value("ptw_model_loads_pending") == 0
     # Families without series yet are announced, with no samples.
     for family in ("ptw_inference_seconds", "ptw_source_online", "ptw_model_info"):
         assert family in scrape.families and not scrape.families[family].samples, family

@@ -6,6 +6,11 @@ are parsed with :func:`ast.literal_eval`, never ``eval``; malformed values are l
 ignored) and infers the output contract (:mod:`.postprocess`). ``detect()`` and
 ``classify()`` are thread-safe: onnxruntime sessions allow concurrent ``run`` calls, and
 each thread gets its own preprocessing buffers.
+
+Both are built on three steps that a batching caller can use on their own:
+``preprocess(frame) -> (tensor, meta)`` per image, ``run(batch) -> output`` on a stacked
+``(N, 3, h, w)`` batch, and ``postprocess_detections(output, metas)`` /
+``postprocess_classifications(output)`` back to one result per image.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from av.video.reformatter import VideoReformatter
 from pytrickle_worker.errors import ModelError
 from pytrickle_worker.inference.imageops import (
     LetterboxBuffer,
+    LetterboxInfo,
     letterbox,
     resize_center_crop,
     scale_boxes_to_frame,
@@ -44,6 +50,7 @@ from pytrickle_worker.inference.providers import CPU, ProviderChoice, select_pro
 __all__ = [
     "Classification",
     "InferenceObserver",
+    "InputMeta",
     "ModelInfo",
     "ModelMetadata",
     "OnnxModel",
@@ -145,6 +152,17 @@ class Classification:
     class_name: str
     confidence: float
     probs: npt.NDArray[np.float32] | None = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class InputMeta:
+    """How one image became a model input: what postprocessing needs to map results back.
+
+    ``letterbox`` is the placement of a detector's input, ``None`` for a classifier's.
+    """
+
+    frame_shape: tuple[int, ...]
+    letterbox: LetterboxInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,18 +634,23 @@ class OnnxModel:
 
     # -- inference ----------------------------------------------------------------------
 
-    def _run(self, tensor: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    def run(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        """``session.run`` on an ``(N, 3, h, w)`` input; returns the first output, ``(N, ...)``.
+
+        ``N > 1`` needs a model exported with a dynamic batch (the models loaded today take
+        1: a fixed batch other than 1 is refused at load).
+        """
         session = self._session
         if session is None:
             raise ModelError(f"model '{self.path.name}' is closed")
         info = self._info
         observer = self.observer
         if observer is None:
-            result = session.run([info.output_name], {info.input_name: tensor})
+            result = session.run([info.output_name], {info.input_name: batch})
         else:
             started = time.perf_counter()
-            result = session.run([info.output_name], {info.input_name: tensor})
-            observer.observe_inference(info, time.perf_counter() - started, int(tensor.shape[0]))
+            result = session.run([info.output_name], {info.input_name: batch})
+            observer.observe_inference(info, time.perf_counter() - started, int(batch.shape[0]))
         return np.asarray(result[0], dtype=np.float32)
 
     def _letterbox_buffer(self) -> LetterboxBuffer:
@@ -638,6 +661,101 @@ class OnnxModel:
             buffer = LetterboxBuffer(self._info.input_size, dtype=dtype)
             state.letterbox = buffer
         return buffer
+
+    def preprocess(
+        self, frame: npt.NDArray[np.uint8]
+    ) -> tuple[npt.NDArray[np.floating], InputMeta]:
+        """One ``(H, W, 3)`` uint8 RGB image to a ``(1, 3, h, w)`` input and its meta.
+
+        Detectors letterbox it, classifiers resize the shorter side and crop the centre.
+        The tensor is this thread's reusable buffer for this model: it is valid until the
+        same thread preprocesses again for this model; copy it (``np.concatenate`` into a
+        batch does) to keep it longer.
+        """
+        info = self._info
+        if info.contract is OutputContract.CLASSIFY:
+            state = self._local
+            if state.reformatter is None:
+                state.reformatter = VideoReformatter()
+                dtype = np.float16 if info.input_dtype == "float16" else np.float32
+                state.classify_input = np.empty((1, 3, *info.input_size), dtype=dtype)
+            h, w = info.input_size
+            tensor = resize_center_crop(
+                frame, h if h == w else (h, w), state.classify_input, reformatter=state.reformatter
+            )
+            return tensor, InputMeta(frame.shape)
+        tensor, lb = letterbox(frame, info.input_size, self._letterbox_buffer())
+        return tensor, InputMeta(frame.shape, lb)
+
+    @staticmethod
+    def _per_image(output: npt.NDArray[np.float32], count: int) -> list[npt.NDArray[np.float32]]:
+        if count == 1:
+            return [output]
+        if output.shape[0] != count:
+            raise ModelError(f"a batch of {count} gave an output of shape {output.shape}")
+        return [output[i : i + 1] for i in range(count)]
+
+    def postprocess_detections(
+        self,
+        output: npt.NDArray[np.float32],
+        metas: Sequence[InputMeta],
+        conf_thres: float = 0.25,
+        classes: npt.NDArray[np.integer] | Sequence[int] | None = None,
+        iou_thres: float = 0.7,
+        max_det: int = 300,
+        *,
+        agnostic: bool = False,
+    ) -> list[Detections]:
+        """A detector's ``(N, ...)`` output to one :class:`Detections` per image (``metas``
+        in batch order): confidence filter, ``classes`` restriction, NMS, then boxes scaled
+        back to each frame and clipped."""
+        info = self._info
+        if not info.contract.is_detection:
+            raise ModelError(f"'{self.path.name}' is a classifier; use classify()")
+        allowed = None if classes is None else np.asarray(classes, dtype=np.int64)
+        results: list[Detections] = []
+        for image_output, meta in zip(self._per_image(output, len(metas)), metas, strict=True):
+            dets = decode_detections(
+                image_output,
+                info.contract,
+                conf_thres,
+                allowed,
+                iou_thres=iou_thres,
+                max_det=max_det,
+                agnostic=agnostic,
+            )
+            if len(dets):
+                class_ids = dets.class_ids
+                valid = (class_ids >= 0) & (class_ids < len(info.names))
+                if not valid.all():
+                    if not self._warned_class_ids:
+                        self._warned_class_ids = True
+                        logger.warning(
+                            "%s: dropping detections with class ids outside 0..%d",
+                            self.path.name,
+                            len(info.names) - 1,
+                        )
+                    dets = Detections(dets.boxes[valid], dets.scores[valid], class_ids[valid])
+                if meta.letterbox is not None:
+                    dets = Detections(
+                        scale_boxes_to_frame(dets.boxes, meta.letterbox, meta.frame_shape),
+                        dets.scores,
+                        dets.class_ids,
+                    )
+            results.append(dets)
+        return results
+
+    def postprocess_classifications(
+        self, output: npt.NDArray[np.float32], count: int = 1
+    ) -> list[Classification]:
+        """A classifier's ``(N, nc)`` output to one top-1 :class:`Classification` per image."""
+        if self._info.contract is not OutputContract.CLASSIFY:
+            raise ModelError(f"'{self.path.name}' is a detector; use detect()")
+        results: list[Classification] = []
+        for image_output in self._per_image(output, count):
+            class_id, confidence, probs = decode_classification(image_output)
+            results.append(Classification(class_id, self.class_name(class_id), confidence, probs))
+        return results
 
     def detect(
         self,
@@ -652,42 +770,18 @@ class OnnxModel:
     ) -> Detections:
         """Detect objects in an ``(H, W, 3)`` uint8 RGB frame; boxes in frame pixels.
 
-        Letterbox → session → decode (confidence filter, ``classes`` restriction, NMS) →
-        boxes scaled back to the frame and clipped.
+        :meth:`preprocess` (letterbox) → :meth:`run` → :meth:`postprocess_detections`.
         """
-        info = self._info
-        if not info.contract.is_detection:
+        if not self._info.contract.is_detection:
             raise ModelError(f"'{self.path.name}' is a classifier; use classify()")
         t0 = time.perf_counter()
-        tensor, lb = letterbox(frame, info.input_size, self._letterbox_buffer())
+        tensor, meta = self.preprocess(frame)
         t1 = time.perf_counter()
-        output = self._run(tensor)
+        output = self.run(tensor)
         t2 = time.perf_counter()
-        allowed = None if classes is None else np.asarray(classes, dtype=np.int64)
-        dets = decode_detections(
-            output,
-            info.contract,
-            conf_thres,
-            allowed,
-            iou_thres=iou_thres,
-            max_det=max_det,
-            agnostic=agnostic,
+        (dets,) = self.postprocess_detections(
+            output, (meta,), conf_thres, classes, iou_thres, max_det, agnostic=agnostic
         )
-        if len(dets):
-            class_ids = dets.class_ids
-            valid = (class_ids >= 0) & (class_ids < len(info.names))
-            if not valid.all():
-                if not self._warned_class_ids:
-                    self._warned_class_ids = True
-                    logger.warning(
-                        "%s: dropping detections with class ids outside 0..%d",
-                        self.path.name,
-                        len(info.names) - 1,
-                    )
-                dets = Detections(dets.boxes[valid], dets.scores[valid], class_ids[valid])
-            dets = Detections(
-                scale_boxes_to_frame(dets.boxes, lb, frame.shape), dets.scores, dets.class_ids
-            )
         t3 = time.perf_counter()
         if timings is not None:
             timings.record(t0, t1, t2, t3)
@@ -696,25 +790,18 @@ class OnnxModel:
     def classify(
         self, frame: npt.NDArray[np.uint8], timings: StageTimings | None = None
     ) -> Classification:
-        """Classify an ``(H, W, 3)`` uint8 RGB image (resize shorter side, centre crop)."""
-        info = self._info
-        if info.contract is not OutputContract.CLASSIFY:
+        """Classify an ``(H, W, 3)`` uint8 RGB image (resize shorter side, centre crop).
+
+        :meth:`preprocess` → :meth:`run` → :meth:`postprocess_classifications`.
+        """
+        if self._info.contract is not OutputContract.CLASSIFY:
             raise ModelError(f"'{self.path.name}' is a detector; use detect()")
-        state = self._local
-        if state.reformatter is None:
-            state.reformatter = VideoReformatter()
-            dtype = np.float16 if info.input_dtype == "float16" else np.float32
-            state.classify_input = np.empty((1, 3, *info.input_size), dtype=dtype)
-        h, w = info.input_size
         t0 = time.perf_counter()
-        tensor = resize_center_crop(
-            frame, h if h == w else (h, w), state.classify_input, reformatter=state.reformatter
-        )
+        tensor, _meta = self.preprocess(frame)
         t1 = time.perf_counter()
-        output = self._run(tensor)
+        output = self.run(tensor)
         t2 = time.perf_counter()
-        class_id, confidence, probs = decode_classification(output)
-        result = Classification(class_id, self.class_name(class_id), confidence, probs)
+        (result,) = self.postprocess_classifications(output)
         t3 = time.perf_counter()
         if timings is not None:
             timings.record(t0, t1, t2, t3)

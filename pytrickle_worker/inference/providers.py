@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal, cast
 
@@ -138,6 +138,12 @@ class ProviderChoice:
     def ort_providers(self) -> list[ProviderSpec]:
         """A fresh list for ``InferenceSession(providers=...)``."""
         return [p if isinstance(p, str) else (p[0], dict(p[1])) for p in self.providers]
+
+    def with_intra_op_threads(self, threads: int) -> ProviderChoice:
+        """The same choice with ``threads`` intra-op threads per session (the budget's)."""
+        if threads < 1:
+            raise ValueError(f"intra-op threads must be >= 1, got {threads}")
+        return replace(self, intra_op_threads=threads)
 
     def cpu_only(self) -> ProviderChoice:
         """The same settings on the CPU provider alone (the fallback of ``auto``)."""

@@ -1,6 +1,7 @@
 """PipelineService: the async face of the engine, usable with or without the server.
 
-It owns the archive cache, the model registry, the inference thread pool and the action
+It owns the archive cache, the model registry, the :class:`InferenceScheduler` (every
+inference run of both doors, and model loading on its own threads) and the action
 dispatcher, and gives each a start/stop lifecycle::
 
     async with PipelineService(WorkerConfig()) as service:
@@ -13,18 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
 import numpy as np
 
 from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.inference.budget import ThreadBudget, host_cores, thread_budget
 from pytrickle_worker.inference.providers import ProviderChoice, select_providers
 from pytrickle_worker.inference.registry import ModelRegistry
+from pytrickle_worker.inference.scheduler import InferenceScheduler
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.mpta.actions import ActionDispatcher, ActionJob
 from pytrickle_worker.mpta.archive import ArchiveLimits
-from pytrickle_worker.mpta.engine import EngineSettings, PipelineResult, PipelineRunner
+from pytrickle_worker.mpta.engine import (
+    EngineSettings,
+    PipelineResult,
+    PipelineRunner,
+    RootOverrides,
+)
 from pytrickle_worker.mpta.fetch import ArchiveCache
 from pytrickle_worker.mpta.loader import LoadedPipeline, load_pipeline_tree
 from pytrickle_worker.tracking.bytetrack import TrackerState
@@ -32,14 +39,53 @@ from pytrickle_worker.tracking.bytetrack import TrackerState
 logger = logging.getLogger(__name__)
 
 
+def _budget_and_providers(
+    config: WorkerConfig, providers: ProviderChoice | None, cores: int
+) -> tuple[ThreadBudget, ProviderChoice]:
+    """The thread budget for ``cores``, and the providers with its intra-op thread count.
+
+    Given ``providers`` keep their intra-op threads (they count as configured). Otherwise the
+    CPU budget decides the sessions' threads, and the GPU one does when a GPU is chosen.
+    """
+    workers = config.inference_workers
+    if providers is not None:
+        budget = thread_budget(
+            cores,
+            gpu=providers.uses_gpu,
+            inference_workers=workers,
+            intra_op_threads=providers.intra_op_threads,
+        )
+        return budget, providers
+    budget = thread_budget(
+        cores, inference_workers=workers, intra_op_threads=config.intra_op_threads
+    )
+    choice = select_providers(
+        config.execution_provider,
+        intra_op_threads=budget.intra_op_threads,
+        trt_cache_dir=config.cache_dir / "tensorrt",
+        allow_spinning=config.ort_allow_spinning,
+    )
+    if choice.uses_gpu:
+        budget = thread_budget(
+            cores, gpu=True, inference_workers=workers, intra_op_threads=config.intra_op_threads
+        )
+        choice = choice.with_intra_op_threads(budget.intra_op_threads)
+    return budget, choice
+
+
 class PipelineService:
-    def __init__(self, config: WorkerConfig, providers: ProviderChoice | None = None) -> None:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        providers: ProviderChoice | None = None,
+        *,
+        cores: int | None = None,
+    ) -> None:
+        """``cores``: the usable cores the thread budget is for (default: this host's,
+        :func:`host_cores`)."""
         self.config = config
-        self.providers = providers or select_providers(
-            config.execution_provider,
-            intra_op_threads=config.intra_op_threads or None,
-            trt_cache_dir=config.cache_dir / "tensorrt",
-            allow_spinning=config.ort_allow_spinning,
+        self.budget, self.providers = _budget_and_providers(
+            config, providers, cores if cores is not None else host_cores()
         )
         self.archives = ArchiveCache(
             config.cache_dir / "mpta",
@@ -64,11 +110,14 @@ class PipelineService:
             retry_interval_s=config.action_retry_interval_s,
             redis_url_override=config.redis_url,
         )
-        self._executor = ThreadPoolExecutor(
-            max_workers=config.inference_workers, thread_name_prefix="inference"
-        )
+        self.scheduler = InferenceScheduler(self.budget)
+
+    async def start(self) -> None:
+        """Start the inference scheduler (idempotent)."""
+        self.scheduler.start()
 
     async def __aenter__(self) -> PipelineService:
+        await self.start()
         return self
 
     async def __aexit__(
@@ -82,15 +131,16 @@ class PipelineService:
     async def load(self, source: str) -> LoadedPipeline:
         """Fetch, extract, validate and load ``source``; raises an MptaError subclass."""
         archive = await self.archives.open(source)
-        loop = asyncio.get_running_loop()
-        loading = loop.run_in_executor(
-            self._executor,
-            load_pipeline_tree,
-            archive.spec,
-            archive.root,
-            self.registry,
-            source,
-            archive.sha256,
+        # On the scheduler's loading threads: the inference threads never wait behind it.
+        loading = asyncio.wrap_future(
+            self.scheduler.submit_load(
+                load_pipeline_tree,
+                archive.spec,
+                archive.root,
+                self.registry,
+                source,
+                archive.sha256,
+            )
         )
         try:
             pipeline = await asyncio.shield(loading)
@@ -113,8 +163,8 @@ class PipelineService:
         pipeline = loading.result()
         logger.info("releasing %s: its load was cancelled", mask_url(pipeline.source))
         try:
-            self._executor.submit(pipeline.release)
-        except RuntimeError:  # the pool is shut down: the service is closing
+            self.scheduler.submit_load(pipeline.release)
+        except RuntimeError:  # the scheduler is stopped: the service is closing
             pipeline.release()
 
     def describe_actions_target(self, pipeline: LoadedPipeline) -> str:
@@ -135,7 +185,7 @@ class PipelineService:
         return "Redis actions go to each pipeline's redis block (PTW_REDIS_URL unset)"
 
     async def release(self, pipeline: LoadedPipeline) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, pipeline.release)
+        await self.scheduler.load(pipeline.release)
 
     async def process(
         self,
@@ -144,11 +194,14 @@ class PipelineService:
         tracker: TrackerState | None = None,
         *,
         run_actions: bool = True,
+        overrides: RootOverrides | None = None,
     ) -> PipelineResult:
-        """Run the pipeline on ``frame`` in the inference pool, then queue its actions."""
-        result = await asyncio.get_running_loop().run_in_executor(
-            self._executor, self.runner.run, pipeline, frame, tracker
-        )
+        """Run the pipeline on ``frame`` on the inference scheduler, then queue its actions.
+
+        Both doors call this: CMS subscriptions and trickle streams (``overrides``: the
+        stream's ``min_confidence``/``trigger_classes``).
+        """
+        result = await self.scheduler.run(self.runner.run, pipeline, frame, tracker, overrides)
         if run_actions:
             self.dispatch_actions(pipeline, result)
         return result
@@ -169,4 +222,4 @@ class PipelineService:
         await self.actions.close()
         await self.archives.close()
         # Off the event loop: a model load or inference still running would block it.
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        await self.scheduler.stop()

@@ -86,6 +86,7 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app[METRICS_KEY] = metrics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await service.start()
         await hub.start()
         await cms.start()
         logger.info(

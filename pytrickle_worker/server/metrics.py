@@ -138,7 +138,7 @@ class WorkerCollector(Collector):
         if self.cms is not None:
             sections.append(self._cms)
         if self.service is not None:
-            sections += [self._models, self._actions]
+            sections += [self._models, self._scheduler, self._actions]
         if self.streams is not None:
             sections.append(self._stream)
         for section in sections:
@@ -293,6 +293,19 @@ class WorkerCollector(Collector):
             info.add_metric([*key, row["contract"], row["task"]], 1)
             refs.add_metric(list(key[:2]), row["refs"])
         return [provider, loaded, loads, info, refs]
+
+    def _scheduler(self) -> list[Metric]:
+        assert self.service is not None
+        stats = self.service.scheduler.stats()
+        workers = _gauge("inference_workers", "Inference runs at once (the thread budget's)")
+        workers.add_metric([], stats["inference_workers"])
+        threads = _gauge("inference_intra_op_threads", "onnxruntime intra-op threads per run")
+        threads.add_metric([], stats["intra_op_threads"])
+        pending = _gauge("inference_jobs_pending", "Inference jobs queued or running")
+        pending.add_metric([], stats["inference_pending"])
+        loads = _gauge("model_loads_pending", "Model loads and unloads queued or running")
+        loads.add_metric([], stats["loads_pending"])
+        return [workers, threads, pending, loads]
 
     def _actions(self) -> list[Metric]:
         assert self.service is not None
