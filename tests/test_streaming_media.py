@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from av.video.frame import PictureType
 
+from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.demo.synthetic import moving_objects, render_scene
 from pytrickle_worker.processing import VideoFrame
 from pytrickle_worker.streaming.media import (
@@ -26,7 +27,6 @@ from pytrickle_worker.streaming.media import (
     SegmentEncoder,
     encode_segments,
 )
-from pytrickle_worker.streaming.queues import DropOldestQueue
 
 W, H, FPS = 320, 180, 30
 TICKS = 90_000 // FPS

@@ -30,8 +30,8 @@ import aiohttp
 
 from pytrickle_worker.api.body import parse_json
 from pytrickle_worker.api.manager import ApiError
+from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.logutil import mask_url
-from pytrickle_worker.streaming.queues import DropOldestQueue
 from pytrickle_worker.trickle import (
     SegmentWriter,
     TrickleError,

@@ -45,10 +45,10 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType
 from av.video.stream import VideoStream
 
+from pytrickle_worker.core.fps import FpsMeter
+from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.ingest.nvdec import VideoDecoder
 from pytrickle_worker.processing import VideoFrame
-from pytrickle_worker.streaming.fps import FpsMeter
-from pytrickle_worker.streaming.queues import DropOldestQueue
 
 __all__ = [
     "TS_CLOCK",

@@ -34,6 +34,7 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from pytrickle_worker.api.schemas import StartRequest, StreamParams, split_params_update
+from pytrickle_worker.core.fps import FpsMeter
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url
 from pytrickle_worker.processing import FrameProcessor, VideoFrame
@@ -44,7 +45,6 @@ from pytrickle_worker.streaming.channels import (
     EventsChannel,
     now_ms,
 )
-from pytrickle_worker.streaming.fps import FpsMeter
 from pytrickle_worker.streaming.media import (
     EncoderSettings,
     SegmentDecoder,
