@@ -22,13 +22,13 @@ from pytrickle_worker.ingest.config import IngestConfig
 from pytrickle_worker.ingest.crop import CropBox, clip_crop, validate_crop
 from pytrickle_worker.ingest.errors import CropError, HubNotStartedError, IngestError
 from pytrickle_worker.ingest.frame import CameraFrame, DecodedFrame, RgbArray
-from pytrickle_worker.ingest.nvdec import resolve_nvdec
 from pytrickle_worker.ingest.reader import SourceReader
 from pytrickle_worker.ingest.snapshot import SnapshotReader
 from pytrickle_worker.ingest.source import SourceConfig
 from pytrickle_worker.ingest.status import SourceStatus
 from pytrickle_worker.ingest.stream import StreamReader
 from pytrickle_worker.ingest.trickle import TrickleReader
+from pytrickle_worker.media.nvdec import resolve_nvdec
 
 __all__ = ["CameraHub", "Subscription"]
 

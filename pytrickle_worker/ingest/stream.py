@@ -26,11 +26,11 @@ import av.container
 from av.error import ExitError, FFmpegError, InvalidDataError
 
 from pytrickle_worker.ingest.config import IngestConfig
-from pytrickle_worker.ingest.nvdec import VideoDecoder
 from pytrickle_worker.ingest.options import format_hint, needs_sniff, open_options, sniff_format
 from pytrickle_worker.ingest.reader import SourceReader
 from pytrickle_worker.ingest.source import SourceConfig, local_path
 from pytrickle_worker.logutil import mask_text
+from pytrickle_worker.media.nvdec import VideoDecoder
 
 __all__ = ["StreamReader", "describe_error"]
 

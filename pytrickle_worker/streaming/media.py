@@ -47,7 +47,7 @@ from av.video.stream import VideoStream
 
 from pytrickle_worker.core.fps import FpsMeter
 from pytrickle_worker.core.queues import DropOldestQueue
-from pytrickle_worker.ingest.nvdec import VideoDecoder
+from pytrickle_worker.media.nvdec import VideoDecoder
 from pytrickle_worker.processing import VideoFrame
 
 __all__ = [
