@@ -1,7 +1,7 @@
 """CameraHub: one reader per normalised source, shared by refcounted subscriptions.
 
 Readers publish only the *latest* frame of their source (a slot, never a queue) and wake the
-waiting subscribers with ``loop.call_soon_threadsafe``. Each :class:`Subscription` samples
+waiting subscribers through ``core.wakeup``. Each :class:`Subscription` samples
 that slot at its own target fps, never takes the same frame twice, and gets the RGB image
 converted once per frame for all subscribers (in the hub's worker threads, never on the
 event loop), then cropped as a read-only view.
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
+from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.ingest.config import IngestConfig
 from pytrickle_worker.ingest.crop import CropBox, clip_crop, validate_crop
 from pytrickle_worker.ingest.errors import CropError, HubNotStartedError, IngestError
@@ -426,11 +427,7 @@ def _threadsafe_notifier(
     """The reader's ``notify``: wake the loop only when a subscriber waits for a frame."""
 
     def notify() -> None:
-        if not signal.waiting:
-            return
-        try:
-            loop.call_soon_threadsafe(signal.fire)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            return
+        if signal.waiting:
+            call_on_loop(loop, signal.fire)
 
     return notify

@@ -47,6 +47,7 @@ from av.video.stream import VideoStream
 
 from pytrickle_worker.core.fps import FpsMeter
 from pytrickle_worker.core.queues import DropOldestQueue
+from pytrickle_worker.core.wakeup import call_on_loop, resolve_waiter
 from pytrickle_worker.media.nvdec import VideoDecoder
 from pytrickle_worker.processing import VideoFrame
 
@@ -138,11 +139,6 @@ class _RateLimitedWarning:
 _BURST_POLL_S = 0.02
 
 
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
 class _NullSink:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         return len(data)
@@ -175,7 +171,7 @@ class _InputBuffer:
         self._reading = -1  # the segment the reader is in
         self._eof = False  # no more input: the reader drains what is left, then gets b""
         self._closed = False  # stop: the reader gets b"" at once
-        self._space_waiter: tuple[asyncio.Future[None], asyncio.AbstractEventLoop] | None = None
+        self._space_waiter: asyncio.Future[None] | None = None
         self.segments_dropped = 0
         self.bytes_in = 0
 
@@ -220,7 +216,7 @@ class _InputBuffer:
                     self._cond.notify()
                     return True
                 waiter: asyncio.Future[None] = loop.create_future()
-                self._space_waiter = (waiter, loop)
+                self._space_waiter = waiter
             await waiter
 
     def _make_room(self, needed: int) -> bool:
@@ -270,7 +266,7 @@ class _InputBuffer:
             waiter = self._space_waiter
             self._space_waiter = None
         if waiter is not None:
-            self._wake(waiter)
+            resolve_waiter(waiter)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def finish(self) -> None:
@@ -280,7 +276,7 @@ class _InputBuffer:
             self._cond.notify_all()
             waiter, self._space_waiter = self._space_waiter, None
         if waiter is not None:
-            self._wake(waiter)
+            resolve_waiter(waiter)
 
     def close(self) -> None:
         """Stop now: pending bytes are discarded and the reader sees end-of-file."""
@@ -291,15 +287,7 @@ class _InputBuffer:
             self._cond.notify_all()
             waiter, self._space_waiter = self._space_waiter, None
         if waiter is not None:
-            self._wake(waiter)
-
-    @staticmethod
-    def _wake(waiter: tuple[asyncio.Future[None], asyncio.AbstractEventLoop]) -> None:
-        future, loop = waiter
-        try:
-            loop.call_soon_threadsafe(_resolve, future)
-        except RuntimeError:  # loop closed
-            return
+            resolve_waiter(waiter)
 
 
 # ====================================================================== decoder
@@ -473,10 +461,8 @@ class SegmentDecoder:
         finally:
             self.frames.close()
             self._input.close()
-            loop = self._loop
-            if loop is not None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(self._ended.set)
+            if self._loop is not None:
+                call_on_loop(self._loop, self._ended.set)
 
     def _run_containers(self) -> None:
         failures: deque[float] = deque()
@@ -662,7 +648,7 @@ class EncodedSegment:
         self._chunks: list[bytes] = []
         self._done = False
         self._lock = threading.Lock()
-        self._waiter: tuple[asyncio.Future[None], asyncio.AbstractEventLoop] | None = None
+        self._waiter: asyncio.Future[None] | None = None
 
     @property
     def done(self) -> bool:
@@ -681,7 +667,8 @@ class EncodedSegment:
                 self._chunks.append(chunk)
                 self.size += len(chunk)
                 waiter, self._waiter = self._waiter, None
-            self._wake(waiter)
+            if waiter is not None:
+                resolve_waiter(waiter)
         return len(chunk)
 
     def finish(self) -> None:
@@ -689,7 +676,8 @@ class EncodedSegment:
         with self._lock:
             self._done = True
             waiter, self._waiter = self._waiter, None
-        self._wake(waiter)
+        if waiter is not None:
+            resolve_waiter(waiter)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """Every chunk in order, as it is written; ends when the segment is complete."""
@@ -702,7 +690,7 @@ class EncodedSegment:
                 waiter: asyncio.Future[None] | None = None
                 if not available and not done:
                     waiter = loop.create_future()
-                    self._waiter = (waiter, loop)
+                    self._waiter = waiter
             if available:
                 position += len(available)
                 for chunk in available:
@@ -716,16 +704,6 @@ class EncodedSegment:
         """Wait until the segment is complete and return all of it."""
         parts = [chunk async for chunk in self.chunks()]
         return b"".join(parts)
-
-    @staticmethod
-    def _wake(waiter: tuple[asyncio.Future[None], asyncio.AbstractEventLoop] | None) -> None:
-        if waiter is None:
-            return
-        future, loop = waiter
-        try:
-            loop.call_soon_threadsafe(_resolve, future)
-        except RuntimeError:
-            return
 
 
 # ====================================================================== encoder
@@ -1214,10 +1192,8 @@ class SegmentEncoder:
             except Exception:
                 logger.exception("%s: closing the encoder failed", self.name)
             self.segments.close()
-            loop = self._loop
-            if loop is not None:
-                with contextlib.suppress(RuntimeError):  # the loop is closed
-                    loop.call_soon_threadsafe(self._ended.set)
+            if self._loop is not None:
+                call_on_loop(self._loop, self._ended.set)
 
 
 def encode_segments(
