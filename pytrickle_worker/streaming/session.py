@@ -37,6 +37,8 @@ from pytrickle_worker.api.schemas import StartRequest, StreamParams, split_param
 from pytrickle_worker.core.fps import FpsMeter
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url
+from pytrickle_worker.media.segment_decoder import SegmentDecoder
+from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder
 from pytrickle_worker.processing import FrameProcessor, VideoFrame
 from pytrickle_worker.streaming.channels import (
     ChannelPublisher,
@@ -44,11 +46,6 @@ from pytrickle_worker.streaming.channels import (
     DataChannel,
     EventsChannel,
     now_ms,
-)
-from pytrickle_worker.streaming.media import (
-    EncoderSettings,
-    SegmentDecoder,
-    SegmentEncoder,
 )
 from pytrickle_worker.trickle import TrickleError, TrickleSubscriber
 
