@@ -13,6 +13,7 @@ import pytest
 from av.error import HTTPUnauthorizedError
 from pydantic import ValidationError
 
+from pytrickle_worker.core.backoff import Backoff
 from pytrickle_worker.ingest import (
     Crop,
     CropError,
@@ -21,7 +22,6 @@ from pytrickle_worker.ingest import (
     normalise_source_url,
     open_options,
 )
-from pytrickle_worker.ingest.backoff import Backoff
 from pytrickle_worker.ingest.crop import CropRect, clip_crop, validate_crop
 from pytrickle_worker.ingest.frame import LatestFrame
 from pytrickle_worker.ingest.options import format_hint, needs_sniff

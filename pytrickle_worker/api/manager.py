@@ -35,6 +35,7 @@ from typing import Any, Protocol, cast
 from pytrickle_worker import __version__
 from pytrickle_worker.api.hardware import gpu_info, gpu_stats
 from pytrickle_worker.api.schemas import StartRequest, StreamParams, split_params_update
+from pytrickle_worker.core.backoff import Backoff
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.hardware import HardwareMonitor
 from pytrickle_worker.logutil import mask_text
@@ -243,10 +244,9 @@ class StreamManager:
     async def _retry_load(self) -> None:
         """Keep trying in the background: a pod whose model failed to load (the model server
         was down) must heal on its own, since an unready pod gets no start that would retry."""
-        delay = self.load_retry_initial_s
+        backoff = Backoff(self.load_retry_initial_s, self.load_retry_max_s, jitter=False)
         while not self._loaded and not self._draining:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.load_retry_max_s)
+            await asyncio.sleep(backoff.failed())
             async with self._lock:
                 if self._loaded or self._draining:
                     return

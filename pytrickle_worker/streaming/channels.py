@@ -30,6 +30,7 @@ import aiohttp
 
 from pytrickle_worker.api.body import parse_json
 from pytrickle_worker.api.manager import ApiError
+from pytrickle_worker.core.backoff import Backoff
 from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.trickle import (
@@ -74,21 +75,6 @@ async def _bounded(work: Coroutine[Any, Any, object], timeout_s: float) -> None:
     swallowed (closing a channel must not fail the stop)."""
     with contextlib.suppress(TrickleError, aiohttp.ClientError, OSError, TimeoutError):
         await asyncio.wait_for(work, max(0.0, timeout_s))
-
-
-class _Backoff:
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self._next = initial_s
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.max_s, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial_s
 
 
 class ChannelPublisher:
@@ -151,7 +137,7 @@ class EventsChannel:
         self.url = url
         self._publisher = ChannelPublisher(url, JSON_MIME, http)
         self._queue: DropOldestQueue[bytes] = DropOldestQueue(queue_size)
-        self._backoff = _Backoff(retry_initial_s, retry_max_s)
+        self._backoff = Backoff(retry_initial_s, retry_max_s, jitter=False)
         self.sent = 0
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
@@ -189,7 +175,7 @@ class EventsChannel:
                 self._backoff.reset()
                 continue
             self.failures += 1
-            delay = self._backoff.next()
+            delay = self._backoff.failed()
             logger.warning(
                 "events channel %s: publish failed; retrying in %.1f s", mask_url(self.url), delay
             )
@@ -234,7 +220,7 @@ class DataChannel:
         self._take = take
         self._publisher = ChannelPublisher(url, JSONL_MIME, http)
         self._pending: deque[dict[str, Any]] = deque(maxlen=max_pending)
-        self._backoff = _Backoff(interval_s, retry_max_s)
+        self._backoff = Backoff(interval_s, retry_max_s, jitter=False)
         self._last_publish = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -296,7 +282,7 @@ class DataChannel:
                 self._backoff.reset()
                 delay = self.interval_s
             else:
-                delay = max(self.interval_s, self._backoff.next())
+                delay = max(self.interval_s, self._backoff.failed())
                 logger.warning(
                     "data channel %s: publish failed; retrying in %.1f s (%d records pending)",
                     mask_url(self.url),
@@ -350,7 +336,7 @@ class ControlChannel:
         self._on_message = on_message
         self._max_bytes = max_bytes
         self._seq = start_seq
-        self._backoff = _Backoff(retry_initial_s, retry_max_s)
+        self._backoff = Backoff(retry_initial_s, retry_max_s, jitter=False)
         self._task: asyncio.Task[None] | None = None
         self.messages = 0
         self.keepalives = 0
@@ -382,7 +368,7 @@ class ControlChannel:
                         self._seq = max(subscriber.seq, 0)
                     await self._handle(data)
             except (TrickleError, aiohttp.ClientError, OSError) as exc:
-                delay = self._backoff.next()
+                delay = self._backoff.failed()
                 logger.warning(
                     "control channel %s failed (%s); resubscribing in %.1f s",
                     mask_url(self.url),
