@@ -18,6 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
+from pytrickle_worker.core.rate import RateSampler
 from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.ingest.config import IngestConfig
 from pytrickle_worker.ingest.crop import CropBox, clip_crop, validate_crop
@@ -89,9 +90,9 @@ class Subscription:
         self.source = config
         self.target_fps = target_fps
         self.crop = crop
-        self._interval = 1.0 / target_fps
+        # Wall-clock spacing: no frame sooner than 1/target_fps after the last one taken.
+        self._sampler = RateSampler(target_fps, on_grid=False)
         self._last_seq = 0
-        self._last_taken: float | None = None
         self._closed = False
         self._closed_event = asyncio.Event()
         self._clip_warned = False
@@ -123,14 +124,13 @@ class Subscription:
             if self._closed:
                 return None
             now = loop.time()
-            if self._last_taken is not None:
-                due = self._last_taken + self._interval
-                if due > now:
-                    if deadline is not None and due > deadline:
-                        await self._sleep(deadline - now)
-                        return None
-                    await self._sleep(due - now)
-                    continue
+            wait = self._sampler.wait_s(now)
+            if wait > 0:
+                if deadline is not None and now + wait > deadline:
+                    await self._sleep(deadline - now)
+                    return None
+                await self._sleep(wait)
+                continue
             slot = self._new_frame()
             if slot is not None:
                 break
@@ -152,7 +152,7 @@ class Subscription:
         if self._last_seq:
             self.frames_skipped += max(0, slot.seq - self._last_seq - 1)
         self._last_seq = slot.seq
-        self._last_taken = loop.time()
+        self._sampler.take(loop.time())
         frame = await self._to_camera_frame(slot)
         if frame is not None:
             self.frames_taken += 1

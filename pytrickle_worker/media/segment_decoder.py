@@ -22,7 +22,6 @@ import time
 from collections import deque
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import cast
 
 import av
@@ -35,6 +34,7 @@ from av.video.stream import VideoStream
 
 from pytrickle_worker.core.fps import FpsMeter
 from pytrickle_worker.core.queues import DropOldestQueue
+from pytrickle_worker.core.rate import RateSampler
 from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.media.frames import RgbArray
 from pytrickle_worker.media.mpegts import (
@@ -147,7 +147,7 @@ class SegmentDecoder:
         self.name = name
         self.output_size = output_size
         self.frames: DropOldestQueue[DecodedVideoFrame] = DropOldestQueue(frame_queue_size)
-        self.max_fps = max_fps
+        self._sampler = RateSampler(max_fps)
         self.pass_audio = pass_audio
         self.max_restarts = max_restarts
         self.burst_wait_s = burst_wait_s
@@ -174,8 +174,15 @@ class SegmentDecoder:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ended = asyncio.Event()
         self._delivered = 0
-        self._next_due: float | None = None
         self._corrupt = _RateLimitedWarning()
+
+    @property
+    def max_fps(self) -> float | None:
+        return self._sampler.fps
+
+    @max_fps.setter
+    def max_fps(self, value: float | None) -> None:
+        self._sampler.fps = value
 
     # ------------------------------------------------------------------ control
     def start(self) -> None:
@@ -373,7 +380,7 @@ class SegmentDecoder:
         if pts is None:
             fps = self.info.fps if self.info is not None and self.info.fps else 30.0
             pts = round(self.frames_decoded / fps / time_base)
-        if not self._due(pts * time_base):
+        if not self._sampler.due(float(pts * time_base)):
             self.frames_skipped += 1
             return
         if self._frame_sink is not None:
@@ -415,24 +422,6 @@ class SegmentDecoder:
             return rgb
         top, left = (scaled_h - height) // 2, (scaled_w - width) // 2
         return np.ascontiguousarray(rgb[top : top + height, left : left + width])
-
-    def _due(self, pts_time: Fraction) -> bool:
-        """The max_fps cap, on a fixed pts grid so that sampling does not drift."""
-        max_fps = self.max_fps
-        if not max_fps or max_fps <= 0:
-            self._next_due = None
-            return True
-        t = float(pts_time)
-        interval = 1.0 / max_fps
-        due = self._next_due
-        if due is not None and t + 1e-6 < due and due - t <= interval:
-            return False
-        # Stay on the grid; after a gap or a jump back, restart it at this frame.
-        following = (t if due is None else due) + interval
-        if due is None or following <= t or due - t > interval:
-            following = t + interval
-        self._next_due = following
-        return True
 
 
 class _NoVideoError(Exception):
