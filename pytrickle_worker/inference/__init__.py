@@ -8,12 +8,12 @@ from pytrickle_worker.inference.imageops import (
     resize_center_crop,
     scale_boxes_to_frame,
 )
+from pytrickle_worker.inference.metadata import ModelMetadata, parse_metadata
 from pytrickle_worker.inference.model import (
     Classification,
     ModelInfo,
     OnnxModel,
     StageTimings,
-    parse_metadata,
 )
 from pytrickle_worker.inference.postprocess import (
     Detections,
@@ -36,6 +36,7 @@ __all__ = [
     "LetterboxBuffer",
     "LetterboxInfo",
     "ModelInfo",
+    "ModelMetadata",
     "ModelRegistry",
     "OnnxModel",
     "OutputContract",
