@@ -24,10 +24,10 @@ from pytrickle_worker.ingest import (
 )
 from pytrickle_worker.ingest.crop import CropRect, clip_crop, validate_crop
 from pytrickle_worker.ingest.frame import LatestFrame
-from pytrickle_worker.ingest.options import format_hint, needs_sniff
 from pytrickle_worker.ingest.status import RateMeter, StatusTracker
 from pytrickle_worker.ingest.stream import describe_error
 from pytrickle_worker.media.nvdec import resolve_nvdec
+from pytrickle_worker.media.options import format_hint, needs_sniff
 from pytrickle_worker.protocol import Crop as ProtocolCrop
 
 # -- URLs and source config -------------------------------------------------------------------

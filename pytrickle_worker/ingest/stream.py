@@ -27,11 +27,11 @@ from av.error import ExitError, FFmpegError, InvalidDataError
 
 from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.ingest.config import IngestConfig
-from pytrickle_worker.ingest.options import format_hint, needs_sniff, open_options, sniff_format
 from pytrickle_worker.ingest.reader import SourceReader
 from pytrickle_worker.ingest.source import SourceConfig, local_path
 from pytrickle_worker.logutil import mask_text
 from pytrickle_worker.media.nvdec import VideoDecoder
+from pytrickle_worker.media.options import format_hint, needs_sniff, open_options, sniff_format
 
 __all__ = ["StreamReader", "describe_error"]
 
