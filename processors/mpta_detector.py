@@ -41,6 +41,7 @@ import numpy.typing as npt
 from pydantic import Field, field_validator
 
 from processors.annotate import Annotation, class_colour, draw_annotations
+from pytrickle_worker.core.rate import RateSampler
 from pytrickle_worker.errors import MptaError, WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url
 from pytrickle_worker.mpta.engine import PipelineResult, RootOverrides
@@ -67,8 +68,6 @@ DEFAULT_MAX_PENDING_DATA = 1000
 _RATE_WINDOW = 16
 #: Relative change of the analysis rate that is passed on to the tracker.
 _RATE_CHANGE = 0.1
-#: Slack for float media times when deciding whether a frame is due (seconds).
-_DUE_EPSILON_S = 1e-4
 
 Image = npt.NDArray[np.uint8]
 
@@ -118,12 +117,12 @@ class _Schedule:
     """Which frames to analyse at ``target_fps`` (media time), and the rate achieved."""
 
     def __init__(self) -> None:
-        self.next_due: float | None = None
+        self.sampler = RateSampler()
         self.last_t: float | None = None
         self.times: deque[float] = deque(maxlen=_RATE_WINDOW)
 
     def reset(self) -> None:
-        self.next_due = None
+        self.sampler.reset()
         self.last_t = None
         self.times.clear()
 
@@ -132,16 +131,8 @@ class _Schedule:
             # pts went backwards (a new segment, a restarted encoder): start over.
             self.reset()
         self.last_t = t
-        if target_fps is None:
-            return True
-        interval = 1.0 / target_fps
-        if self.next_due is None or t >= self.next_due - _DUE_EPSILON_S:
-            due_at = self.next_due if self.next_due is not None else t
-            following = due_at + interval
-            # After a gap (or a slow start) do not try to catch up: keep the pace from now.
-            self.next_due = following if following > t else t + interval
-            return True
-        return False
+        self.sampler.fps = target_fps
+        return self.sampler.due(t)
 
     def analysed(self, t: float) -> float | None:
         """Record an analysis at media time ``t``; return the measured rate, if known."""

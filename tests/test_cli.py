@@ -195,7 +195,7 @@ def _has_ultralytics() -> bool:
 
 async def test_mpta_run_on_a_still_image(demo_assets: DemoAssets, tmp_path: Path) -> None:
     from pytrickle_worker.demo.synthetic import SceneObject, render_scene  # noqa: PLC0415
-    from pytrickle_worker.inference.imageops import encode_jpeg  # noqa: PLC0415
+    from pytrickle_worker.media.jpeg import encode_jpeg  # noqa: PLC0415
 
     truck = SceneObject("truck", (300, 200, 500, 330))
     image = tmp_path / "still.jpg"

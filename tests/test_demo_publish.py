@@ -37,7 +37,7 @@ def write_clip(path: Path, frames: int) -> None:
 async def test_publishes_live_segments_with_increasing_timestamps(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="pytrickle_worker.streaming.media")
+    caplog.set_level(logging.DEBUG, logger="pytrickle_worker.media.segment_encoder")
     clip = tmp_path / "clip.mp4"
     write_clip(clip, 45)  # 1.5 s: shorter than a 2 s segment, so one segment per pass
     server = TrickleServer()

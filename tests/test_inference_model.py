@@ -15,12 +15,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pytrickle_worker.errors import ModelError
+from pytrickle_worker.inference.metadata import parse_metadata
 from pytrickle_worker.inference.model import (
     Classification,
     ModelInfo,
     OnnxModel,
     StageTimings,
-    parse_metadata,
 )
 from pytrickle_worker.inference.postprocess import OutputContract
 from pytrickle_worker.inference.providers import ProviderChoice, select_providers

@@ -21,7 +21,7 @@ from pytrickle_worker.ingest import (
     IngestConfig,
     SourceConfig,
 )
-from pytrickle_worker.ingest.options import sniff_format
+from pytrickle_worker.media.options import sniff_format
 from tests.helpers import collect
 from tests.media_fixtures import RtspServer
 from tests.servers.media_http import MediaHttpServer, get_clip

@@ -159,7 +159,7 @@ async def test_hw_decode_nvdec_falls_back_to_software_and_the_status_says_which(
     trickle: tuple[TrickleServer, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     _server, address = trickle
-    caplog.set_level(logging.INFO, logger="pytrickle_worker.streaming.media")
+    caplog.set_level(logging.INFO, logger="pytrickle_worker.media")
     async with CameraHub(FAST.model_copy(update={"hw_decode": "nvdec"})) as hub:
         assert hub.nvdec  # forced: tried whatever the host has
         subscription = hub.subscribe(SourceConfig(url=f"trickle://{address}/cam"), target_fps=5)

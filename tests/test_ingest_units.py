@@ -13,6 +13,7 @@ import pytest
 from av.error import HTTPUnauthorizedError
 from pydantic import ValidationError
 
+from pytrickle_worker.core.backoff import Backoff
 from pytrickle_worker.ingest import (
     Crop,
     CropError,
@@ -21,13 +22,12 @@ from pytrickle_worker.ingest import (
     normalise_source_url,
     open_options,
 )
-from pytrickle_worker.ingest.backoff import Backoff
 from pytrickle_worker.ingest.crop import CropRect, clip_crop, validate_crop
 from pytrickle_worker.ingest.frame import LatestFrame
-from pytrickle_worker.ingest.nvdec import resolve_nvdec
-from pytrickle_worker.ingest.options import format_hint, needs_sniff
 from pytrickle_worker.ingest.status import RateMeter, StatusTracker
 from pytrickle_worker.ingest.stream import describe_error
+from pytrickle_worker.media.nvdec import resolve_nvdec
+from pytrickle_worker.media.options import format_hint, needs_sniff
 from pytrickle_worker.protocol import Crop as ProtocolCrop
 
 # -- URLs and source config -------------------------------------------------------------------

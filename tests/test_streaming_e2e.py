@@ -186,14 +186,14 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     await control.publish(b'{"max_framerate": 0}')  # invalid: logged, not fatal
     await control.publish(b'{"max_framerate": "30"}')  # strict types, as over REST
     await control.publish(b'{"max_framerate": 60, "label": "x"}')
-    await wait_for(lambda: session.stats()["max_framerate"] == 60)
+    await wait_for(lambda: session.stats().max_framerate == 60)
     assert processor.current_params() == {"label": "x"}
     stats = session.stats()
-    assert stats["control_messages"] == 3  # keepalives are not messages
-    assert stats["control_errors"] == 2 and stats["control_rejected"] == 2
+    assert stats.control_messages == 3  # keepalives are not messages
+    assert stats.control_errors == 2 and stats.control_rejected == 2
 
     # All but the frames still inside the demuxer/decoder (the input has not ended).
-    await wait_for(lambda: session.stats()["frames_encoded"] >= N - 8)
+    await wait_for(lambda: session.stats().frames_encoded >= N - 8)
     # The first heartbeat may precede the first frame (dimensions 0x0 until one is seen).
     await events.until(
         lambda items: any(
@@ -220,7 +220,7 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     assert output.ended  # the output's subscriber saw the end of the stream
 
     frames = decoded_output(output.items)
-    assert len(frames) == session.stats()["frames_encoded"] >= N - 8
+    assert len(frames) == session.stats().frames_encoded >= N - 8
     assert {(f.width, f.height) for f in frames} == {(W, H)}
     assert [f.pts for f in frames] == [i * TICKS for i in range(len(frames))]
     assert len(output.items) == 3  # one segment per 2 s GOP
@@ -252,10 +252,10 @@ async def test_input_end_drains_every_frame_and_ends_the_session(trickle: Trickl
     assert len(frames) == N
     assert [f.pts for f in frames] == [i * TICKS for i in range(N)]
     stats = session.stats()
-    assert stats["state"] == "stopped" and stats["error"] is None
-    assert stats["frames_decoded"] == stats["frames_encoded"] == N
-    assert stats["segments_in"] == 3 and stats["segments_out"] == 3
-    assert stats["frames_dropped_before_processing"] == 0
+    assert stats.state == "stopped" and stats.error is None
+    assert stats.frames_decoded == stats.frames_encoded == N
+    assert stats.segments_in == 3 and stats.segments_out == 3
+    assert stats.frames_dropped_before_processing == 0
 
 
 class EveryOther(PassthroughProcessor):
@@ -287,7 +287,7 @@ async def test_processor_none_drops_frames_and_data_is_batched(trickle: Trickle)
     await asyncio.wait_for(output.task or asyncio.sleep(0), 5)
     frames = decoded_output(output.items)
     assert [f.pts for f in frames] == [i * TICKS for i in range(0, N, 2)]
-    assert session.stats()["frames_dropped_by_processor"] == N // 2
+    assert session.stats().frames_dropped_by_processor == N // 2
     await data.until(lambda batches: sum(len(b) for b in batches) >= N // 2)
     records = [r for batch in data.items for r in batch]
     assert [r["pts"] for r in records] == [i * TICKS for i in range(0, N, 2)]
@@ -317,7 +317,7 @@ async def test_side_channel_failures_never_stop_the_video(trickle: Trickle) -> N
     await asyncio.wait_for(output.task or asyncio.sleep(0), 5)
     assert len(decoded_output(output.items)) == N // 2
     stats = session.stats()
-    assert stats["error"] is None and stats["events_sent"] == 0 and stats["data_records_sent"] == 0
+    assert stats.error is None and stats.events_sent == 0 and stats.data_records_sent == 0
 
 
 async def test_undecodable_input_fails_the_session(trickle: Trickle) -> None:
@@ -365,7 +365,7 @@ async def test_mpta_detector_stream_publishes_detections(
     # target_fps=10 on a 30 fps input: about every third frame is analysed
     assert 10 <= len(records) <= N // 3 + 1
     assert detector.params.min_confidence == 0.9
-    assert session.stats()["processing_fps"] >= 0
+    assert session.stats().processing_fps >= 0
     await data.close()
     await control.close(delete=False)
 
@@ -387,7 +387,7 @@ async def test_stream_manager_drives_the_session(trickle: Trickle) -> None:
     await manager.start(trickle.request(max_framerate=30))
     assert manager.state is StreamState.OK
     await manager.update_params({"max_framerate": 15})
-    assert sessions[0].stats()["max_framerate"] == 15
+    assert sessions[0].stats().max_framerate == 15
     assert manager.status()["session"]["kind"] == "trickle"
     await events.until(lambda items: bool(events_of(events, "params_updated")))
     assert events_of(events, "params_updated")[0]["params"] == {"max_framerate": 15}
@@ -396,6 +396,6 @@ async def test_stream_manager_drives_the_session(trickle: Trickle) -> None:
     await publisher.close()  # the input ends: the session ends and the manager goes IDLE
     await wait_for(lambda: manager.state is StreamState.IDLE, 15)
     stats = sessions[0].stats()
-    assert stats["state"] == "stopped" and stats["frames_encoded"] == N // 2  # 15 of 30 fps
+    assert stats.state == "stopped" and stats.frames_encoded == N // 2  # 15 of 30 fps
     await events.close()
     await manager.shutdown()

@@ -15,18 +15,12 @@ import numpy as np
 import pytest
 from av.video.frame import PictureType
 
+from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.demo.synthetic import moving_objects, render_scene
+from pytrickle_worker.media.mpegts import TS_TIME_BASE, EncodedSegment
+from pytrickle_worker.media.segment_decoder import DecodedVideoFrame, SegmentDecoder
+from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder, encode_segments
 from pytrickle_worker.processing import VideoFrame
-from pytrickle_worker.streaming.media import (
-    TS_TIME_BASE,
-    DecodedVideoFrame,
-    EncodedSegment,
-    EncoderSettings,
-    SegmentDecoder,
-    SegmentEncoder,
-    encode_segments,
-)
-from pytrickle_worker.streaming.queues import DropOldestQueue
 
 W, H, FPS = 320, 180, 30
 TICKS = 90_000 // FPS

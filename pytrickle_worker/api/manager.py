@@ -29,12 +29,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, cast
+from typing import Any, Literal, Protocol, cast
 
 from pytrickle_worker import __version__
 from pytrickle_worker.api.hardware import gpu_info, gpu_stats
 from pytrickle_worker.api.schemas import StartRequest, StreamParams, split_params_update
+from pytrickle_worker.core.backoff import Backoff
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.hardware import HardwareMonitor
 from pytrickle_worker.logutil import mask_text
@@ -45,7 +47,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ApiError",
     "IdleSession",
+    "IdleStats",
     "SessionFactory",
+    "SessionStats",
     "StreamManager",
     "StreamSessionLike",
     "StreamState",
@@ -68,6 +72,32 @@ class ApiError(WorkerError):
         self.message = message
 
 
+class SessionStats(Protocol):
+    """A session's counters (``StreamStats`` for a trickle stream)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class IdleStats:
+    """An :class:`IdleSession`'s counters: no media, so no rates."""
+
+    params: dict[str, Any]
+    kind: Literal["idle"] = "idle"
+    input_fps: float = 0.0
+    output_fps: float = 0.0
+    processing_fps: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "input_fps": self.input_fps,
+            "output_fps": self.output_fps,
+            "processing_fps": self.processing_fps,
+            "params": dict(self.params),
+        }
+
+
 class StreamSessionLike(Protocol):
     """What the manager needs of a media session (trickle in → processor → trickle out).
 
@@ -79,9 +109,9 @@ class StreamSessionLike(Protocol):
       stream-level fields (today ``max_framerate``; possibly none) and the whole update as
       requested, for the ``params_updated`` event; the manager has already applied the
       processor's params. It is called for every accepted update.
-    * ``stats()["max_framerate"]``, when present, is the rate cap in effect (it may also
-      change from the control channel); status shows it in ``current_params``.
-    * ``stats()`` is cheap and non-blocking; the manager reads ``input_fps``,
+    * ``stats().to_dict()["max_framerate"]``, when present, is the rate cap in effect (it
+      may also change from the control channel); status shows it in ``current_params``.
+    * ``stats()`` is cheap and non-blocking; from its ``to_dict()`` the manager reads ``input_fps``,
       ``output_fps`` and ``processing_fps`` from it (floats) and ``input_stalled`` (bool,
       optional: the input watchdog's verdict, shown in status and ``/health``) and shows
       the rest as is.
@@ -97,7 +127,7 @@ class StreamSessionLike(Protocol):
         self, changes: dict[str, Any], requested: dict[str, Any] | None = None
     ) -> None: ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> SessionStats: ...
 
     async def wait_closed(self) -> None: ...
 
@@ -126,14 +156,8 @@ class IdleSession:
     ) -> None:
         self.params.update(changes)
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "kind": "idle",
-            "input_fps": 0.0,
-            "output_fps": 0.0,
-            "processing_fps": 0.0,
-            "params": dict(self.params),
-        }
+    def stats(self) -> IdleStats:
+        return IdleStats(params=dict(self.params))
 
     async def wait_closed(self) -> None:
         await self._closed.wait()
@@ -243,10 +267,9 @@ class StreamManager:
     async def _retry_load(self) -> None:
         """Keep trying in the background: a pod whose model failed to load (the model server
         was down) must heal on its own, since an unready pod gets no start that would retry."""
-        delay = self.load_retry_initial_s
+        backoff = Backoff(self.load_retry_initial_s, self.load_retry_max_s, jitter=False)
         while not self._loaded and not self._draining:
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.load_retry_max_s)
+            await asyncio.sleep(backoff.failed())
             async with self._lock:
                 if self._loaded or self._draining:
                     return
@@ -292,15 +315,20 @@ class StreamManager:
 
     # ------------------------------------------------------------------ health
 
-    def _session_stats(self) -> dict[str, Any]:
+    def session_stats(self) -> SessionStats | None:
+        """The active session's counters; None without a stream (or a broken session)."""
         stream = self._stream
         if stream is None:
-            return {}
+            return None
         try:
-            return dict(stream.session.stats())
+            return stream.session.stats()
         except Exception as exc:  # status must answer even if the session is broken
             logger.warning("session stats failed: %s", exc)
-            return {}
+            return None
+
+    def _session_stats(self) -> dict[str, Any]:
+        stats = self.session_stats()
+        return {} if stats is None else stats.to_dict()
 
     def health(self) -> tuple[int, dict[str, Any]]:
         """``/health``: 200 for LOADING, IDLE and OK; 500 for ERROR.
@@ -379,7 +407,7 @@ class StreamManager:
         params = stream.stream_params.given()
         params.update(self._last_params)
         try:
-            stats = stream.session.stats()
+            stats = stream.session.stats().to_dict()
         except Exception:  # status must answer even if the session is broken
             stats = {}
         if "max_framerate" in stats:  # the cap in effect, whoever set it last

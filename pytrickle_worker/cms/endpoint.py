@@ -19,9 +19,9 @@ from pytrickle_worker.cms.emission import EmissionMode
 from pytrickle_worker.cms.subscriptions import SubscriptionManager
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.hardware import HardwareMonitor
-from pytrickle_worker.inference.imageops import encode_jpeg
 from pytrickle_worker.ingest.hub import CameraHub
 from pytrickle_worker.logutil import mask_text
+from pytrickle_worker.media.jpeg import encode_jpeg
 from pytrickle_worker.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.protocol import (

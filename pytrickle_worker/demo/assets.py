@@ -279,10 +279,10 @@ def build_demo_assets(out_dir: Path, *, force: bool = False) -> DemoAssets:
     Raises :class:`~pytrickle_worker.errors.MissingDependencyError` when ``onnx`` is
     missing (unless the assets are already there).
     """
+    from pytrickle_worker.demo.graph import require_onnx  # noqa: PLC0415 - with the builders
     from pytrickle_worker.demo.models import (  # noqa: PLC0415 - needs onnx
         build_colour_classifier,
         build_colour_detector,
-        require_onnx,
     )
 
     out_dir = Path(out_dir)

@@ -26,17 +26,17 @@ Inputs are always ``images``: float32 ``[1, 3, H, W]``, RGB in [0, 1]
 
 from __future__ import annotations
 
-import importlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
+from pytrickle_worker.demo.graph import OPSET, Graph, float_info, write_model
 from pytrickle_worker.demo.synthetic import (
     BADGE_COLOURS,
     CLASS_COLOURS,
@@ -47,10 +47,6 @@ from pytrickle_worker.demo.synthetic import (
     DETECTOR_TAU_UINT8,
     RGB,
 )
-from pytrickle_worker.errors import MissingDependencyError
-
-if TYPE_CHECKING:
-    from onnx import ModelProto, NodeProto, TensorProto, ValueInfoProto
 
 __all__ = [
     "CLASSIFIER_SOFTMAX_GAIN",
@@ -58,22 +54,18 @@ __all__ = [
     "DETECTOR_DUPLICATE_SCORE",
     "DETECTOR_DUPLICATE_SHIFT",
     "E2E_MAX_DET",
-    "OPSET",
     "DetectorContract",
     "ModelStats",
     "build_colour_classifier",
     "build_colour_detector",
     "build_model_with_output_shape",
     "build_yolov8n_like",
-    "require_onnx",
 ]
 
 logger = logging.getLogger(__name__)
 
 DetectorContract = Literal["v8", "v5", "e2e"]
 
-OPSET = 17
-IR_VERSION = 8  # the IR version of opset 17; loadable by onnxruntime >= 1.14
 #: Rows of the end-to-end output (ultralytics ``max_det``).
 E2E_MAX_DET = 300
 #: The v8/v5 duplicate candidate of each object is shifted by (dx, dy) pixels...
@@ -89,7 +81,7 @@ _META_VERSION = "8.3.0"  # the ultralytics export format these models follow
 _META_AUTHOR = "pytrickle-worker"
 _META_LICENSE = "Apache-2.0"
 _META_DOCS = "https://docs.ultralytics.com/modes/export/"
-_PRODUCER = "pytrickle-worker-demo"
+
 
 _COCO_CSV = (
     "person,bicycle,car,motorcycle,airplane,bus,train,truck,boat,traffic light,"
@@ -111,98 +103,6 @@ class ModelStats:
 
     params: int
     gflops: float
-
-
-def require_onnx() -> None:
-    """Raise :class:`MissingDependencyError` when the optional ``onnx`` package is missing."""
-    try:
-        importlib.import_module("onnx")
-    except ImportError as exc:
-        raise MissingDependencyError(
-            "building demo models needs the 'onnx' package: pip install 'pytrickle-worker[demo]'"
-        ) from exc
-
-
-class _Graph:
-    """A tiny ONNX graph builder: nodes and initializers with unique, stable names."""
-
-    def __init__(self) -> None:
-        require_onnx()
-        self.nodes: list[NodeProto] = []
-        self.initializers: list[TensorProto] = []
-        self._counts: dict[str, int] = {}
-
-    def name(self, hint: str) -> str:
-        count = self._counts.get(hint, 0)
-        self._counts[hint] = count + 1
-        return f"{hint}_{count}"
-
-    def const(
-        self, value: npt.ArrayLike, hint: str = "const", dtype: npt.DTypeLike = np.float32
-    ) -> str:
-        from onnx import numpy_helper  # noqa: PLC0415
-
-        name = self.name(hint)
-        array: npt.NDArray[Any] = np.ascontiguousarray(np.asarray(value, dtype=dtype))
-        self.initializers.append(numpy_helper.from_array(array, name))
-        return name
-
-    def ints(self, values: Sequence[int], hint: str = "shape") -> str:
-        return self.const(list(values), hint, np.int64)
-
-    def op(self, op_type: str, *inputs: str, hint: str | None = None, **attrs: Any) -> str:
-        return self.op_n(op_type, list(inputs), 1, hint=hint, **attrs)[0]
-
-    def op_n(
-        self,
-        op_type: str,
-        inputs: Sequence[str],
-        n_outputs: int,
-        hint: str | None = None,
-        **attrs: Any,
-    ) -> list[str]:
-        from onnx import helper  # noqa: PLC0415
-
-        base = self.name(hint or op_type.lower())
-        outputs = [base] if n_outputs == 1 else [f"{base}.{i}" for i in range(n_outputs)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=base, **attrs))
-        return outputs
-
-    def rename(self, source: str, target: str) -> None:
-        """Make ``target`` (a graph output name) an Identity of ``source``."""
-        from onnx import helper  # noqa: PLC0415
-
-        self.nodes.append(helper.make_node("Identity", [source], [target], name=target))
-
-    def model(
-        self,
-        graph_name: str,
-        inputs: Sequence[ValueInfoProto],
-        outputs: Sequence[ValueInfoProto],
-        metadata: Mapping[str, str],
-    ) -> ModelProto:
-        import onnx  # noqa: PLC0415
-        from onnx import helper  # noqa: PLC0415
-
-        graph = helper.make_graph(
-            self.nodes, graph_name, list(inputs), list(outputs), initializer=self.initializers
-        )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET)],
-            producer_name=_PRODUCER,
-            producer_version="1",
-        )
-        model.ir_version = IR_VERSION
-        helper.set_model_props(model, dict(metadata))
-        onnx.checker.check_model(model, full_check=True)
-        return model
-
-
-def _float_info(name: str, shape: Sequence[int]) -> ValueInfoProto:
-    from onnx import TensorProto, helper  # noqa: PLC0415
-
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))
 
 
 def _names_dict(names: Sequence[str]) -> dict[int, str]:
@@ -247,13 +147,6 @@ def _ultralytics_metadata(
     if extra:
         meta.update(extra)
     return {key: str(value) for key, value in meta.items()}
-
-
-def _write(model: ModelProto, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(model.SerializeToString())
-    return path
 
 
 def _prototypes(
@@ -319,7 +212,7 @@ def build_colour_detector(
         raise ValueError(f"e2e contract supports at most {E2E_MAX_DET} classes")
     protos = _prototypes(names, CLASS_COLOURS, colours)
 
-    g = _Graph()
+    g = Graph()
     # Soft match per class: [1, nc, H, W], from the exact per-channel distance
     # sum_ch (x_ch - p_ch)^2 (a pixel of exactly the prototype colour gives 0).
     channels = g.op_n("Split", ["images", g.ints([1, 1, 1], "split")], 3, axis=1)
@@ -394,15 +287,15 @@ def build_colour_detector(
         )
     model = g.model(
         f"colour_detector_{contract}",
-        [_float_info("images", [1, 3, height, width])],
-        [_float_info("output0", out_shape)],
+        [float_info("images", [1, 3, height, width])],
+        [float_info("output0", out_shape)],
         meta,
     )
     logger.debug("built colour detector %s (%s, %dx%d)", path, contract, width, height)
-    return _write(model, path)
+    return write_model(model, path)
 
 
-def _row(g: _Graph, value: str) -> str:
+def _row(g: Graph, value: str) -> str:
     """[1, nc] -> [1, 1, nc]."""
     return g.op("Unsqueeze", value, g.ints([1], "axes"))
 
@@ -420,7 +313,7 @@ class _Boxes:
     nc: int
 
 
-def _candidates_output(g: _Graph, contract: DetectorContract, boxes: _Boxes) -> str:
+def _candidates_output(g: Graph, contract: DetectorContract, boxes: _Boxes) -> str:
     x1, y1, x2, y2 = boxes.x1, boxes.y1, boxes.x2, boxes.y2
     score, valid, nc = boxes.score, boxes.valid, boxes.nc
     half = g.const(np.float32(0.5), "half")
@@ -452,7 +345,7 @@ def _candidates_output(g: _Graph, contract: DetectorContract, boxes: _Boxes) -> 
     return g.op("Transpose", stacked, perm=[0, 2, 1])  # [1, 2nc, 5+nc]
 
 
-def _e2e_output(g: _Graph, boxes: _Boxes) -> str:
+def _e2e_output(g: Graph, boxes: _Boxes) -> str:
     score, nc = boxes.score, boxes.nc
     classes = g.op("Mul", g.const(np.arange(nc, dtype=np.float32)[None], "class_ids"), boxes.valid)
     values = (boxes.x1, boxes.y1, boxes.x2, boxes.y2, score, classes)
@@ -497,7 +390,7 @@ def build_colour_classifier(
     lo = (imgsz - side) // 2
     hi = lo + side
 
-    g = _Graph()
+    g = Graph()
     starts, ends = g.ints([lo, lo], "starts"), g.ints([hi, hi], "ends")
     centre = g.op("Slice", "images", starts, ends, g.ints([2, 3], "axes"))
     mean = g.op("ReduceMean", centre, axes=[2, 3], keepdims=0)  # [1, 3]
@@ -515,11 +408,11 @@ def build_colour_classifier(
     )
     model = g.model(
         "colour_classifier",
-        [_float_info("images", [1, 3, imgsz, imgsz])],
-        [_float_info("output0", [1, nc])],
+        [float_info("images", [1, 3, imgsz, imgsz])],
+        [float_info("output0", [1, nc])],
         meta,
     )
-    return _write(model, path)
+    return write_model(model, path)
 
 
 # --------------------------------------------------------------------------- test helper
@@ -544,7 +437,7 @@ def build_model_with_output_shape(
     size = math.prod(shape)
     ramp = (np.arange(size, dtype=np.float32) / np.float32(size)).reshape(shape)
 
-    g = _Graph()
+    g = Graph()
     mean = g.op("ReduceMean", "images", keepdims=0)  # scalar
     zeroed = g.op("Mul", mean, g.const(np.float32(0.0), "zero"))
     g.rename(g.op("Add", g.const(ramp, "ramp"), zeroed), "output0")
@@ -557,11 +450,11 @@ def build_model_with_output_shape(
     )
     model = g.model(
         "fixed_output",
-        [_float_info("images", [1, 3, height, width])],
-        [_float_info("output0", shape)],
+        [float_info("images", [1, 3, height, width])],
+        [float_info("output0", shape)],
         meta,
     )
-    return _write(model, path)
+    return write_model(model, path)
 
 
 # --------------------------------------------------------------------------- YOLOv8n
@@ -662,7 +555,7 @@ class _YoloBuilder:
     ``beta`` and standard deviation ``gain`` (LSUV-style initialisation).
     """
 
-    def __init__(self, g: _Graph, rng: np.random.Generator) -> None:
+    def __init__(self, g: Graph, rng: np.random.Generator) -> None:
         self.g = g
         self.rng = rng
         self.params = 0
@@ -777,7 +670,7 @@ def build_yolov8n_like(path: Path, imgsz: int = 640, nc: int = 80, seed: int = 0
         raise ValueError(f"imgsz must be a positive multiple of 32, got {imgsz}")
     if nc <= 0:
         raise ValueError(f"nc must be positive, got {nc}")
-    g = _Graph()
+    g = Graph()
     net = _YoloBuilder(g, np.random.default_rng(seed))
     x = _Tensor("images", imgsz, imgsz, _calibration_batch(_YOLO_CALIBRATION_SIZE, seed))
 
@@ -866,11 +759,11 @@ def build_yolov8n_like(path: Path, imgsz: int = 640, nc: int = 80, seed: int = 0
     )
     model = g.model(
         "yolov8n_like",
-        [_float_info("images", [1, 3, imgsz, imgsz])],
-        [_float_info("output0", [1, 4 + nc, n_anchors])],
+        [float_info("images", [1, 3, imgsz, imgsz])],
+        [float_info("output0", [1, 4 + nc, n_anchors])],
         meta,
     )
-    _write(model, path)
+    write_model(model, path)
     stats = ModelStats(params=net.params, gflops=2.0 * net.macs / 1e9)
     logger.debug("built %s: %d params, %.2f GFLOPs", path, stats.params, stats.gflops)
     return stats

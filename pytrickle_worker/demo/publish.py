@@ -24,8 +24,9 @@ from av.error import FFmpegError
 
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.logutil import mask_url
+from pytrickle_worker.media.mpegts import TS_TIME_BASE
+from pytrickle_worker.media.segment_encoder import EncoderSettings, encode_segments
 from pytrickle_worker.processing import VideoFrame
-from pytrickle_worker.streaming.media import TS_TIME_BASE, EncoderSettings, encode_segments
 from pytrickle_worker.trickle import TricklePublisher
 
 __all__ = ["publish_video"]

@@ -4,17 +4,16 @@ from pytrickle_worker.inference.imageops import (
     LetterboxBuffer,
     LetterboxInfo,
     crop,
-    encode_jpeg,
     letterbox,
     resize_center_crop,
     scale_boxes_to_frame,
 )
+from pytrickle_worker.inference.metadata import ModelMetadata, parse_metadata
 from pytrickle_worker.inference.model import (
     Classification,
     ModelInfo,
     OnnxModel,
     StageTimings,
-    parse_metadata,
 )
 from pytrickle_worker.inference.postprocess import (
     Detections,
@@ -37,6 +36,7 @@ __all__ = [
     "LetterboxBuffer",
     "LetterboxInfo",
     "ModelInfo",
+    "ModelMetadata",
     "ModelRegistry",
     "OnnxModel",
     "OutputContract",
@@ -46,7 +46,6 @@ __all__ = [
     "crop",
     "decode_classification",
     "decode_detections",
-    "encode_jpeg",
     "infer_contract",
     "letterbox",
     "nms",

@@ -1,4 +1,4 @@
-"""Image preprocessing for ultralytics models (numpy + PyAV swscale, no OpenCV) and JPEG encode.
+"""Image preprocessing for ultralytics models (numpy + PyAV swscale, no OpenCV).
 
 Resizing goes through swscale via PyAV, except for an exact odd integer downscale (1080p to
 640 is 3×), where ``cv2.INTER_LINEAR`` reads exactly one source pixel per output pixel and a
@@ -17,22 +17,20 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from fractions import Fraction
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import av
 import numpy as np
 import numpy.typing as npt
-from av.packet import Packet
 from av.video.reformatter import Interpolation, VideoReformatter
+
+from pytrickle_worker.media.frames import check_rgb_frame, wrap_rgb_frame
 
 __all__ = [
     "PAD_VALUE",
     "LetterboxBuffer",
     "LetterboxInfo",
     "crop",
-    "encode_jpeg",
-    "jpeg_qscale",
     "letterbox",
     "letterbox_geometry",
     "resize_center_crop",
@@ -112,23 +110,6 @@ class LetterboxBuffer:
             self._region = region
 
 
-def _check_frame(frame: npt.NDArray[np.generic]) -> UInt8Array:
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(
-            f"expected an (H, W, 3) uint8 RGB frame, got shape {frame.shape} dtype {frame.dtype}"
-        )
-    if frame.shape[0] < 1 or frame.shape[1] < 1:
-        raise ValueError(f"empty frame of shape {frame.shape}")
-    return frame.view(np.uint8)
-
-
-def _as_av_frame(frame: UInt8Array) -> av.VideoFrame:
-    # from_numpy_buffer wraps the memory without a copy; it needs contiguous pixel rows.
-    if frame.strides[1:] != (3, 1):
-        frame = np.ascontiguousarray(frame)
-    return av.VideoFrame.from_numpy_buffer(frame, format="rgb24")
-
-
 def _resize_planar(
     frame: UInt8Array,
     height: int,
@@ -139,7 +120,7 @@ def _resize_planar(
     """Resize to ``gbrp`` (planar G, B, R) with swscale."""
     worker = reformatter if reformatter is not None else VideoReformatter()
     return worker.reformat(
-        _as_av_frame(frame),
+        wrap_rgb_frame(frame),
         width=width,
         height=height,
         format="gbrp",
@@ -180,7 +161,7 @@ def letterbox(
     ``(1, 3, h, w)`` float array (the padding is rewritten every call) or ``None`` (a new
     tensor). The returned tensor *is* the buffer's array when one is given.
     """
-    image = _check_frame(frame)
+    image = check_rgb_frame(frame)
     h, w = new_shape
     info, top, bottom, left, right = letterbox_geometry((image.shape[0], image.shape[1]), (h, w))
     new_h, new_w = info.resized
@@ -263,7 +244,7 @@ def resize_center_crop(
     centre ``size × size`` is cropped. A ``(h, w)`` size resizes to exactly that (as
     torchvision does for a tuple size). Returns ``(1, 3, h, w)``.
     """
-    image = _check_frame(frame)
+    image = check_rgb_frame(frame)
     height, width = int(image.shape[0]), int(image.shape[1])
     if isinstance(size, int):
         crop_h = crop_w = size
@@ -305,49 +286,3 @@ def crop(frame: npt.NDArray[np.uint8], box: npt.ArrayLike) -> npt.NDArray[np.uin
     ix1, iy1 = math.floor(x1), math.floor(y1)
     ix2, iy2 = max(math.ceil(x2), ix1 + 1), max(math.ceil(y2), iy1 + 1)
     return frame[iy1:iy2, ix1:ix2].copy()
-
-
-def jpeg_qscale(quality: int) -> int:
-    """Map a JPEG quality (1–100, libjpeg style) to an FFmpeg mjpeg ``qscale`` (1–31).
-
-    FFmpeg's mjpeg quantiser is the MPEG-1 intra matrix × qscale / 8; libjpeg's is its
-    luminance table × S / 100 with ``S = 5000 / q`` below 50 and ``200 - 2q`` above. Matching
-    the tables' mean gives ``qscale ≈ 0.149 S``: quality 90 → 3, 75 → 7, 50 → 15.
-    """
-    if not 1 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be 1..100, not {quality}")
-    scale = 5000 / quality if quality < 50 else 200 - 2 * quality
-    return int(min(31, max(1, round(0.149 * scale))))
-
-
-def encode_jpeg(
-    frame: npt.NDArray[np.uint8],
-    quality: int = 90,
-    *,
-    reformatter: VideoReformatter | None = None,
-) -> bytes:
-    """Encode an RGB frame as a baseline JPEG (4:2:0, full range) with FFmpeg's mjpeg encoder.
-
-    ``quality`` is 1–100 like libjpeg's (see :func:`jpeg_qscale`). Single-threaded with the
-    default Huffman tables: about 1–2 ms for 640×360.
-    """
-    image = _check_frame(frame)
-    qscale = jpeg_qscale(quality)
-    height, width = int(image.shape[0]), int(image.shape[1])
-    worker = reformatter if reformatter is not None else VideoReformatter()
-    yuv = worker.reformat(
-        _as_av_frame(image), format="yuvj420p", interpolation=Interpolation.BILINEAR
-    )
-    codec = av.CodecContext.create("mjpeg", "w")
-    codec.width = width
-    codec.height = height
-    codec.pix_fmt = "yuvj420p"
-    codec.time_base = Fraction(1, 25)
-    # A fixed quantiser: rate control pinned between qmin and qmax.
-    codec.qmin = qscale
-    codec.qmax = qscale
-    codec.thread_count = 1
-    codec.options = {"huffman": "default"}
-    packets = cast("list[Packet[Any]]", codec.encode(yuv))
-    packets += cast("list[Packet[Any]]", codec.encode(None))
-    return b"".join(bytes(packet) for packet in packets)

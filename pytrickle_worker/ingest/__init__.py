@@ -5,9 +5,9 @@ from pytrickle_worker.ingest.crop import Crop, CropBox
 from pytrickle_worker.ingest.errors import CropError, HubNotStartedError, IngestError
 from pytrickle_worker.ingest.frame import CameraFrame
 from pytrickle_worker.ingest.hub import CameraHub, Subscription
-from pytrickle_worker.ingest.options import open_options
 from pytrickle_worker.ingest.source import SourceConfig, normalise_source_url
 from pytrickle_worker.ingest.status import SourceStatus
+from pytrickle_worker.media.options import open_options
 
 __all__ = [
     "CameraFrame",

@@ -6,10 +6,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pytrickle_worker.media.nvdec import HwDecode
+
 __all__ = ["HwDecode", "IngestConfig", "RtspTransport"]
 
 RtspTransport = Literal["tcp", "udp"]
-HwDecode = Literal["auto", "nvdec", "off"]
 
 
 class IngestConfig(BaseModel):

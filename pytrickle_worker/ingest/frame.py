@@ -101,7 +101,7 @@ class LatestFrame:
     """Holds only the newest frame of a source (drop-oldest by construction).
 
     ``publish`` runs on the reader's thread and calls ``notify``, which must be thread-safe
-    (the hub's wakes waiting subscribers with ``loop.call_soon_threadsafe``).
+    (the hub's wakes waiting subscribers with ``core.wakeup.call_on_loop``).
     """
 
     def __init__(

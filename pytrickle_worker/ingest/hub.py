@@ -1,7 +1,7 @@
 """CameraHub: one reader per normalised source, shared by refcounted subscriptions.
 
 Readers publish only the *latest* frame of their source (a slot, never a queue) and wake the
-waiting subscribers with ``loop.call_soon_threadsafe``. Each :class:`Subscription` samples
+waiting subscribers through ``core.wakeup``. Each :class:`Subscription` samples
 that slot at its own target fps, never takes the same frame twice, and gets the RGB image
 converted once per frame for all subscribers (in the hub's worker threads, never on the
 event loop), then cropped as a read-only view.
@@ -18,17 +18,19 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
+from pytrickle_worker.core.rate import RateSampler
+from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.ingest.config import IngestConfig
 from pytrickle_worker.ingest.crop import CropBox, clip_crop, validate_crop
 from pytrickle_worker.ingest.errors import CropError, HubNotStartedError, IngestError
 from pytrickle_worker.ingest.frame import CameraFrame, DecodedFrame, RgbArray
-from pytrickle_worker.ingest.nvdec import resolve_nvdec
 from pytrickle_worker.ingest.reader import SourceReader
 from pytrickle_worker.ingest.snapshot import SnapshotReader
 from pytrickle_worker.ingest.source import SourceConfig
 from pytrickle_worker.ingest.status import SourceStatus
 from pytrickle_worker.ingest.stream import StreamReader
 from pytrickle_worker.ingest.trickle import TrickleReader
+from pytrickle_worker.media.nvdec import resolve_nvdec
 
 __all__ = ["CameraHub", "Subscription"]
 
@@ -88,9 +90,9 @@ class Subscription:
         self.source = config
         self.target_fps = target_fps
         self.crop = crop
-        self._interval = 1.0 / target_fps
+        # Wall-clock spacing: no frame sooner than 1/target_fps after the last one taken.
+        self._sampler = RateSampler(target_fps, on_grid=False)
         self._last_seq = 0
-        self._last_taken: float | None = None
         self._closed = False
         self._closed_event = asyncio.Event()
         self._clip_warned = False
@@ -122,14 +124,13 @@ class Subscription:
             if self._closed:
                 return None
             now = loop.time()
-            if self._last_taken is not None:
-                due = self._last_taken + self._interval
-                if due > now:
-                    if deadline is not None and due > deadline:
-                        await self._sleep(deadline - now)
-                        return None
-                    await self._sleep(due - now)
-                    continue
+            wait = self._sampler.wait_s(now)
+            if wait > 0:
+                if deadline is not None and now + wait > deadline:
+                    await self._sleep(deadline - now)
+                    return None
+                await self._sleep(wait)
+                continue
             slot = self._new_frame()
             if slot is not None:
                 break
@@ -155,7 +156,7 @@ class Subscription:
         if self._last_seq:
             self.frames_skipped += max(0, slot.seq - self._last_seq - 1)
         self._last_seq = slot.seq
-        self._last_taken = loop.time()
+        self._sampler.take(loop.time())
         frame = await self._to_camera_frame(slot)
         if frame is not None:
             self.frames_taken += 1
@@ -431,11 +432,7 @@ def _threadsafe_notifier(
     """The reader's ``notify``: wake the loop only when a subscriber waits for a frame."""
 
     def notify() -> None:
-        if not signal.waiting:
-            return
-        try:
-            loop.call_soon_threadsafe(signal.fire)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            return
+        if signal.waiting:
+            call_on_loop(loop, signal.fire)
 
     return notify

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import av
 
-from pytrickle_worker.ingest.backoff import Backoff
+from pytrickle_worker.core.backoff import Backoff
 from pytrickle_worker.ingest.config import IngestConfig
 from pytrickle_worker.ingest.frame import LatestFrame
 from pytrickle_worker.ingest.source import SourceConfig

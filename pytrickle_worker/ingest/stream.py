@@ -25,12 +25,13 @@ import av
 import av.container
 from av.error import ExitError, FFmpegError, InvalidDataError
 
+from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.ingest.config import IngestConfig
-from pytrickle_worker.ingest.nvdec import VideoDecoder
-from pytrickle_worker.ingest.options import format_hint, needs_sniff, open_options, sniff_format
 from pytrickle_worker.ingest.reader import SourceReader
 from pytrickle_worker.ingest.source import SourceConfig, local_path
 from pytrickle_worker.logutil import mask_text
+from pytrickle_worker.media.nvdec import VideoDecoder
+from pytrickle_worker.media.options import format_hint, needs_sniff, open_options, sniff_format
 
 __all__ = ["StreamReader", "describe_error"]
 
@@ -168,9 +169,7 @@ class StreamReader(SourceReader):
         loop, exited = self._loop, self._exited
         if loop is None or exited is None:
             return
-        try:
-            loop.call_soon_threadsafe(exited.set)
-        except RuntimeError:  # the event loop is already closed
+        if not call_on_loop(loop, exited.set):
             logger.debug("reader of %s exited after its event loop closed", self.label)
 
     def _read_loop(self) -> None:

@@ -30,7 +30,7 @@ from pytrickle_worker.ingest.config import IngestConfig
 from pytrickle_worker.ingest.reader import TaskReader
 from pytrickle_worker.ingest.source import SourceConfig, trickle_channel_url
 from pytrickle_worker.logutil import mask_text
-from pytrickle_worker.streaming.media import SegmentDecoder
+from pytrickle_worker.media.segment_decoder import SegmentDecoder
 from pytrickle_worker.trickle.errors import TrickleError
 from pytrickle_worker.trickle.headers import SEQ_LATEST
 from pytrickle_worker.trickle.subscriber import TrickleSubscriber

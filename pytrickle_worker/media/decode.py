@@ -17,8 +17,8 @@ import numpy as np
 from av.error import FFmpegError
 
 from pytrickle_worker.errors import WorkerError
-from pytrickle_worker.ingest.options import open_options
 from pytrickle_worker.logutil import mask_text, mask_url
+from pytrickle_worker.media.options import open_options
 
 logger = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from pytrickle_worker.inference.imageops import encode_jpeg
 from pytrickle_worker.logutil import mask_url
+from pytrickle_worker.media.jpeg import encode_jpeg
 from pytrickle_worker.mpta.spec import Action, RedisConfig, RedisSaveImageAction
 
 logger = logging.getLogger(__name__)

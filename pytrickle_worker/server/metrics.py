@@ -43,6 +43,7 @@ from pytrickle_worker.inference.model import ModelInfo
 from pytrickle_worker.ingest.hub import CameraHub
 from pytrickle_worker.logutil import mask_url
 from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.streaming.stats import StreamStats
 
 __all__ = ["InferenceMetrics", "WorkerCollector", "WorkerMetrics", "model_labels"]
 
@@ -373,34 +374,39 @@ class WorkerCollector(Collector):
         fps_values: Mapping[str, Any] = status.get("fps") or {}
         for direction in ("input", "processing", "output"):
             fps.add_metric([direction], _number(fps_values.get(f"{direction}_fps")))
-        session: Mapping[str, Any] = status.get("session") or {}
+        stats = self.streams.session_stats()
+        session = stats if isinstance(stats, StreamStats) else None
         frames = _counter(
             "stream_frames",
             "Frames of the current stream, per stage (restarts per stream)",
             ["stage"],
         )
-        for stage, key in (
-            ("decoded", "frames_decoded"),
-            ("processed", "frames_processed"),
-            ("encoded", "frames_encoded"),
+        for stage, count in (
+            ("decoded", session.frames_decoded if session else 0),
+            ("processed", session.frames_processed if session else 0),
+            ("encoded", session.frames_encoded if session else 0),
         ):
-            frames.add_metric([stage], _number(session.get(key)))
+            frames.add_metric([stage], float(count))
         dropped = _counter(
             "stream_frames_dropped",
             "Frames of the current stream dropped, per place (restarts per stream)",
             ["where"],
         )
-        for where, key in (
-            ("before_processing", "frames_dropped_before_processing"),
-            ("by_processor", "frames_dropped_by_processor"),
-            ("before_encoding", "frames_dropped_before_encoding"),
+        for where, count in (
+            ("before_processing", session.frames_dropped_before_processing if session else 0),
+            ("by_processor", session.frames_dropped_by_processor if session else 0),
+            ("before_encoding", session.frames_dropped_before_encoding if session else 0),
         ):
-            dropped.add_metric([where], _number(session.get(key)))
+            dropped.add_metric([where], float(count))
         queues = _gauge(
             "stream_queue_depth", "Items waiting in the current stream's queues", ["queue"]
         )
-        for queue in ("decode", "encode", "segment"):
-            queues.add_metric([queue], _number(session.get(f"{queue}_queue_depth")))
+        for queue, depth in (
+            ("decode", session.decode_queue_depth if session else 0),
+            ("encode", session.encode_queue_depth if session else 0),
+            ("segment", session.segment_queue_depth if session else 0),
+        ):
+            queues.add_metric([queue], float(depth))
         return [state, active, fps, frames, dropped, queues]
 
 

@@ -30,8 +30,9 @@ import aiohttp
 
 from pytrickle_worker.api.body import parse_json
 from pytrickle_worker.api.manager import ApiError
+from pytrickle_worker.core.backoff import Backoff
+from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.logutil import mask_url
-from pytrickle_worker.streaming.queues import DropOldestQueue
 from pytrickle_worker.trickle import (
     SegmentWriter,
     TrickleError,
@@ -75,21 +76,6 @@ async def _bounded(work: Coroutine[Any, Any, object], timeout_s: float) -> None:
     with contextlib.suppress(TrickleError, aiohttp.ClientError, OSError, TimeoutError):
         async with asyncio.timeout(max(0.0, timeout_s)):
             await work
-
-
-class _Backoff:
-    def __init__(self, initial_s: float, max_s: float) -> None:
-        self.initial_s = initial_s
-        self.max_s = max_s
-        self._next = initial_s
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.max_s, self._next * 2)
-        return delay
-
-    def reset(self) -> None:
-        self._next = self.initial_s
 
 
 class ChannelPublisher:
@@ -152,7 +138,7 @@ class EventsChannel:
         self.url = url
         self._publisher = ChannelPublisher(url, JSON_MIME, http)
         self._queue: DropOldestQueue[bytes] = DropOldestQueue(queue_size)
-        self._backoff = _Backoff(retry_initial_s, retry_max_s)
+        self._backoff = Backoff(retry_initial_s, retry_max_s, jitter=False)
         self.sent = 0
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
@@ -190,7 +176,7 @@ class EventsChannel:
                 self._backoff.reset()
                 continue
             self.failures += 1
-            delay = self._backoff.next()
+            delay = self._backoff.failed()
             logger.warning(
                 "events channel %s: publish failed; retrying in %.1f s", mask_url(self.url), delay
             )
@@ -235,7 +221,7 @@ class DataChannel:
         self._take = take
         self._publisher = ChannelPublisher(url, JSONL_MIME, http)
         self._pending: deque[dict[str, Any]] = deque(maxlen=max_pending)
-        self._backoff = _Backoff(interval_s, retry_max_s)
+        self._backoff = Backoff(interval_s, retry_max_s, jitter=False)
         self._last_publish = time.monotonic()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -297,7 +283,7 @@ class DataChannel:
                 self._backoff.reset()
                 delay = self.interval_s
             else:
-                delay = max(self.interval_s, self._backoff.next())
+                delay = max(self.interval_s, self._backoff.failed())
                 logger.warning(
                     "data channel %s: publish failed; retrying in %.1f s (%d records pending)",
                     mask_url(self.url),
@@ -352,7 +338,7 @@ class ControlChannel:
         self._on_message = on_message
         self._max_bytes = max_bytes
         self._seq = start_seq
-        self._backoff = _Backoff(retry_initial_s, retry_max_s)
+        self._backoff = Backoff(retry_initial_s, retry_max_s, jitter=False)
         self._task: asyncio.Task[None] | None = None
         self.messages = 0
         self.keepalives = 0
@@ -384,7 +370,7 @@ class ControlChannel:
                         self._seq = max(subscriber.seq, 0)
                     await self._handle(data)
             except (TrickleError, aiohttp.ClientError, OSError) as exc:
-                delay = self._backoff.next()
+                delay = self._backoff.failed()
                 logger.warning(
                     "control channel %s failed (%s); resubscribing in %.1f s",
                     mask_url(self.url),

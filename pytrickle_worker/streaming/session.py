@@ -34,8 +34,11 @@ import aiohttp
 from pydantic import BaseModel, ConfigDict, Field
 
 from pytrickle_worker.api.schemas import StartRequest, StreamParams, split_params_update
+from pytrickle_worker.core.fps import FpsMeter
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url
+from pytrickle_worker.media.segment_decoder import SegmentDecoder
+from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder
 from pytrickle_worker.processing import FrameProcessor, VideoFrame
 from pytrickle_worker.streaming.channels import (
     ChannelPublisher,
@@ -44,12 +47,7 @@ from pytrickle_worker.streaming.channels import (
     EventsChannel,
     now_ms,
 )
-from pytrickle_worker.streaming.fps import FpsMeter
-from pytrickle_worker.streaming.media import (
-    EncoderSettings,
-    SegmentDecoder,
-    SegmentEncoder,
-)
+from pytrickle_worker.streaming.stats import Dimensions, StreamStats
 from pytrickle_worker.trickle import TrickleError, TrickleSubscriber
 
 __all__ = ["StreamSession", "StreamSessionConfig", "StreamSessionError"]
@@ -602,12 +600,7 @@ class StreamSession:
             await asyncio.gather(self._close_output(deadline), self._close_data(deadline))
             extra: dict[str, Any] = {"error": self._failure} if self._failure else {}
             # The final counts, so a gateway can tell what the stream delivered and lost.
-            counts = {
-                key: value
-                for key, value in self.stats().items()
-                if key.startswith(("frames_", "segments_"))
-            }
-            self._emit_stream_event("stream_stopped", stats=counts, **extra)
+            self._emit_stream_event("stream_stopped", stats=self.stats().final_counts(), **extra)
             if self._events is not None:
                 # stream_stopped gets a quarter of the budget even when the others took it.
                 left = max(deadline - loop.time(), budget / 4)
@@ -664,10 +657,10 @@ class StreamSession:
             "urls": {name: mask_url(url) for name, url in self.request.channel_urls().items()},
             "dimensions": {"width": width, "height": height},
             "fps": {
-                "ingress_video_fps": stats["input_fps"],
-                "ingress_audio_fps": stats["input_audio_fps"],
-                "egress_video_fps": stats["output_fps"],
-                "egress_audio_fps": stats["output_audio_fps"],
+                "ingress_video_fps": stats.input_fps,
+                "ingress_audio_fps": stats.input_audio_fps,
+                "egress_video_fps": stats.output_fps,
+                "egress_audio_fps": stats.output_audio_fps,
             },
         }
 
@@ -683,63 +676,61 @@ class StreamSession:
             await asyncio.sleep(interval)
 
     # ------------------------------------------------------------------ stats
-    def stats(self) -> dict[str, Any]:
-        """Cheap counters for ``/stream/status`` and the heartbeat."""
+    def stats(self) -> StreamStats:
+        """Cheap counters for ``/stream/status``, the heartbeat and /metrics."""
         decoder, encoder = self._decoder, self._encoder
         processed = self.frames_processed
 
-        def size(value: tuple[int, int] | None) -> dict[str, int] | None:
-            return None if value is None else {"width": value[0], "height": value[1]}
+        def size(value: tuple[int, int] | None) -> Dimensions | None:
+            return None if value is None else Dimensions(width=value[0], height=value[1])
 
-        return {
-            "kind": "trickle",
-            "state": self._state,
-            "error": self._failure,
-            "uptime_s": round(time.monotonic() - self._started_at, 3)
+        return StreamStats(
+            kind="trickle",
+            state=self._state,
+            error=self._failure,
+            uptime_s=round(time.monotonic() - self._started_at, 3)
             if self._started_at is not None
             else 0.0,
-            "input_fps": round(decoder.fps_in.fps, 2) if decoder else 0.0,
-            "processing_fps": round(self._processed.fps, 2),
-            "output_fps": round(encoder.fps_out.fps, 2) if encoder else 0.0,
-            "input_audio_fps": round(decoder.fps_audio_in.fps, 2) if decoder else 0.0,
-            "output_audio_fps": round(encoder.fps_audio_out.fps, 2) if encoder else 0.0,
-            "input_dimensions": size(self._input_size),
-            "output_dimensions": size(self._output_size),
-            "max_framerate": self._max_framerate,
-            "frames_decoded": decoder.frames_decoded if decoder else 0,
-            "try_nvdec": self.config.try_nvdec,
-            "video_decoder": decoder.video_decoder if decoder else None,
-            "hw_decoder": decoder.hw_decoder if decoder else False,
-            "nvdec_fallback": decoder.nvdec_fallback if decoder else None,
-            "frames_skipped_by_rate": decoder.frames_skipped if decoder else 0,
-            "frames_dropped_before_processing": decoder.frames.dropped if decoder else 0,
-            "decode_queue_depth": len(decoder.frames) if decoder else 0,
-            "encode_queue_depth": len(encoder.frames_in) if encoder else 0,
-            "segment_queue_depth": len(encoder.segments) if encoder else 0,
-            "frames_processed": processed,
-            "frames_dropped_by_processor": self.frames_dropped_by_processor,
-            "processor_errors": self.processor_errors,
-            "processing_ms_avg": round(1000 * self._processing_s / processed, 3)
-            if processed
-            else 0.0,
-            "frames_dropped_before_encoding": encoder.frames_dropped if encoder else 0,
-            "frames_encoded": encoder.frames_encoded if encoder else 0,
-            "segments_in": self.segments_in,
-            "segments_in_broken": self.segments_broken_in,
-            "segments_in_dropped": decoder.segments_dropped if decoder else 0,
-            "segments_out": self.segments_out,
-            "segments_out_failed": self.segments_failed,
-            "segments_out_dropped": encoder.segments.dropped if encoder else 0,
-            "events_sent": self._events.sent if self._events else 0,
-            "events_dropped": self._events.dropped if self._events else 0,
-            "data_records_sent": self._data.records_sent if self._data else 0,
-            "data_records_dropped": self._data.records_dropped if self._data else 0,
-            "control_messages": self._control.messages if self._control else 0,
-            "control_errors": self._control.errors if self._control else 0,
-            "control_rejected": self.control_rejected,
-            "input_stalled": self._input_stalled,
-            "input_stalls": self.input_stalls,
-            "seconds_since_input": round(time.monotonic() - self._last_input_at, 3)
+            input_fps=round(decoder.fps_in.fps, 2) if decoder else 0.0,
+            processing_fps=round(self._processed.fps, 2),
+            output_fps=round(encoder.fps_out.fps, 2) if encoder else 0.0,
+            input_audio_fps=round(decoder.fps_audio_in.fps, 2) if decoder else 0.0,
+            output_audio_fps=round(encoder.fps_audio_out.fps, 2) if encoder else 0.0,
+            input_dimensions=size(self._input_size),
+            output_dimensions=size(self._output_size),
+            max_framerate=self._max_framerate,
+            frames_decoded=decoder.frames_decoded if decoder else 0,
+            try_nvdec=self.config.try_nvdec,
+            video_decoder=decoder.video_decoder if decoder else None,
+            hw_decoder=decoder.hw_decoder if decoder else False,
+            nvdec_fallback=decoder.nvdec_fallback if decoder else None,
+            frames_skipped_by_rate=decoder.frames_skipped if decoder else 0,
+            frames_dropped_before_processing=decoder.frames.dropped if decoder else 0,
+            decode_queue_depth=len(decoder.frames) if decoder else 0,
+            encode_queue_depth=len(encoder.frames_in) if encoder else 0,
+            segment_queue_depth=len(encoder.segments) if encoder else 0,
+            frames_processed=processed,
+            frames_dropped_by_processor=self.frames_dropped_by_processor,
+            processor_errors=self.processor_errors,
+            processing_ms_avg=round(1000 * self._processing_s / processed, 3) if processed else 0.0,
+            frames_dropped_before_encoding=encoder.frames_dropped if encoder else 0,
+            frames_encoded=encoder.frames_encoded if encoder else 0,
+            segments_in=self.segments_in,
+            segments_in_broken=self.segments_broken_in,
+            segments_in_dropped=decoder.segments_dropped if decoder else 0,
+            segments_out=self.segments_out,
+            segments_out_failed=self.segments_failed,
+            segments_out_dropped=encoder.segments.dropped if encoder else 0,
+            events_sent=self._events.sent if self._events else 0,
+            events_dropped=self._events.dropped if self._events else 0,
+            data_records_sent=self._data.records_sent if self._data else 0,
+            data_records_dropped=self._data.records_dropped if self._data else 0,
+            control_messages=self._control.messages if self._control else 0,
+            control_errors=self._control.errors if self._control else 0,
+            control_rejected=self.control_rejected,
+            input_stalled=self._input_stalled,
+            input_stalls=self.input_stalls,
+            seconds_since_input=round(time.monotonic() - self._last_input_at, 3)
             if self._last_input_at is not None
             else None,
-        }
+        )

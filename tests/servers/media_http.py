@@ -52,7 +52,7 @@ from aiohttp import web
 
 from pytrickle_worker.demo.camera import LoopClip, LoopPacket, TsLooper
 from pytrickle_worker.demo.synthetic import moving_objects, render_scene
-from pytrickle_worker.inference.imageops import encode_jpeg
+from pytrickle_worker.media.jpeg import encode_jpeg
 
 DEFAULT_WIDTH = 640
 DEFAULT_HEIGHT = 360

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import av
 from av.error import FFmpegError, InvalidDataError
@@ -18,16 +19,20 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
 from pytrickle_worker.hardware import count_gpus
-from pytrickle_worker.ingest.config import HwDecode
 
 __all__ = [
     "NVDEC_DECODERS",
+    "HwDecode",
     "VideoDecoder",
     "nvdec_decoder_name",
     "resolve_nvdec",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: The hardware-decode setting: ``auto`` (NVDEC when a GPU and a cuvid decoder are there),
+#: ``nvdec`` (always try it) or ``off``.
+HwDecode = Literal["auto", "nvdec", "off"]
 
 #: Software codec name -> PyAV/FFmpeg NVDEC (cuvid) decoder.
 NVDEC_DECODERS: dict[str, str] = {"h264": "h264_cuvid", "hevc": "hevc_cuvid"}

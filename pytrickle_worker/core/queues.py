@@ -7,6 +7,8 @@ import threading
 from collections import deque
 from typing import Generic, TypeVar
 
+from pytrickle_worker.core.wakeup import resolve_waiter
+
 __all__ = ["DropOldestQueue"]
 
 T = TypeVar("T")
@@ -35,8 +37,7 @@ class DropOldestQueue(Generic[T]):
         self._room = threading.Condition(lock)  # a producer thread waiting for room
         self._closed = False
         self._waiter: asyncio.Future[None] | None = None
-        self._waiter_loop: asyncio.AbstractEventLoop | None = None
-        self._room_waiter: tuple[asyncio.Future[None], asyncio.AbstractEventLoop] | None = None
+        self._room_waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._items)
@@ -102,7 +103,7 @@ class DropOldestQueue(Generic[T]):
                 if self._closed or len(self._items) < self.maxsize:
                     return
                 waiter: asyncio.Future[None] = loop.create_future()
-                self._room_waiter = (waiter, loop)
+                self._room_waiter = waiter
             try:
                 await waiter
             finally:
@@ -110,8 +111,7 @@ class DropOldestQueue(Generic[T]):
 
     def _forget_room_waiter(self, waiter: asyncio.Future[None]) -> None:
         with self._cond:
-            room = self._room_waiter
-            if room is not None and room[0] is waiter:
+            if self._room_waiter is waiter:
                 self._room_waiter = None
 
     def _pop_locked(self) -> T | None:
@@ -131,37 +131,21 @@ class DropOldestQueue(Generic[T]):
                 if self._closed:
                     return None
                 waiter: asyncio.Future[None] = loop.create_future()
-                self._waiter, self._waiter_loop = waiter, loop
+                self._waiter = waiter
             try:
                 await waiter
             finally:
                 with self._cond:
                     if self._waiter is waiter:
-                        self._waiter = self._waiter_loop = None
+                        self._waiter = None
 
     def _wake_locked(self) -> None:
-        waiter, loop = self._waiter, self._waiter_loop
-        if waiter is None or loop is None:
-            return
-        self._waiter = self._waiter_loop = None
-        try:
-            loop.call_soon_threadsafe(_resolve, waiter)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            return
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            resolve_waiter(waiter)
 
     def _wake_room_locked(self) -> None:
         self._room.notify_all()
-        room = self._room_waiter
-        if room is None:
-            return
-        self._room_waiter = None
-        waiter, loop = room
-        try:
-            loop.call_soon_threadsafe(_resolve, waiter)
-        except RuntimeError:  # the loop is closed
-            return
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+        waiter, self._room_waiter = self._room_waiter, None
+        if waiter is not None:
+            resolve_waiter(waiter)
