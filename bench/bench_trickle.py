@@ -45,7 +45,8 @@ from pytrickle_worker.media.segment_decoder import SegmentDecoder
 from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder, encode_segments
 from pytrickle_worker.processing import VideoFrame
 from pytrickle_worker.streaming.session import StreamSession, StreamSessionConfig
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer, TrickleSubscriber
+from pytrickle_worker.trickle import TricklePublisher, TrickleSubscriber
+from pytrickle_worker.trickle.server import TrickleServer
 
 FPS = 30
 CHUNK = 64 * 1024

@@ -35,4 +35,5 @@ source .venv/bin/activate
 echo "== ruff check"; ruff check .
 echo "== ruff format --check"; ruff format --check .
 echo "== pyright (strict)"; pyright
+echo "== import contract"; lint-imports
 echo "== pytest"; python -m pytest "$@"

@@ -28,7 +28,8 @@ from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.hardware import count_gpus
 from pytrickle_worker.server.app import create_app
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer
+from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.trickle.server import TrickleServer
 from tests.cms_harness import BASE_CONFIG, Backend
 from tests.helpers import free_port
 from tests.test_streaming_e2e import CHANNELS

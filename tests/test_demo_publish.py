@@ -15,7 +15,8 @@ import pytest
 from pytrickle_worker.cli import main
 from pytrickle_worker.demo.publish import publish_video
 from pytrickle_worker.errors import WorkerError
-from pytrickle_worker.trickle import TrickleServer, TrickleSubscriber
+from pytrickle_worker.trickle import TrickleSubscriber
+from pytrickle_worker.trickle.server import TrickleServer
 
 FPS = 30
 

@@ -16,7 +16,8 @@ import pytest
 from pytrickle_worker.hardware import count_gpus
 from pytrickle_worker.ingest import CameraHub, IngestConfig, SourceConfig
 from pytrickle_worker.ingest.source import normalise_source_url
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer
+from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.trickle.server import TrickleServer
 from tests.helpers import collect
 from tests.test_streaming_media import FPS, H, W, synthetic_segments
 

@@ -32,7 +32,8 @@ from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.mpta.spec import RedisConfig, RedisPublishAction
 from pytrickle_worker.server.app import METRICS_KEY, SERVICE_KEY, create_app
 from pytrickle_worker.server.metrics import WorkerMetrics
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer
+from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.trickle.server import TrickleServer
 from tests.helpers import RedisProcess, free_port
 from tests.test_streaming_e2e import CHANNELS
 from tests.test_streaming_media import synthetic_segments

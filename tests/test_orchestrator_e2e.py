@@ -36,7 +36,8 @@ from pytrickle_worker.demo.synthetic import (
 from pytrickle_worker.media.mpegts import TS_TIME_BASE
 from pytrickle_worker.media.segment_encoder import encode_segments
 from pytrickle_worker.processing import VideoFrame
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer
+from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.trickle.server import TrickleServer
 from tests.test_streaming_e2e import CHANNELS, Reader, decoded_output, events_of, jsonl
 from tests.worker_process import WorkerProcess
 

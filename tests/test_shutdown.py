@@ -24,7 +24,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer
+from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.trickle.server import TrickleServer
 from tests.helpers import RedisProcess
 from tests.test_streaming_e2e import CHANNELS, Reader, events_of
 from tests.test_streaming_media import synthetic_segments

@@ -26,7 +26,8 @@ from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.server.app import create_app
 from pytrickle_worker.streaming.session import StreamSession, StreamSessionConfig
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer, TrickleSubscriber
+from pytrickle_worker.trickle import TricklePublisher, TrickleSubscriber
+from pytrickle_worker.trickle.server import TrickleServer
 from tests.helpers import free_port
 from tests.test_streaming_e2e import CHANNELS, Reader, events_of
 from tests.test_streaming_media import synthetic_segments

@@ -32,7 +32,8 @@ from pytrickle_worker.streaming.session import (
     StreamSessionConfig,
     StreamSessionError,
 )
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer, TrickleSubscriber
+from pytrickle_worker.trickle import TricklePublisher, TrickleSubscriber
+from pytrickle_worker.trickle.server import TrickleServer
 from tests.test_streaming_media import TICKS, H, N, W, synthetic_segments
 
 MID = "stream-1"

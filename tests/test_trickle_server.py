@@ -447,7 +447,7 @@ def test_run_trickle_server_serves_until_sigterm() -> None:
         sock.bind((HOST, 0))
         port = int(sock.getsockname()[1])
     code = (
-        "from pytrickle_worker.trickle import run_trickle_server; "
+        "from pytrickle_worker.trickle.server import run_trickle_server; "
         f"run_trickle_server({HOST!r}, {port})"
     )
     repo = Path(__file__).resolve().parent.parent

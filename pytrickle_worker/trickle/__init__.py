@@ -1,13 +1,13 @@
-"""Trickle: HTTP pub/sub over numbered segments (server, subscriber, publisher).
+"""Trickle: HTTP pub/sub over numbered segments; the clients the worker uses.
 
-See :mod:`pytrickle_worker.trickle.server` for the server's wire behaviour (go-livepeer's
-``trickle_server.go``), :mod:`~pytrickle_worker.trickle.subscriber` and
-:mod:`~pytrickle_worker.trickle.publisher` for the clients.
+:mod:`~pytrickle_worker.trickle.subscriber` and :mod:`~pytrickle_worker.trickle.publisher`
+are the clients. The local server (go-livepeer's ``trickle_server.go`` wire behaviour, for
+``pytrickle-worker trickle-server`` and the tests) is imported from
+:mod:`pytrickle_worker.trickle.server` explicitly: a running worker never loads it.
 """
 
 from pytrickle_worker.trickle.errors import TrickleError
 from pytrickle_worker.trickle.publisher import PublisherStats, SegmentWriter, TricklePublisher
-from pytrickle_worker.trickle.server import TrickleServer, run_trickle_server
 from pytrickle_worker.trickle.subscriber import TrickleSegment, TrickleSubscriber
 
 __all__ = [
@@ -16,7 +16,5 @@ __all__ = [
     "TrickleError",
     "TricklePublisher",
     "TrickleSegment",
-    "TrickleServer",
     "TrickleSubscriber",
-    "run_trickle_server",
 ]
