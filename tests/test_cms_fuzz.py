@@ -178,7 +178,7 @@ async def fuzz(
     await backends[0].ws.send_str(_message("unsubscribe", {"subscriptionIdentifier": IDS[0]}))
     await settle(worker, backends)
     fixture.baseline = {
-        "fds": open_fds(),
+        "fds": open_fds(worker),
         "threads": other_threads(),
         "models": worker.service.registry.loaded_count,
     }
@@ -258,7 +258,7 @@ async def test_any_interleaving_keeps_the_invariants(fuzz: Fixture, script: list
     await _back_to([], worker.app[HUB_KEY].statuses, "camera readers")
     baseline = fuzz.baseline
     await _back_to(baseline["threads"], other_threads, "threads")
-    await _back_to(baseline["fds"], open_fds, "file descriptors")
+    await _back_to(baseline["fds"], lambda: open_fds(worker), "file descriptors")
     await _back_to(baseline["models"], lambda: worker.service.registry.loaded_count, "models")
     marks = [b.mark() for b in backends]
     await asyncio.sleep(0.3)

@@ -148,7 +148,12 @@ async def test_sigterm_drains_streams_websockets_and_redis_actions(
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(worker.base + "/")  # reconnect to another worker
             assert refused.value.status == 503
+            # A heartbeat stateReport (every 2 s) may still come before the close frame;
+            # nothing else may.
             closing = await asyncio.wait_for(ws.receive(), 10)
+            while closing.type is aiohttp.WSMsgType.TEXT:
+                assert json.loads(closing.data)["type"] == "stateReport", closing.data
+                closing = await asyncio.wait_for(ws.receive(), 10)
             assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
             assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
             assert MID + "-out" not in server.channels  # the output's DELETE
