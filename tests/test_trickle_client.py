@@ -9,12 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from pytrickle_worker.trickle import (
-    TrickleError,
-    TricklePublisher,
-    TrickleServer,
-    TrickleSubscriber,
-)
+from pytrickle_worker.trickle import TrickleError, TricklePublisher, TrickleSubscriber
+from pytrickle_worker.trickle.server import TrickleServer
 
 HOST = "127.0.0.1"
 LIMIT = 1 << 20
