@@ -9,7 +9,7 @@ What runs:
 * N cameras: the project's demo camera (``pytrickle-worker demo camera``, a separate
   process) loops one H.264 30 fps clip as live MPEG-TS over HTTP; each subscription names it
   with its own query string, so the worker opens N connections and decodes N streams;
-* the worker: ``python server.py serve --no-demo`` (a separate process), every-frame
+* the worker: ``pytrickle-worker serve --no-demo`` (a separate process), every-frame
   emission, ``PTW_TARGET_FPS`` analysis per camera, a one-node MPTA with a YOLOv8n-structured
   detector at ``--imgsz``;
 * a CMS backend (this process) subscribes the N cameras and counts ``imageDetection``s: with
@@ -242,7 +242,7 @@ async def main() -> None:
             env, tmp / "camera.log",
         )  # fmt: skip
         worker = spawn(
-            [sys.executable, "server.py", "serve", "--no-demo", "--host", "127.0.0.1",
+            [sys.executable, "-m", "pytrickle_worker", "serve", "--no-demo", "--host", "127.0.0.1",
              "--port", str(worker_port)],
             env, tmp / "worker.log",
         )  # fmt: skip
