@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -68,6 +68,9 @@ from pytrickle_worker.processing import (
 )
 from pytrickle_worker.tracking.bytetrack import TrackerState
 from pytrickle_worker.validation import NO_CONTROL
+
+if TYPE_CHECKING:
+    from processors.registry import ProcessorDeps
 
 logger = logging.getLogger(__name__)
 
@@ -554,3 +557,13 @@ def _annotations(result: PipelineResult) -> tuple[Annotation, ...]:
     if track_id is not None:
         label = f"{label} #{track_id}"
     return (Annotation(result.bbox, label, class_colour(root_class)),)
+
+
+PROCESSOR_NAME = "mpta"
+
+
+def create_processor(deps: ProcessorDeps) -> MptaDetectorProcessor:
+    """The registry's factory (``processors.registry``)."""
+    return MptaDetectorProcessor(
+        deps.service, default_model_url=deps.default_model_url, model_urls=deps.model_urls
+    )

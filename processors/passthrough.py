@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ConfigDict
 
@@ -15,6 +15,9 @@ from pytrickle_worker.processing import (
     StreamContext,
     VideoFrame,
 )
+
+if TYPE_CHECKING:
+    from processors.registry import ProcessorDeps
 
 logger = logging.getLogger(__name__)
 
@@ -63,3 +66,8 @@ class PassthroughProcessor(FrameProcessor):
     async def process_video_async(self, frame: VideoFrame) -> VideoFrame | None:
         self.frames += 1
         return await super().process_video_async(frame)
+
+
+def create_processor(deps: ProcessorDeps) -> PassthroughProcessor:
+    """The registry's factory (``processors.registry``)."""
+    return PassthroughProcessor()

@@ -11,18 +11,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
 from processors.mpta_detector import MptaDetectorProcessor
+from processors.registry import ProcessorDeps, ProcessorFactory, lookup, parse_processor_url
 from pytrickle_worker.cms.emission import DetectionEmitter, EmissionMode
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.ingest.errors import CropError
 from pytrickle_worker.ingest.frame import CameraFrame
 from pytrickle_worker.ingest.hub import CameraHub, Subscription
 from pytrickle_worker.logutil import mask_text, mask_url
+from pytrickle_worker.mpta.policy import ModelUrlPolicy
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.processing import FrameProcessor, StreamContext, VideoFrame
 from pytrickle_worker.protocol import (
@@ -54,7 +56,7 @@ class SubscriptionError(WorkerError):
 class ActiveSubscription:
     payload: SubscribePayload
     camera: Subscription
-    processor: MptaDetectorProcessor
+    processor: FrameProcessor
     stream: StreamContext
     emitter: DetectionEmitter
     task: asyncio.Task[None] | None = None
@@ -142,11 +144,16 @@ class SubscriptionManager:
         max_streams: int,
         emission: EmissionMode,
         on_change: Callable[[], None] = lambda: None,
+        processors: Mapping[str, ProcessorFactory] | None = None,
+        model_urls: ModelUrlPolicy | None = None,
     ) -> None:
         self.hub = hub
         self.service = service
         self.deliver = deliver
         self.target_fps = target_fps
+        #: Processors a ``processor://NAME`` modelUrl may name (processors/registry.py).
+        self.processors: Mapping[str, ProcessorFactory] = processors or {}
+        self._deps = ProcessorDeps(service, model_urls or service.config.model_url_policy())
         # Camera frames are numbered at the hub's sampling rate (the MPTA stream's tracker
         # runs at that fixed rate).
         self._time_base = Fraction(1) / Fraction(target_fps)
@@ -323,12 +330,19 @@ class SubscriptionManager:
                 self._starting_new -= new
 
     async def _start(self, payload: SubscribePayload) -> ActiveSubscription:
-        # The endpoint has checked modelUrl against the model-URL rule: it is trusted here.
-        processor = MptaDetectorProcessor(self.service, default_model_url=payload.modelUrl)
+        named = parse_processor_url(payload.modelUrl)
+        processor: FrameProcessor
+        if named is None:
+            # The endpoint has checked modelUrl against the model-URL rule: trusted here.
+            processor = MptaDetectorProcessor(self.service, default_model_url=payload.modelUrl)
+            params = CMS_PARAMS
+        else:
+            name, params = named
+            processor = lookup(self.processors, name)(self._deps)
         try:
             await processor.load_model()
             stream = await processor.open_stream(
-                payload.subscriptionIdentifier, CMS_PARAMS, frame_rate=self.target_fps
+                payload.subscriptionIdentifier, params, frame_rate=self.target_fps
             )
         except BaseException:
             await _uncancelled(processor.close())
