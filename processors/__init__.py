@@ -1,20 +1,8 @@
 """Frame processors: what the worker runs on each sampled frame of a stream.
 
-Two interfaces live side by side: :class:`processors.base.FrameProcessor` (the CMS camera
-path, with :class:`MptaProcessor`) and :class:`pytrickle_worker.processing.FrameProcessor`
-(trickle streams, with :class:`PassthroughProcessor` and :class:`MptaDetectorProcessor`).
+Every processor implements :class:`pytrickle_worker.processing.FrameProcessor` and serves
+both front doors. ``processors.registry`` names them; ``processors.annotate`` is the
+drawing step the stream door runs after a processor.
+
+Nothing is imported here: importing ``processors.x`` loads only what ``x`` needs.
 """
-
-from processors.base import FrameProcessor, ProcessedFrame
-from processors.mpta import MptaProcessor
-from processors.mpta_detector import MptaDetectorParams, MptaDetectorProcessor
-from processors.passthrough import PassthroughProcessor
-
-__all__ = [
-    "FrameProcessor",
-    "MptaDetectorParams",
-    "MptaDetectorProcessor",
-    "MptaProcessor",
-    "PassthroughProcessor",
-    "ProcessedFrame",
-]

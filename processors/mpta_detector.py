@@ -1,4 +1,9 @@
-"""MptaDetectorProcessor: runs an MPTA pipeline on a trickle stream and draws what it finds.
+"""MptaDetectorProcessor (registry name ``mpta``): an MPTA pipeline, for both front doors.
+
+The CMS door opens one :class:`MptaStream` per camera subscription (its archive as the
+processor's ``default_model_url``, ``run_actions`` on, frames at the hub's fixed rate); the
+stream door runs one trickle stream at a time, and its annotate step draws what the
+stream's results suggest.
 
 Per stream it keeps its own :class:`TrackerState` (track ids start at 1 for every stream);
 the loaded models are shared through the :class:`PipelineService`'s registry, and every
@@ -13,14 +18,16 @@ Params (all optional; unknown keys are rejected):
 * ``min_confidence`` (0..1) and ``trigger_classes`` (non-empty list of the root model's
   class names): override the root node's ``minConfidence``/``triggerClasses``; ``null``
   restores the pipeline's own value.
-* ``annotate`` (default true): draw the result's box and label on output frames.
+* ``annotate`` (default true): suggest the result's box and label for the stream door's
+  annotate step to draw on output frames.
 * ``target_fps`` (> 0): analyse at most this many frames per second of media time; the
   frames in between pass through, annotated with the last result.
 * ``run_actions`` (default false): also run the pipeline's Redis actions. Off by default:
   a stream's results go to the data channel, and an archive named by a stream request
   should not make the worker connect to the Redis host written inside it.
 
-Each analysed frame with a detection queues one record for :meth:`take_data`::
+Each analysed frame with a detection gives one record (the stream door queues it for
+:meth:`take_data`; the CMS door sends its ``detection``)::
 
     {"timestamp_ms": <wall clock>, "pts": <frame pts>,
      "detection": {"class", "confidence", "id"}, "bbox": [x1, y1, x2, y2], "nodes": [...]}
@@ -34,13 +41,14 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
-from processors.annotate import Annotation, class_colour, draw_annotations
+from processors.annotate import Annotation, class_colour
 from pytrickle_worker.core.rate import RateSampler
 from pytrickle_worker.errors import MptaError, WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url
@@ -49,21 +57,25 @@ from pytrickle_worker.mpta.loader import LoadedPipeline
 from pytrickle_worker.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
 from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.processing import (
+    DEFAULT_MAX_PENDING_DATA,
     NOT_BOOL,
     FrameProcessor,
     ParamsError,
     ParamsModel,
+    ProcessResult,
+    StreamContext,
     VideoFrame,
 )
 from pytrickle_worker.tracking.bytetrack import TrackerState
 from pytrickle_worker.validation import NO_CONTROL
 
+if TYPE_CHECKING:
+    from processors.registry import ProcessorDeps
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["MptaDetectorParams", "MptaDetectorProcessor"]
+__all__ = ["MptaDetectorParams", "MptaDetectorProcessor", "MptaStream"]
 
-#: Most data records kept between two ``take_data`` calls; older ones are dropped.
-DEFAULT_MAX_PENDING_DATA = 1000
 #: Frames (media time) used to estimate the analysis rate for the tracker.
 _RATE_WINDOW = 16
 #: Relative change of the analysis rate that is passed on to the tracker.
@@ -143,43 +155,43 @@ class _Schedule:
         return (len(self.times) - 1) / span if span > 0 else None
 
 
-class MptaDetectorProcessor(FrameProcessor):
-    """An MPTA pipeline as a stream FrameProcessor. One stream at a time."""
+@dataclass
+class _Held:
+    """A loaded pipeline and how many streams use it."""
 
-    params_model = MptaDetectorParams
+    pipeline: LoadedPipeline
+    users: int = 0
+
+
+class MptaStream(StreamContext):
+    """One stream through an MPTA pipeline: its params, tracker, schedule and pipeline."""
 
     def __init__(
         self,
-        service: PipelineService,
-        *,
-        default_model_url: str | None = None,
-        model_urls: ModelUrlPolicy | None = None,
-        max_pending_data: int = DEFAULT_MAX_PENDING_DATA,
+        processor: MptaDetectorProcessor,
+        stream_id: str,
+        params: MptaDetectorParams,
+        pipeline: LoadedPipeline,
+        url: str,
+        frame_rate: float | None,
     ) -> None:
-        if max_pending_data < 1:
-            raise ValueError(f"max_pending_data must be >= 1, got {max_pending_data}")
-        self._service = service
-        self._default_url = default_model_url
-        # The rule for a caller's model_url, the CMS door's too; the default is trusted.
-        self._model_urls = model_urls or service.config.model_url_policy(
-            [default_model_url] if default_model_url is not None else []
-        )
-        self._params = MptaDetectorParams()
-        self._pipeline: LoadedPipeline | None = None
-        self._pipeline_url: str | None = None
-        self._tracker = TrackerState()
+        self._processor = processor
+        self.stream_id = stream_id
+        self._params = params
+        self._pipeline: LoadedPipeline | None = pipeline
+        self._pipeline_url: str | None = url
+        self._fixed_rate = frame_rate
+        self._tracker = TrackerState(frame_rate=frame_rate or params.target_fps or 30.0)
         self._schedule = _Schedule()
         self._last: tuple[Annotation, ...] = ()
-        self._data: deque[dict[str, Any]] = deque(maxlen=max_pending_data)
-        self._dropped_data = 0
         # Held while a frame is analysed and while the pipeline or tracker is swapped, so a
-        # pipeline is never released under a running inference.
+        # pipeline is never released under a running inference. A stream's frames are
+        # analysed in order, one at a time, so the tracker state is only ever touched by
+        # one inference thread at a time.
         self._frame_lock = asyncio.Lock()
         # Serialises params updates that load a model (REST and control channel).
         self._update_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        # A stream's frames are analysed in order, one at a time (under the frame lock), so
-        # the tracker state is only ever touched by one inference thread at a time.
         self.last_error: str | None = None
         self.frames_in = 0
         self.frames_analysed = 0
@@ -196,63 +208,17 @@ class MptaDetectorProcessor(FrameProcessor):
 
     @property
     def model_url(self) -> str | None:
-        """The archive whose pipeline is loaded now."""
+        """The archive whose pipeline this stream runs now."""
         return self._pipeline_url
 
-    # ------------------------------------------------------------------ lifecycle
-
-    async def load_model(self) -> None:
-        """Preload the default pipeline, if there is one; raises its MptaError on failure."""
-        if self._default_url is not None and self._pipeline_url != self._default_url:
-            pipeline = await self._service.load(self._default_url)
-            await self._install(pipeline, self._default_url)
-
-    async def on_stream_start(self, params: dict[str, Any]) -> None:
-        parsed = MptaDetectorParams.parse(params)
-        async with self._update_lock:
-            url = self._effective_url(parsed)
-            if url != self._pipeline_url:
-                pipeline = await self._load(url, user_given=parsed.model_url is not None)
-                try:
-                    self._check_classes(parsed, pipeline)
-                except ParamsError:
-                    await self._service.release(pipeline)
-                    raise
-                await self._install(pipeline, url)
-            elif self._pipeline is not None:
-                self._check_classes(parsed, self._pipeline)
-            async with self._frame_lock:
-                self._params = parsed
-                self._tracker = TrackerState(frame_rate=parsed.target_fps or 30.0)
-                self._schedule.reset()
-                self._last = ()
-                self._data.clear()
-                self._dropped_data = 0
-                self.frames_in = 0
-                self.frames_analysed = 0
-                self.last_error = None
-
-    async def on_stream_stop(self) -> None:
-        # A model switch still loading is left to finish: it only makes the next stream warm.
-        async with self._frame_lock:
-            self._last = ()
-            self._schedule.reset()
-            self._tracker = TrackerState()
-        # The pipeline stays loaded: the next stream usually asks for the same archive.
-
-    async def close(self) -> None:
-        await self._cancel_background()
-        async with self._frame_lock:
-            pipeline, self._pipeline, self._pipeline_url = self._pipeline, None, None
-        if pipeline is not None:
-            try:
-                await self._service.release(pipeline)
-            except RuntimeError as exc:  # the service was closed first: its models are gone
-                logger.warning("mpta-detector: pipeline not released: %s", exc)
+    @property
+    def tracked(self) -> bool:
+        pipeline = self._pipeline
+        return pipeline is not None and not pipeline.root.is_classifier
 
     # ------------------------------------------------------------------ params
 
-    def update_params(self, params: dict[str, Any]) -> None:
+    def update_params(self, params: Mapping[str, Any]) -> None:
         """Apply an update now; a new ``model_url`` is validated now and loaded in the
         background (frames keep using the current model until the new one is ready)."""
         if self._commit_without_load(self._params.merged(params)):
@@ -263,7 +229,7 @@ class MptaDetectorProcessor(FrameProcessor):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def apply_params(self, params: dict[str, Any]) -> None:
+    async def apply_params(self, params: Mapping[str, Any]) -> None:
         """Apply an update and return when it is in effect, loading a new model if needed.
 
         All or nothing: when the new archive cannot be loaded, or the classes do not exist
@@ -273,14 +239,15 @@ class MptaDetectorProcessor(FrameProcessor):
             merged = self._params.merged(params)
             if self._commit_without_load(merged):
                 return
-            url = self._effective_url(merged)
-            pipeline = await self._load(url, user_given=merged.model_url is not None)
+            processor = self._processor
+            url = processor.effective_url(merged)
+            pipeline = await processor.acquire(url, user_given=merged.model_url is not None)
             try:
                 # Other updates may have landed while the archive loaded: merge again.
                 merged = self._params.merged(params)
-                self._check_classes(merged, pipeline)
+                _check_classes(merged, pipeline)
             except ParamsError:
-                await self._service.release(pipeline)
+                await processor.release(url, keep_warm=False)
                 raise
             await self._install(pipeline, url)
             self._commit(merged)
@@ -289,9 +256,9 @@ class MptaDetectorProcessor(FrameProcessor):
         """Commit ``merged`` when it keeps the loaded archive (its classes checked against
         it); False when another archive must be loaded first."""
         pipeline = self._pipeline
-        if pipeline is None or self._effective_url(merged) != self._pipeline_url:
+        if pipeline is None or self._processor.effective_url(merged) != self._pipeline_url:
             return False
-        self._check_classes(merged, pipeline)
+        _check_classes(merged, pipeline)
         self._commit(merged)
         return True
 
@@ -316,7 +283,187 @@ class MptaDetectorProcessor(FrameProcessor):
         values["loaded_model_url"] = mask_url(self._pipeline_url) if self._pipeline_url else None
         return values
 
-    def _effective_url(self, params: MptaDetectorParams) -> str:
+    async def _install(self, pipeline: LoadedPipeline, url: str) -> None:
+        async with self._frame_lock:
+            old_url = self._pipeline_url
+            self._pipeline, self._pipeline_url = pipeline, url
+            self._tracker = TrackerState(frame_rate=self._tracker.frame_rate)
+            self._last = ()
+        if old_url is not None:
+            await self._processor.release(old_url, keep_warm=False)
+        logger.info("mpta-detector: pipeline %s is active", mask_url(url))
+
+    async def close(self) -> None:
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        async with self._frame_lock:
+            url, self._pipeline, self._pipeline_url = self._pipeline_url, None, None
+            self._last = ()
+            self._schedule.reset()
+        # The pipeline stays loaded: the next stream usually asks for the same archive.
+        if url is not None:
+            await self._processor.release(url, keep_warm=True)
+
+    # ------------------------------------------------------------------ frames
+
+    async def process(self, frame: VideoFrame) -> ProcessResult:
+        self.frames_in += 1
+        params = self._params
+        if not self._schedule.due(frame.time_s, params.target_fps):
+            # Frames in between pass through, annotated with the last result.
+            return ProcessResult(frame, annotations=self._last if params.annotate else ())
+        async with self._frame_lock:
+            pipeline = self._pipeline
+            if pipeline is None:
+                return ProcessResult(frame)
+            rate = self._schedule.analysed(frame.time_s)
+            tracker = self._tracker
+            if self._fixed_rate is not None:
+                tracker.set_frame_rate(self._fixed_rate)
+            elif rate is not None and not math.isclose(
+                rate, tracker.frame_rate, rel_tol=_RATE_CHANGE
+            ):
+                tracker.set_frame_rate(rate)
+            result = await self._processor.service.process(
+                pipeline, frame.rgb, tracker, run_actions=False, overrides=params.overrides()
+            )
+            self._last = _annotations(result)
+        self.frames_analysed += 1
+        records: list[dict[str, Any]] = []
+        if result.detection is not None:
+            records.append(_record(frame, result))
+            if params.run_actions:
+                self._processor.service.dispatch_actions(pipeline, result)
+        return ProcessResult(frame, records, self._last if params.annotate else ())
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "frames_in": self.frames_in,
+            "frames_analysed": self.frames_analysed,
+            "last_error": mask_text(self.last_error) if self.last_error else None,
+        }
+
+
+class MptaDetectorProcessor(FrameProcessor):
+    """An MPTA pipeline as a FrameProcessor, for both front doors.
+
+    Streams share loaded pipelines (one per archive, counted); the last one a stream used
+    stays loaded when no stream uses it, so the next stream asking for it starts warm.
+    """
+
+    name = "mpta"
+    params_model = MptaDetectorParams
+
+    def __init__(
+        self,
+        service: PipelineService,
+        *,
+        default_model_url: str | None = None,
+        model_urls: ModelUrlPolicy | None = None,
+        max_pending_data: int = DEFAULT_MAX_PENDING_DATA,
+    ) -> None:
+        super().__init__(max_pending_data=max_pending_data)
+        self.service = service
+        self._default_url = default_model_url
+        # The rule for a caller's model_url, the CMS door's too; the default is trusted.
+        self._model_urls = model_urls or service.config.model_url_policy(
+            [default_model_url] if default_model_url is not None else []
+        )
+        self._held: dict[str, _Held] = {}
+        self._warm_url: str | None = None
+        self._load_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ the stream door's view
+
+    @property
+    def _mpta_stream(self) -> MptaStream | None:
+        stream = self.stream
+        return stream if isinstance(stream, MptaStream) else None
+
+    @property
+    def params(self) -> MptaDetectorParams:
+        stream = self._mpta_stream
+        return stream.params if stream is not None else MptaDetectorParams()
+
+    @property
+    def pipeline(self) -> LoadedPipeline | None:
+        """The stream door's stream's pipeline, or the one kept warm."""
+        stream = self._mpta_stream
+        if stream is not None:
+            return stream.pipeline
+        held = self._held.get(self._warm_url) if self._warm_url is not None else None
+        return held.pipeline if held is not None else None
+
+    @property
+    def model_url(self) -> str | None:
+        """The archive the stream door's stream runs, or the one kept warm."""
+        stream = self._mpta_stream
+        return stream.model_url if stream is not None else self._warm_url
+
+    @property
+    def frames_in(self) -> int:
+        stream = self._mpta_stream
+        return stream.frames_in if stream is not None else 0
+
+    @property
+    def frames_analysed(self) -> int:
+        stream = self._mpta_stream
+        return stream.frames_analysed if stream is not None else 0
+
+    @property
+    def last_error(self) -> str | None:
+        stream = self._mpta_stream
+        return stream.last_error if stream is not None else None
+
+    def current_params(self) -> dict[str, Any]:
+        stream = self._mpta_stream
+        if stream is not None:
+            return stream.current_params()
+        values = MptaDetectorParams().model_dump()
+        values["loaded_model_url"] = mask_url(self._warm_url) if self._warm_url else None
+        return values
+
+    def stats(self) -> dict[str, Any]:
+        stream = self._mpta_stream
+        stats = stream.stats() if stream is not None else {}
+        return {**stats, "pending_data": self.pending_data, "dropped_data": self.dropped_data}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load_model(self) -> None:
+        """Preload the default pipeline, if there is one; raises its MptaError on failure."""
+        url = self._default_url
+        if url is not None and url not in self._held:
+            await self.acquire(url, user_given=False)
+            await self.release(url, keep_warm=True)
+
+    async def open_stream(
+        self, stream_id: str, params: Mapping[str, Any], *, frame_rate: float | None = None
+    ) -> MptaStream:
+        parsed = MptaDetectorParams.parse(params)
+        url = self.effective_url(parsed)
+        pipeline = await self.acquire(url, user_given=parsed.model_url is not None)
+        try:
+            _check_classes(parsed, pipeline)
+        except ParamsError:
+            await self.release(url, keep_warm=False)
+            raise
+        return MptaStream(self, stream_id, parsed, pipeline, url, frame_rate)
+
+    async def close(self) -> None:
+        await super().close()
+        held, self._held, self._warm_url = self._held, {}, None
+        for entry in held.values():
+            try:
+                await self.service.release(entry.pipeline)
+            except RuntimeError as exc:  # the service was closed first: its models are gone
+                logger.warning("mpta-detector: pipeline not released: %s", exc)
+
+    # ------------------------------------------------------------------ pipelines
+
+    def effective_url(self, params: MptaDetectorParams) -> str:
         url = params.model_url if params.model_url is not None else self._default_url
         if url is None:
             raise ParamsError("model_url: required (this worker has no default pipeline)")
@@ -328,119 +475,73 @@ class MptaDetectorProcessor(FrameProcessor):
                 raise ParamsError(f"model_url: {exc}") from None
         return url
 
-    @staticmethod
-    def _check_classes(params: MptaDetectorParams, pipeline: LoadedPipeline) -> None:
-        root = pipeline.root
-        if root.is_classifier and (
-            params.trigger_classes is not None or params.min_confidence is not None
-        ):
-            raise ParamsError(
-                "min_confidence/trigger_classes: the pipeline's root node is a classifier; "
-                "only a detection root can be overridden"
-            )
-        if params.trigger_classes is None:
-            return
-        names = root.model.info.names
-        unknown = [name for name in params.trigger_classes if name not in names]
-        if unknown:
-            shown = ", ".join(names[:50]) + (" …" if len(names) > 50 else "")
-            raise ParamsError(
-                f"trigger_classes: {', '.join(map(repr, unknown))} not in the root model's "
-                f"classes ({shown})"
-            )
+    async def acquire(self, url: str, *, user_given: bool) -> LoadedPipeline:
+        """The pipeline of ``url`` for one more stream (loaded unless it is already)."""
+        async with self._load_lock:
+            held = self._held.get(url)
+            if held is None:
+                try:
+                    pipeline = await self.service.load(url)
+                except MptaError as exc:
+                    if user_given:
+                        raise ParamsError(f"model_url: cannot load {mask_url(url)}: {exc}") from exc
+                    raise
+                held = self._held[url] = _Held(pipeline)
+            held.users += 1
+            return held.pipeline
 
-    async def _load(self, url: str, *, user_given: bool) -> LoadedPipeline:
-        try:
-            return await self._service.load(url)
-        except MptaError as exc:
-            if user_given:
-                raise ParamsError(f"model_url: cannot load {mask_url(url)}: {exc}") from exc
-            raise
+    async def release(self, url: str, *, keep_warm: bool) -> None:
+        """One stream less uses ``url``'s pipeline. Unused, it is released unless
+        ``keep_warm`` (then it replaces the pipeline kept warm) or it is the warm one."""
+        drop: list[LoadedPipeline] = []
+        async with self._load_lock:
+            held = self._held[url]
+            held.users -= 1
+            if held.users > 0:
+                return
+            if keep_warm and self._warm_url != url:
+                previous = self._warm_url
+                self._warm_url = url
+                old = self._held.get(previous) if previous is not None else None
+                if previous is not None and old is not None and old.users == 0:
+                    del self._held[previous]
+                    drop.append(old.pipeline)
+            elif not keep_warm and self._warm_url != url:
+                del self._held[url]
+                drop.append(held.pipeline)
+        for pipeline in drop:
+            await self.service.release(pipeline)
 
-    async def _install(self, pipeline: LoadedPipeline, url: str) -> None:
-        async with self._frame_lock:
-            old = self._pipeline
-            self._pipeline, self._pipeline_url = pipeline, url
-            self._tracker = TrackerState(frame_rate=self._tracker.frame_rate)
-            self._last = ()
-        if old is not None and old is not pipeline:
-            await self._service.release(old)
-        logger.info("mpta-detector: pipeline %s is active", mask_url(url))
 
-    async def _cancel_background(self) -> None:
-        tasks = list(self._background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    # ------------------------------------------------------------------ frames
-
-    async def process_video_async(self, frame: VideoFrame) -> VideoFrame | None:
-        self.frames_in += 1
-        params = self._params
-        if not self._schedule.due(frame.time_s, params.target_fps):
-            if not params.annotate or not self._last:
-                return frame
-            # Drawing is no inference: a plain worker thread, not the scheduler's.
-            drawn = await asyncio.to_thread(draw_annotations, frame.rgb, self._last)
-            return frame.with_rgb(drawn)
-        async with self._frame_lock:
-            pipeline = self._pipeline
-            if pipeline is None:
-                return frame
-            rate = self._schedule.analysed(frame.time_s)
-            tracker = self._tracker
-            if rate is not None and not math.isclose(
-                rate, tracker.frame_rate, rel_tol=_RATE_CHANGE
-            ):
-                tracker.set_frame_rate(rate)
-            result = await self._service.process(
-                pipeline, frame.rgb, tracker, run_actions=False, overrides=params.overrides()
-            )
-            annotations = _annotations(result)
-            drawn = (
-                await asyncio.to_thread(draw_annotations, frame.rgb, annotations)
-                if params.annotate and annotations
-                else None
-            )
-            self._last = annotations
-        self.frames_analysed += 1
-        if result.detection is not None:
-            self._queue(frame, result)
-            if params.run_actions:
-                self._service.dispatch_actions(pipeline, result)
-        return frame.with_rgb(drawn) if drawn is not None else frame
-
-    def _queue(self, frame: VideoFrame, result: PipelineResult) -> None:
-        if len(self._data) == self._data.maxlen:
-            self._dropped_data += 1
-            if self._dropped_data == 1 or self._dropped_data % 1000 == 0:
-                logger.warning(
-                    "mpta-detector: data records not taken; %d dropped", self._dropped_data
-                )
-        self._data.append(
-            {
-                "timestamp_ms": int(time.time() * 1000),
-                "pts": frame.pts,
-                "detection": result.detection,
-                "bbox": list(result.bbox) if result.bbox is not None else None,
-                "nodes": [node.to_json() for node in result.nodes],
-            }
+def _check_classes(params: MptaDetectorParams, pipeline: LoadedPipeline) -> None:
+    root = pipeline.root
+    if root.is_classifier and (
+        params.trigger_classes is not None or params.min_confidence is not None
+    ):
+        raise ParamsError(
+            "min_confidence/trigger_classes: the pipeline's root node is a classifier; "
+            "only a detection root can be overridden"
+        )
+    if params.trigger_classes is None:
+        return
+    names = root.model.info.names
+    unknown = [name for name in params.trigger_classes if name not in names]
+    if unknown:
+        shown = ", ".join(names[:50]) + (" …" if len(names) > 50 else "")
+        raise ParamsError(
+            f"trigger_classes: {', '.join(map(repr, unknown))} not in the root model's "
+            f"classes ({shown})"
         )
 
-    def take_data(self) -> list[dict[str, Any]]:
-        records = list(self._data)
-        self._data.clear()
-        return records
 
-    def stats(self) -> dict[str, Any]:
-        return {
-            "frames_in": self.frames_in,
-            "frames_analysed": self.frames_analysed,
-            "pending_data": len(self._data),
-            "dropped_data": self._dropped_data,
-            "last_error": mask_text(self.last_error) if self.last_error else None,
-        }
+def _record(frame: VideoFrame, result: PipelineResult) -> dict[str, Any]:
+    return {
+        "timestamp_ms": int(time.time() * 1000),
+        "pts": frame.pts,
+        "detection": result.detection,
+        "bbox": list(result.bbox) if result.bbox is not None else None,
+        "nodes": [node.to_json() for node in result.nodes],
+    }
 
 
 def _annotations(result: PipelineResult) -> tuple[Annotation, ...]:
@@ -456,3 +557,13 @@ def _annotations(result: PipelineResult) -> tuple[Annotation, ...]:
     if track_id is not None:
         label = f"{label} #{track_id}"
     return (Annotation(result.bbox, label, class_colour(root_class)),)
+
+
+PROCESSOR_NAME = "mpta"
+
+
+def create_processor(deps: ProcessorDeps) -> MptaDetectorProcessor:
+    """The registry's factory (``processors.registry``)."""
+    return MptaDetectorProcessor(
+        deps.service, default_model_url=deps.default_model_url, model_urls=deps.model_urls
+    )

@@ -151,6 +151,14 @@ class WorkerConfig(BaseModel):
         default=10.0, gt=0, description="No frame for this long: reconnect"
     )
     hw_decode: Literal["auto", "nvdec", "off"] = "auto"
+    stream_processor: str = Field(
+        default="mpta",
+        min_length=1,
+        description=(
+            "The processor the StreamServer door runs, by its registry name "
+            "(processors/registry.py): mpta, passthrough, brightness, or your own"
+        ),
+    )
     stream_input_timeout_s: float = Field(
         default=10.0,
         gt=0,

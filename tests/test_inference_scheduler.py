@@ -23,7 +23,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from processors.mpta import MptaProcessor
 from processors.mpta_detector import MptaDetectorProcessor
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
@@ -284,8 +283,9 @@ async def test_both_doors_run_on_the_schedulers_threads_and_the_processor_owns_n
         stream_door = MptaDetectorProcessor(service, default_model_url=str(demo_assets.mpta_path))
         await stream_door.load_model()
         await stream_door.on_stream_start({})
-        cms_door = MptaProcessor(service, str(demo_assets.mpta_path), run_actions=False)
-        await cms_door.start()
+        cms_processor = MptaDetectorProcessor(service, default_model_url=str(demo_assets.mpta_path))
+        await cms_processor.load_model()
+        cms_door = await cms_processor.open_stream("cms", {}, frame_rate=10.0)
         done = service.scheduler.stats()["inference_done"]
 
         frames = camera_frames(3)
@@ -293,14 +293,15 @@ async def test_both_doors_run_on_the_schedulers_threads_and_the_processor_owns_n
             out = await stream_door.process_video_async(VideoFrame(rgb, index * 9000, TB))
             assert out is not None
         assert stream_door.frames_analysed == 3
-        for rgb in frames:
-            processed = await cms_door.process(rgb, 10.0)
-            assert processed.detection is not None
+        for index, rgb in enumerate(frames):
+            processed = await cms_door.process(VideoFrame(rgb, index, Fraction(1, 10)))
+            assert processed.records and processed.records[0]["detection"] is not None
         # Every analysis of both doors was one job of the scheduler.
         assert service.scheduler.stats()["inference_done"] == done + 6
 
         new = {t.name for t in threading.enumerate()} - threads_before
         assert not [n for n in new if "mpta" in n or "detector" in n], new
         assert any(n.startswith("inference_") and "load" not in n for n in new), new
-        await cms_door.stop()
+        await cms_door.close()
+        await cms_processor.close()
         await stream_door.close()

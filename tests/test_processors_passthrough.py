@@ -1,7 +1,8 @@
-"""The stream FrameProcessor interface (pytrickle_worker.processing) and PassthroughProcessor."""
+"""The FrameProcessor interface (pytrickle_worker.processing) and PassthroughProcessor."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any, ClassVar
 
@@ -15,6 +16,8 @@ from pytrickle_worker.processing import (
     FrameProcessor,
     ParamsError,
     ParamsModel,
+    ProcessResult,
+    StreamContext,
     VideoFrame,
 )
 
@@ -62,20 +65,29 @@ class StrictParams(ParamsModel):
     level: int = Field(default=1, ge=0, le=10)
 
 
+class StrictStream(StreamContext):
+    def __init__(self, params: StrictParams) -> None:
+        self.params = params
+
+    async def process(self, frame: VideoFrame) -> ProcessResult:
+        return ProcessResult(None)
+
+    def update_params(self, params: Mapping[str, Any]) -> None:
+        self.params = self.params.merged(params)
+
+
 class StrictProcessor(FrameProcessor):
     params_model = StrictParams
 
-    def __init__(self) -> None:
-        self.params = StrictParams()
+    async def open_stream(
+        self, stream_id: str, params: Mapping[str, Any], *, frame_rate: float | None = None
+    ) -> StrictStream:
+        return StrictStream(StrictParams.parse(params))
 
-    async def load_model(self) -> None:
-        return None
-
-    async def process_video_async(self, frame: VideoFrame) -> VideoFrame | None:
-        return None
-
-    def update_params(self, params: dict[str, Any]) -> None:
-        self.params = self.params.merged(params)
+    @property
+    def params(self) -> StrictParams:
+        assert isinstance(self.stream, StrictStream)
+        return self.stream.params
 
 
 async def test_params_model_rejects_bad_unknown_and_immutable_values() -> None:

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Mapping
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from processors.registry import ProcessorFactory, discover_processors, parse_processor_url
 from pytrickle_worker.cms.backends import BackendConnection, BackendRegistry
 from pytrickle_worker.cms.emission import EmissionMode
 from pytrickle_worker.cms.subscriptions import SubscriptionManager
@@ -51,6 +53,7 @@ class CmsEndpoint:
         hub: CameraHub,
         service: PipelineService,
         model_urls: ModelUrlPolicy | None = None,
+        processors: Mapping[str, ProcessorFactory] | None = None,
     ) -> None:
         self.config = config
         self.hub = hub
@@ -70,6 +73,8 @@ class CmsEndpoint:
             max_streams=config.max_streams,
             emission=EmissionMode(config.emission),
             on_change=self._broadcast_state,
+            processors=processors if processors is not None else discover_processors(),
+            model_urls=self.model_urls,
         )
         self._heartbeat: asyncio.Task[None] | None = None
         self.accepting = True
@@ -250,7 +255,8 @@ class CmsEndpoint:
         if not self.accepting:
             reply("worker is shutting down")
             return
-        if payload is not None:
+        # A processor:// modelUrl names a processor: there is no archive to fetch.
+        if payload is not None and parse_processor_url(payload.modelUrl) is None:
             try:
                 self.model_urls.check(payload.modelUrl)
             except ModelUrlRefusedError as exc:

@@ -11,18 +11,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
-from processors.mpta import MptaProcessor
+from processors.mpta_detector import MptaDetectorProcessor
+from processors.registry import ProcessorDeps, ProcessorFactory, lookup, parse_processor_url
 from pytrickle_worker.cms.emission import DetectionEmitter, EmissionMode
 from pytrickle_worker.errors import WorkerError
 from pytrickle_worker.ingest.errors import CropError
 from pytrickle_worker.ingest.frame import CameraFrame
 from pytrickle_worker.ingest.hub import CameraHub, Subscription
 from pytrickle_worker.logutil import mask_text, mask_url
+from pytrickle_worker.mpta.policy import ModelUrlPolicy
 from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.processing import FrameProcessor, StreamContext, VideoFrame
 from pytrickle_worker.protocol import (
     CameraConnection,
     DetectionData,
@@ -39,6 +43,9 @@ logger = logging.getLogger(__name__)
 FRAME_WAIT_S = 1.0
 #: Errors of one subscription's processing loop are reported at most this often.
 ERROR_REPORT_INTERVAL_S = 10.0
+#: The MPTA params of a CMS subscription: its archive's Redis actions run, and nothing is
+#: drawn (the CMS door sends detections, not frames).
+CMS_PARAMS: dict[str, Any] = {"run_actions": True, "annotate": False}
 
 
 class SubscriptionError(WorkerError):
@@ -49,7 +56,8 @@ class SubscriptionError(WorkerError):
 class ActiveSubscription:
     payload: SubscribePayload
     camera: Subscription
-    processor: MptaProcessor
+    processor: FrameProcessor
+    stream: StreamContext
     emitter: DetectionEmitter
     task: asyncio.Task[None] | None = None
     frames_processed: int = 0
@@ -136,11 +144,19 @@ class SubscriptionManager:
         max_streams: int,
         emission: EmissionMode,
         on_change: Callable[[], None] = lambda: None,
+        processors: Mapping[str, ProcessorFactory] | None = None,
+        model_urls: ModelUrlPolicy | None = None,
     ) -> None:
         self.hub = hub
         self.service = service
         self.deliver = deliver
         self.target_fps = target_fps
+        #: Processors a ``processor://NAME`` modelUrl may name (processors/registry.py).
+        self.processors: Mapping[str, ProcessorFactory] = processors or {}
+        self._deps = ProcessorDeps(service, model_urls or service.config.model_url_policy())
+        # Camera frames are numbered at the hub's sampling rate (the MPTA stream's tracker
+        # runs at that fixed rate).
+        self._time_base = Fraction(1) / Fraction(target_fps)
         self.max_streams = max_streams
         self.emission = emission
         #: Called when the set of subscriptions, or a camera's reported state, changes.
@@ -314,20 +330,32 @@ class SubscriptionManager:
                 self._starting_new -= new
 
     async def _start(self, payload: SubscribePayload) -> ActiveSubscription:
-        processor = MptaProcessor(self.service, payload.modelUrl)
-        await processor.start()
+        named = parse_processor_url(payload.modelUrl)
+        processor: FrameProcessor
+        if named is None:
+            # The endpoint has checked modelUrl against the model-URL rule: trusted here.
+            processor = MptaDetectorProcessor(self.service, default_model_url=payload.modelUrl)
+            params = CMS_PARAMS
+        else:
+            name, params = named
+            processor = lookup(self.processors, name)(self._deps)
+        try:
+            await processor.load_model()
+            stream = await processor.open_stream(
+                payload.subscriptionIdentifier, params, frame_rate=self.target_fps
+            )
+        except BaseException:
+            await _uncancelled(processor.close())
+            raise
         try:
             camera = self.hub.subscribe(
                 payload.source_config(), target_fps=self.target_fps, crop=payload.crop
             )
         except BaseException:
-            await _uncancelled(processor.stop())
+            await _uncancelled(_close_processor(processor, stream))
             raise
-        processor.tracker.set_frame_rate(self.target_fps)
-        pipeline = processor.pipeline
-        tracked = pipeline is not None and not pipeline.root.is_classifier
-        emitter = DetectionEmitter(self.emission, tracked=tracked)
-        return ActiveSubscription(payload, camera, processor, emitter)
+        emitter = DetectionEmitter(self.emission, tracked=stream.tracked)
+        return ActiveSubscription(payload, camera, processor, stream, emitter)
 
     async def _stop(self, sub: ActiveSubscription) -> None:
         if sub.task is not None:
@@ -335,7 +363,7 @@ class SubscriptionManager:
             with contextlib.suppress(asyncio.CancelledError):
                 await sub.task
         await sub.camera.close()
-        await sub.processor.stop()
+        await _close_processor(sub.processor, sub.stream)
 
     async def close(self) -> None:
         """Cancel every pending command and release every subscription, several at a time."""
@@ -389,14 +417,17 @@ class SubscriptionManager:
                 self._report(sub, f"processing failed: {exc}")
 
     async def _process(self, sub: ActiveSubscription, frame: CameraFrame) -> None:
-        processed = await sub.processor.process(frame.rgb, self.target_fps)
+        video = VideoFrame(frame.rgb, sub.frames_processed, self._time_base)
+        processed = await sub.stream.process(video)
         sub.frames_processed += 1
         sub.analysed_since_offline = True
         if not sub.announced_online:
             # The backends hear that the camera is online before its first detection (state
             # is sent ahead of detections), not at the next heartbeat.
             self.on_change()
-        detection = sub.emitter.decide(processed.detection)
+        # The CMS detection ({"class", "confidence", "id"}) is the first record's.
+        found = processed.records[0].get("detection") if processed.records else None
+        detection = sub.emitter.decide(found)
         if detection is None:
             return
         message = ImageDetection(
@@ -431,6 +462,13 @@ class SubscriptionManager:
         sub.last_error = error
         sub.last_error_report = now
         self.deliver(ErrorMessage(subscriptionIdentifier=sub.identifier, error=error))
+
+
+async def _close_processor(processor: FrameProcessor, stream: StreamContext) -> None:
+    try:
+        await stream.close()
+    finally:
+        await processor.close()
 
 
 def _same(a: SubscribePayload | None, b: SubscribePayload | None) -> bool:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from processors.mpta_detector import MptaDetectorProcessor
+from processors.registry import ProcessorDeps, discover_processors, lookup
 from pytrickle_worker import __version__
 from pytrickle_worker.api.manager import StreamManager
 from pytrickle_worker.api.routes import attach as attach_stream_api
@@ -64,10 +64,12 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     # One model-URL rule for both doors; the operator's preloaded pipeline is trusted.
     trusted = [default_pipeline_source] if default_pipeline_source is not None else []
     model_urls = config.model_url_policy(trusted)
-    cms = CmsEndpoint(config, hub, service, model_urls)
-    processor = MptaDetectorProcessor(
-        service, default_model_url=default_pipeline_source, model_urls=model_urls
-    )
+    # Processors by name (one module each in processors/); the CMS door runs MPTA, or the
+    # one a processor:// modelUrl names; the stream door runs config.stream_processor.
+    processors = discover_processors()
+    cms = CmsEndpoint(config, hub, service, model_urls, processors)
+    deps = ProcessorDeps(service, model_urls, default_pipeline_source)
+    processor = lookup(processors, config.stream_processor)(deps)
     session_config = StreamSessionConfig(input_timeout_s=config.stream_input_timeout_s)
 
     def session_factory(request: StartRequest, processor: FrameProcessor) -> StreamSession:
