@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
-from processors.annotate import Annotation, class_colour
+from pytrickle_worker.annotate import Annotation, class_colour
 from pytrickle_worker.core.rate import RateSampler
 from pytrickle_worker.errors import MptaError, WorkerError
 from pytrickle_worker.logutil import mask_text, mask_url

@@ -29,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
 
-from processors.annotate import Annotation, draw_annotations
+from pytrickle_worker.annotate import Annotation, draw_annotations
 from pytrickle_worker.errors import WorkerError
 
 logger = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ class ProcessResult:
     objects (the stream door sends them on the data channel; the CMS door reads the
     ``"detection"`` of the first record, a ``{"class", "confidence", "id"}`` dict).
     ``annotations``: boxes the processor suggests drawing; the stream door's annotate step
-    draws them on ``frame`` after the processor (:mod:`processors.annotate`).
+    draws them on ``frame`` after the processor (:mod:`pytrickle_worker.annotate`).
     """
 
     frame: VideoFrame | None

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from processors.annotate import class_colour
+from pytrickle_worker.annotate import class_colour
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.demo.synthetic import (
     SceneObject,

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from processors.annotate import class_colour
 from processors.mpta_detector import MptaDetectorProcessor
+from pytrickle_worker.annotate import class_colour
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.demo.synthetic import (

@@ -1,11 +1,11 @@
-"""processors.annotate: numpy-only boxes and bitmap-font labels."""
+"""pytrickle_worker.annotate: numpy-only boxes and bitmap-font labels."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from processors.annotate import (
+from pytrickle_worker.annotate import (
     GLYPH_HEIGHT,
     PALETTE,
     Annotation,
