@@ -23,7 +23,8 @@ from processors.registry import (
 )
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.processing import ParamsError, VideoFrame
-from pytrickle_worker.trickle import TricklePublisher, TrickleServer
+from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.trickle.server import TrickleServer
 from tests.cms_harness import Backend
 from tests.test_streaming_e2e import CHANNELS, Reader, jsonl
 from tests.test_streaming_media import synthetic_segments
