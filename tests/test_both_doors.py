@@ -29,10 +29,9 @@ from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.hardware import count_gpus
 from pytrickle_worker.server.app import create_app
 from pytrickle_worker.trickle import TricklePublisher
-from pytrickle_worker.trickle.server import TrickleServer
 from tests.cms_harness import BASE_CONFIG, Backend
 from tests.helpers import free_port
-from tests.test_streaming_e2e import CHANNELS
+from tests.test_streaming_e2e import trickle_channels
 from tests.test_streaming_media import synthetic_segments
 from tests.worker_process import WorkerProcess
 
@@ -45,12 +44,8 @@ WAIT_S = 60.0
 
 @pytest.fixture
 async def trickle() -> AsyncIterator[str]:
-    server = TrickleServer()
-    port = await server.start("127.0.0.1", 0)
-    for suffix, mime in CHANNELS.items():
-        server.create_channel(MID + suffix, mime)
-    yield f"http://127.0.0.1:{port}/{MID}"
-    await server.stop()
+    async with trickle_channels(MID) as url:
+        yield url
 
 
 async def _json(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -> Any:

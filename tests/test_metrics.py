@@ -33,9 +33,8 @@ from pytrickle_worker.mpta.spec import RedisConfig, RedisPublishAction
 from pytrickle_worker.server.app import METRICS_KEY, SERVICE_KEY, create_app
 from pytrickle_worker.server.metrics import WorkerMetrics
 from pytrickle_worker.trickle import TricklePublisher
-from pytrickle_worker.trickle.server import TrickleServer
 from tests.helpers import RedisProcess, free_port
-from tests.test_streaming_e2e import CHANNELS
+from tests.test_streaming_e2e import trickle_channels
 from tests.test_streaming_media import synthetic_segments
 
 BASE_CONFIG: dict[str, Any] = {
@@ -343,12 +342,8 @@ MID = "metrics-stream"
 
 @pytest.fixture
 async def trickle() -> AsyncIterator[str]:
-    server = TrickleServer()
-    port = await server.start("127.0.0.1", 0)
-    for suffix, mime in CHANNELS.items():
-        server.create_channel(MID + suffix, mime)
-    yield f"http://127.0.0.1:{port}/{MID}"
-    await server.stop()
+    async with trickle_channels(MID) as url:
+        yield url
 
 
 async def test_trickle_stream_state_and_rates(

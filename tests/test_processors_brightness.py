@@ -24,9 +24,8 @@ from processors.registry import (
 from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.processing import ParamsError, VideoFrame
 from pytrickle_worker.trickle import TricklePublisher
-from pytrickle_worker.trickle.server import TrickleServer
 from tests.cms_harness import Backend
-from tests.test_streaming_e2e import CHANNELS, Reader, jsonl
+from tests.test_streaming_e2e import Reader, jsonl, trickle_channels
 from tests.test_streaming_media import synthetic_segments
 from tests.worker_process import WorkerProcess
 
@@ -80,11 +79,11 @@ async def _json(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -
 
 
 async def test_brightness_on_both_doors(tmp_path: Path, demo_assets: DemoAssets) -> None:
-    trickle = TrickleServer()
-    port = await trickle.start("127.0.0.1", 0)
-    for suffix, mime in CHANNELS.items():
-        trickle.create_channel(MID + suffix, mime)
-    base = f"http://127.0.0.1:{port}/{MID}"
+    async with trickle_channels(MID) as base:
+        await _on_both_doors(tmp_path, demo_assets, base)
+
+
+async def _on_both_doors(tmp_path: Path, demo_assets: DemoAssets, base: str) -> None:
     worker = WorkerProcess(tmp_path, "--no-demo", env={"PTW_STREAM_PROCESSOR": "brightness"})
     worker.start()
     try:
@@ -103,8 +102,10 @@ async def test_brightness_on_both_doors(tmp_path: Path, demo_assets: DemoAssets)
             for segment in synthetic_segments():
                 await publisher.publish(segment)
             await data.until(lambda batches: len(batches) > 0, timeout=WAIT_S)
+            # The crossing is reported at the first frame analysed: pts 0, or later when the
+            # decoder dropped the oldest frames to stay live (a loaded machine).
             [first, *_] = [record for batch in data.items for record in batch]
-            assert first["detection"]["class"] == "bright" and first["pts"] == 0, first
+            assert first["detection"]["class"] == "bright", first
             status = await _json(http, "GET", worker.base + "/api/stream/status")
             assert status["current_params"]["params"]["threshold"] == 0.0, status
             await _json(http, "POST", worker.base + "/api/stream/stop")
@@ -148,5 +149,4 @@ async def test_brightness_on_both_doors(tmp_path: Path, demo_assets: DemoAssets)
             await backend.close()
     finally:
         code = worker.stop()
-        await trickle.stop()
     assert code == 0, worker.log()

@@ -27,9 +27,8 @@ from pytrickle_worker.demo.assets import DemoAssets
 from pytrickle_worker.server.app import create_app
 from pytrickle_worker.streaming.session import StreamSession, StreamSessionConfig
 from pytrickle_worker.trickle import TricklePublisher, TrickleSubscriber
-from pytrickle_worker.trickle.server import TrickleServer
 from tests.helpers import free_port
-from tests.test_streaming_e2e import CHANNELS, Reader, events_of
+from tests.test_streaming_e2e import Reader, events_of, trickle_channels
 from tests.test_streaming_media import synthetic_segments
 
 MID = "live-1"
@@ -38,12 +37,8 @@ INPUT_TIMEOUT_S = 0.6
 
 @pytest.fixture
 async def trickle() -> AsyncIterator[str]:
-    server = TrickleServer()
-    port = await server.start("127.0.0.1", 0)
-    for suffix, mime in CHANNELS.items():
-        server.create_channel(MID + suffix, mime)
-    yield f"http://127.0.0.1:{port}/{MID}"
-    await server.stop()
+    async with trickle_channels(MID) as url:
+        yield url
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ the output, events and data channels with the trickle subscriber, as a gateway w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import time
@@ -44,6 +45,22 @@ CHANNELS = {
     "-events": "application/json",
     "-data": "application/jsonl",
 }
+
+
+@contextlib.asynccontextmanager
+async def trickle_channels(stream_id: str) -> AsyncIterator[str]:
+    """A local trickle server holding ``stream_id``'s channels (input, -out, -control,
+    -events, -data); yields the input channel's URL."""
+    server = TrickleServer()
+    port = await server.start("127.0.0.1", 0)
+    for suffix, mime in CHANNELS.items():
+        server.create_channel(stream_id + suffix, mime)
+    try:
+        yield f"http://127.0.0.1:{port}/{stream_id}"
+    finally:
+        await server.stop()
+
+
 #: Big enough queues that a burst of input loses no frame (exact counts below); the
 #: drop-oldest behaviour itself is covered by test_streaming_media.
 LOSSLESS = StreamSessionConfig(
