@@ -299,7 +299,6 @@ class SubscriptionManager:
             mask_url(desired.modelUrl),
             mask_url(desired.source_url),
         )
-        self.on_change()
         return True
 
     async def _start_cancellable(
