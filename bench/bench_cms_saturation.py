@@ -49,9 +49,9 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import encode_clip
 
-from pytrickle_worker.demo.assets import build_mpta
-from pytrickle_worker.demo.models import build_yolov8n_like
-from pytrickle_worker.inference.imageops import letterbox
+from pytrickle_worker.devtools.assets import build_mpta
+from pytrickle_worker.devtools.models import build_yolov8n_like
+from pytrickle_worker.engine.inference.imageops import letterbox
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP_FPS = 30

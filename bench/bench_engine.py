@@ -27,16 +27,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from pytrickle_worker.demo.models import (
+from pytrickle_worker.devtools.models import (
     build_colour_classifier,
     build_colour_detector,
     build_yolov8n_like,
 )
-from pytrickle_worker.demo.synthetic import moving_objects, render_scene
-from pytrickle_worker.inference.imageops import letterbox
-from pytrickle_worker.inference.model import OnnxModel, StageTimings
-from pytrickle_worker.inference.providers import ProviderChoice, select_providers
-from pytrickle_worker.tracking.bytetrack import ByteTracker
+from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
+from pytrickle_worker.engine.inference.imageops import letterbox
+from pytrickle_worker.engine.inference.model import OnnxModel, StageTimings
+from pytrickle_worker.engine.inference.providers import ProviderChoice, select_providers
+from pytrickle_worker.engine.tracking.bytetrack import ByteTracker
 
 
 @dataclass

@@ -28,9 +28,9 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pytrickle_worker.ingest.config import IngestConfig
-from pytrickle_worker.ingest.hub import CameraHub
-from pytrickle_worker.ingest.source import SourceConfig
+from pytrickle_worker.sources.config import IngestConfig
+from pytrickle_worker.sources.hub import CameraHub
+from pytrickle_worker.sources.source import SourceConfig
 
 FPS = 30
 SAMPLE_FPS = 5.0

@@ -24,10 +24,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from pytrickle_worker.demo.models import build_yolov8n_like
-from pytrickle_worker.demo.synthetic import moving_objects, render_scene
-from pytrickle_worker.inference.model import OnnxModel
-from pytrickle_worker.inference.providers import select_providers
+from pytrickle_worker.devtools.models import build_yolov8n_like
+from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
+from pytrickle_worker.engine.inference.model import OnnxModel
+from pytrickle_worker.engine.inference.providers import select_providers
 
 Frame = npt.NDArray[np.uint8]
 

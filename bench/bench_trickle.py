@@ -38,15 +38,15 @@ import av
 from av.video.frame import PictureType
 
 from processors.passthrough import PassthroughProcessor
-from pytrickle_worker.api.schemas import StartRequest
-from pytrickle_worker.demo.synthetic import moving_objects, render_scene
+from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
+from pytrickle_worker.devtools.trickle_server import TrickleServer
+from pytrickle_worker.frontdoors.streamserver.schemas import StartRequest
+from pytrickle_worker.frontdoors.streamserver.session import StreamSession, StreamSessionConfig
 from pytrickle_worker.media.mpegts import TS_TIME_BASE
 from pytrickle_worker.media.segment_decoder import SegmentDecoder
 from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder, encode_segments
 from pytrickle_worker.processing import VideoFrame
-from pytrickle_worker.streaming.session import StreamSession, StreamSessionConfig
-from pytrickle_worker.trickle import TricklePublisher, TrickleSubscriber
-from pytrickle_worker.trickle.server import TrickleServer
+from pytrickle_worker.transport.trickle import TricklePublisher, TrickleSubscriber
 
 FPS = 30
 CHUNK = 64 * 1024

@@ -32,7 +32,7 @@ from pytrickle_worker.processing import (
 )
 
 if TYPE_CHECKING:
-    from processors.registry import ProcessorDeps
+    from pytrickle_worker.processing.registry import ProcessorDeps
 
 PROCESSOR_NAME = "brightness"
 

@@ -48,14 +48,15 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import Field, field_validator
 
-from pytrickle_worker.annotate import Annotation, class_colour
+from pytrickle_worker.core.errors import MptaError, WorkerError
+from pytrickle_worker.core.logutil import mask_text, mask_url
 from pytrickle_worker.core.rate import RateSampler
-from pytrickle_worker.errors import MptaError, WorkerError
-from pytrickle_worker.logutil import mask_text, mask_url
-from pytrickle_worker.mpta.engine import PipelineResult, RootOverrides
-from pytrickle_worker.mpta.loader import LoadedPipeline
-from pytrickle_worker.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
-from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.core.validation import NO_CONTROL
+from pytrickle_worker.engine.mpta.engine import PipelineResult, RootOverrides
+from pytrickle_worker.engine.mpta.loader import LoadedPipeline
+from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.engine.tracking.bytetrack import TrackerState
 from pytrickle_worker.processing import (
     DEFAULT_MAX_PENDING_DATA,
     NOT_BOOL,
@@ -66,11 +67,10 @@ from pytrickle_worker.processing import (
     StreamContext,
     VideoFrame,
 )
-from pytrickle_worker.tracking.bytetrack import TrackerState
-from pytrickle_worker.validation import NO_CONTROL
+from pytrickle_worker.processing.annotate import Annotation, class_colour
 
 if TYPE_CHECKING:
-    from processors.registry import ProcessorDeps
+    from pytrickle_worker.processing.registry import ProcessorDeps
 
 logger = logging.getLogger(__name__)
 
@@ -563,7 +563,7 @@ PROCESSOR_NAME = "mpta"
 
 
 def create_processor(deps: ProcessorDeps) -> MptaDetectorProcessor:
-    """The registry's factory (``processors.registry``)."""
+    """The registry's factory (``pytrickle_worker.processing.registry``)."""
     return MptaDetectorProcessor(
         deps.service, default_model_url=deps.default_model_url, model_urls=deps.model_urls
     )

@@ -17,7 +17,7 @@ from pytrickle_worker.processing import (
 )
 
 if TYPE_CHECKING:
-    from processors.registry import ProcessorDeps
+    from pytrickle_worker.processing.registry import ProcessorDeps
 
 logger = logging.getLogger(__name__)
 
@@ -69,5 +69,5 @@ class PassthroughProcessor(FrameProcessor):
 
 
 def create_processor(deps: ProcessorDeps) -> PassthroughProcessor:
-    """The registry's factory (``processors.registry``)."""
+    """The registry's factory (``pytrickle_worker.processing.registry``)."""
     return PassthroughProcessor()

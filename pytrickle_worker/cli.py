@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.errors import MissingDependencyError, WorkerError
-from pytrickle_worker.logutil import mask_text, mask_url, setup_logging
+from pytrickle_worker.core.errors import MissingDependencyError, WorkerError
+from pytrickle_worker.core.logutil import mask_text, mask_url, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def _default_pipeline(config: WorkerConfig, args: argparse.Namespace) -> str | N
     if args.no_demo:
         logger.info("no pipeline preloaded (--no-demo)")
         return None
-    from pytrickle_worker.demo.assets import build_demo_assets  # noqa: PLC0415
+    from pytrickle_worker.devtools.assets import build_demo_assets  # noqa: PLC0415
 
     try:
         assets = build_demo_assets(config.resolved_demo_dir)
@@ -231,7 +231,7 @@ def _default_pipeline(config: WorkerConfig, args: argparse.Namespace) -> str | N
 
 
 def _trickle_server(args: argparse.Namespace) -> int:
-    from pytrickle_worker.trickle.server import (  # noqa: PLC0415
+    from pytrickle_worker.devtools.trickle_server import (  # noqa: PLC0415
         TrickleServer,
         run_trickle_server,
     )
@@ -243,7 +243,7 @@ def _trickle_server(args: argparse.Namespace) -> int:
 
 
 def _demo_build(config: WorkerConfig, out_dir: Path | None) -> int:
-    from pytrickle_worker.demo.assets import build_demo_assets  # noqa: PLC0415 - needs onnx
+    from pytrickle_worker.devtools.assets import build_demo_assets  # noqa: PLC0415 - needs onnx
 
     assets = build_demo_assets(out_dir or config.resolved_demo_dir)
     sys.stdout.write(f"demo MPTA:    {assets.mpta_path}\nsample video: {assets.video_path}\n")
@@ -254,7 +254,7 @@ def _demo_video(config: WorkerConfig, given: Path | None) -> Path:
     """``--video``, or the demo sample video (generated when missing; PyAV only)."""
     if given is not None:
         return given
-    from pytrickle_worker.demo.assets import VIDEO_FILE, write_sample_video  # noqa: PLC0415
+    from pytrickle_worker.devtools.assets import VIDEO_FILE, write_sample_video  # noqa: PLC0415
 
     video = config.resolved_demo_dir / VIDEO_FILE
     if not video.is_file():
@@ -263,14 +263,14 @@ def _demo_video(config: WorkerConfig, given: Path | None) -> Path:
 
 
 def _demo_camera(config: WorkerConfig, args: argparse.Namespace) -> int:
-    from pytrickle_worker.demo.camera import run_camera  # noqa: PLC0415
+    from pytrickle_worker.devtools.camera import run_camera  # noqa: PLC0415
 
     run_camera(args.host, args.port, _demo_video(config, args.video))
     return 0
 
 
 def _demo_publish(config: WorkerConfig, args: argparse.Namespace) -> int:
-    from pytrickle_worker.demo.publish import publish_video  # noqa: PLC0415
+    from pytrickle_worker.devtools.publish import publish_video  # noqa: PLC0415
 
     video = _demo_video(config, args.video)
     # Ctrl-C cancels the publisher, which DELETEs its channel on the way out.
@@ -288,7 +288,7 @@ def _serve(config: WorkerConfig, args: argparse.Namespace) -> int:
 
 
 async def _inspect(config: WorkerConfig, source: str, as_json: bool, out: TextIO) -> int:
-    from pytrickle_worker.mpta.service import PipelineService  # noqa: PLC0415
+    from pytrickle_worker.engine.mpta.service import PipelineService  # noqa: PLC0415
 
     async with PipelineService(config) as service:
         pipeline = await service.load(source)
@@ -357,9 +357,9 @@ async def _inspect(config: WorkerConfig, source: str, as_json: bool, out: TextIO
 
 
 async def _run(config: WorkerConfig, args: argparse.Namespace, out: TextIO) -> int:
+    from pytrickle_worker.engine.mpta.service import PipelineService  # noqa: PLC0415
+    from pytrickle_worker.engine.tracking.bytetrack import TrackerState  # noqa: PLC0415
     from pytrickle_worker.media.decode import iter_frames  # noqa: PLC0415
-    from pytrickle_worker.mpta.service import PipelineService  # noqa: PLC0415
-    from pytrickle_worker.tracking.bytetrack import TrackerState  # noqa: PLC0415
 
     async with PipelineService(config) as service:
         pipeline = await service.load(args.archive)
@@ -395,7 +395,7 @@ async def _run(config: WorkerConfig, args: argparse.Namespace, out: TextIO) -> i
 
 
 def _convert(source: Path, target: Path) -> int:
-    from pytrickle_worker.mpta.convert import convert_archive  # noqa: PLC0415
+    from pytrickle_worker.engine.mpta.convert import convert_archive  # noqa: PLC0415
 
     convert_archive(source, target)
     sys.stdout.write(f"wrote {target}\n")

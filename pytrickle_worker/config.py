@@ -21,9 +21,9 @@ from pydantic import (
     model_validator,
 )
 
-from pytrickle_worker.errors import WorkerError
-from pytrickle_worker.ingest.config import IngestConfig
-from pytrickle_worker.mpta.policy import ModelUrlPolicy
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy
+from pytrickle_worker.sources.config import IngestConfig
 
 ENV_PREFIX = "PTW_"
 DEFAULT_CONFIG_FILE = "config.json"
@@ -156,7 +156,7 @@ class WorkerConfig(BaseModel):
         min_length=1,
         description=(
             "The processor the StreamServer door runs, by its registry name "
-            "(processors/registry.py): mpta, passthrough, brightness, or your own"
+            "(pytrickle_worker/processing/registry.py): mpta, passthrough, brightness, or your own"
         ),
     )
     stream_input_timeout_s: float = Field(

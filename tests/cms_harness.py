@@ -20,11 +20,11 @@ from aiohttp import ClientSession, ClientWebSocketResponse, WSMsgType, web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-from pytrickle_worker.cms.backends import BackendConnection
-from pytrickle_worker.cms.endpoint import CmsEndpoint
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.frontdoors.cms.backends import BackendConnection
+from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
 from pytrickle_worker.server.app import CMS_KEY, SERVICE_KEY, create_app
 from tests.helpers import RedisProcess
 from tests.media_fixtures import RtspServer

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pytrickle_worker.demo.assets import DemoAssets, build_demo_assets
+from pytrickle_worker.devtools.assets import DemoAssets, build_demo_assets
 from tests.helpers import RedisProcess
 
 pytest_plugins = [

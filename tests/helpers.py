@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from pytrickle_worker.ingest.frame import CameraFrame
-from pytrickle_worker.ingest.hub import Subscription
+from pytrickle_worker.sources.frame import CameraFrame
+from pytrickle_worker.sources.hub import Subscription
 
 
 async def collect(sub: Subscription, seconds: float) -> list[CameraFrame]:

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import redis.asyncio as aioredis
 
-from pytrickle_worker.mpta.actions import (
+from pytrickle_worker.engine.mpta.actions import (
     ActionDispatcher,
     ActionJob,
     TemplateError,
     render_template,
 )
-from pytrickle_worker.mpta.spec import RedisConfig, RedisPublishAction, RedisSaveImageAction
+from pytrickle_worker.engine.mpta.spec import RedisConfig, RedisPublishAction, RedisSaveImageAction
 from tests.helpers import RedisProcess
 
 DETECTION = {"class": "car", "confidence": 0.91, "id": 7}
@@ -231,8 +231,8 @@ async def test_no_redis_configured_means_nothing_queued() -> None:
 
 
 def test_redis_url_quotes_the_password_and_masks_it() -> None:
-    from pytrickle_worker.logutil import mask_url  # noqa: PLC0415
-    from pytrickle_worker.mpta.actions import redis_target_url  # noqa: PLC0415
+    from pytrickle_worker.core.logutil import mask_url  # noqa: PLC0415
+    from pytrickle_worker.engine.mpta.actions import redis_target_url  # noqa: PLC0415
 
     url = redis_target_url(RedisConfig(host="redis.local", port=6380, password="p@ss/w:rd", db=2))
     assert url == "redis://:p%40ss%2Fw%3Ard@redis.local:6380/2"

@@ -1,11 +1,11 @@
-"""pytrickle_worker.annotate: numpy-only boxes and bitmap-font labels."""
+"""pytrickle_worker.processing.annotate: numpy-only boxes and bitmap-font labels."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pytrickle_worker.annotate import (
+from pytrickle_worker.processing.annotate import (
     GLYPH_HEIGHT,
     PALETTE,
     Annotation,

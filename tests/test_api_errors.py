@@ -19,9 +19,9 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy
 from pydantic import SecretStr
 
-from pytrickle_worker.api.schemas import ErrorBody
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.frontdoors.streamserver.schemas import ErrorBody
 from pytrickle_worker.server.app import STREAMS_KEY, create_app
 from pytrickle_worker.server.security import METRICS_PATH, OPEN_PATHS
 

@@ -31,9 +31,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from processors.mpta_detector import MptaDetectorParams
-from pytrickle_worker.api.schemas import ErrorBody, StartRequest, StreamParams
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.frontdoors.streamserver.schemas import ErrorBody, StartRequest, StreamParams
 from pytrickle_worker.server.app import create_app
 from tests.helpers import free_port
 

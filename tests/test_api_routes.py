@@ -15,7 +15,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from processors.mpta_detector import MptaDetectorProcessor
 from processors.passthrough import PassthroughProcessor
 from pytrickle_worker import __version__
-from pytrickle_worker.api import (
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.frontdoors.streamserver import (
     IdleSession,
     StartRequest,
     StreamManager,
@@ -23,9 +26,6 @@ from pytrickle_worker.api import (
     attach,
     health_response,
 )
-from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.mpta.service import PipelineService
 from pytrickle_worker.processing import FrameProcessor
 
 PREFIXES = ["/api", ""]

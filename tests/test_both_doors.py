@@ -25,10 +25,10 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.hardware import count_gpus
+from pytrickle_worker.core.hardware import count_gpus
+from pytrickle_worker.devtools.assets import DemoAssets
 from pytrickle_worker.server.app import create_app
-from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.transport.trickle import TricklePublisher
 from tests.cms_harness import BASE_CONFIG, Backend
 from tests.helpers import free_port
 from tests.test_streaming_e2e import trickle_channels
@@ -157,7 +157,7 @@ async def test_hw_decode_off_never_tries_nvdec_on_a_stream(
 
 # --------------------------------------------------------------------------- model URLs
 
-#: The policy's refusals (pytrickle_worker/mpta/policy.py); a fetch error has none of them.
+#: The policy's refusals (pytrickle_worker/engine/mpta/policy.py); a fetch error has none of them.
 REFUSALS = ("is not allowed", "not accepted from callers", "unsupported scheme")
 
 CONFIGS: dict[str, dict[str, str]] = {

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.demo.synthetic import moving_objects
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.devtools.synthetic import moving_objects
 from tests.media_fixtures import RtspServer
 
 SAMPLE_FPS = 15.0
@@ -194,7 +194,7 @@ def _has_ultralytics() -> bool:
 
 
 async def test_mpta_run_on_a_still_image(demo_assets: DemoAssets, tmp_path: Path) -> None:
-    from pytrickle_worker.demo.synthetic import SceneObject, render_scene  # noqa: PLC0415
+    from pytrickle_worker.devtools.synthetic import SceneObject, render_scene  # noqa: PLC0415
     from pytrickle_worker.media.jpeg import encode_jpeg  # noqa: PLC0415
 
     truck = SceneObject("truck", (300, 200, 500, 330))

@@ -26,7 +26,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.devtools.assets import DemoAssets
 from pytrickle_worker.server.app import HUB_KEY
 from tests.cms_harness import (
     Backend,

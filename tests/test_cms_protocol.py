@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 from aiohttp import ClientSession, TCPConnector
 
-from pytrickle_worker.demo.synthetic import CLASS_COLOURS
+from pytrickle_worker.devtools.synthetic import CLASS_COLOURS
 from pytrickle_worker.server.app import HUB_KEY
 from tests.cms_harness import (
     ISO_MS_Z,

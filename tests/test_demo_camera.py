@@ -18,7 +18,7 @@ from typing import Any
 import av
 import pytest
 
-from pytrickle_worker.demo.assets import SAMPLE_FPS, write_sample_video
+from pytrickle_worker.devtools.assets import SAMPLE_FPS, write_sample_video
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -23,9 +23,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from pytrickle_worker.demo import assets as demo_assets_module
-from pytrickle_worker.demo.__main__ import main as demo_main
-from pytrickle_worker.demo.assets import (
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.devtools import assets as demo_assets_module
+from pytrickle_worker.devtools.__main__ import main as demo_main
+from pytrickle_worker.devtools.assets import (
     ASSETS_VERSION,
     SAMPLE_FPS,
     DemoAssets,
@@ -33,7 +34,7 @@ from pytrickle_worker.demo.assets import (
     build_mpta,
     demo_pipeline_json,
 )
-from pytrickle_worker.demo.models import (
+from pytrickle_worker.devtools.models import (
     COCO_NAMES,
     E2E_MAX_DET,
     build_colour_classifier,
@@ -41,7 +42,7 @@ from pytrickle_worker.demo.models import (
     build_model_with_output_shape,
     build_yolov8n_like,
 )
-from pytrickle_worker.demo.synthetic import (
+from pytrickle_worker.devtools.synthetic import (
     BADGE_COLOURS,
     CLASS_COLOURS,
     CLASSIFIER_NAMES,
@@ -54,7 +55,6 @@ from pytrickle_worker.demo.synthetic import (
     moving_objects,
     render_scene,
 )
-from pytrickle_worker.errors import WorkerError
 
 Image = npt.NDArray[np.uint8]
 Box = tuple[int, int, int, int]
@@ -542,7 +542,7 @@ def test_demo_assets_are_reused_and_rebuilt_when_stale(
     shutil.copytree(demo_assets.root, copy)
     mtimes = {p.name: p.stat().st_mtime_ns for p in copy.iterdir()}
     # Keep the test session's logging setup (main() would replace the root handlers).
-    monkeypatch.setattr("pytrickle_worker.demo.__main__.setup_logging", lambda level: None)  # pyright: ignore[reportUnknownLambdaType, reportUnknownArgumentType]
+    monkeypatch.setattr("pytrickle_worker.devtools.__main__.setup_logging", lambda level: None)  # pyright: ignore[reportUnknownLambdaType, reportUnknownArgumentType]
     with caplog.at_level(logging.INFO):
         assert demo_main([str(copy)]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in copy.iterdir()} == mtimes

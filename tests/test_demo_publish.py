@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from pytrickle_worker.cli import main
-from pytrickle_worker.demo.publish import publish_video
-from pytrickle_worker.errors import WorkerError
-from pytrickle_worker.trickle import TrickleSubscriber
-from pytrickle_worker.trickle.server import TrickleServer
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.devtools.publish import publish_video
+from pytrickle_worker.devtools.trickle_server import TrickleServer
+from pytrickle_worker.transport.trickle import TrickleSubscriber
 
 FPS = 30
 

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.devtools.assets import DemoAssets
 from tests.worker_process import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent

@@ -14,20 +14,20 @@ import pytest
 import redis.asyncio as aioredis
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.models import (
+from pytrickle_worker.core.errors import ModelError, MptaError
+from pytrickle_worker.devtools.models import (
     build_colour_classifier,
     build_colour_detector,
     build_model_with_output_shape,
 )
-from pytrickle_worker.demo.synthetic import (
+from pytrickle_worker.devtools.synthetic import (
     SceneObject,
     colour_for_confidence,
     moving_objects,
     render_scene,
 )
-from pytrickle_worker.errors import ModelError, MptaError
-from pytrickle_worker.mpta.service import PipelineService
-from pytrickle_worker.tracking.bytetrack import TrackerState
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.engine.tracking.bytetrack import TrackerState
 from tests.helpers import RedisProcess
 
 

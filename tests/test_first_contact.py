@@ -22,10 +22,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from processors.mpta_detector import MptaDetectorProcessor
-from pytrickle_worker.api.manager import StreamManager
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
 from tests.helpers import RedisProcess, free_port
 from tests.worker_process import WorkerProcess
 
@@ -186,7 +186,9 @@ async def _load_failures(
     async with PipelineService(config) as service:
         manager = StreamManager(MptaDetectorProcessor(service, default_model_url=source))
         manager.load_retry_initial_s = 0.02
-        with caplog.at_level(logging.ERROR, logger="pytrickle_worker.api.manager"):
+        with caplog.at_level(
+            logging.ERROR, logger="pytrickle_worker.frontdoors.streamserver.manager"
+        ):
             await manager.startup()
             await manager.wait_loaded()
             await asyncio.sleep(0.4)

@@ -11,9 +11,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.errors import WorkerError
-from pytrickle_worker.logutil import MaskingFilter, mask_text, mask_url
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.core.logutil import MaskingFilter, mask_text, mask_url
+from pytrickle_worker.devtools.assets import DemoAssets
 from pytrickle_worker.server.app import create_app
 
 

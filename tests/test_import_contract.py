@@ -49,12 +49,38 @@ def test_the_checkout_keeps_every_contract() -> None:
     ("module", "wrong_import", "contract"),
     [
         # A lower layer importing a higher one.
-        ("pytrickle_worker/media/jpeg.py", "import pytrickle_worker.cms.endpoint", "Layers"),
-        ("pytrickle_worker/ingest/hub.py", "import pytrickle_worker.streaming.session", "Layers"),
+        (
+            "pytrickle_worker/media/jpeg.py",
+            "import pytrickle_worker.frontdoors.cms.endpoint",
+            "Layers",
+        ),
+        (
+            "pytrickle_worker/sources/hub.py",
+            "import pytrickle_worker.frontdoors.streamserver.session",
+            "Layers",
+        ),
         # The running worker importing a dev tool.
-        ("pytrickle_worker/cms/endpoint.py", "import pytrickle_worker.demo.assets", "Dev tools"),
+        (
+            "pytrickle_worker/frontdoors/cms/endpoint.py",
+            "import pytrickle_worker.devtools.assets",
+            "Dev tools",
+        ),
         # The bottom importing anything of the worker.
-        ("pytrickle_worker/core/backoff.py", "import pytrickle_worker.config", "core is"),
+        ("pytrickle_worker/core/backoff.py", "import pytrickle_worker.config", "Layers"),
+        # One front door reaching into the other (siblings are independent).
+        (
+            "pytrickle_worker/frontdoors/cms/emission.py",
+            "import pytrickle_worker.frontdoors.streamserver.manager",
+            "Layers",
+        ),
+        # Transport reaching up to the camera sources.
+        (
+            "pytrickle_worker/transport/listen.py",
+            "import pytrickle_worker.sources.hub",
+            "Layers",
+        ),
+        # A dev tool imported from the bottom.
+        ("pytrickle_worker/core/wakeup.py", "import pytrickle_worker.devtools", "Dev tools"),
     ],
 )
 def test_a_wrong_import_breaks_the_contract(

@@ -10,15 +10,15 @@ from pathlib import Path
 import pytest
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.inference.budget import (
+from pytrickle_worker.engine.inference.budget import (
     GPU_INFERENCE_WORKERS,
     cgroup_cpu_limit,
     host_cores,
     thread_budget,
     usable_cores,
 )
-from pytrickle_worker.inference.providers import select_providers
-from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.engine.inference.providers import select_providers
+from pytrickle_worker.engine.mpta.service import PipelineService
 
 
 @pytest.mark.parametrize(
@@ -141,7 +141,7 @@ async def test_pipeline_service_sizes_its_scheduler_and_sessions_by_the_budget(
     assert service.budget.intra_op_threads == 2 and service.budget.intra_configured
     assert service.budget.inference_workers == 1
 
-    with caplog.at_level(logging.INFO, logger="pytrickle_worker.inference.scheduler"):
+    with caplog.at_level(logging.INFO, logger="pytrickle_worker.engine.inference.scheduler"):
         async with PipelineService(config, cores=4) as started:
             assert started.scheduler.running
         assert not started.scheduler.running

@@ -7,22 +7,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytrickle_worker.demo.models import (
+from pytrickle_worker.devtools.models import (
     DetectorContract,
     build_colour_classifier,
     build_colour_detector,
 )
-from pytrickle_worker.demo.synthetic import (
+from pytrickle_worker.devtools.synthetic import (
     CLASSIFIER_NAMES,
     DETECTOR_NAMES,
     SceneObject,
     render_scene,
 )
-from pytrickle_worker.inference.imageops import crop
-from pytrickle_worker.inference.model import OnnxModel
-from pytrickle_worker.inference.postprocess import OutputContract
-from pytrickle_worker.inference.providers import ProviderChoice, select_providers
-from pytrickle_worker.inference.registry import ModelRegistry
+from pytrickle_worker.engine.inference.imageops import crop
+from pytrickle_worker.engine.inference.model import OnnxModel
+from pytrickle_worker.engine.inference.postprocess import OutputContract
+from pytrickle_worker.engine.inference.providers import ProviderChoice, select_providers
+from pytrickle_worker.engine.inference.registry import ModelRegistry
 
 CONTRACTS: dict[DetectorContract, OutputContract] = {
     "v8": OutputContract.YOLOV8_DETECT,

@@ -6,7 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pytrickle_worker.inference.imageops import (
+from pytrickle_worker.engine.inference.imageops import (
     PAD_VALUE,
     LetterboxBuffer,
     LetterboxInfo,

@@ -14,16 +14,16 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from pytrickle_worker.errors import ModelError
-from pytrickle_worker.inference.metadata import parse_metadata
-from pytrickle_worker.inference.model import (
+from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.engine.inference.metadata import parse_metadata
+from pytrickle_worker.engine.inference.model import (
     Classification,
     ModelInfo,
     OnnxModel,
     StageTimings,
 )
-from pytrickle_worker.inference.postprocess import OutputContract
-from pytrickle_worker.inference.providers import ProviderChoice, select_providers
+from pytrickle_worker.engine.inference.postprocess import OutputContract
+from pytrickle_worker.engine.inference.providers import ProviderChoice, select_providers
 from tests.test_inference_postprocess import v8_output
 
 NAMES3 = "{0: 'person', 1: 'car', 2: 'truck'}"

@@ -9,8 +9,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pytrickle_worker.errors import ModelError
-from pytrickle_worker.inference.postprocess import (
+from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.engine.inference.postprocess import (
     MAX_WH,
     Detections,
     OutputContract,

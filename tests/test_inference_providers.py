@@ -7,8 +7,8 @@ import logging
 import onnxruntime as ort
 import pytest
 
-from pytrickle_worker.errors import WorkerError
-from pytrickle_worker.inference.providers import (
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.engine.inference.providers import (
     CPU,
     CUDA,
     TENSORRT,

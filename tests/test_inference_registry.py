@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytrickle_worker.errors import ModelError
-from pytrickle_worker.inference.providers import select_providers
-from pytrickle_worker.inference.registry import ModelRegistry
+from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.engine.inference.providers import select_providers
+from pytrickle_worker.engine.inference.registry import ModelRegistry
 from tests.test_inference_model import NAMES3, constant_model, v8_rows
 
 

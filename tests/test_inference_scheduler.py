@@ -25,16 +25,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from processors.mpta_detector import MptaDetectorProcessor
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.demo.synthetic import moving_objects, render_scene
-from pytrickle_worker.inference.budget import thread_budget
-from pytrickle_worker.inference.model import InputMeta, OnnxModel
-from pytrickle_worker.inference.providers import ProviderChoice, select_providers
-from pytrickle_worker.inference.scheduler import LOAD_NICENESS, InferenceScheduler
-from pytrickle_worker.mpta.loader import LoadedPipeline
-from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
+from pytrickle_worker.engine.inference.budget import thread_budget
+from pytrickle_worker.engine.inference.model import InputMeta, OnnxModel
+from pytrickle_worker.engine.inference.providers import ProviderChoice, select_providers
+from pytrickle_worker.engine.inference.scheduler import LOAD_NICENESS, InferenceScheduler
+from pytrickle_worker.engine.mpta.loader import LoadedPipeline
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.engine.tracking.bytetrack import TrackerState
 from pytrickle_worker.processing import VideoFrame
-from pytrickle_worker.tracking.bytetrack import TrackerState
 
 Frame = npt.NDArray[np.uint8]
 TB = Fraction(1, 90_000)

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from pytrickle_worker.hardware import count_gpus as nvml_gpu_count
-from pytrickle_worker.ingest import (
+from pytrickle_worker.core.hardware import count_gpus as nvml_gpu_count
+from pytrickle_worker.sources import (
     CameraHub,
     Crop,
     CropError,
@@ -244,7 +244,7 @@ async def test_crop_validation_and_clipping(
     assert frame.rgb.shape == (200, 100, 3) and (frame.width, frame.height) == (100, 200)
     assert (frame.source_width, frame.source_height) == (320, 240)
 
-    caplog.set_level(logging.WARNING, logger="pytrickle_worker.ingest")
+    caplog.set_level(logging.WARNING, logger="pytrickle_worker.sources")
     partial = hub.subscribe(source, target_fps=30, crop=Crop(x1=-20, y1=200, x2=100, y2=400))
     shapes = {f.rgb.shape for f in await collect(partial, 0.5)}
     assert shapes == {(40, 100, 3)}
@@ -348,7 +348,7 @@ async def test_forced_nvdec_falls_back_to_software(
 ) -> None:
     if nvml_gpu_count() > 0:
         pytest.skip("this host has a GPU: the fallback path is not exercised")
-    caplog.set_level(logging.INFO, logger="pytrickle_worker.ingest")
+    caplog.set_level(logging.INFO, logger="pytrickle_worker.sources")
     config = IngestConfig.model_validate({**FAST, "hw_decode": "nvdec"})
     async with CameraHub(config) as hub:
         assert hub.nvdec
@@ -368,7 +368,7 @@ async def test_auto_hw_decode_never_tries_nvdec_on_cpu_host(
 ) -> None:
     if nvml_gpu_count() > 0:
         pytest.skip("this host has a GPU")
-    caplog.set_level(logging.DEBUG, logger="pytrickle_worker.ingest")
+    caplog.set_level(logging.DEBUG, logger="pytrickle_worker.sources")
     config = IngestConfig.model_validate({**FAST, "hw_decode": "auto"})
     async with CameraHub(config) as hub:
         assert not hub.nvdec

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from pytrickle_worker.ingest import (
+from pytrickle_worker.media.options import sniff_format
+from pytrickle_worker.sources import (
     CameraHub,
     IngestConfig,
     SourceConfig,
 )
-from pytrickle_worker.media.options import sniff_format
 from tests.helpers import collect
 from tests.media_fixtures import RtspServer
 from tests.servers.media_http import MediaHttpServer, get_clip

@@ -13,11 +13,11 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from pytrickle_worker.hardware import count_gpus
-from pytrickle_worker.ingest import CameraHub, IngestConfig, SourceConfig
-from pytrickle_worker.ingest.source import normalise_source_url
-from pytrickle_worker.trickle import TricklePublisher
-from pytrickle_worker.trickle.server import TrickleServer
+from pytrickle_worker.core.hardware import count_gpus
+from pytrickle_worker.devtools.trickle_server import TrickleServer
+from pytrickle_worker.sources import CameraHub, IngestConfig, SourceConfig
+from pytrickle_worker.sources.source import normalise_source_url
+from pytrickle_worker.transport.trickle import TricklePublisher
 from tests.helpers import collect
 from tests.test_streaming_media import FPS, H, W, synthetic_segments
 

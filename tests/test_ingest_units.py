@@ -14,7 +14,10 @@ from av.error import HTTPUnauthorizedError
 from pydantic import ValidationError
 
 from pytrickle_worker.core.backoff import Backoff
-from pytrickle_worker.ingest import (
+from pytrickle_worker.frontdoors.cms.protocol import Crop as ProtocolCrop
+from pytrickle_worker.media.nvdec import resolve_nvdec
+from pytrickle_worker.media.options import format_hint, needs_sniff
+from pytrickle_worker.sources import (
     Crop,
     CropError,
     IngestConfig,
@@ -22,13 +25,10 @@ from pytrickle_worker.ingest import (
     normalise_source_url,
     open_options,
 )
-from pytrickle_worker.ingest.crop import CropRect, clip_crop, validate_crop
-from pytrickle_worker.ingest.frame import LatestFrame
-from pytrickle_worker.ingest.status import RateMeter, StatusTracker
-from pytrickle_worker.ingest.stream import describe_error
-from pytrickle_worker.media.nvdec import resolve_nvdec
-from pytrickle_worker.media.options import format_hint, needs_sniff
-from pytrickle_worker.protocol import Crop as ProtocolCrop
+from pytrickle_worker.sources.crop import CropRect, clip_crop, validate_crop
+from pytrickle_worker.sources.frame import LatestFrame
+from pytrickle_worker.sources.status import RateMeter, StatusTracker
+from pytrickle_worker.sources.stream import describe_error
 
 # -- URLs and source config -------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ def test_resolve_nvdec() -> None:
 
 
 def test_auto_on_this_host_does_not_pick_nvdec_without_gpu() -> None:
-    from pytrickle_worker.hardware import count_gpus as nvml_gpu_count  # noqa: PLC0415
+    from pytrickle_worker.core.hardware import count_gpus as nvml_gpu_count  # noqa: PLC0415
 
     if nvml_gpu_count() > 0:
         pytest.skip("this host has a GPU")

@@ -23,16 +23,16 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.inference.providers import select_providers
-from pytrickle_worker.inference.registry import ModelRegistry
-from pytrickle_worker.logutil import mask_url
-from pytrickle_worker.mpta.actions import ActionJob
-from pytrickle_worker.mpta.service import PipelineService
-from pytrickle_worker.mpta.spec import RedisConfig, RedisPublishAction
+from pytrickle_worker.core.logutil import mask_url
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.engine.inference.providers import select_providers
+from pytrickle_worker.engine.inference.registry import ModelRegistry
+from pytrickle_worker.engine.mpta.actions import ActionJob
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.engine.mpta.spec import RedisConfig, RedisPublishAction
 from pytrickle_worker.server.app import METRICS_KEY, SERVICE_KEY, create_app
 from pytrickle_worker.server.metrics import WorkerMetrics
-from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.transport.trickle import TricklePublisher
 from tests.helpers import RedisProcess, free_port
 from tests.test_streaming_e2e import trickle_channels
 from tests.test_streaming_media import synthetic_segments

@@ -1,4 +1,4 @@
-"""Safe extraction of .mpta archives (pytrickle_worker.mpta.archive)."""
+"""Safe extraction of .mpta archives (pytrickle_worker.engine.mpta.archive)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pytrickle_worker.errors import ArchiveError, MptaError
-from pytrickle_worker.mpta.archive import ArchiveLimits, extract_archive, find_pipeline_root
+from pytrickle_worker.core.errors import ArchiveError, MptaError
+from pytrickle_worker.engine.mpta.archive import ArchiveLimits, extract_archive, find_pipeline_root
 
 PIPELINE = json.dumps(
     {

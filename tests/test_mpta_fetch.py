@@ -1,4 +1,4 @@
-"""Fetching, caching and opening archives (pytrickle_worker.mpta.fetch).
+"""Fetching, caching and opening archives (pytrickle_worker.engine.mpta.fetch).
 
 Uses real aiohttp servers on 127.0.0.1 and real zip files.
 """
@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from pytrickle_worker.errors import ArchiveError, FetchError, SpecError
-from pytrickle_worker.mpta.archive import ArchiveLimits
-from pytrickle_worker.mpta.fetch import ArchiveCache, ExtractedArchive, FetchedArchive
+from pytrickle_worker.core.errors import ArchiveError, FetchError, SpecError
+from pytrickle_worker.engine.mpta.archive import ArchiveLimits
+from pytrickle_worker.engine.mpta.fetch import ArchiveCache, ExtractedArchive, FetchedArchive
 
 
 def _node(model_id: str, **extra: Any) -> dict[str, Any]:
@@ -384,7 +384,7 @@ async def test_credentials_masked_in_errors_and_logs(
 async def test_progress_and_completion_logged(
     server: Server, cache: ArchiveCache, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="pytrickle_worker.mpta.fetch")
+    caplog.set_level(logging.INFO, logger="pytrickle_worker.engine.mpta.fetch")
     await cache.fetch(server.url("/plain.mpta"))
     assert any("downloaded" in record.getMessage() for record in caplog.records)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
+from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
 
 LOCAL = (
     "/models/a.mpta",

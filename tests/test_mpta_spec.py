@@ -1,4 +1,4 @@
-"""pipeline.json models and error reporting (pytrickle_worker.mpta.spec)."""
+"""pipeline.json models and error reporting (pytrickle_worker.engine.mpta.spec)."""
 
 # ruff: noqa: E501  (the pympta.md example below has a long line)
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pytrickle_worker.errors import MptaError, SpecError
-from pytrickle_worker.mpta.spec import (
+from pytrickle_worker.core.errors import MptaError, SpecError
+from pytrickle_worker.engine.mpta.spec import (
     ACTION_TYPES,
     PipelineNode,
     PipelineSpec,

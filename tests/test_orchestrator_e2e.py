@@ -25,19 +25,19 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pytrickle_worker.annotate import class_colour
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.demo.synthetic import (
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.devtools.synthetic import (
     SceneObject,
     colour_for_confidence,
     moving_objects,
     render_scene,
 )
+from pytrickle_worker.devtools.trickle_server import TrickleServer
 from pytrickle_worker.media.mpegts import TS_TIME_BASE
 from pytrickle_worker.media.segment_encoder import encode_segments
 from pytrickle_worker.processing import VideoFrame
-from pytrickle_worker.trickle import TricklePublisher
-from pytrickle_worker.trickle.server import TrickleServer
+from pytrickle_worker.processing.annotate import class_colour
+from pytrickle_worker.transport.trickle import TricklePublisher
 from tests.test_streaming_e2e import CHANNELS, Reader, decoded_output, events_of, jsonl
 from tests.worker_process import WorkerProcess
 

@@ -6,6 +6,7 @@ demo video as a CMS camera, and the processor on real frames.
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -15,15 +16,15 @@ import numpy as np
 import pytest
 
 from processors.brightness import BrightnessProcessor
-from processors.registry import (
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.processing import ParamsError, VideoFrame
+from pytrickle_worker.processing.registry import (
     UnknownProcessorError,
     discover_processors,
     lookup,
     parse_processor_url,
 )
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.processing import ParamsError, VideoFrame
-from pytrickle_worker.trickle import TricklePublisher
+from pytrickle_worker.transport.trickle import TricklePublisher
 from tests.cms_harness import Backend
 from tests.test_streaming_e2e import Reader, jsonl, trickle_channels
 from tests.test_streaming_media import synthetic_segments
@@ -79,12 +80,36 @@ async def _json(http: aiohttp.ClientSession, method: str, url: str, **kw: Any) -
 
 
 async def test_brightness_on_both_doors(tmp_path: Path, demo_assets: DemoAssets) -> None:
-    async with trickle_channels(MID) as base:
-        await _on_both_doors(tmp_path, demo_assets, base)
-
-
-async def _on_both_doors(tmp_path: Path, demo_assets: DemoAssets, base: str) -> None:
     worker = WorkerProcess(tmp_path, "--no-demo", env={"PTW_STREAM_PROCESSOR": "brightness"})
+    await run_on_both_doors(
+        worker, demo_assets, name="brightness", params={"threshold": 0.0}, expected="bright"
+    )
+
+
+async def run_on_both_doors(
+    worker: WorkerProcess,
+    demo_assets: DemoAssets,
+    *,
+    name: str,
+    params: dict[str, Any],
+    expected: str,
+) -> None:
+    """Run processor ``name`` with ``params`` on both doors of ``worker`` (whose
+    ``PTW_STREAM_PROCESSOR`` names it): the stream door's data channel and the CMS door's
+    ``imageDetection`` must both report class ``expected``; an unknown processor name is an
+    ``error`` reply."""
+    async with trickle_channels(MID) as base:
+        await _on_both_doors(worker, demo_assets, base, name, params, expected)
+
+
+async def _on_both_doors(
+    worker: WorkerProcess,
+    demo_assets: DemoAssets,
+    base: str,
+    name: str,
+    params: dict[str, Any],
+    expected: str,
+) -> None:
     worker.start()
     try:
         await worker.wait_status("/health/ready", 200, within_s=WAIT_S)
@@ -94,7 +119,7 @@ async def _on_both_doors(tmp_path: Path, demo_assets: DemoAssets, base: str) -> 
                 "gateway_request_id": MID,
                 "subscribe_url": base,
                 "data_url": base + "-data",
-                "params": {"threshold": 0.0},
+                "params": params,
             }
             await _json(http, "POST", worker.base + "/api/stream/start", json=start)
             data = Reader(base + "-data", jsonl).start()
@@ -102,12 +127,12 @@ async def _on_both_doors(tmp_path: Path, demo_assets: DemoAssets, base: str) -> 
             for segment in synthetic_segments():
                 await publisher.publish(segment)
             await data.until(lambda batches: len(batches) > 0, timeout=WAIT_S)
-            # The crossing is reported at the first frame analysed: pts 0, or later when the
+            # The first record is at the first frame analysed: pts 0, or later when the
             # decoder dropped the oldest frames to stay live (a loaded machine).
             [first, *_] = [record for batch in data.items for record in batch]
-            assert first["detection"]["class"] == "bright", first
+            assert first["detection"]["class"] == expected, first
             status = await _json(http, "GET", worker.base + "/api/stream/status")
-            assert status["current_params"]["params"]["threshold"] == 0.0, status
+            assert status["current_params"]["params"] == params, status
             await _json(http, "POST", worker.base + "/api/stream/stop")
             await publisher.close(delete=False)
             await data.close()
@@ -116,22 +141,23 @@ async def _on_both_doors(tmp_path: Path, demo_assets: DemoAssets, base: str) -> 
             backend = Backend(await http.ws_connect(worker.base + "/"), http)
             subscribe = {
                 "rtspUrl": str(demo_assets.video_path),
-                "modelName": "Brightness",
+                "modelName": name,
                 "modelId": 7,
             }
+            query = "&".join(f"{key}={json.dumps(value)}" for key, value in params.items())
             await backend.send(
                 "subscribe",
                 {
                     **subscribe,
                     "subscriptionIdentifier": "display-1;cam-1",
-                    "modelUrl": "processor://brightness?threshold=0",
+                    "modelUrl": f"processor://{name}?{query}",
                 },
             )
             message = await backend.wait_for(
                 lambda m: m.get("type") == "imageDetection", timeout=WAIT_S, what="a detection"
             )
             detection = message["data"]["detection"]
-            assert detection["class"] == "bright" and detection["confidence"] > 0, message
+            assert detection["class"] == expected and detection["confidence"] >= 0, message
             assert message["data"]["modelId"] == 7, message
             after = backend.mark()
             await backend.send(

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 
 from processors.mpta_detector import MptaDetectorProcessor
-from pytrickle_worker.annotate import class_colour
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.demo.synthetic import (
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.devtools.synthetic import (
     SceneObject,
     colour_for_confidence,
     moving_objects,
     render_scene,
 )
-from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.processing import ParamsError, VideoFrame
+from pytrickle_worker.processing.annotate import class_colour
 
 W, H, FPS = 640, 360, 30
 TB = Fraction(1, 90_000)

@@ -11,7 +11,7 @@ import pytest
 from pydantic import Field
 
 from processors.passthrough import PassthroughProcessor
-from pytrickle_worker.demo.synthetic import moving_objects, render_scene
+from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
 from pytrickle_worker.processing import (
     FrameProcessor,
     ParamsError,

@@ -23,8 +23,8 @@ from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError, web
 from aiohttp.test_utils import TestServer
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.errors import WorkerError
-from pytrickle_worker.logutil import mask_text, setup_logging
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.core.logutil import mask_text, setup_logging
 from pytrickle_worker.server.app import create_app
 from pytrickle_worker.server.security import OPEN_PATHS
 from tests.helpers import free_port

@@ -23,9 +23,9 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.trickle import TricklePublisher
-from pytrickle_worker.trickle.server import TrickleServer
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.devtools.trickle_server import TrickleServer
+from pytrickle_worker.transport.trickle import TricklePublisher
 from tests.helpers import RedisProcess
 from tests.test_streaming_e2e import CHANNELS, Reader, events_of
 from tests.test_streaming_media import synthetic_segments

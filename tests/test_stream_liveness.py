@@ -21,12 +21,12 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from processors.passthrough import PassthroughProcessor
-from pytrickle_worker.api.schemas import StartRequest
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.frontdoors.streamserver.schemas import StartRequest
+from pytrickle_worker.frontdoors.streamserver.session import StreamSession, StreamSessionConfig
 from pytrickle_worker.server.app import create_app
-from pytrickle_worker.streaming.session import StreamSession, StreamSessionConfig
-from pytrickle_worker.trickle import TricklePublisher, TrickleSubscriber
+from pytrickle_worker.transport.trickle import TricklePublisher, TrickleSubscriber
 from tests.helpers import free_port
 from tests.test_streaming_e2e import Reader, events_of, trickle_channels
 from tests.test_streaming_media import synthetic_segments

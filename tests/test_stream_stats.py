@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 
 from processors.passthrough import PassthroughProcessor
-from pytrickle_worker.api.schemas import StartRequest
-from pytrickle_worker.streaming.session import StreamSession
-from pytrickle_worker.streaming.stats import Dimensions
+from pytrickle_worker.frontdoors.streamserver.schemas import StartRequest
+from pytrickle_worker.frontdoors.streamserver.session import StreamSession
+from pytrickle_worker.frontdoors.streamserver.stats import Dimensions
 
 WIRE_KEYS = [
     "kind", "state", "error", "uptime_s", "input_fps", "processing_fps", "output_fps",

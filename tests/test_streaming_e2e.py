@@ -22,19 +22,23 @@ import pytest
 
 from processors.mpta_detector import MptaDetectorProcessor
 from processors.passthrough import PassthroughProcessor
-from pytrickle_worker.api.manager import StreamManager, StreamSessionLike, StreamState
-from pytrickle_worker.api.schemas import StartRequest
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.demo.assets import DemoAssets
-from pytrickle_worker.mpta.service import PipelineService
-from pytrickle_worker.processing import FrameProcessor, VideoFrame
-from pytrickle_worker.streaming.session import (
+from pytrickle_worker.devtools.assets import DemoAssets
+from pytrickle_worker.devtools.trickle_server import TrickleServer
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.frontdoors.streamserver.manager import (
+    StreamManager,
+    StreamSessionLike,
+    StreamState,
+)
+from pytrickle_worker.frontdoors.streamserver.schemas import StartRequest
+from pytrickle_worker.frontdoors.streamserver.session import (
     StreamSession,
     StreamSessionConfig,
     StreamSessionError,
 )
-from pytrickle_worker.trickle import TricklePublisher, TrickleSubscriber
-from pytrickle_worker.trickle.server import TrickleServer
+from pytrickle_worker.processing import FrameProcessor, VideoFrame
+from pytrickle_worker.transport.trickle import TricklePublisher, TrickleSubscriber
 from tests.test_streaming_media import TICKS, H, N, W, synthetic_segments
 
 MID = "stream-1"

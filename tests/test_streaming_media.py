@@ -7,6 +7,7 @@ import functools
 import io
 import itertools
 import threading
+import time
 from collections.abc import AsyncIterator
 from fractions import Fraction
 
@@ -16,7 +17,7 @@ import pytest
 from av.video.frame import PictureType
 
 from pytrickle_worker.core.queues import DropOldestQueue
-from pytrickle_worker.demo.synthetic import moving_objects, render_scene
+from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
 from pytrickle_worker.media.mpegts import TS_TIME_BASE, EncodedSegment
 from pytrickle_worker.media.segment_decoder import DecodedVideoFrame, SegmentDecoder
 from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder, encode_segments
@@ -188,9 +189,15 @@ def test_bitrate_mode_and_codec_options() -> None:
 
 # ---------------------------------------------------------------------------- decoder
 async def test_decoder_round_trip_over_consecutive_segments() -> None:
-    decoder = SegmentDecoder(frame_queue_size=N)
+    decoder = SegmentDecoder(frame_queue_size=N, name="req-7")
+    started = time.time()
     frames = await decode_segments(synthetic_segments(), decoder)
     assert len(frames) == N
+    # The one frame type: stream id and wall-clock capture time, in decode order.
+    assert {f.stream_id for f in frames} == {"req-7"}
+    captured = [f.capture_time for f in frames]
+    assert all(c is not None and started <= c <= time.time() for c in captured), captured
+    assert captured == sorted(captured)
     assert [f.pts for f in frames] == [i * TICKS for i in range(N)]
     assert all(f.time_base == TS_TIME_BASE for f in frames)
     assert [f.index for f in frames] == list(range(1, N + 1))

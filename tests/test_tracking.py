@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pytrickle_worker.tracking import (
+from pytrickle_worker.engine.tracking import (
     ByteTracker,
     TrackerConfig,
     TrackerState,
@@ -19,14 +19,14 @@ from pytrickle_worker.tracking import (
     linear_assignment,
     min_cost_assignment,
 )
-from pytrickle_worker.tracking import assignment as assignment_module
-from pytrickle_worker.tracking import bytetrack as bytetrack_module
-from pytrickle_worker.tracking.assignment import (
+from pytrickle_worker.engine.tracking import assignment as assignment_module
+from pytrickle_worker.engine.tracking import bytetrack as bytetrack_module
+from pytrickle_worker.engine.tracking.assignment import (
     overlapping_pairs,
     pair_iou,
     sparse_linear_assignment,
 )
-from pytrickle_worker.tracking.kalman import KalmanFilterXYAH
+from pytrickle_worker.engine.tracking.kalman import KalmanFilterXYAH
 
 FloatArray = npt.NDArray[np.float64]
 

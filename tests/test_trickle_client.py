@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from pytrickle_worker.trickle import TrickleError, TricklePublisher, TrickleSubscriber
-from pytrickle_worker.trickle.server import TrickleServer
+from pytrickle_worker.devtools.trickle_server import TrickleServer
+from pytrickle_worker.transport.trickle import TrickleError, TricklePublisher, TrickleSubscriber
 
 HOST = "127.0.0.1"
 LIMIT = 1 << 20

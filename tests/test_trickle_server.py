@@ -15,13 +15,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from pytrickle_worker.trickle.headers import (
+from pytrickle_worker.devtools.trickle_server import TrickleServer
+from pytrickle_worker.transport.trickle.headers import (
     CLOSED_HEADER,
     LATEST_HEADER,
     RESET_HEADER,
     SEQ_HEADER,
 )
-from pytrickle_worker.trickle.server import TrickleServer
 
 HOST = "127.0.0.1"
 
@@ -447,7 +447,7 @@ def test_run_trickle_server_serves_until_sigterm() -> None:
         sock.bind((HOST, 0))
         port = int(sock.getsockname()[1])
     code = (
-        "from pytrickle_worker.trickle.server import run_trickle_server; "
+        "from pytrickle_worker.devtools.trickle_server import run_trickle_server; "
         f"run_trickle_server({HOST!r}, {port})"
     )
     repo = Path(__file__).resolve().parent.parent

@@ -24,8 +24,17 @@ class WorkerProcess:
     stderr (the worker's log) goes to ``log_path`` so a failing test can show it.
     """
 
-    def __init__(self, workdir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        script: Path = REPO / "server.py",
+    ) -> None:
+        """``script``: the entrypoint; a copy of ``server.py`` elsewhere puts its folder first
+        on ``sys.path`` (a ``processors/`` package there shadows the repository's)."""
         self.port = free_port()
+        self._script = script
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = workdir / "worker.log"
         self._args = list(args)
@@ -45,7 +54,7 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         command = [
             sys.executable,
-            str(REPO / "server.py"),
+            str(self._script),
             "--host",
             "127.0.0.1",
             "--port",

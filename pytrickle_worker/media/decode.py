@@ -16,8 +16,8 @@ import av.container
 import numpy as np
 from av.error import FFmpegError
 
-from pytrickle_worker.errors import WorkerError
-from pytrickle_worker.logutil import mask_text, mask_url
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.core.logutil import mask_text, mask_url
 from pytrickle_worker.media.options import open_options
 
 logger = logging.getLogger(__name__)

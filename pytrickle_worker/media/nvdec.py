@@ -18,7 +18,7 @@ from av.packet import Packet
 from av.video.codeccontext import VideoCodecContext
 from av.video.stream import VideoStream
 
-from pytrickle_worker.hardware import count_gpus
+from pytrickle_worker.core.hardware import count_gpus
 
 __all__ = [
     "NVDEC_DECODERS",

@@ -8,7 +8,7 @@ import logging
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from pytrickle_worker.logutil import mask_text, mask_url
+from pytrickle_worker.core.logutil import mask_text, mask_url
 
 __all__ = ["SniffResult", "format_hint", "needs_sniff", "open_options", "sniff_format"]
 

@@ -33,6 +33,7 @@ from av.stream import Stream
 from av.video.stream import VideoStream
 
 from pytrickle_worker.core.fps import FpsMeter
+from pytrickle_worker.core.frame import VideoFrame
 from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.core.rate import RateSampler
 from pytrickle_worker.core.wakeup import call_on_loop
@@ -45,7 +46,6 @@ from pytrickle_worker.media.mpegts import (
     detached_audio_template,
 )
 from pytrickle_worker.media.nvdec import VideoDecoder
-from pytrickle_worker.processing import VideoFrame
 
 __all__ = ["DecodedVideoFrame", "SegmentDecoder", "VideoInfo"]
 
@@ -62,12 +62,10 @@ _BURST_POLL_S = 0.02
 @dataclass
 class DecodedVideoFrame(VideoFrame):
     """A :class:`VideoFrame` as the decoder delivers it (``rgb`` writable, owned by the
-    receiver; ``pts`` in ``time_base`` units, 1/90000 for MPEG-TS), with ``index``, the
-    frames the decoder delivered (1-based), and ``decoded_at``, ``time.monotonic()`` at
-    conversion."""
+    receiver; ``pts`` in ``time_base`` units, 1/90000 for MPEG-TS; ``capture_time`` the
+    wall clock at conversion), with ``index``, the frames the decoder delivered (1-based)."""
 
     index: int
-    decoded_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +407,9 @@ class SegmentDecoder:
             return
         rgb = self._to_rgb(frame)
         self._delivered += 1
-        item = DecodedVideoFrame(rgb, pts, time_base, self._delivered, time.monotonic())
+        item = DecodedVideoFrame(
+            rgb, pts, time_base, self._delivered, capture_time=time.time(), stream_id=self.name
+        )
         self._wait_for_consumer()
         self.frames.put(item)
 

@@ -9,19 +9,19 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from processors.registry import ProcessorDeps, discover_processors, lookup
 from pytrickle_worker import __version__
-from pytrickle_worker.api.manager import StreamManager
-from pytrickle_worker.api.routes import attach as attach_stream_api
-from pytrickle_worker.api.schemas import StartRequest
-from pytrickle_worker.cms.endpoint import CmsEndpoint
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.ingest.hub import CameraHub
-from pytrickle_worker.mpta.service import PipelineService
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
+from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
+from pytrickle_worker.frontdoors.streamserver.routes import attach as attach_stream_api
+from pytrickle_worker.frontdoors.streamserver.schemas import StartRequest
+from pytrickle_worker.frontdoors.streamserver.session import StreamSession, StreamSessionConfig
 from pytrickle_worker.processing import FrameProcessor
+from pytrickle_worker.processing.registry import ProcessorDeps, discover_processors, lookup
 from pytrickle_worker.server.metrics import WorkerMetrics
 from pytrickle_worker.server.security import security_middlewares
-from pytrickle_worker.streaming.session import StreamSession, StreamSessionConfig
+from pytrickle_worker.sources.hub import CameraHub
 
 logger = logging.getLogger(__name__)
 

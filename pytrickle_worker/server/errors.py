@@ -8,8 +8,9 @@ exception (``Allow``, ``WWW-Authenticate``) are kept. It sits inside the CORS mi
 the JSON errors carry the CORS headers too (:func:`~pytrickle_worker.server.security.
 security_middlewares` places it).
 
-Handlers that answer an error themselves use :func:`error_response`, which builds the same
-shape. The shape is ``ErrorBody`` in :mod:`pytrickle_worker.api.schemas`.
+Handlers that answer an error themselves use
+:func:`~pytrickle_worker.transport.http_errors.error_response`, which builds the same shape.
+The stream door documents it as ``ErrorBody`` in its schemas.
 """
 
 from __future__ import annotations
@@ -19,21 +20,14 @@ import logging
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
-__all__ = ["error_middleware", "error_response"]
+from pytrickle_worker.transport.http_errors import error_response
+
+__all__ = ["error_middleware"]
 
 logger = logging.getLogger(__name__)
 
 #: Headers of an aiohttp HTTPException that describe its plain-text body, not the error.
 _BODY_HEADERS = frozenset({hdrs.CONTENT_TYPE.lower(), hdrs.CONTENT_LENGTH.lower()})
-
-
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    """The documented error answer."""
-    return web.json_response(
-        {"status": "error", "message": message}, status=status, headers=headers
-    )
 
 
 def _message(request: web.Request, exc: web.HTTPException) -> str:

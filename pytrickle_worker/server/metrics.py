@@ -6,14 +6,14 @@ read from the components' own status snapshots at scrape time by :class:`WorkerC
 the hub's per-source status, the CMS subscriptions and backend queues, the action
 dispatcher, the model registry and the stream manager -- so nothing is counted twice. The only
 metrics observed as they happen are the inference latency and batch-size histograms, which
-the models feed through the :class:`~pytrickle_worker.inference.model.InferenceObserver`
-installed on the :class:`~pytrickle_worker.inference.registry.ModelRegistry`.
+the models feed through the :class:`~pytrickle_worker.engine.inference.model.InferenceObserver`
+installed on the :class:`~pytrickle_worker.engine.inference.registry.ModelRegistry`.
 
 Counters taken from snapshots are the components' cumulative counts. They restart from zero
 only when the thing they count is created again (a source reader restarted after its last
 subscriber left, a new backend connection, a new stream session); Prometheus' ``rate()``
 treats that as a counter reset. Every label is credential-free: sources and Redis targets are
-masked with :func:`~pytrickle_worker.logutil.mask_url`, models are named by file name and
+masked with :func:`~pytrickle_worker.core.logutil.mask_url`, models are named by file name and
 hash prefix, never by path.
 """
 
@@ -37,13 +37,13 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from pytrickle_worker import __version__
-from pytrickle_worker.api.manager import StreamManager, StreamState
-from pytrickle_worker.cms.endpoint import CmsEndpoint
-from pytrickle_worker.inference.model import ModelInfo
-from pytrickle_worker.ingest.hub import CameraHub
-from pytrickle_worker.logutil import mask_url
-from pytrickle_worker.mpta.service import PipelineService
-from pytrickle_worker.streaming.stats import StreamStats
+from pytrickle_worker.core.logutil import mask_url
+from pytrickle_worker.engine.inference.model import ModelInfo
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
+from pytrickle_worker.frontdoors.streamserver.manager import StreamManager, StreamState
+from pytrickle_worker.frontdoors.streamserver.stats import StreamStats
+from pytrickle_worker.sources.hub import CameraHub
 
 __all__ = ["InferenceMetrics", "WorkerCollector", "WorkerMetrics", "model_labels"]
 

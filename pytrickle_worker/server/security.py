@@ -45,7 +45,8 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.server.errors import error_middleware, error_response
+from pytrickle_worker.server.errors import error_middleware
+from pytrickle_worker.transport.http_errors import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ def security_middlewares(config: WorkerConfig) -> list[Middleware]:
     """The middlewares for ``web.Application(middlewares=...)``, outermost first.
 
     Reads ``access_token_file`` now (a changed file takes effect on restart); raises
-    :class:`~pytrickle_worker.errors.WorkerError` when it cannot be read.
+    :class:`~pytrickle_worker.core.errors.WorkerError` when it cannot be read.
     """
     middlewares: list[Middleware] = []
     if config.cors_origins:

@@ -30,8 +30,8 @@ from collections.abc import Awaitable
 
 from aiohttp import web
 
-from pytrickle_worker.listen import listen_socket
 from pytrickle_worker.server.app import CMS_KEY, SERVICE_KEY, STREAMS_KEY
+from pytrickle_worker.transport.listen import listen_socket
 
 __all__ = ["drain", "serve"]
 

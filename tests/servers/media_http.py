@@ -5,7 +5,7 @@ default to 640x360 at 15 fps; each size is rendered and encoded once per process
 
 ``/stream.ts``
     A live MPEG-TS (H.264) stream that never ends: the pre-encoded packets of
-    ``clip_seconds`` of :func:`~pytrickle_worker.demo.synthetic.moving_objects` frames
+    ``clip_seconds`` of :func:`~pytrickle_worker.devtools.synthetic.moving_objects` frames
     (key frame every second), muxed for each connection with continuous timestamps across
     loops and sent one frame at a time, paced at real time.
 ``/mjpeg``
@@ -50,8 +50,8 @@ from typing import Any
 import av
 from aiohttp import web
 
-from pytrickle_worker.demo.camera import LoopClip, LoopPacket, TsLooper
-from pytrickle_worker.demo.synthetic import moving_objects, render_scene
+from pytrickle_worker.devtools.camera import LoopClip, LoopPacket, TsLooper
+from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
 from pytrickle_worker.media.jpeg import encode_jpeg
 
 DEFAULT_WIDTH = 640

@@ -1,0 +1,275 @@
+"""Pure pipeline execution: one RGB frame in, one typed result out.
+
+Semantics follow the original detector worker's final ``run_pipeline`` (pympta.py):
+
+* a detection node detects (restricted to its triggerClasses), drops detections below its
+  minConfidence and keeps the most confident one;
+* the first branch whose triggerClasses holds that class and whose minConfidence is at or below
+  its confidence runs, on the bbox region when the branch sets ``crop``, else on the full frame;
+* a classification node returns its top-1 class and confidence;
+* the final result is the deepest result found, with the bbox of the root detection; when no
+  branch matches, or the branch finds nothing, the parent's detection is the result.
+
+Choices that differ from the original detector worker, on purpose:
+
+* tracking is explicit: the caller passes the stream's :class:`TrackerState`; nothing is global;
+* a classification result keeps the parent's track id instead of ``None``, so the CMS can tell
+  one tracked object's events from another's;
+* a crop is passed to the branch as it is; the model's own preprocessing resizes it (the original
+  detector worker first squashed every crop to 224x224, which distorted its aspect ratio);
+* the actions of the node that produced the final result run once (the original detector worker
+  ran a classifier branch's actions twice).
+
+This module never touches Redis or the event loop: the result names the node whose actions
+should run and the image that node saw, and the caller dispatches them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pytrickle_worker.engine.inference.imageops import crop
+from pytrickle_worker.engine.inference.model import StageTimings
+from pytrickle_worker.engine.mpta.loader import LoadedNode, LoadedPipeline
+from pytrickle_worker.engine.tracking.bytetrack import TrackerState
+
+BBox = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    iou_threshold: float = 0.7
+    max_detections: int = 300
+    tracker_low_conf: float = 0.1
+
+
+@dataclass(frozen=True)
+class RootOverrides:
+    """Per-stream overrides of the root node's ``minConfidence`` and ``triggerClasses``.
+
+    ``None`` keeps the pipeline's own value. ``trigger_classes`` names classes of the root
+    model; names the model does not have are ignored (the caller validates them).
+    Branch nodes are never overridden.
+    """
+
+    min_confidence: float | None = None
+    trigger_classes: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """What one node of the chain found, and how long it took (milliseconds)."""
+
+    model_id: str
+    node_path: str
+    class_name: str | None
+    confidence: float | None
+    bbox: BBox | None
+    track_id: int | None
+    ms: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "modelId": self.model_id,
+            "class": self.class_name,
+            "confidence": self.confidence,
+            "bbox": list(self.bbox) if self.bbox is not None else None,
+            "ms": round(self.ms, 3),
+        }
+
+
+@dataclass
+class PipelineResult:
+    """The outcome of one frame.
+
+    ``detection`` is exactly what goes into an ``imageDetection`` message (``class``,
+    ``confidence``, ``id``), or ``None`` when nothing qualified. ``bbox`` is in source-frame
+    pixels. ``action_node``/``action_image`` name whose actions to run, on what image.
+    """
+
+    detection: dict[str, Any] | None
+    bbox: BBox | None
+    nodes: list[NodeResult] = field(default_factory=list[NodeResult])
+    timings: StageTimings = field(default_factory=StageTimings)
+    tracking_ms: float = 0.0
+    action_node: LoadedNode | None = None
+    action_image: np.ndarray | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "detection": self.detection,
+            "bbox": list(self.bbox) if self.bbox is not None else None,
+            "nodes": [node.to_json() for node in self.nodes],
+        }
+
+
+@dataclass
+class _Found:
+    node: LoadedNode
+    class_name: str
+    confidence: float
+    track_id: int | None
+    bbox: BBox | None
+    image: np.ndarray
+
+
+def _to_bbox(box: np.ndarray) -> BBox:
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    return (x1, y1, x2, y2)
+
+
+class PipelineRunner:
+    """Runs a loaded pipeline on frames. Stateless apart from its settings: safe to share."""
+
+    def __init__(self, settings: EngineSettings | None = None) -> None:
+        self.settings = settings or EngineSettings()
+
+    def run(
+        self,
+        pipeline: LoadedPipeline,
+        frame: np.ndarray,
+        tracker: TrackerState | None = None,
+        overrides: RootOverrides | None = None,
+    ) -> PipelineResult:
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(
+                f"frame must be an H×W×3 uint8 RGB array, got shape {frame.shape} {frame.dtype}"
+            )
+        result = PipelineResult(detection=None, bbox=None)
+        if overrides is not None and not pipeline.root.is_classifier:
+            found = self._detect(pipeline.root, frame, (0, 0), tracker, result, overrides)
+        else:
+            found = self._run_node(pipeline.root, frame, (0, 0), tracker, result)
+        if found is None:
+            return result
+        result.detection = {
+            "class": found.class_name,
+            "confidence": found.confidence,
+            "id": found.track_id,
+        }
+        result.bbox = found.bbox
+        result.action_node = found.node
+        result.action_image = found.image
+        return result
+
+    def _run_node(
+        self,
+        node: LoadedNode,
+        image: np.ndarray,
+        offset: tuple[int, int],
+        tracker: TrackerState | None,
+        result: PipelineResult,
+        parent_track_id: int | None = None,
+    ) -> _Found | None:
+        if node.is_classifier:
+            return self._classify(node, image, result, parent_track_id)
+        return self._detect(node, image, offset, tracker, result)
+
+    def _classify(
+        self,
+        node: LoadedNode,
+        image: np.ndarray,
+        result: PipelineResult,
+        parent_track_id: int | None,
+    ) -> _Found | None:
+        started = time.perf_counter()
+        top1 = node.model.classify(image, timings=result.timings)
+        ms = (time.perf_counter() - started) * 1000
+        result.nodes.append(
+            NodeResult(
+                node.spec.model_id,
+                node.path,
+                top1.class_name,
+                top1.confidence,
+                None,
+                parent_track_id,
+                ms,
+            )
+        )
+        return _Found(node, top1.class_name, top1.confidence, parent_track_id, None, image)
+
+    def _detect(
+        self,
+        node: LoadedNode,
+        image: np.ndarray,
+        offset: tuple[int, int],
+        tracker: TrackerState | None,
+        result: PipelineResult,
+        overrides: RootOverrides | None = None,
+    ) -> _Found | None:
+        settings = self.settings
+        started = time.perf_counter()
+        min_confidence = node.spec.min_confidence
+        trigger_indices = node.trigger_indices
+        if overrides is not None:
+            if overrides.min_confidence is not None:
+                min_confidence = overrides.min_confidence
+            if overrides.trigger_classes is not None:
+                wanted = set(overrides.trigger_classes)
+                trigger_indices = np.asarray(
+                    [i for i, name in enumerate(node.model.info.names) if name in wanted],
+                    dtype=np.int64,
+                )
+        # Detections below minConfidence still feed the tracker (ByteTrack's low-score stage
+        # keeps tracks alive through brief confidence dips); only qualified ones are reported.
+        floor = min(settings.tracker_low_conf, min_confidence)
+        dets = node.model.detect(
+            image,
+            conf_thres=floor if tracker is not None else min_confidence,
+            classes=trigger_indices,
+            iou_thres=settings.iou_threshold,
+            max_det=settings.max_detections,
+            timings=result.timings,
+        )
+        boxes = dets.boxes
+        if offset != (0, 0) and len(boxes):
+            boxes = boxes + np.array([offset[0], offset[1], offset[0], offset[1]], np.float32)
+        track_ids: np.ndarray | None = None
+        if tracker is not None:
+            track_started = time.perf_counter()
+            track_ids = tracker.tracker_for(node.path).update(boxes, dets.scores, dets.class_ids)
+            result.tracking_ms += (time.perf_counter() - track_started) * 1000
+        qualified = np.flatnonzero(dets.scores >= min_confidence)
+        if len(qualified) == 0:
+            ms = (time.perf_counter() - started) * 1000
+            result.nodes.append(
+                NodeResult(node.spec.model_id, node.path, None, None, None, None, ms)
+            )
+            return None
+        best = int(qualified[np.argmax(dets.scores[qualified])])
+        class_name = node.model.info.names[int(dets.class_ids[best])]
+        confidence = float(dets.scores[best])
+        track_id = int(track_ids[best]) if track_ids is not None and track_ids[best] >= 0 else None
+        bbox = _to_bbox(boxes[best])
+        ms = (time.perf_counter() - started) * 1000
+        result.nodes.append(
+            NodeResult(node.spec.model_id, node.path, class_name, confidence, bbox, track_id, ms)
+        )
+        own = _Found(node, class_name, confidence, track_id, bbox, image)
+
+        for branch in node.branches:
+            if class_name not in branch.spec.trigger_classes:
+                continue
+            if confidence < branch.spec.min_confidence:
+                continue
+            sub_image, sub_offset = image, offset
+            if branch.spec.crop:
+                local = dets.boxes[best]
+                cropped = crop(image, local)
+                if cropped is None:
+                    break
+                sub_image = cropped
+                sub_offset = (
+                    offset[0] + max(0, int(local[0])),
+                    offset[1] + max(0, int(local[1])),
+                )
+            deeper = self._run_node(branch, sub_image, sub_offset, tracker, result, track_id)
+            if deeper is not None:
+                deeper.bbox = bbox
+                return deeper
+            break
+        return own

@@ -1,0 +1,116 @@
+"""Turn an extracted, validated archive into a tree of nodes bound to loaded models."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.engine.inference.model import OnnxModel
+from pytrickle_worker.engine.inference.postprocess import OutputContract
+from pytrickle_worker.engine.inference.registry import ModelRegistry
+from pytrickle_worker.engine.mpta.spec import PipelineNode, PipelineSpec, RedisConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedNode:
+    path: str
+    spec: PipelineNode
+    model: OnnxModel
+    trigger_indices: np.ndarray | None
+    branches: list[LoadedNode] = field(default_factory=list["LoadedNode"])
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.model.info.contract is OutputContract.CLASSIFY
+
+    def walk(self) -> list[LoadedNode]:
+        nodes: list[LoadedNode] = [self]
+        for branch in self.branches:
+            nodes.extend(branch.walk())
+        return nodes
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline whose models are held from a :class:`ModelRegistry` until :meth:`release`."""
+
+    source: str
+    sha256: str
+    root_dir: Path
+    spec: PipelineSpec
+    root: LoadedNode
+    registry: ModelRegistry
+    released: bool = False
+
+    @property
+    def redis(self) -> RedisConfig | None:
+        return self.spec.redis
+
+    def nodes(self) -> list[LoadedNode]:
+        return self.root.walk()
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        for node in self.nodes():
+            self.registry.release(node.model)
+
+
+def _trigger_indices(model: OnnxModel, path: str, trigger_classes: list[str]) -> np.ndarray | None:
+    if not trigger_classes:
+        return None
+    names = model.info.names
+    wanted = [i for i, name in enumerate(names) if name in trigger_classes]
+    unknown = sorted(set(trigger_classes) - set(names))
+    if unknown:
+        logger.warning(
+            "%s.triggerClasses names classes the model does not have: %s (model classes: %s)",
+            path,
+            ", ".join(unknown),
+            ", ".join(names[:20]) + (" …" if len(names) > 20 else ""),
+        )
+    return np.asarray(wanted, dtype=np.int64)
+
+
+def load_pipeline_tree(
+    spec: PipelineSpec, root_dir: Path, registry: ModelRegistry, source: str, sha256: str
+) -> LoadedPipeline:
+    """Acquire every node's model (blocking: call from a worker thread).
+
+    On any failure the models acquired so far are released again, so a broken archive never
+    leaks sessions.
+    """
+    acquired: list[OnnxModel] = []
+
+    def build(node_spec: PipelineNode, path: str) -> LoadedNode:
+        model_path = root_dir / node_spec.model_file
+        try:
+            model = registry.acquire(model_path)
+        except ModelError as exc:
+            raise ModelError(f"{path} ({node_spec.model_id}): {exc}") from exc
+        acquired.append(model)
+        is_classifier = model.info.contract is OutputContract.CLASSIFY
+        indices = (
+            None
+            if is_classifier
+            else _trigger_indices(model, path, list(node_spec.trigger_classes))
+        )
+        node = LoadedNode(path, node_spec, model, indices)
+        for i, child in enumerate(node_spec.branches):
+            node.branches.append(build(child, f"{path}.branches[{i}]"))
+        return node
+
+    try:
+        root = build(spec.pipeline, "pipeline")
+    except BaseException:
+        for model in acquired:
+            registry.release(model)
+        raise
+    return LoadedPipeline(source, sha256, root_dir, spec, root, registry)

@@ -1,0 +1,291 @@
+"""The CMS WebSocket at ``/`` and ``GET /camera/{camera_id}/image``.
+
+Handlers stay thin: parsing lives in :mod:`pytrickle_worker.frontdoors.cms.protocol`,
+subscriptions in
+:class:`SubscriptionManager`, delivery in :class:`BackendRegistry`. Nothing a backend sends can
+take the connection or the worker down: every bad message is answered with an ``error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.core.hardware import HardwareMonitor
+from pytrickle_worker.core.logutil import mask_text
+from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
+from pytrickle_worker.engine.mpta.service import PipelineService
+from pytrickle_worker.frontdoors.cms.backends import BackendConnection, BackendRegistry
+from pytrickle_worker.frontdoors.cms.emission import EmissionMode
+from pytrickle_worker.frontdoors.cms.protocol import (
+    ErrorMessage,
+    InboundMessage,
+    InboundPatchSessionMessage,
+    PatchSessionResultMessage,
+    PatchSessionResultReply,
+    ProtocolError,
+    RequestStateMessage,
+    SetSessionIdMessage,
+    StateReport,
+    SubscribeMessage,
+    SubscribePayload,
+    parse_inbound,
+)
+from pytrickle_worker.frontdoors.cms.subscriptions import SubscriptionManager
+from pytrickle_worker.media.jpeg import encode_jpeg
+from pytrickle_worker.processing.registry import (
+    ProcessorFactory,
+    discover_processors,
+    parse_processor_url,
+)
+from pytrickle_worker.sources.hub import CameraHub
+
+logger = logging.getLogger(__name__)
+
+
+class CmsEndpoint:
+    """Owns the CMS side of the worker; ``start``/``stop`` bracket its life."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        hub: CameraHub,
+        service: PipelineService,
+        model_urls: ModelUrlPolicy | None = None,
+        processors: Mapping[str, ProcessorFactory] | None = None,
+    ) -> None:
+        self.config = config
+        self.hub = hub
+        # The same rule as the stream door's model_url (pytrickle_worker/engine/mpta/policy.py).
+        self.model_urls = model_urls or config.model_url_policy()
+        self.monitor = HardwareMonitor()
+        self.registry = BackendRegistry(
+            queue_size=config.ws_queue_size,
+            grace_s=config.disconnect_grace_s,
+            on_grace_expired=self._release_all,
+        )
+        self.subscriptions = SubscriptionManager(
+            hub,
+            service,
+            self.registry.broadcast,
+            target_fps=config.analysis_fps,
+            max_streams=config.max_streams,
+            emission=EmissionMode(config.emission),
+            on_change=self._broadcast_state,
+            processors=processors if processors is not None else discover_processors(),
+            model_urls=self.model_urls,
+        )
+        self._heartbeat: asyncio.Task[None] | None = None
+        self.accepting = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/", self.websocket),
+            web.get("/camera/{camera_id}/image", self.camera_image),
+        ]
+
+    async def start(self) -> None:
+        self._heartbeat = asyncio.get_running_loop().create_task(
+            self._heartbeat_loop(), name="cms-heartbeat"
+        )
+
+    async def stop(self) -> None:
+        self.accepting = False
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self.registry.close()
+        await self.subscriptions.close()
+        self.monitor.close()
+
+    def begin_drain(self) -> None:
+        """The process is shutting down: refuse new subscriptions."""
+        self.accepting = False
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop every subscription, flush each backend's queue, then close its WebSocket
+        with 1001 (going away). True when every queue was flushed within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self.accepting = False
+        # close() also cancels pending subscribes: none starts a camera after it.
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.subscriptions.close()
+        except TimeoutError:
+            logger.warning("drain: subscriptions did not stop in time")
+        flushed = await self.registry.flush(max(0.0, deadline - loop.time()))
+        await self.registry.close(code=WSCloseCode.GOING_AWAY, message=b"worker shutting down")
+        return flushed
+
+    async def _release_all(self) -> None:
+        await self.subscriptions.close()
+        # The session ids were the departed backend's: a display subscribed again later must
+        # not have its detections tagged with a stale session.
+        self.subscriptions.sessions.clear()
+
+    # ------------------------------------------------------------------ state
+
+    def state_report(self) -> StateReport:
+        load = self.monitor.sample()
+        return StateReport(
+            cpuUsage=round(load.cpu_percent, 1),
+            memoryUsage=round(load.memory_percent, 1),
+            gpuUsage=None if load.gpu_percent is None else round(load.gpu_percent, 1),
+            gpuMemoryUsage=(
+                None if load.gpu_memory_percent is None else round(load.gpu_memory_percent, 1)
+            ),
+            cameraConnections=self.subscriptions.connections(),
+        )
+
+    def _broadcast_state(self) -> None:
+        if self.registry.connections:
+            self.registry.broadcast(self.state_report())
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval_s)
+            if self.registry.connections:
+                self.registry.broadcast(self.state_report())
+
+    # ------------------------------------------------------------------ websocket
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        if not self.accepting:  # draining: the backend should connect to another worker
+            return web.json_response(
+                {"status": "error", "message": "worker is shutting down"}, status=503
+            )
+        ws = web.WebSocketResponse(
+            heartbeat=self.config.ws_ping_interval_s,
+            # Larger than our own limit, so an oversized message gets an `error` reply
+            # instead of aiohttp closing the connection.
+            max_msg_size=self.config.max_message_bytes * 16,
+        )
+        await ws.prepare(request)
+        peer = request.remote or "?"
+        connection = self.registry.add(ws, peer, request.transport)
+        logger.info("backend connected: %s", peer)
+        connection.send(self.state_report())
+        try:
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    self._handle_text(connection, message.data)
+                elif message.type == WSMsgType.BINARY:
+                    self._error(connection, "binary frames are not part of the protocol")
+                elif message.type == WSMsgType.ERROR:
+                    logger.info("backend %s: websocket error %s", peer, ws.exception())
+                    break
+        finally:
+            await self.registry.remove(connection)
+            logger.info("backend disconnected: %s", peer)
+        return ws
+
+    def _error(
+        self, connection: BackendConnection | None, error: str, identifier: str | None = None
+    ) -> None:
+        message = ErrorMessage(subscriptionIdentifier=identifier, error=mask_text(error))
+        if connection is None:
+            self.registry.broadcast(message)
+        else:
+            connection.send(message)
+
+    def _handle_text(self, connection: BackendConnection, text: str) -> None:
+        if len(text) > self.config.max_message_bytes:
+            self._error(
+                connection,
+                f"message of {len(text)} bytes exceeds the limit of "
+                f"{self.config.max_message_bytes} bytes",
+            )
+            return
+        try:
+            document: object = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            # ValueError covers JSONDecodeError and also Python's limit on int digits (a
+            # number of more than 4300 digits), which json.loads raises as a plain ValueError.
+            self._error(connection, f"message is not valid JSON: {exc}")
+            return
+        try:
+            message = parse_inbound(document)
+        except ProtocolError as exc:
+            self._error(connection, str(exc), exc.subscription_identifier)
+            return
+        self._dispatch(connection, message)
+
+    def _dispatch(self, connection: BackendConnection, message: InboundMessage) -> None:
+        if isinstance(message, RequestStateMessage):
+            connection.send(self.state_report())
+        elif isinstance(message, SetSessionIdMessage):
+            payload = message.payload
+            matched = self.subscriptions.set_session(payload.displayIdentifier, payload.sessionId)
+            logger.info(
+                "session of display %s set to %s (%d subscription(s))",
+                payload.displayIdentifier,
+                payload.sessionId,
+                matched,
+            )
+        elif isinstance(message, InboundPatchSessionMessage):
+            connection.send(
+                PatchSessionResultReply(
+                    payload={
+                        "sessionId": message.session_id,
+                        "success": True,
+                        "message": "Session patch acknowledged",
+                    }
+                )
+            )
+        elif isinstance(message, PatchSessionResultMessage):
+            result = message.payload
+            log = logger.info if result.success else logger.warning
+            log("patchSession %s: success=%s %s", result.sessionId, result.success, result.message)
+        elif isinstance(message, SubscribeMessage):
+            self._command(connection, message.payload.subscriptionIdentifier, message.payload)
+        else:
+            self._command(connection, message.payload.subscriptionIdentifier, None)
+
+    def _command(
+        self, connection: BackendConnection, identifier: str, payload: SubscribePayload | None
+    ) -> None:
+        def reply(error: str) -> None:
+            self._error(connection, error, identifier)
+
+        if not self.accepting:
+            reply("worker is shutting down")
+            return
+        # A processor:// modelUrl names a processor: there is no archive to fetch.
+        if payload is not None and parse_processor_url(payload.modelUrl) is None:
+            try:
+                self.model_urls.check(payload.modelUrl)
+            except ModelUrlRefusedError as exc:
+                reply(f"modelUrl: {exc}")
+                return
+        self.subscriptions.request(identifier, payload, reply)
+
+    # ------------------------------------------------------------------ image
+
+    async def camera_image(self, request: web.Request) -> web.Response:
+        # aiohttp has already percent-decoded the path segment (%3B -> ';'); decoding it again
+        # would turn a literal '%41' in an identifier into 'A' and serve another camera.
+        identifier = request.match_info["camera_id"]
+        subscription = self.subscriptions.get(identifier)
+        if subscription is None:
+            return web.json_response(
+                {"status": "error", "message": f"camera {identifier!r} is not subscribed"},
+                status=404,
+            )
+        frame = await subscription.camera.latest()
+        if frame is None:
+            return web.json_response(
+                {"status": "error", "message": f"no frame available yet for camera {identifier!r}"},
+                status=404,
+            )
+        jpeg = await asyncio.to_thread(encode_jpeg, frame.rgb, 85)
+        return web.Response(body=jpeg, content_type="image/jpeg")

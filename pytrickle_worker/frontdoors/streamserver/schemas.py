@@ -1,0 +1,218 @@
+"""Wire models of the StreamServer REST API (pydantic v2).
+
+Validation follows pytrickle's StreamServer where it is right and is stricter where it was
+not (see docs in ``trickle-and-streamserver.md``):
+
+* ``gateway_request_id`` is required; the channel URLs are optional, as in pytrickle's
+  StreamServer code (its API reference calls ``publish_url`` required; the code, PR #92,
+  does not): no ``subscribe_url``: a generative stream; no ``publish_url``: frames are
+  analysed (data and events flow) but no video is encoded or published; no URL at all: a
+  stream with no media yet;
+* wire types are strict: ``"1"`` is not a number, ``true`` is not 1, ``30.0`` is not an
+  integer (pytrickle coerces with ``int()``, but no reference client sends strings); every
+  string refuses control characters;
+* ``width``/``height`` come together and are positive integers, ``max_framerate`` is 1..60;
+  ``true``/``false`` are not numbers;
+* unknown top-level keys of a start request (``manifest_id``, ``stream_id`` …) are ignored,
+  as go-livepeer sends them; params keys other than the stream-level ones belong to the
+  processor, whose own model validates them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from pytrickle_worker.core.logutil import mask_url
+from pytrickle_worker.core.validation import NO_CONTROL
+from pytrickle_worker.processing import (
+    NOT_BOOL,
+    STREAM_PARAM_KEYS,
+    ParamsError,
+    format_validation_error,
+)
+
+__all__ = [
+    "CHANNEL_FIELDS",
+    "RUNTIME_IMMUTABLE",
+    "ErrorBody",
+    "StartRequest",
+    "StreamParams",
+    "parse_start_request",
+    "split_params_update",
+]
+
+#: The trickle channel URL fields of a start request.
+CHANNEL_FIELDS: tuple[str, ...] = (
+    "subscribe_url",
+    "publish_url",
+    "control_url",
+    "events_url",
+    "data_url",
+)
+
+#: Stream-level params fixed at stream start (the decoder and encoder are set up with them).
+#: ``max_framerate`` is not among them: the session applies it live.
+RUNTIME_IMMUTABLE: tuple[str, ...] = ("width", "height", "detect_out_resolution")
+
+_MAX_URL = 4096
+_MAX_SIDE = 16384
+
+Side = Annotated[int, NOT_BOOL, Field(gt=0, le=_MAX_SIDE)]
+Url = Annotated[str, NO_CONTROL, Field(max_length=_MAX_URL)]
+Framerate = Annotated[int, NOT_BOOL, Field(ge=1, le=60)]
+
+
+class ErrorBody(BaseModel):
+    """The body of every error answer of every route (4xx and 5xx):
+    ``{"status": "error", "message": "..."}``, nothing else.
+
+    The health probes are not errors: ``/health`` answers 500 with its StreamServer status
+    body in ERROR, ``/health/ready`` 503 with its readiness body.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    status: Literal["error"]
+    message: str = Field(min_length=1)
+
+
+class StreamParams(BaseModel):
+    """The stream-level part of a params dict; other keys are left to the processor."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    width: Side | None = None
+    height: Side | None = None
+    max_framerate: Framerate | None = None
+    detect_out_resolution: bool | None = None
+
+    @model_validator(mode="after")
+    def _size_together(self) -> StreamParams:
+        if (self.width is None) != (self.height is None):
+            missing = "height" if self.height is None else "width"
+            given = "width" if missing == "height" else "height"
+            raise ValueError(f"{missing}: required when {given} is given (they come together)")
+        return self
+
+    def given(self) -> dict[str, Any]:
+        """The fields that were set (for status and for the session)."""
+        return self.model_dump(exclude_none=True)
+
+
+def _stream_params(params: Mapping[str, Any], prefix: str) -> StreamParams:
+    dot = f"{prefix}." if prefix else ""
+    has_width, has_height = params.get("width") is not None, params.get("height") is not None
+    if has_width != has_height:
+        missing, given = ("height", "width") if has_width else ("width", "height")
+        raise ParamsError(f"{dot}{missing}: required when {given} is given (they come together)")
+    try:
+        return StreamParams.model_validate(
+            {k: v for k, v in params.items() if k in STREAM_PARAM_KEYS}
+        )
+    except ValidationError as exc:
+        raise ParamsError(format_validation_error(exc, prefix)) from None
+
+
+class StartRequest(BaseModel):
+    """``POST /stream/start`` (and ``/live-video-to-video``)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    gateway_request_id: Annotated[str, NO_CONTROL] = Field(min_length=1, max_length=256)
+    subscribe_url: Url | None = None
+    publish_url: Url | None = None
+    control_url: Url | None = None
+    events_url: Url | None = None
+    data_url: Url | None = None
+    params: dict[str, Any] = Field(default_factory=dict[str, Any])
+
+    _stream: StreamParams = PrivateAttr(default_factory=StreamParams)
+
+    @field_validator("subscribe_url", "publish_url", "control_url", "events_url", "data_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an absolute http(s) URL")
+        return value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_null(cls, value: object) -> object:
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _check_stream_params(self) -> StartRequest:
+        try:
+            self._stream = _stream_params(self.params, "params")
+        except ParamsError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def stream_params(self) -> StreamParams:
+        return self._stream
+
+    def processor_params(self) -> dict[str, Any]:
+        """``params`` without the stream-level keys."""
+        return {k: v for k, v in self.params.items() if k not in STREAM_PARAM_KEYS}
+
+    def channel_urls(self) -> dict[str, str]:
+        """The channel URLs that were given, by field name."""
+        urls = {name: getattr(self, name) for name in CHANNEL_FIELDS}
+        return {name: url for name, url in urls.items() if url}
+
+    @property
+    def has_channels(self) -> bool:
+        return bool(self.channel_urls())
+
+    def masked(self) -> dict[str, Any]:
+        """Ids and URLs for status and logs, with credentials in URLs masked."""
+        info: dict[str, Any] = {"gateway_request_id": self.gateway_request_id}
+        info.update({name: mask_url(url) for name, url in self.channel_urls().items()})
+        return info
+
+
+def parse_start_request(body: object) -> StartRequest:
+    """Validate a start request body; :class:`ParamsError` names every bad field."""
+    if not isinstance(body, dict):
+        raise ParamsError("request body must be a JSON object")
+    try:
+        return StartRequest.model_validate(body)
+    except ValidationError as exc:
+        raise ParamsError(format_validation_error(exc)) from None
+
+
+def split_params_update(
+    update: Mapping[str, Any], current: StreamParams
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split a runtime params update into (stream-level changes, processor params).
+
+    Raises :class:`ParamsError` for invalid stream-level values and for any change of a
+    :data:`RUNTIME_IMMUTABLE` field (the same value again is accepted, as gateways resend
+    whole params objects). The session may use this for control-channel messages too.
+    """
+    stream = _stream_params(update, "")
+    given = stream.model_dump(exclude_unset=True)
+    for name in RUNTIME_IMMUTABLE:
+        if name in given and given[name] != getattr(current, name):
+            raise ParamsError(
+                f"{name}: cannot be changed while a stream runs (it is fixed at stream start)"
+            )
+    changes = {k: v for k, v in given.items() if k not in RUNTIME_IMMUTABLE}
+    processor = {k: v for k, v in update.items() if k not in STREAM_PARAM_KEYS}
+    return changes, processor

@@ -1,0 +1,140 @@
+"""SnapshotReader: fetch a still image every interval (aiohttp) and decode it with PyAV.
+
+One fetch per interval whatever the number of subscribers; every subscriber gets the same
+decoded image. Failures (refused, timeouts, HTTP errors, undecodable bodies) mark the source
+offline and are retried at the interval, or later when the backoff is longer, until
+``max_retries`` consecutive failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import random
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+import aiohttp
+import av
+from av.error import FFmpegError
+
+from pytrickle_worker.core.logutil import mask_text
+from pytrickle_worker.sources.config import IngestConfig
+from pytrickle_worker.sources.reader import TaskReader
+from pytrickle_worker.sources.source import SourceConfig
+
+__all__ = ["SnapshotError", "SnapshotReader", "decode_image"]
+
+logger = logging.getLogger(__name__)
+
+#: Largest snapshot body accepted (a 4K JPEG is a few MB).
+MAX_SNAPSHOT_BYTES = 32 * 1024 * 1024
+
+
+class SnapshotError(Exception):
+    """A snapshot could not be fetched or decoded; the message is credential-free."""
+
+
+def decode_image(data: bytes) -> tuple[av.VideoFrame, str]:
+    """The first video frame of an encoded image (JPEG, PNG, …) and its codec. Blocking."""
+    try:
+        with av.open(io.BytesIO(data), mode="r") as container:
+            if not container.streams.video:
+                raise SnapshotError("the snapshot is not an image")
+            stream = container.streams.video[0]
+            codec = stream.codec_context.name
+            for frame in container.decode(stream):
+                return frame, codec
+    except FFmpegError as exc:
+        raise SnapshotError(f"the snapshot cannot be decoded: {exc.strerror or exc}") from exc
+    raise SnapshotError("the snapshot holds no image")
+
+
+class SnapshotReader(TaskReader):
+    """Polls ``snapshot_url`` every ``snapshot_interval_ms`` on the event loop."""
+
+    task_kind = "snapshot"
+
+    def __init__(
+        self,
+        source: SourceConfig,
+        config: IngestConfig,
+        notify: Callable[[], None],
+        executor: Executor,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(source, config, notify, rng)
+        self._executor = executor
+        self._previous_error: str | None = None
+
+    @property
+    def stop_timeout_s(self) -> float:
+        return 5.0
+
+    async def _fetch(self, session: aiohttp.ClientSession) -> bytes:
+        try:
+            async with session.get(self.source.target_url) as response:
+                if response.status >= 400:
+                    raise SnapshotError(f"HTTP {response.status} {response.reason or ''}".strip())
+                body = await response.content.read(MAX_SNAPSHOT_BYTES + 1)
+        except TimeoutError as exc:
+            raise SnapshotError(
+                f"timed out after {self.config.snapshot_timeout_s:g} s fetching the snapshot"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise SnapshotError(mask_text(f"{type(exc).__name__}: {exc}")) from exc
+        if len(body) > MAX_SNAPSHOT_BYTES:
+            raise SnapshotError(f"the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes")
+        if not body:
+            raise SnapshotError("the snapshot is empty")
+        return body
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = aiohttp.ClientTimeout(total=self.config.snapshot_timeout_s)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                while True:
+                    started = loop.time()
+                    wait = await self._poll_once(session)
+                    if wait is None:
+                        return
+                    await asyncio.sleep(max(0.0, started + wait - loop.time()))
+        finally:
+            self.tracker.stopped()
+
+    async def _poll_once(self, session: aiohttp.ClientSession) -> float | None:
+        """Fetch, decode and publish one snapshot; the wait before the next, None to give up."""
+        interval = self.source.snapshot_interval_s
+        if self._previous_error is not None:
+            self.tracker.reconnecting()
+        self.tracker.packet()
+        try:
+            body = await self._fetch(session)
+            frame, codec = await asyncio.get_running_loop().run_in_executor(
+                self._executor, decode_image, body
+            )
+        except SnapshotError as exc:
+            error = mask_text(str(exc))
+            delay = self._retry_delay(error)
+            if delay is None:
+                return None
+            log = logger.debug if error == self._previous_error else logger.warning
+            log("%s: snapshot failed: %s", self.label, error)
+            self._previous_error = error
+            return max(interval, delay)
+        self._backoff.reset()
+        self._previous_error = None
+        self.tracker.decoder_info(codec, codec, False)
+        self.slot.publish(frame, None)
+        if self.tracker.frame(frame.width, frame.height):
+            logger.info(
+                "%s: online, %dx%d snapshots every %g s",
+                self.label,
+                frame.width,
+                frame.height,
+                interval,
+            )
+        return interval
