@@ -90,6 +90,21 @@ class WorkerConfig(BaseModel):
         ge=0,
         description="inference runs at once; 0 = the thread budget's (inference/budget.py)",
     )
+    max_batch: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description=(
+            "Most frames (of any streams, either door) one run of a model with a dynamic "
+            "batch axis takes; 0 = the provider's default (engine/inference/batching.py)"
+        ),
+    )
+    batch_max_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="How long a run may wait for a fuller batch; 0 = run as soon as a slot frees",
+    )
     ort_allow_spinning: bool = Field(
         default=False,
         description=(

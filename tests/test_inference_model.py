@@ -283,10 +283,18 @@ def test_dynamic_input_uses_metadata_imgsz_then_640(tmp_path: Path, cpu: Provide
     assert OnnxModel(path, cpu).info.input_size == (640, 640)
 
 
-def test_fixed_batch_is_refused(tmp_path: Path, cpu: ProviderChoice) -> None:
+def test_a_fixed_batch_loads_and_single_images_are_padded(
+    tmp_path: Path, cpu: ProviderChoice
+) -> None:
     path = constant_model(tmp_path / "b2.onnx", v8_rows([], 2), input_shape=(2, 3, 64, 64))
-    with pytest.raises(ModelError, match="batch=1"):
-        OnnxModel(path, cpu)
+    model = OnnxModel(path, cpu)  # the warm-up ran one image, padded to two
+    assert model.info.batch == 2 and model.info.can_batch
+    assert len(model.detect(np.zeros((48, 64, 3), np.uint8))) == 0
+    with pytest.raises(ModelError, match="fixed batch of 2; got 3"):
+        model.run(np.zeros((3, 3, 64, 64), np.float32))
+    dynamic = constant_model(tmp_path / "dyn.onnx", v8_rows([], 2), input_shape=("n", 3, 64, 64))
+    assert OnnxModel(dynamic, cpu).info.batch is None
+    assert OnnxModel(constant_model(tmp_path / "b1.onnx", v8_rows([], 2)), cpu).info.batch == 1
 
 
 def test_unsupported_outputs_are_refused_at_load(tmp_path: Path, cpu: ProviderChoice) -> None:

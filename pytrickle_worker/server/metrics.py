@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from pytrickle_worker import __version__
 from pytrickle_worker.core.logutil import mask_url
+from pytrickle_worker.engine.inference.batching import BatchObserver
 from pytrickle_worker.engine.inference.model import ModelInfo
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
@@ -52,7 +53,9 @@ logger = logging.getLogger(__name__)
 PREFIX = "ptw"
 #: session.run durations: from a GPU's ~1 ms to a slow CPU's seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 16, 32, 64)
+#: Waits for a model run: none at low load, up to a run or two under overload.
+QUEUE_WAIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: Hash characters in the ``sha256`` label: enough to tell two files of one name apart.
 SHA_LABEL_CHARS = 12
 
@@ -64,7 +67,7 @@ def model_labels(info: ModelInfo) -> tuple[str, str]:
     return info.path.name, info.sha256[:SHA_LABEL_CHARS]
 
 
-class InferenceMetrics:
+class InferenceMetrics(BatchObserver):
     """The histograms every model's ``session.run`` feeds (an ``InferenceObserver``).
 
     Called from the inference threads; prometheus_client metrics are thread-safe.
@@ -85,11 +88,25 @@ class InferenceMetrics:
             registry=registry,
             buckets=BATCH_BUCKETS,
         )
+        self.queue_wait = Histogram(
+            f"{PREFIX}_inference_queue_wait_seconds",
+            "Wait of one image for its model run (gathering into a batch, a free run slot)",
+            ("model",),
+            registry=registry,
+            buckets=QUEUE_WAIT_BUCKETS,
+        )
 
     def observe_inference(self, model: ModelInfo, seconds: float, batch_size: int) -> None:
         labels = model_labels(model)
         self.latency.labels(*labels).observe(seconds)
         self.batch_size.labels(*labels).observe(batch_size)
+
+    def observe_batch(self, model: str, size: int, queue_wait_s: list[float]) -> None:
+        """A batch of the cross-stream batcher (a ``BatchObserver``): each request's wait
+        from its submission to the start of its run."""
+        histogram = self.queue_wait.labels(model)
+        for wait in queue_wait_s:
+            histogram.observe(wait)
 
 
 def _gauge(name: str, doc: str, labels: Iterable[str] = ()) -> GaugeMetricFamily:
@@ -306,7 +323,11 @@ class WorkerCollector(Collector):
         pending.add_metric([], stats["inference_pending"])
         loads = _gauge("model_loads_pending", "Model loads and unloads queued or running")
         loads.add_metric([], stats["loads_pending"])
-        return [workers, threads, pending, loads]
+        max_batch = _gauge(
+            "inference_max_batch", "Most images one run of a dynamic-batch model takes"
+        )
+        max_batch.add_metric([], stats["max_batch"])
+        return [workers, threads, pending, loads, max_batch]
 
     def _actions(self) -> list[Metric]:
         assert self.service is not None
@@ -433,6 +454,7 @@ class WorkerMetrics:
             GCCollector(registry=self.registry)
         if service is not None:
             service.registry.set_observer(self.inference)
+            service.scheduler.batching.observer = self.inference
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -28,6 +28,11 @@ import onnxruntime as ort
 from av.video.reformatter import VideoReformatter
 
 from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.engine.inference.batching import (
+    BatchCoordinator,
+    ModelBatcher,
+    model_max_batch,
+)
 from pytrickle_worker.engine.inference.imageops import (
     LetterboxBuffer,
     LetterboxInfo,
@@ -164,7 +169,8 @@ class ModelInfo:
     """What was loaded. ``provider`` is the execution provider the session really uses.
 
     ``names`` has one entry per class index (``"0"``, ``"1"``, ... where metadata has none).
-    ``nc`` is 0 for an end-to-end model without names (class count unknown).
+    ``nc`` is 0 for an end-to-end model without names (class count unknown). ``batch`` is
+    the input's fixed batch size, or None for a dynamic batch axis.
     """
 
     path: Path
@@ -180,6 +186,12 @@ class ModelInfo:
     output_name: str = "output0"
     input_dtype: str = "float32"
     end2end: bool = False
+    batch: int | None = 1
+
+    @property
+    def can_batch(self) -> bool:
+        """Whether one run can take several images (a dynamic or fixed batch above 1)."""
+        return self.batch is None or self.batch > 1
 
 
 def _names_tuple(names: dict[int, str] | None, count: int) -> tuple[str, ...]:
@@ -274,6 +286,7 @@ class OnnxModel:
         self._local = _ThreadState()
         self._warned_names: set[str] = set()
         self._warned_class_ids = False
+        self._batcher: ModelBatcher | None = None
         #: Set by the registry once the model is loaded (so the warm-up is not observed).
         self.observer: InferenceObserver | None = None
         try:
@@ -358,11 +371,7 @@ class OnnxModel:
         if in_type not in ("tensor(float)", "tensor(float16)"):
             raise ModelError(f"'{source}' input {inp.name!r} is {in_type}; expected float32/16")
         batch_dim, channel_dim = in_shape[0], in_shape[1]
-        if isinstance(batch_dim, int) and batch_dim != 1:
-            raise ModelError(
-                f"'{source}' has a fixed batch of {batch_dim}; export it with batch=1 "
-                "(or dynamic=True)"
-            )
+        fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
         if isinstance(channel_dim, int) and channel_dim != 3:
             raise ModelError(f"'{source}' takes {channel_dim} channels; expected 3 (RGB)")
 
@@ -392,7 +401,7 @@ class OnnxModel:
             if all(isinstance(d, int) for s in shapes for d in s):
                 raise ModelError(f"'{source}': {exc}") from exc
             # Dynamic output dims the metadata could not settle: look at a real output.
-            concrete = self._probe_shapes(str(inp.name), in_type, input_size)
+            concrete = self._probe_shapes(str(inp.name), in_type, input_size, fixed_batch or 1)
             try:
                 contract, nc = infer_contract(concrete, nc_meta, meta.task, **kwargs)
             except ModelError as exc2:
@@ -426,13 +435,14 @@ class OnnxModel:
             output_name=str(outputs[0].name),
             input_dtype="float16" if in_type == "tensor(float16)" else "float32",
             end2end=contract is OutputContract.END2END_DETECT,
+            batch=fixed_batch,
         )
 
     def _probe_shapes(
-        self, input_name: str, in_type: str, input_size: tuple[int, int]
+        self, input_name: str, in_type: str, input_size: tuple[int, int], batch: int
     ) -> list[list[int | str | None]]:
         dtype = np.float16 if in_type == "tensor(float16)" else np.float32
-        probe = np.zeros((1, 3, *input_size), dtype=dtype)
+        probe = np.zeros((batch, 3, *input_size), dtype=dtype)
         try:
             results = self._session.run(None, {input_name: probe})
         except Exception as exc:
@@ -494,24 +504,68 @@ class OnnxModel:
 
     # -- inference ----------------------------------------------------------------------
 
-    def run(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
-        """``session.run`` on an ``(N, 3, h, w)`` input; returns the first output, ``(N, ...)``.
+    def enable_batching(self, coordinator: BatchCoordinator, max_batch: int) -> None:
+        """Run this model through ``coordinator``'s run slots, batching its single-image
+        runs with other threads' (cross-stream batching,
+        :mod:`~pytrickle_worker.engine.inference.batching`). Idempotent."""
+        with self._lock:
+            if self._batcher is not None:
+                return
+            info = self._info
+            # A model that cannot batch gets a batcher of one all the same: its runs take
+            # the coordinator's run slots like every other model's.
+            size = model_max_batch(info.batch, max_batch, self.path.name)
+            self._batcher = coordinator.batcher(
+                self.path.name,
+                self._session_run,
+                max_batch=size,
+                fixed_batch=info.batch,
+                input_shape=(3, *info.input_size),
+                dtype=np.float16 if info.input_dtype == "float16" else np.float32,
+            )
 
-        ``N > 1`` needs a model exported with a dynamic batch (the models loaded today take
-        1: a fixed batch other than 1 is refused at load).
+    @property
+    def max_batch(self) -> int:
+        """The most images one run takes here (1 until batching is enabled)."""
+        batcher = self._batcher
+        return 1 if batcher is None else batcher.max_batch
+
+    def run(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        """The first output, ``(N, ...)``, for an ``(N, 3, h, w)`` input.
+
+        With batching enabled a single image (``N == 1``) joins other threads' images in
+        one ``session.run``; the result is the same. ``N`` above a fixed batch size is an
+        error; below it, the input is padded.
         """
+        batcher = self._batcher
+        if batcher is not None and batch.shape[0] == 1:
+            return batcher.run(batch)
+        return self._session_run(batch)
+
+    def _session_run(self, batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
         session = self._session
         if session is None:
             raise ModelError(f"model '{self.path.name}' is closed")
         info = self._info
+        count = int(batch.shape[0])
+        fixed = info.batch
+        if fixed is not None and count != fixed:
+            if count > fixed:
+                raise ModelError(
+                    f"'{self.path.name}' takes a fixed batch of {fixed}; got {count} images"
+                )
+            padded = np.zeros((fixed, *batch.shape[1:]), dtype=batch.dtype)
+            padded[:count] = batch
+            batch = padded
         observer = self.observer
         if observer is None:
             result = session.run([info.output_name], {info.input_name: batch})
         else:
             started = time.perf_counter()
             result = session.run([info.output_name], {info.input_name: batch})
-            observer.observe_inference(info, time.perf_counter() - started, int(batch.shape[0]))
-        return np.asarray(result[0], dtype=np.float32)
+            observer.observe_inference(info, time.perf_counter() - started, count)
+        output = np.asarray(result[0], dtype=np.float32)
+        return output[:count] if fixed is not None and count != fixed else output
 
     def _letterbox_buffer(self) -> LetterboxBuffer:
         state = self._local

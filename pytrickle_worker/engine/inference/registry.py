@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TypedDict
 
 from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.engine.inference.batching import BatchCoordinator
 from pytrickle_worker.engine.inference.model import InferenceObserver, OnnxModel, file_sha256
 from pytrickle_worker.engine.inference.providers import ProviderChoice
 
@@ -59,10 +60,16 @@ class ModelRegistry:
         *,
         warmup: bool = True,
         observer: InferenceObserver | None = None,
+        batching: BatchCoordinator | None = None,
+        max_batch: int = 1,
     ) -> None:
+        """``batching``/``max_batch``: the scheduler's run slots, and the batch size to use
+        for models with a dynamic batch axis (every loaded model is batched through them)."""
         self.providers = providers
         self._warmup = warmup
         self._observer = observer
+        self._batching = batching
+        self.max_batch = max_batch
         self._lock = threading.Lock()
         self._key_locks: dict[_Key, threading.Lock] = {}
         self._entries: dict[_Key, _Entry] = {}
@@ -101,6 +108,8 @@ class ModelRegistry:
                     return entry.model
             # Load outside the registry lock: other models load in parallel.
             model = OnnxModel(model_path, self.providers, sha256=sha256, warmup=self._warmup)
+            if self._batching is not None:
+                model.enable_batching(self._batching, self.max_batch)
             with self._lock:
                 model.observer = self._observer  # after the warm-up: only real runs count
                 entry = _Entry(key, model, 1, time.time())

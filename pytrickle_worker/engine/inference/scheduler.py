@@ -9,7 +9,14 @@ loads a model never makes the running streams' frames wait. The loading threads 
 lower priority (niceness +``LOAD_NICENESS``), so where the cores are short a load also
 gives way to the inference threads on the CPU.
 
-Threads: ``inference_0`` … (``budget.inference_workers`` of them) and ``inference_load_0`` …
+Cross-stream batching: each job (one frame's pipeline) runs on a *pipeline thread*; the
+model runs inside it go through :attr:`InferenceScheduler.batching`, whose run slots (one
+per budgeted inference worker) turn the concurrent runs of one model into one batched
+``session.run`` (:mod:`~pytrickle_worker.engine.inference.batching`). With ``max_batch`` 1
+there is one pipeline thread per slot and every run is a batch of one.
+
+Threads: ``inference_0`` … (``budget.inference_workers × max_batch`` pipeline threads, of
+which at most ``budget.inference_workers`` run a model at once) and ``inference_load_0`` …
 (``load_workers``). Jobs queue first-in first-out; at most ``max_pending`` inference jobs are
 queued or running at once, further callers wait (each stream has one frame in flight, so
 this bound is only reached with more streams than it).
@@ -29,6 +36,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Final, ParamSpec, TypedDict, TypeVar
 
+from pytrickle_worker.engine.inference.batching import BatchCoordinator
 from pytrickle_worker.engine.inference.budget import ThreadBudget
 
 __all__ = ["DEFAULT_LOAD_WORKERS", "LOAD_NICENESS", "InferenceScheduler", "SchedulerStats"]
@@ -62,6 +70,9 @@ class SchedulerStats(TypedDict):
 
     inference_workers: int
     intra_op_threads: int
+    pipeline_threads: int
+    max_batch: int
+    batching: dict[str, object]
     load_workers: int
     running: bool
     inference_pending: int
@@ -80,13 +91,25 @@ class InferenceScheduler:
         load_workers: int = DEFAULT_LOAD_WORKERS,
         max_pending: int | None = None,
         load_niceness: int = LOAD_NICENESS,
+        max_batch: int = 1,
+        max_wait_s: float = 0.0,
     ) -> None:
+        """``max_batch``: the batch size for models with a dynamic batch axis (1: no
+        batching); ``max_wait_s``: how long a run may wait for a fuller batch."""
         if load_workers < 1:
             raise ValueError(f"load_workers must be >= 1, got {load_workers}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.budget = budget
+        self.max_batch = max_batch
+        self.batching = BatchCoordinator(budget.inference_workers, max_wait_s=max_wait_s)
+        #: A frame's whole pipeline runs on one of these; a batch needs one per image.
+        self.pipeline_threads = budget.inference_workers * max_batch
         self.load_workers = load_workers
         self.load_niceness = load_niceness
-        self.max_pending = max_pending or budget.inference_workers * _PENDING_PER_WORKER
+        self.max_pending = max_pending or max(
+            budget.inference_workers * _PENDING_PER_WORKER, self.pipeline_threads
+        )
         if self.max_pending < 1:
             raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self._inference: ThreadPoolExecutor | None = None
@@ -110,7 +133,7 @@ class InferenceScheduler:
             return
         budget = self.budget
         self._inference = ThreadPoolExecutor(
-            max_workers=budget.inference_workers, thread_name_prefix="inference"
+            max_workers=self.pipeline_threads, thread_name_prefix="inference"
         )
         self._loads = ThreadPoolExecutor(
             max_workers=self.load_workers,
@@ -120,8 +143,12 @@ class InferenceScheduler:
         )
         self._slots = None  # bound to the loop of the first run
         logger.info(
-            "inference scheduler: %s; %d model-loading thread(s)",
+            "inference scheduler: %s; batches of up to %d (max wait %.0f ms) on %d pipeline "
+            "thread(s); %d model-loading thread(s)",
             budget.describe(),
+            self.max_batch,
+            self.batching.max_wait_s * 1000,
+            self.pipeline_threads,
             self.load_workers,
         )
         if budget.oversubscribed:
@@ -191,6 +218,9 @@ class InferenceScheduler:
             return {
                 "inference_workers": self.budget.inference_workers,
                 "intra_op_threads": self.budget.intra_op_threads,
+                "pipeline_threads": self.pipeline_threads,
+                "max_batch": self.max_batch,
+                "batching": self.batching.stats(),
                 "load_workers": self.load_workers,
                 "running": self.running,
                 "inference_pending": self._inference_pending,

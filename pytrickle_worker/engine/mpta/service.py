@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from pytrickle_worker.core.logutil import mask_url
+from pytrickle_worker.engine.inference.batching import default_max_batch
 from pytrickle_worker.engine.inference.budget import ThreadBudget, host_cores, thread_budget
 from pytrickle_worker.engine.inference.providers import ProviderChoice, select_providers
 from pytrickle_worker.engine.inference.registry import ModelRegistry
@@ -59,6 +60,10 @@ class EngineConfig(Protocol):
     def inference_workers(self) -> int: ...
     @property
     def ort_allow_spinning(self) -> bool: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def batch_max_wait_ms(self) -> float: ...
     @property
     def max_archive_bytes(self) -> int: ...
     @property
@@ -142,7 +147,13 @@ class PipelineService:
             connect_timeout_s=config.download_connect_timeout_s,
             read_timeout_s=config.download_read_timeout_s,
         )
-        self.registry = ModelRegistry(self.providers)
+        max_batch = config.max_batch or default_max_batch(self.providers.uses_gpu)
+        self.scheduler = InferenceScheduler(
+            self.budget, max_batch=max_batch, max_wait_s=config.batch_max_wait_ms / 1000
+        )
+        self.registry = ModelRegistry(
+            self.providers, batching=self.scheduler.batching, max_batch=max_batch
+        )
         self.runner = PipelineRunner(
             EngineSettings(
                 iou_threshold=config.nms_iou,
@@ -155,7 +166,6 @@ class PipelineService:
             retry_interval_s=config.action_retry_interval_s,
             redis_url_override=config.redis_url,
         )
-        self.scheduler = InferenceScheduler(self.budget)
 
     async def start(self) -> None:
         """Start the inference scheduler (idempotent)."""

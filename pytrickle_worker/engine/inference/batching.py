@@ -1,0 +1,292 @@
+"""Cross-stream batching: concurrent runs of one model become one ``session.run``.
+
+Each frame's pipeline runs on its own scheduler thread. When it reaches a model it calls
+:meth:`ModelBatcher.run` with its ``(1, 3, h, w)`` tensor and blocks. A caller that finds a
+*run slot* free leads: it takes the oldest pending requests of that model (up to
+``max_batch``), copies them into the model's preallocated batch tensor, runs them as one
+batch, hands every caller its own ``(1, ...)`` slice of the output, and frees the slot. A
+caller that arrives while every slot is busy waits; the next free slot takes all that have
+gathered at once. This is continuous batching: an idle model runs a request at once, and
+batches grow only while the model is busy, so batching adds no latency at low load.
+``max_wait_s`` (Triton's ``max_queue_delay``) lets a leader wait that long for a fuller batch.
+
+Run slots: at most ``slots`` ``session.run`` calls at once over every model (the thread
+budget's inference workers, each run with its intra-op threads).
+
+Fairness: requests are taken oldest first. Every stream has one frame in flight (its
+pipeline awaits the result before it takes its next frame, the newest its source has), so
+under overload the streams take turns: round-robin, newest frame first, never a backlog.
+
+``max_batch`` follows the model (:func:`model_max_batch`): a dynamic batch axis takes the
+configured maximum, a fixed batch of N takes N (a short batch is padded), a fixed batch of 1
+is not batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "CPU_MAX_BATCH",
+    "GPU_MAX_BATCH",
+    "BatchCoordinator",
+    "BatchObserver",
+    "ModelBatcher",
+    "default_max_batch",
+    "model_max_batch",
+]
+
+logger = logging.getLogger(__name__)
+
+Tensor = npt.NDArray[np.floating]
+FloatType = type[np.float16] | type[np.float32]
+Output = npt.NDArray[np.float32]
+
+#: The longest a leader may hold a slot waiting for a fuller batch.
+MAX_WAIT_LIMIT_S: Final = 1.0
+#: Default batch sizes (PTW_MAX_BATCH=0). CPU: 1, measured on 2 cores with the YOLOv8n-sized
+#: model (bench/RESULTS.md, "Batching on the CPU"): with one single-thread run per core (the
+#: thread budget's layout, itself the fastest) a batch of 2/4/8 gave 0.97/0.93/0.88× the
+#: frames per second of batch 1 at 640 and 0.98/0.97/0.94× at 320, and a batch's result
+#: waits for the whole batch. A GPU wants large batches to fill its cores.
+CPU_MAX_BATCH: Final = 1
+GPU_MAX_BATCH: Final = 16
+
+
+def default_max_batch(uses_gpu: bool) -> int:
+    """The batch size for models with a dynamic batch axis when none is configured."""
+    return GPU_MAX_BATCH if uses_gpu else CPU_MAX_BATCH
+
+
+def model_max_batch(fixed_batch: int | None, configured: int, name: str) -> int:
+    """The largest batch for a model whose input's batch axis is ``fixed_batch`` (None:
+    dynamic). Logs once why a model is not batched."""
+    if configured < 1:
+        raise ValueError(f"max_batch must be >= 1, got {configured}")
+    if fixed_batch is None:
+        return configured
+    if fixed_batch == 1 and configured > 1:
+        logger.info(
+            "%s: fixed batch of 1 in the model's input: its runs are not batched "
+            "(export with a dynamic batch axis to batch it)",
+            name,
+        )
+    return fixed_batch
+
+
+class BatchObserver:
+    """Told about every batch (metrics); called on inference threads, must be cheap."""
+
+    def observe_batch(self, model: str, size: int, queue_wait_s: list[float]) -> None:
+        """``size`` requests ran as one batch; ``queue_wait_s`` per request (submit → run)."""
+
+
+@dataclass(eq=False, slots=True)
+class _Request:
+    tensor: Tensor
+    submitted: float
+    output: Output | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+@dataclass
+class _CoordinatorStats:
+    batches: int = 0
+    requests: int = 0
+    largest: int = 0
+    sizes: dict[int, int] = field(default_factory=dict[int, int])
+
+
+class BatchCoordinator:
+    """The run slots every :class:`ModelBatcher` shares, and their one lock.
+
+    One lock for all models: a slot freed by one model's batch may be taken by another's
+    waiting request, so they must be woken together. The critical sections are a few list
+    operations per batch; the runs happen outside the lock.
+    """
+
+    def __init__(self, slots: int, *, max_wait_s: float = 0.0) -> None:
+        if slots < 1:
+            raise ValueError(f"slots must be >= 1, got {slots}")
+        if not 0.0 <= max_wait_s <= MAX_WAIT_LIMIT_S:
+            raise ValueError(f"max_wait_s must be within 0..{MAX_WAIT_LIMIT_S}, got {max_wait_s}")
+        self.slots = slots
+        self.max_wait_s = max_wait_s
+        self.observer: BatchObserver | None = None
+        #: Guards ``free_slots`` and every batcher's pending requests.
+        self.cond = threading.Condition()
+        #: Run slots not in use (read and written under ``cond``).
+        self.free_slots = slots
+        self._stats = _CoordinatorStats()
+
+    def batcher(
+        self,
+        name: str,
+        run: Callable[[Tensor], Output],
+        *,
+        max_batch: int,
+        fixed_batch: int | None,
+        input_shape: tuple[int, int, int],
+        dtype: FloatType,
+    ) -> ModelBatcher:
+        """A batcher for one model whose batched ``session.run`` is ``run``."""
+        return ModelBatcher(
+            self,
+            name,
+            run,
+            max_batch=max_batch,
+            fixed_batch=fixed_batch,
+            input_shape=input_shape,
+            dtype=dtype,
+        )
+
+    def stats(self) -> dict[str, object]:
+        with self.cond:
+            s = self._stats
+            return {
+                "slots": self.slots,
+                "slots_busy": self.slots - self.free_slots,
+                "batches": s.batches,
+                "requests": s.requests,
+                "largest_batch": s.largest,
+                "batch_sizes": dict(sorted(s.sizes.items())),
+            }
+
+    def record(self, size: int) -> None:
+        """Count a batch of ``size`` (under ``cond``)."""
+        s = self._stats
+        s.batches += 1
+        s.requests += size
+        s.largest = max(s.largest, size)
+        s.sizes[size] = s.sizes.get(size, 0) + 1
+
+
+class ModelBatcher:
+    """Gathers one model's concurrent requests into batches (see the module doc)."""
+
+    def __init__(
+        self,
+        coordinator: BatchCoordinator,
+        name: str,
+        run: Callable[[Tensor], Output],
+        *,
+        max_batch: int,
+        fixed_batch: int | None,
+        input_shape: tuple[int, int, int],
+        dtype: FloatType,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if fixed_batch is not None and fixed_batch != max_batch:
+            raise ValueError(f"a fixed batch of {fixed_batch} needs max_batch {fixed_batch}")
+        self.name = name
+        self.max_batch = max_batch
+        self.fixed_batch = fixed_batch
+        self._coordinator = coordinator
+        self._run = run
+        self._pending: deque[_Request] = deque()
+        # One batch tensor per concurrent run (a slot), reused: requests are copied in.
+        self._shape = (max_batch, *input_shape)
+        self._dtype = dtype
+        self.free_slots_buffers: list[Tensor] = []
+
+    def run(self, tensor: Tensor) -> Output:
+        """The model's output for a ``(1, 3, h, w)`` input, run in a batch with whatever
+        other requests are pending. Blocks; call it from a scheduler thread."""
+        if tensor.shape[0] != 1 or tensor.shape[1:] != self._shape[1:]:
+            raise ValueError(
+                f"{self.name}: a batched request is one {(1, *self._shape[1:])} tensor, "
+                f"got {tensor.shape}"
+            )
+        request = _Request(tensor, time.perf_counter())
+        cond = self._coordinator.cond
+        with cond:
+            self._pending.append(request)
+            if self._coordinator.max_wait_s > 0:
+                cond.notify_all()  # a leader may be waiting for a fuller batch
+            while not request.done:
+                if self._pending and self._coordinator.free_slots > 0:
+                    self._lead()
+                else:
+                    cond.wait()
+        if request.error is not None:
+            raise request.error
+        assert request.output is not None  # done without an error: the leader set it
+        return request.output
+
+    def _lead(self) -> None:
+        """Take a slot and run one batch of the oldest requests. Called with the lock held;
+        returns with it held."""
+        coordinator = self._coordinator
+        cond = coordinator.cond
+        coordinator.free_slots -= 1
+        try:
+            if coordinator.max_wait_s > 0 and len(self._pending) < self.max_batch:
+                deadline = time.monotonic() + coordinator.max_wait_s
+                while len(self._pending) < self.max_batch:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not cond.wait(left):
+                        break
+            batch = [
+                self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))
+            ]
+            if not batch:  # others took them while this one waited for more
+                return
+            coordinator.record(len(batch))
+            buffer = self.free_slots_buffers.pop() if self.free_slots_buffers else None
+            cond.release()
+            try:
+                started = time.perf_counter()
+                try:
+                    outputs, buffer = self._run_batch(batch, buffer)
+                except BaseException as exc:  # every caller of the batch gets the error
+                    for request in batch:
+                        request.error = exc
+                else:
+                    for request, output in zip(batch, outputs, strict=True):
+                        request.output = output
+                observer = coordinator.observer
+                if observer is not None:
+                    waits = [started - request.submitted for request in batch]
+                    observer.observe_batch(self.name, len(batch), waits)
+            finally:
+                cond.acquire()
+            if buffer is not None:
+                self.free_slots_buffers.append(buffer)
+            for request in batch:
+                request.done = True
+                request.tensor = _EMPTY  # the caller's buffer is free to reuse
+        finally:
+            coordinator.free_slots += 1
+            cond.notify_all()
+
+    def _run_batch(
+        self, batch: list[_Request], buffer: Tensor | None
+    ) -> tuple[list[Output], Tensor | None]:
+        count = len(batch)
+        if count == 1 and (self.fixed_batch is None or self.fixed_batch == 1):
+            return [self._run(batch[0].tensor)], buffer
+        if buffer is None:
+            buffer = np.zeros(self._shape, dtype=self._dtype)
+        for index, request in enumerate(batch):
+            buffer[index] = request.tensor[0]
+        # A fixed batch runs whole (the rows past ``count`` are padding: last run's data or
+        # zeros, whose outputs are dropped); a dynamic one runs only the rows it has.
+        size = self._shape[0] if self.fixed_batch is not None else count
+        output = self._run(buffer[:size])
+        if output.shape[0] != size:
+            raise ValueError(f"{self.name}: a batch of {size} gave an output of {output.shape}")
+        return [output[index : index + 1] for index in range(count)], buffer
+
+
+_EMPTY: Final[Tensor] = np.zeros((0,), np.float32)
