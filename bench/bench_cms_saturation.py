@@ -201,7 +201,7 @@ async def main() -> None:
         tmp = Path(tmp_dir)
         clip, model = tmp / "clip.mp4", tmp / "detector.onnx"
         encode_clip(clip, width, height, seconds=20)
-        build_yolov8n_like(model, imgsz=args.imgsz)
+        build_yolov8n_like(model, imgsz=args.imgsz, batch=None)
         pipeline = {
             "pipeline": {
                 "modelId": "bench-detector",

@@ -177,12 +177,12 @@ def main() -> int:
     rows: list[tuple[str, Samples]] = []
     with tempfile.TemporaryDirectory() as tmp:
         models = Path(tmp)
-        detector = build_colour_detector(models / "detector.onnx", "v8", (640, 640))
-        classifier = build_colour_classifier(models / "classifier.onnx")
+        detector = build_colour_detector(models / "detector.onnx", "v8", (640, 640), batch=None)
+        classifier = build_colour_classifier(models / "classifier.onnx", batch=None)
         rows.append(bench_detector("demo colour detector 640", detector, frames, providers, fps))
         rows.append(bench_classifier(classifier, crops, providers))
         if not args.skip_yolo:
-            stats = build_yolov8n_like(models / "yolov8n_like.onnx", 640)
+            stats = build_yolov8n_like(models / "yolov8n_like.onnx", 640, batch=None)
             print(
                 f"yolov8n-like: {stats.params / 1e6:.2f} M params, {stats.gflops:.2f} GFLOPs at 640"
             )

@@ -76,7 +76,7 @@ def main() -> int:
     frames = [render_scene(1920, 1080, moving_objects(i, 1920, 1080, 5.0)) for i in range(8)]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "yolov8n_like.onnx"
-        stats = build_yolov8n_like(path, 640)
+        stats = build_yolov8n_like(path, 640, batch=None)
         models: dict[tuple[int, ...], OnnxModel] = {}
         for layout in layouts:
             providers = select_providers("cpu", intra_op_threads=layout[1], allow_spinning=False)

@@ -298,8 +298,9 @@ def build_demo_assets(out_dir: Path, *, force: bool = False) -> DemoAssets:
     tmp_models = out_dir / f".models.{os.getpid()}.tmp"
     tmp_models.mkdir(exist_ok=True)
     try:
-        detector = build_colour_detector(tmp_models / DETECTOR_FILE, "v8", (640, 640))
-        classifier = build_colour_classifier(tmp_models / CLASSIFIER_FILE, 64)
+        # A dynamic batch, so the worker may batch frames of several streams.
+        detector = build_colour_detector(tmp_models / DETECTOR_FILE, "v8", (640, 640), batch=None)
+        classifier = build_colour_classifier(tmp_models / CLASSIFIER_FILE, 64, batch=None)
         build_mpta(
             assets.mpta_path,
             demo_pipeline_json(),

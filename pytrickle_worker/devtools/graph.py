@@ -120,7 +120,8 @@ class Graph:
         return model
 
 
-def float_info(name: str, shape: Sequence[int]) -> ValueInfoProto:
+def float_info(name: str, shape: Sequence[int | str]) -> ValueInfoProto:
+    """A float32 tensor's value info; a ``str`` dim is symbolic (e.g. ``"batch"``)."""
     from onnx import TensorProto, helper  # noqa: PLC0415
 
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape))

@@ -9,19 +9,25 @@ generate demo and test assets, never to serve. Every builder is deterministic
 * :func:`build_colour_detector` -- a detector that really responds to image
   content: it finds objects drawn in the class colours of
   :mod:`pytrickle_worker.devtools.synthetic`, with pixel-exact boxes, in the v8
-  (``[1, 4+nc, N]``), v5 (``[1, N, 5+nc]``) or end-to-end (``[1, 300, 6]``)
+  (``[B, 4+nc, A]``), v5 (``[B, A, 5+nc]``) or end-to-end (``[B, 300, 6]``)
   output layout.
-* :func:`build_colour_classifier` -- a badge-colour classifier (``[1, nc]``
+* :func:`build_colour_classifier` -- a badge-colour classifier (``[B, nc]``
   softmax probabilities).
 * :func:`build_yolov8n_like` -- the YOLOv8n graph (C2f, SPPF, FPN/PAN neck,
   DFL head) with seeded random weights, for throughput benchmarks.
 * :func:`build_model_with_output_shape` -- a model with an arbitrary output
   shape, for "unsupported contract" tests.
 
-Inputs are always ``images``: float32 ``[1, 3, H, W]``, RGB in [0, 1]
+Inputs are always ``images``: float32 ``[B, 3, H, W]``, RGB in [0, 1]
 (ultralytics preprocessing: letterbox with pad 114, /255, NCHW). The output is
-``output0``. ``metadata_props`` carry the keys ultralytics writes, with
-``str()`` reprs as values (``names="{0: 'person', 1: 'car', 2: 'truck'}"``).
+``output0``, ``[B, ...]``. ``B`` is the ``batch`` argument of the first three
+builders: 1 by default, a fixed ``N`` for ``batch=N``, or a symbolic dim named
+``"batch"`` for ``batch=None`` (a dynamic batch, as ultralytics' ``dynamic=True``
+export names it; :func:`build_model_with_output_shape` takes batch 1). Every
+image of a batch is computed independently and exactly as alone at batch 1, so
+the worker can run frames of several streams in one session.run.
+``metadata_props`` carry the keys ultralytics writes, with ``str()`` reprs as
+values (``names="{0: 'person', 1: 'car', 2: 'truck'}"``).
 """
 
 from __future__ import annotations
@@ -109,6 +115,24 @@ def _names_dict(names: Sequence[str]) -> dict[int, str]:
     return dict(enumerate(names))
 
 
+#: The symbolic first dim of inputs and outputs of models built with ``batch=None``.
+_BATCH_DIM = "batch"
+
+
+def _batch_dim(batch: int | None) -> int | str:
+    """The first dim of the input and output shapes: ``batch``, or ``"batch"`` for None."""
+    if batch is None:
+        return _BATCH_DIM
+    if batch < 1:
+        raise ValueError(f"batch must be a positive int or None (dynamic), got {batch!r}")
+    return batch
+
+
+def _batch_size(g: Graph) -> str:
+    """The graph value ``[B]`` (int64): the batch size of ``images`` at run time."""
+    return g.op("Shape", "images", start=0, end=1, hint="batch_size")
+
+
 def _ultralytics_metadata(
     *,
     description: str,
@@ -116,13 +140,23 @@ def _ultralytics_metadata(
     stride: int,
     imgsz: Sequence[int],
     names: Sequence[str] | None,
+    batch: int | None = 1,
     extra: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
     """metadata_props in ultralytics' exporter order, values as ``str(value)``."""
+    # ultralytics writes its export argument ``batch`` both at the top level and in
+    # ``args`` (``"batch": self.args.batch``). A fixed export traces that batch into the
+    # graph, so a fixed N writes N. A dynamic export (``dynamic=True``) keeps the batch
+    # argument (default 1: the dummy input it traces with) and sets ``args["dynamic"]``;
+    # the graph's batch axis is then the symbolic "batch". So batch=None writes
+    # ``batch=1, dynamic=True`` like ``model.export(format="onnx", dynamic=True)``.
+    # (That export also makes height and width dynamic; these models keep them fixed,
+    # so ``imgsz`` is still the one size to feed.)
+    export_batch = 1 if batch is None else batch
     args: dict[str, object] = {
-        "batch": 1,
+        "batch": export_batch,
         "half": False,
-        "dynamic": False,
+        "dynamic": batch is None,
         "simplify": True,
         "opset": OPSET,
         "nms": False,
@@ -136,7 +170,7 @@ def _ultralytics_metadata(
         "docs": _META_DOCS,
         "stride": stride,
         "task": task,
-        "batch": 1,
+        "batch": export_batch,
         "imgsz": list(imgsz),
         "names": _names_dict(names) if names is not None else None,
         "args": args,
@@ -174,6 +208,7 @@ def build_colour_detector(
     with_names: bool = True,
     *,
     colours: Mapping[str, RGB] | None = None,
+    batch: int | None = 1,
 ) -> Path:
     """Write a colour-matching detector to ``path`` and return ``path``.
 
@@ -188,7 +223,11 @@ def build_colour_detector(
     Limitation: ONE object per class per image -- two objects of the same
     class give a single box around both.
 
-    Outputs (``output0``):
+    ``batch`` is the first dim ``B`` of ``images`` and ``output0``: an int for a
+    fixed batch, None for a dynamic one (symbolic ``"batch"``). Each image of a
+    batch gets exactly the output it gets alone.
+
+    Outputs (``output0``, shown for one image; the first dim is ``B``):
 
     * ``v8``: ``[1, 4+nc, 2*nc]``; column ``c`` is class ``c``'s box
       (cx, cy, w, h in input pixels) with its score in row ``4+c`` (other class
@@ -211,13 +250,16 @@ def build_colour_detector(
     if contract == "e2e" and nc > E2E_MAX_DET:
         raise ValueError(f"e2e contract supports at most {E2E_MAX_DET} classes")
     protos = _prototypes(names, CLASS_COLOURS, colours)
+    batch_dim = _batch_dim(batch)
 
     g = Graph()
-    # Soft match per class: [1, nc, H, W], from the exact per-channel distance
+    # Shapes are written for batch B: every op below works per image (broadcasting over,
+    # or reducing inside, each image; no constant carries a batch dim it could mix up).
+    # Soft match per class: [B, nc, H, W], from the exact per-channel distance
     # sum_ch (x_ch - p_ch)^2 (a pixel of exactly the prototype colour gives 0).
     channels = g.op_n("Split", ["images", g.ints([1, 1, 1], "split")], 3, axis=1)
     dist2 = ""
-    for ch, channel in enumerate(channels):  # channel: [1, 1, H, W]
+    for ch, channel in enumerate(channels):  # channel: [B, 1, H, W]
         diff = g.op("Sub", channel, g.const(protos[:, ch].reshape(1, nc, 1, 1), "prototype"))
         sq = g.op("Mul", diff, diff)
         dist2 = sq if not dist2 else g.op("Add", dist2, sq)
@@ -234,16 +276,16 @@ def build_colour_detector(
 
     # Confidence: mean soft match over the mask; 0 below the minimum pixel count.
     hw_axes = g.ints([2, 3], "axes")
-    count = g.op("ReduceSum", maskf, hw_axes, keepdims=0, hint="count")  # [1, nc]
+    count = g.op("ReduceSum", maskf, hw_axes, keepdims=0, hint="count")  # [B, nc]
     total = g.op("ReduceSum", g.op("Mul", match, maskf), hw_axes, keepdims=0, hint="total")
     mean = g.op("Div", total, g.op("Max", count, one))
     min_pixels = g.const(np.float32(DETECTOR_MIN_PIXELS), "min_pixels")
     valid = g.op("Cast", g.op("GreaterOrEqual", count, min_pixels), to=1, hint="valid")
-    score = g.op("Mul", mean, valid, hint="score")  # [1, nc]
+    score = g.op("Mul", mean, valid, hint="score")  # [B, nc]
 
     # Pixel-exact extents of the mask.
     def extent(axis: int, size: int) -> tuple[str, str]:
-        any_on = g.op("ReduceMax", maskf, axes=[axis], keepdims=0)  # [1, nc, size]
+        any_on = g.op("ReduceMax", maskf, axes=[axis], keepdims=0)  # [B, nc, size]
         present = g.op("Greater", any_on, g.const(np.float32(0.5), "half"))
         coords = np.arange(size, dtype=np.float32)
         low = g.op(
@@ -264,12 +306,14 @@ def build_colour_detector(
     x1, x2 = extent(2, width)  # reduce rows -> per-column presence
     y1, y2 = extent(3, height)  # reduce columns -> per-row presence
 
+    out_shape: list[int | str]
     if contract == "e2e":
         output = _e2e_output(g, _Boxes(x1, y1, x2, y2, score, valid, nc))
-        out_shape = [1, E2E_MAX_DET, 6]
+        out_shape = [batch_dim, E2E_MAX_DET, 6]
     else:
         output = _candidates_output(g, contract, _Boxes(x1, y1, x2, y2, score, valid, nc))
-        out_shape = [1, 4 + nc, 2 * nc] if contract == "v8" else [1, 2 * nc, 5 + nc]
+        per_image = [4 + nc, 2 * nc] if contract == "v8" else [2 * nc, 5 + nc]
+        out_shape = [batch_dim, *per_image]
     g.rename(output, "output0")
 
     if contract == "v5":
@@ -283,11 +327,12 @@ def build_colour_detector(
             stride=32,
             imgsz=[height, width],
             names=names if with_names else None,
+            batch=batch,
             extra={"end2end": True} if contract == "e2e" else None,
         )
     model = g.model(
         f"colour_detector_{contract}",
-        [float_info("images", [1, 3, height, width])],
+        [float_info("images", [batch_dim, 3, height, width])],
         [float_info("output0", out_shape)],
         meta,
     )
@@ -296,13 +341,13 @@ def build_colour_detector(
 
 
 def _row(g: Graph, value: str) -> str:
-    """[1, nc] -> [1, 1, nc]."""
+    """[B, nc] -> [B, 1, nc]."""
     return g.op("Unsqueeze", value, g.ints([1], "axes"))
 
 
 @dataclass(frozen=True)
 class _Boxes:
-    """Graph values of the per-class boxes: each ``[1, nc]`` float."""
+    """Graph values of the per-class boxes: each ``[B, nc]`` float."""
 
     x1: str
     y1: str
@@ -327,35 +372,42 @@ def _candidates_output(g: Graph, contract: DetectorContract, boxes: _Boxes) -> s
     score_dup = g.op("Mul", score, g.const(np.float32(DETECTOR_DUPLICATE_SCORE), "dup_score"))
 
     def pair(primary: str, duplicate: str) -> str:
-        # [1, nc] + [1, nc] -> [1, 1, 2nc]
+        # [B, nc] + [B, nc] -> [B, 1, 2nc]
         return _row(g, g.op("Concat", primary, duplicate, axis=1))
 
-    rows = [pair(cx, cx_dup), pair(cy, cy_dup), pair(w, w), pair(h, h)]  # each [1, 1, 2nc]
+    rows = [pair(cx, cx_dup), pair(cy, cy_dup), pair(w, w), pair(h, h)]  # each [B, 1, 2nc]
     if contract == "v8":
         eye = g.const(np.eye(nc, dtype=np.float32), "eye")  # [nc, nc]
-        # Class rows: eye[r, c] * score[c] -> score of candidate c in row r.
-        cls_primary = g.op("Mul", eye, score)
-        cls_dup = g.op("Mul", eye, score_dup)
-        cls = g.op("Concat", cls_primary, cls_dup, axis=1)  # [nc, 2nc]
-        cls3 = g.op("Unsqueeze", cls, g.ints([0], "axes"))  # [1, nc, 2nc]
-        return g.op("Concat", *rows, cls3, axis=1)  # [1, 4+nc, 2nc]
+        # Class rows: eye[r, c] * score[b, c] -> score of candidate c in row r of image b.
+        cls_primary = g.op("Mul", eye, _row(g, score))  # [nc, nc] x [B, 1, nc] -> [B, nc, nc]
+        cls_dup = g.op("Mul", eye, _row(g, score_dup))
+        cls = g.op("Concat", cls_primary, cls_dup, axis=2)  # [B, nc, 2nc]
+        return g.op("Concat", *rows, cls, axis=1)  # [B, 4+nc, 2nc]
     objectness = pair(score, score_dup)
     onehot = g.const(np.concatenate([np.eye(nc), np.eye(nc)], axis=1)[None], "onehot")
-    stacked = g.op("Concat", *rows, objectness, onehot, axis=1)  # [1, 5+nc, 2nc]
-    return g.op("Transpose", stacked, perm=[0, 2, 1])  # [1, 2nc, 5+nc]
+    # The constant [1, nc, 2nc] class rows, repeated for each image (Concat does not broadcast).
+    onehot_shape = g.op("Concat", _batch_size(g), g.ints([nc, 2 * nc], "shape"), axis=0)
+    onehots = g.op("Expand", onehot, onehot_shape)  # [B, nc, 2nc]
+    stacked = g.op("Concat", *rows, objectness, onehots, axis=1)  # [B, 5+nc, 2nc]
+    return g.op("Transpose", stacked, perm=[0, 2, 1])  # [B, 2nc, 5+nc]
 
 
 def _e2e_output(g: Graph, boxes: _Boxes) -> str:
     score, nc = boxes.score, boxes.nc
     classes = g.op("Mul", g.const(np.arange(nc, dtype=np.float32)[None], "class_ids"), boxes.valid)
     values = (boxes.x1, boxes.y1, boxes.x2, boxes.y2, score, classes)
-    rows = [_row(g, v) for v in values]  # [1, 1, nc] each
-    table = g.op("Transpose", g.op("Concat", *rows, axis=1), perm=[0, 2, 1])  # [1, nc, 6]
-    flat_score = g.op("Reshape", score, g.ints([nc]))
-    _, order = g.op_n("TopK", [flat_score, g.ints([nc], "k")], 2, axis=-1, largest=1, sorted=1)
-    ordered = g.op("Gather", table, order, axis=1)  # [1, nc, 6]
+    rows = [_row(g, v) for v in values]  # [B, 1, nc] each
+    table = g.op("Transpose", g.op("Concat", *rows, axis=1), perm=[0, 2, 1])  # [B, nc, 6]
+    # Per image: the class order by score (TopK along the class axis; ONNX breaks ties by
+    # the lower index, so undetected classes keep class order), then that image's table
+    # rows in that order: GatherElements along axis 1 with the order repeated over the
+    # 6 columns.
+    _, order = g.op_n("TopK", [score, g.ints([nc], "k")], 2, axis=-1, largest=1, sorted=1)
+    index = g.op("Unsqueeze", order, g.ints([2], "axes"))  # [B, nc, 1]
+    index = g.op("Expand", index, g.op("Shape", table))  # [B, nc, 6]
+    ordered = g.op("GatherElements", table, index, axis=1)  # [B, nc, 6]
     pads = g.ints([0, 0, 0, 0, E2E_MAX_DET - nc, 0], "pads")
-    return g.op("Pad", ordered, pads, mode="constant")  # [1, 300, 6]
+    return g.op("Pad", ordered, pads, mode="constant")  # [B, 300, 6]
 
 
 # --------------------------------------------------------------------------- classifier
@@ -367,10 +419,11 @@ def build_colour_classifier(
     names: Sequence[str] = CLASSIFIER_NAMES,
     *,
     colours: Mapping[str, RGB] | None = None,
+    batch: int | None = 1,
 ) -> Path:
     """Write a badge-colour classifier to ``path`` and return ``path``.
 
-    Input ``[1, 3, imgsz, imgsz]``; ``output0`` is ``[1, nc]`` softmax
+    Input ``[B, 3, imgsz, imgsz]``; ``output0`` is ``[B, nc]`` softmax
     probabilities of ``-CLASSIFIER_SOFTMAX_GAIN * d_c``, where ``d_c`` is the
     RGB distance (in [0, 1] units) between the mean colour of the central
     region and badge prototype ``c``. The central region is the middle quarter
@@ -379,6 +432,9 @@ def build_colour_classifier(
     centre-cropped or stretched up to an aspect ratio of about 1.6; there the
     badge class wins with confidence > 0.99. A uniform badge-coloured image
     gives > 0.99 too.
+
+    ``batch`` is ``B``: an int for a fixed batch, None for a dynamic one (symbolic
+    ``"batch"``); each image is classified on its own.
     """
     nc = len(names)
     if nc == 0:
@@ -386,6 +442,7 @@ def build_colour_classifier(
     if imgsz < 4:
         raise ValueError(f"imgsz must be at least 4, got {imgsz}")
     protos = _prototypes(names, BADGE_COLOURS, colours)
+    batch_dim = _batch_dim(batch)
     side = imgsz // 4
     lo = (imgsz - side) // 2
     hi = lo + side
@@ -393,7 +450,8 @@ def build_colour_classifier(
     g = Graph()
     starts, ends = g.ints([lo, lo], "starts"), g.ints([hi, hi], "ends")
     centre = g.op("Slice", "images", starts, ends, g.ints([2, 3], "axes"))
-    mean = g.op("ReduceMean", centre, axes=[2, 3], keepdims=0)  # [1, 3]
+    mean = g.op("ReduceMean", centre, axes=[2, 3], keepdims=0)  # [B, 3]
+    # [B, 1, 3] - [1, nc, 3] -> [B, nc, 3]
     diff = g.op("Sub", g.op("Unsqueeze", mean, g.ints([1], "axes")), g.const(protos[None]))
     dist = g.op("Sqrt", g.op("ReduceSum", g.op("Mul", diff, diff), g.ints([2]), keepdims=0))
     logits = g.op("Mul", dist, g.const(np.float32(-CLASSIFIER_SOFTMAX_GAIN), "gain"))
@@ -405,11 +463,12 @@ def build_colour_classifier(
         stride=1,
         imgsz=[imgsz, imgsz],
         names=names,
+        batch=batch,
     )
     model = g.model(
         "colour_classifier",
-        [float_info("images", [1, 3, imgsz, imgsz])],
-        [float_info("output0", [1, nc])],
+        [float_info("images", [batch_dim, 3, imgsz, imgsz])],
+        [float_info("output0", [batch_dim, nc])],
         meta,
     )
     return write_model(model, path)
@@ -653,14 +712,17 @@ class _YoloBuilder:
         return _Tensor(name, x.height * 2, x.width * 2, data)
 
 
-def build_yolov8n_like(path: Path, imgsz: int = 640, nc: int = 80, seed: int = 0) -> ModelStats:
+def build_yolov8n_like(
+    path: Path, imgsz: int = 640, nc: int = 80, seed: int = 0, *, batch: int | None = 1
+) -> ModelStats:
     """Write a YOLOv8n-structured detector with seeded random weights.
 
     The graph follows ultralytics' yolov8n.yaml (width 0.25, depth 0.33): Conv
     (BatchNorm folded) + SiLU, C2f blocks, SPPF, the FPN/PAN neck with nearest
     Resize + Concat, and the decoupled Detect head with DFL (reg_max 16),
-    dist2bbox and sigmoid class scores. ``output0`` is ``[1, 4+nc, A]`` with
-    ``A = 8400`` at 640. Returns the parameter count (~3.2M) and GFLOPs
+    dist2bbox and sigmoid class scores. ``output0`` is ``[B, 4+nc, A]`` with
+    ``A = 8400`` at 640; ``B`` is ``batch`` (an int for a fixed batch, None for a
+    dynamic one: symbolic ``"batch"``). Returns the parameter count (~3.2M) and GFLOPs
     (2 x multiply-adds of the convolutions, ~8.7 at 640 like ultralytics
     reports). The weights are random but scaled so activations stay finite,
     and class biases leave only a few dozen anchors above 0.25 on a synthetic
@@ -670,6 +732,7 @@ def build_yolov8n_like(path: Path, imgsz: int = 640, nc: int = 80, seed: int = 0
         raise ValueError(f"imgsz must be a positive multiple of 32, got {imgsz}")
     if nc <= 0:
         raise ValueError(f"nc must be positive, got {nc}")
+    batch_dim = _batch_dim(batch)
     g = Graph()
     net = _YoloBuilder(g, np.random.default_rng(seed))
     x = _Tensor("images", imgsz, imgsz, _calibration_batch(_YOLO_CALIBRATION_SIZE, seed))
@@ -714,7 +777,8 @@ def build_yolov8n_like(path: Path, imgsz: int = 640, nc: int = 80, seed: int = 0
         cls = net.conv(cls_hidden, nc, 1, act=False, beta=cls_beta, gain=_YOLO_CLS_GAIN)
         both = net.concat(box, cls)
         count = level.height * level.width
-        flat.append(g.op("Reshape", both.name, g.ints([1, 4 * reg_max + nc, count])))
+        # Reshape dim 0 copies the input's dim: the batch passes through.
+        flat.append(g.op("Reshape", both.name, g.ints([0, 4 * reg_max + nc, count])))
         stride = imgsz // level.width
         ys, xs = np.meshgrid(
             np.arange(level.height, dtype=np.float32) + 0.5,
@@ -724,20 +788,21 @@ def build_yolov8n_like(path: Path, imgsz: int = 640, nc: int = 80, seed: int = 0
         anchors.append(np.stack([xs.reshape(-1), ys.reshape(-1)]))
         strides.append(np.full((1, count), stride, dtype=np.float32))
     n_anchors = sum(a.shape[1] for a in anchors)
-    x_cat = g.op("Concat", *flat, axis=2)  # [1, 64+nc, A]
+    x_cat = g.op("Concat", *flat, axis=2)  # [B, 64+nc, A]
     box_raw, cls_raw = g.op_n("Split", [x_cat, g.ints([4 * reg_max, nc], "split")], 2, axis=1)
 
     # DFL: softmax over the 16 bins, expectation via a fixed 1x1 conv.
-    bins = g.op("Reshape", box_raw, g.ints([1, 4, reg_max, n_anchors]))
+    bins = g.op("Reshape", box_raw, g.ints([0, 4, reg_max, n_anchors]))
     bins = g.op("Softmax", g.op("Transpose", bins, perm=[0, 2, 1, 3]), axis=1)
     dfl_weight = np.arange(reg_max, dtype=np.float32).reshape(1, reg_max, 1, 1)
     dist = g.op("Conv", bins, g.const(dfl_weight, "dfl.weight"), kernel_shape=[1, 1])
     net.params += reg_max
-    dist = g.op("Reshape", dist, g.ints([1, 4, n_anchors]))
+    dist = g.op("Reshape", dist, g.ints([0, 4, n_anchors]))
 
     # dist2bbox (xywh) in input pixels.
     lt, rb = g.op_n("Split", [dist, g.ints([2, 2], "split")], 2, axis=1)
     anchor_points = g.const(np.concatenate(anchors, axis=1)[None], "anchors")  # [1, 2, A]
+    # (the [1, ...] anchor and stride constants broadcast over the batch)
     x1y1 = g.op("Sub", anchor_points, lt)
     x2y2 = g.op("Add", anchor_points, rb)
     c_xy = g.op("Div", g.op("Add", x1y1, x2y2), g.const(np.float32(2.0), "two"))
@@ -756,11 +821,12 @@ def build_yolov8n_like(path: Path, imgsz: int = 640, nc: int = 80, seed: int = 0
         stride=32,
         imgsz=[imgsz, imgsz],
         names=names,
+        batch=batch,
     )
     model = g.model(
         "yolov8n_like",
-        [float_info("images", [1, 3, imgsz, imgsz])],
-        [float_info("output0", [1, 4 + nc, n_anchors])],
+        [float_info("images", [batch_dim, 3, imgsz, imgsz])],
+        [float_info("output0", [batch_dim, 4 + nc, n_anchors])],
         meta,
     )
     write_model(model, path)
