@@ -33,6 +33,7 @@ from pytrickle_worker.engine.inference.batching import (
     ModelBatcher,
     model_max_batch,
 )
+from pytrickle_worker.engine.inference.binding import BoundRunner
 from pytrickle_worker.engine.inference.imageops import (
     LetterboxBuffer,
     LetterboxInfo,
@@ -48,7 +49,13 @@ from pytrickle_worker.engine.inference.postprocess import (
     decode_detections,
     infer_contract,
 )
-from pytrickle_worker.engine.inference.providers import CPU, ProviderChoice, select_providers
+from pytrickle_worker.engine.inference.providers import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    ProviderChoice,
+    select_providers,
+)
 
 __all__ = [
     "Classification",
@@ -239,6 +246,32 @@ def _dims(shape: object) -> list[int | str | None]:
     return dims
 
 
+def dynamic_batch_input(path: Path) -> tuple[str, tuple[int, int, int]] | None:
+    """The input name and ``(c, h, w)`` of a model whose single image input has a dynamic
+    batch axis (a dynamic h/w is read from the ultralytics ``imgsz`` metadata); None for a
+    fixed batch or an input the loader will refuse anyway. Read from a CPU session created
+    without optimisation: cheap, no engine and no graph rewrites."""
+    options = _ORT.SessionOptions()
+    options.graph_optimization_level = _ORT.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        probe = _ORT.InferenceSession(str(path), options, providers=[CPU])
+    except Exception as exc:
+        raise ModelError(f"cannot load ONNX model '{path}': {exc}") from exc
+    inputs = list(probe.get_inputs())
+    if len(inputs) != 1:
+        return None
+    shape = _dims(inputs[0].shape)
+    if len(shape) != 4 or isinstance(shape[0], int):
+        return None
+    props = {str(k): str(v) for k, v in dict(probe.get_modelmeta().custom_metadata_map).items()}
+    imgsz = parse_metadata(props, path.name).imgsz or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
+    h = shape[2] if isinstance(shape[2], int) and shape[2] > 0 else imgsz[0]
+    w = shape[3] if isinstance(shape[3], int) and shape[3] > 0 else imgsz[1]
+    c = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
+    return str(inputs[0].name), (c, h, w)
+
+
 # --------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------
@@ -276,12 +309,18 @@ class OnnxModel:
         *,
         sha256: str | None = None,
         warmup: bool = True,
+        max_batch: int = 1,
     ) -> None:
+        """``max_batch``: the largest batch the scheduler will form for this model (the
+        TensorRT optimisation profile covers 1..max_batch)."""
         self.path = Path(path)
         _check_model_path(self.path)
         choice = providers if providers is not None else select_providers("auto")
         started = time.perf_counter()
+        if TENSORRT in choice.provider_names:
+            choice = self._with_tensorrt_profile(choice, max_batch)
         self._session: Any = self._create_session(choice)
+        self._bound: BoundRunner | None = None
         self._lock = threading.Lock()
         self._local = _ThreadState()
         self._warned_names: set[str] = set()
@@ -293,6 +332,8 @@ class OnnxModel:
             self._info = self._read_info(sha256 or file_sha256(self.path))
         except OSError as exc:
             raise ModelError(f"cannot read model file '{self.path}': {exc}") from exc
+        if choice.io_binding:
+            self._bound = self._bind(choice)
         self.load_ms = (time.perf_counter() - started) * 1000
         self.warmup_ms = 0.0
         if warmup:
@@ -312,6 +353,31 @@ class OnnxModel:
         )
 
     # -- loading ------------------------------------------------------------------------
+
+    def _with_tensorrt_profile(self, choice: ProviderChoice, max_batch: int) -> ProviderChoice:
+        """``choice`` with a TensorRT profile for this model's dynamic batch axis."""
+        found = dynamic_batch_input(self.path)
+        if found is None:
+            return choice
+        name, chw = found
+        return choice.with_tensorrt_profile(name, chw, max_batch)
+
+    def _bind(self, choice: ProviderChoice) -> BoundRunner:
+        info = self._info
+        output = next(o for o in self._session.get_outputs() if o.name == info.output_name)
+        tail = _dims(output.shape)[1:]
+        fixed_tail = tuple(d for d in tail if isinstance(d, int) and d > 0)
+        on_gpu = info.provider in (CUDA, TENSORRT)
+        return BoundRunner(
+            self._session,
+            info.input_name,
+            info.output_name,
+            fixed_tail if len(fixed_tail) == len(tail) else None,
+            device="cuda" if on_gpu else "cpu",
+            device_id=choice.device_id if on_gpu else 0,
+            input_dtype=np.float16 if info.input_dtype == "float16" else np.float32,
+            output_dtype=np.float16 if str(output.type) == "tensor(float16)" else np.float32,
+        )
 
     def _new_session(self, choice: ProviderChoice) -> Any:
         return _ORT.InferenceSession(
@@ -558,13 +624,15 @@ class OnnxModel:
             padded[:count] = batch
             batch = padded
         observer = self.observer
-        if observer is None:
-            result = session.run([info.output_name], {info.input_name: batch})
+        started = time.perf_counter() if observer is not None else 0.0
+        bound = self._bound
+        if bound is not None:
+            output = bound.run(batch)
         else:
-            started = time.perf_counter()
             result = session.run([info.output_name], {info.input_name: batch})
+            output = np.asarray(result[0], dtype=np.float32)
+        if observer is not None:
             observer.observe_inference(info, time.perf_counter() - started, count)
-        output = np.asarray(result[0], dtype=np.float32)
         return output[:count] if fixed is not None and count != fixed else output
 
     def _letterbox_buffer(self) -> LetterboxBuffer:
@@ -740,6 +808,7 @@ class OnnxModel:
     def close(self) -> None:
         """Drop the session (its memory is freed once no call is using it)."""
         self._session = None
+        self._bound = None
 
     def __repr__(self) -> str:
         info = self._info

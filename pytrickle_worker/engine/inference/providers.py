@@ -110,6 +110,9 @@ class ProviderChoice:
     #: ``auto`` may fall back to the next provider when a session cannot be created on this
     #: one; an explicit request must get the provider it asked for.
     strict: bool = False
+    #: Run through IO binding with preallocated input/output buffers on the session's
+    #: device (``PTW_IO_BINDING``; ``auto``: on for a GPU provider).
+    io_binding: bool = False
     _names: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -139,6 +142,46 @@ class ProviderChoice:
         """A fresh list for ``InferenceSession(providers=...)``."""
         return [p if isinstance(p, str) else (p[0], dict(p[1])) for p in self.providers]
 
+    @property
+    def device_id(self) -> int:
+        """The GPU the chain's GPU providers use (0 on a CPU chain)."""
+        for spec in self.providers:
+            if not isinstance(spec, str) and "device_id" in spec[1]:
+                return int(cast(int, spec[1]["device_id"]))
+        return 0
+
+    def with_tensorrt_profile(
+        self, input_name: str, chw: tuple[int, int, int], max_batch: int
+    ) -> ProviderChoice:
+        """The same chain with TensorRT optimisation profiles for a model whose batch axis
+        is dynamic: batch 1 to ``max_batch`` (optimised for ``max_batch``), so that the
+        engine is built once, at load, for every batch the scheduler forms. No TensorRT in
+        the chain: unchanged."""
+        if TENSORRT not in self._names:
+            return self
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        c, h, w = chw
+        # Input names with ':' or ',' would break TensorRT's "name:dims,name:dims" syntax.
+        if any(ch in input_name for ch in ":,"):
+            logger.warning("input %r: no TensorRT profile (name has ':' or ',')", input_name)
+            return self
+
+        def dims(batch: int) -> str:
+            return f"{input_name}:{batch}x{c}x{h}x{w}"
+
+        specs: list[ProviderSpec] = []
+        for spec in self.providers:
+            if not isinstance(spec, str) and spec[0] == TENSORRT:
+                options = dict(spec[1])
+                options["trt_profile_min_shapes"] = dims(1)
+                options["trt_profile_opt_shapes"] = dims(max_batch)
+                options["trt_profile_max_shapes"] = dims(max_batch)
+                specs.append((TENSORRT, options))
+            else:
+                specs.append(spec)
+        return replace(self, providers=tuple(specs))
+
     def with_intra_op_threads(self, threads: int) -> ProviderChoice:
         """The same choice with ``threads`` intra-op threads per session (the budget's)."""
         if threads < 1:
@@ -156,6 +199,7 @@ class ProviderChoice:
             gpu_count=self.gpu_count,
             allow_spinning=self.allow_spinning,
             strict=False,
+            io_binding=self.io_binding,
         )
 
     def session_options(self) -> Any:
@@ -175,9 +219,10 @@ class ProviderChoice:
 
     def describe(self) -> str:
         chain = " > ".join(short_name(n) for n in self.provider_names)
+        binding = "; IO binding" if self.io_binding else ""
         return (
             f"{self.primary} ({self.reason}; chain {chain}; "
-            f"intra-op threads {self.intra_op_threads})"
+            f"intra-op threads {self.intra_op_threads}{binding})"
         )
 
 
@@ -214,6 +259,7 @@ def select_providers(
     allow_spinning: bool = True,
     available: Sequence[str] | None = None,
     gpu_count: int | None = None,
+    io_binding: str = "auto",
 ) -> ProviderChoice:
     """Choose the execution providers for this process and log the choice at INFO.
 
@@ -296,6 +342,9 @@ def select_providers(
     if not chain:
         raise ProviderUnavailableError(f"no usable execution provider among {offered}")
 
+    if io_binding not in ("auto", "on", "off"):
+        raise ProviderUnavailableError(f"io_binding must be auto, on or off, not {io_binding!r}")
+    gpu_chain = chain[0] != CPU
     choice = ProviderChoice(
         preference=pref,
         providers=tuple(chain),
@@ -305,6 +354,7 @@ def select_providers(
         gpu_count=gpus,
         allow_spinning=allow_spinning,
         strict=strict,
+        io_binding=io_binding == "on" or (io_binding == "auto" and gpu_chain),
     )
     logger.info("execution provider: %s", choice.describe())
     return choice

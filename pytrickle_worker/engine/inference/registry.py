@@ -107,7 +107,13 @@ class ModelRegistry:
                     logger.debug("%s: shared (%d users)", model_path.name, entry.refs)
                     return entry.model
             # Load outside the registry lock: other models load in parallel.
-            model = OnnxModel(model_path, self.providers, sha256=sha256, warmup=self._warmup)
+            model = OnnxModel(
+                model_path,
+                self.providers,
+                sha256=sha256,
+                warmup=self._warmup,
+                max_batch=self.max_batch,
+            )
             if self._batching is not None:
                 model.enable_batching(self._batching, self.max_batch)
             with self._lock:

@@ -63,6 +63,10 @@ class EngineConfig(Protocol):
     @property
     def max_batch(self) -> int: ...
     @property
+    def trt_fp16(self) -> bool: ...
+    @property
+    def io_binding(self) -> str: ...
+    @property
     def batch_max_wait_ms(self) -> float: ...
     @property
     def max_archive_bytes(self) -> int: ...
@@ -113,7 +117,9 @@ def _budget_and_providers(
         config.execution_provider,
         intra_op_threads=budget.intra_op_threads,
         trt_cache_dir=config.cache_dir / "tensorrt",
+        trt_fp16=config.trt_fp16,
         allow_spinning=config.ort_allow_spinning,
+        io_binding=config.io_binding,
     )
     if choice.uses_gpu:
         budget = thread_budget(

@@ -1,0 +1,130 @@
+"""The GPU paths, checked where CI can: IO binding runs the same code on the CPU device, and
+the TensorRT options are built for each model's batch axis (the engine build itself needs a
+GPU: see bench/RESULTS.md, "GPU", for the command that measures it on one).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pytrickle_worker.devtools.models import build_colour_classifier, build_colour_detector
+from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
+from pytrickle_worker.engine.inference.batching import BatchCoordinator
+from pytrickle_worker.engine.inference.model import OnnxModel, dynamic_batch_input
+from pytrickle_worker.engine.inference.providers import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    ProviderChoice,
+    ProviderUnavailableError,
+    select_providers,
+)
+
+W, H = 320, 240
+
+
+def scenes(count: int) -> list[np.ndarray]:
+    return [render_scene(W, H, moving_objects(i * 7, W, H, 10.0), seed=i) for i in range(count)]
+
+
+def test_io_binding_gives_the_plain_run_results_on_cpu(tmp_path: Path) -> None:
+    path = build_colour_detector(tmp_path / "det.onnx", "v8", imgsz=(256, 256), batch=None)
+    plain = OnnxModel(path, select_providers("cpu", intra_op_threads=1, io_binding="off"))
+    bound = OnnxModel(path, select_providers("cpu", intra_op_threads=1, io_binding="on"))
+    assert bound._bound is not None and plain._bound is None  # pyright: ignore[reportPrivateUsage]
+    for frame in scenes(4):
+        a, b = plain.detect(frame, conf_thres=0.1), bound.detect(frame, conf_thres=0.1)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-4)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+        np.testing.assert_array_equal(a.class_ids, b.class_ids)
+    classifier = build_colour_classifier(tmp_path / "cls.onnx", batch=None)
+    plain_c = OnnxModel(classifier, select_providers("cpu", intra_op_threads=1, io_binding="off"))
+    bound_c = OnnxModel(classifier, select_providers("cpu", intra_op_threads=1, io_binding="on"))
+    crop = np.full((40, 60, 3), (30, 200, 40), np.uint8)
+    assert plain_c.classify(crop).class_name == bound_c.classify(crop).class_name
+
+
+def test_io_binding_keeps_one_buffer_set_per_run_in_flight(tmp_path: Path) -> None:
+    """Batched runs of several sizes on two slots: every caller gets its own frame's result
+    and buffers are reused, not allocated per run."""
+    path = build_colour_detector(tmp_path / "det.onnx", "v8", imgsz=(256, 256), batch=None)
+    choice = select_providers("cpu", intra_op_threads=1, io_binding="on")
+    reference = OnnxModel(path, select_providers("cpu", intra_op_threads=1, io_binding="off"))
+    model = OnnxModel(path, choice)
+    model.enable_batching(BatchCoordinator(2), max_batch=3)
+    frames = scenes(6)
+    expected = [reference.detect(f, conf_thres=0.1) for f in frames]
+    errors: list[str] = []
+
+    def stream(index: int) -> None:
+        for _ in range(15):
+            got = model.detect(frames[index], conf_thres=0.1)
+            if not np.allclose(got.boxes, expected[index].boxes, atol=1e-4):
+                errors.append(f"stream {index}: {got.boxes} != {expected[index].boxes}")
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    bound = model._bound  # pyright: ignore[reportPrivateUsage]
+    assert bound is not None
+    # At most two runs at once, of sizes 1..3 (and the warm-up's): a handful of sets.
+    assert 1 <= bound.allocated <= 2 * 3 + 1, bound.allocated
+
+
+def test_io_binding_setting_is_checked() -> None:
+    assert select_providers("cpu", io_binding="auto").io_binding is False
+    assert select_providers("cpu", io_binding="on").io_binding is True
+    with pytest.raises(ProviderUnavailableError, match="io_binding"):
+        select_providers("cpu", io_binding="yes")
+
+
+def gpu_chain(fp16: bool = True) -> ProviderChoice:
+    """What ``select_providers("tensorrt")`` chooses on a GPU host (CI has none: the
+    provider list and GPU count are given)."""
+    return select_providers(
+        "tensorrt",
+        available=[TENSORRT, CUDA, CPU],
+        gpu_count=1,
+        trt_fp16=fp16,
+        trt_cache_dir="/tmp/ptw-trt-cache",
+        device_id=0,
+    )
+
+
+def test_tensorrt_profiles_cover_batch_one_to_max() -> None:
+    choice = gpu_chain()
+    assert choice.io_binding  # auto: on for a GPU chain
+    profiled = choice.with_tensorrt_profile("images", (3, 640, 640), 16)
+    [trt] = [spec for spec in profiled.providers if not isinstance(spec, str)][:1]
+    assert trt[0] == TENSORRT
+    options = trt[1]
+    assert options["trt_profile_min_shapes"] == "images:1x3x640x640"
+    assert options["trt_profile_opt_shapes"] == "images:16x3x640x640"
+    assert options["trt_profile_max_shapes"] == "images:16x3x640x640"
+    assert options["trt_fp16_enable"] is True
+    assert options["trt_engine_cache_enable"] is True
+    assert options["trt_engine_cache_path"] == "/tmp/ptw-trt-cache"
+    # The original choice is unchanged (it serves every model), and CPU chains ignore it.
+    assert not any(
+        "trt_profile_min_shapes" in spec[1]
+        for spec in choice.providers
+        if not isinstance(spec, str)
+    )
+    cpu = select_providers("cpu")
+    assert cpu.with_tensorrt_profile("images", (3, 640, 640), 16) is cpu
+
+
+def test_the_profile_is_read_from_the_models_input(tmp_path: Path) -> None:
+    dynamic = build_colour_detector(tmp_path / "d.onnx", "v8", imgsz=(384, 512), batch=None)
+    assert dynamic_batch_input(dynamic) == ("images", (3, 384, 512))
+    fixed = build_colour_detector(tmp_path / "f.onnx", "v8", imgsz=(384, 512), batch=4)
+    assert dynamic_batch_input(fixed) is None
+    one = build_colour_detector(tmp_path / "one.onnx", "v8", imgsz=(384, 512))
+    assert dynamic_batch_input(one) is None
