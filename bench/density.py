@@ -1,0 +1,621 @@
+"""Density: how many live cameras one worker analyses at the target rate, judged by the
+slowest stream, against a floor measured in the same run.
+
+    .venv/bin/python bench/density.py [--resolution 720p] [--imgsz 320] [--target-fps 5]
+        [--provider cpu|cuda|tensorrt] [--hw-decode] [--model PATH] [--max-batch N]
+        [--start-n 2] [--step 2] [--max-n 64] [--seconds 20] [--trickle] [--json]
+
+What runs (every part a separate process, as in production):
+
+* the cameras: the project's demo camera (``pytrickle-worker demo camera``) loops one H.264
+  clip at 30 fps as live MPEG-TS over HTTP; each subscription names it with its own query
+  string, so the worker opens one connection and decodes one stream per camera;
+* the worker: ``pytrickle-worker serve --no-demo``, every-frame emission, ``--target-fps``
+  analysis per camera, a one-node MPTA with a YOLOv8n-sized detector (generated, dynamic
+  batch axis) or ``--model``;
+* a CMS backend (this process) on one WebSocket: it subscribes cameras, N at a time, and
+  records every ``imageDetection`` as it arrives (never pausing its reader, so a message's
+  receipt time is when it arrived): per-stream fps and capture→detection latency (the
+  message's ``timestamp`` is the frame's capture time).
+
+The ramp: N cameras, warm-up, a measuring window; add ``--step`` cameras; stop at the first
+N whose slowest stream falls below the target (``SLOWEST_TOLERANCE``: a 20 s window counts
+whole frames) or at ``--max-n``. The max N is the last N that held.
+
+The floor, from the same machine in the same run: the CPU it takes to decode one frame of
+the clip (PyAV, threaded, as a camera reader decodes) and the best throughput of a bare
+``session.run`` of the same model, over one single-thread session per core or one session
+with every core, at batch 1 and at the worker's batch size. What the cores have left after
+decoding every frame of N cameras, and after the camera process, runs inference at that
+rate: ``floor fps(N) = min(N × target, spare cores × best runs per core-second)``. From it:
+the floor's max N, and at every step the worker's total analysed fps / the floor's (the
+figure that counts under overload), and the worker's CPU / the floor's CPU for the same
+frames (the figure that counts below saturation).
+
+``--trickle``: one stream through the StreamServer door, input at 30 fps real time, every
+frame analysed: its processing fps against a floor of decode + ``session.run`` + encode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from math import ceil
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+import onnxruntime as ort
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_cms_saturation import (
+    capture_latency,
+    cpu_seconds,
+    decode_cpu_per_frame,
+    free_port,
+    spawn,
+    wait_http,
+)
+from bench_ingest import encode_clip
+from bench_trickle import make_segments
+
+from pytrickle_worker.devtools.assets import build_mpta
+from pytrickle_worker.devtools.models import build_yolov8n_like
+from pytrickle_worker.devtools.trickle_server import TrickleServer
+from pytrickle_worker.engine.inference.imageops import letterbox
+from pytrickle_worker.media.mpegts import TS_TIME_BASE
+from pytrickle_worker.media.segment_encoder import EncoderSettings, encode_segments
+from pytrickle_worker.processing import VideoFrame
+from pytrickle_worker.transport.trickle import TricklePublisher
+
+CLIP_FPS = 30
+#: The slowest stream "holds" at this fraction of the target: a window of 20 s at 5 fps is
+#: 100 frames, and where the window cuts a frame interval costs up to one frame.
+SLOWEST_TOLERANCE = 0.97
+RESOLUTIONS = {"720p": (1280, 720), "1080p": (1920, 1080)}
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+# ----------------------------------------------------------------------------- the floor
+
+
+@dataclass
+class Floor:
+    cores: int
+    decode_cpu_s: float  # CPU seconds to decode one clip frame
+    runs_per_s: float  # the best bare session.run throughput (images/s)
+    best: str  # which layout and batch gave it
+    uses_cpu_for_inference: bool
+    layouts: dict[str, float] = field(default_factory=dict[str, float])
+
+    def fps(self, cameras: int, target: float, camera_cores: float) -> float:
+        """The most analysed fps N cameras can give on this machine."""
+        wanted = cameras * target
+        decode = cameras * CLIP_FPS * self.decode_cpu_s
+        spare = max(0.0, self.cores - decode - camera_cores)
+        if self.uses_cpu_for_inference:
+            return min(wanted, spare * self.runs_per_s / self.cores)
+        # A GPU runs inference; the cores must still decode every frame.
+        decodable = 1.0 if decode <= self.cores - camera_cores else spare / max(decode, 1e-9)
+        return min(wanted * decodable, self.runs_per_s)
+
+    def cpu_cores(self, cameras: int, analysed_fps: float) -> float:
+        """The cores the floor spends on N cameras' decoding and ``analysed_fps`` runs."""
+        decode = cameras * CLIP_FPS * self.decode_cpu_s
+        if not self.uses_cpu_for_inference:
+            return decode
+        return decode + analysed_fps * self.cores / self.runs_per_s
+
+    def max_n(self, target: float, camera_cores_per_camera: float) -> int:
+        n = 0
+        while n < 10_000:
+            nxt = n + 1
+            if self.fps(nxt, target, nxt * camera_cores_per_camera) < nxt * target * 0.999:
+                break
+            n = nxt
+        return n
+
+
+def session(model: Path, provider: str, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(model), options, providers=PROVIDERS[provider])
+
+
+def throughput(
+    model: Path, provider: str, tensor: np.ndarray, threads: int, parallel: int
+) -> float:
+    """Images per second of ``parallel`` sessions of ``threads`` threads each, at once."""
+    sessions = [session(model, provider, threads) for _ in range(parallel)]
+    name = sessions[0].get_inputs()[0].name
+    for s in sessions:
+        s.run(None, {name: tensor})
+    runs = max(4, 40 // tensor.shape[0])
+
+    def loop(s: ort.InferenceSession) -> None:
+        for _ in range(runs):
+            s.run(None, {name: tensor})
+
+    rates: list[float] = []
+    for _ in range(3):
+        started = time.perf_counter()
+        with ThreadPoolExecutor(parallel) as pool:
+            list(pool.map(loop, sessions))
+        rates.append(parallel * runs * tensor.shape[0] / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def measure_floor(clip: Path, model: Path, args: argparse.Namespace, cores: int) -> Floor:
+    decode_cpu = decode_cpu_per_frame(clip)
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    one = letterbox(frame, (args.imgsz, args.imgsz))[0].copy()
+    batches = sorted({1, args.max_batch or (16 if args.provider != "cpu" else 4)})
+    layouts: dict[str, float] = {}
+    for batch in batches:
+        tensor = np.repeat(one, batch, axis=0)
+        if args.provider == "cpu":
+            layouts[f"{cores}x1 thread, batch {batch}"] = throughput(
+                model, "cpu", tensor, threads=1, parallel=cores
+            )
+            layouts[f"1x{cores} threads, batch {batch}"] = throughput(
+                model, "cpu", tensor, threads=cores, parallel=1
+            )
+        else:
+            layouts[f"1 session, batch {batch}"] = throughput(
+                model, args.provider, tensor, threads=1, parallel=1
+            )
+            layouts[f"2 sessions, batch {batch}"] = throughput(
+                model, args.provider, tensor, threads=1, parallel=2
+            )
+    best = max(layouts, key=lambda k: layouts[k])
+    return Floor(cores, decode_cpu, layouts[best], best, args.provider == "cpu", layouts)
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+@dataclass
+class Detection:
+    camera: int
+    received: float  # time.monotonic()
+    latency_s: float
+
+
+@dataclass
+class Step:
+    cameras: int
+    fps_min: float
+    fps_median: float
+    fps_total: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    worker_cores: float
+    camera_cores: float
+    floor_fps: float
+    floor_cores: float
+    worker_over_floor_fps: float
+    worker_over_floor_cpu: float
+    holds: bool
+    gpu: dict[str, float] | None = None
+
+
+class Backend:
+    """One CMS WebSocket; records every imageDetection as it arrives."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.detections: list[Detection] = []
+        self.errors: list[dict[str, Any]] = []
+        self.ids: list[str] = []
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for message in self.ws:
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                return
+            data = json.loads(message.data)
+            kind = data.get("type")
+            if kind == "imageDetection":
+                camera = self.ids.index(data["subscriptionIdentifier"])
+                latency = capture_latency(data, time.time())
+                self.detections.append(Detection(camera, time.monotonic(), latency))
+            elif kind == "error":
+                self.errors.append(data)
+
+    async def subscribe(self, camera_port: int, mpta: Path, count: int) -> None:
+        while len(self.ids) < count:
+            n = len(self.ids)
+            identifier = f"density-{n};cam-{n}"
+            self.ids.append(identifier)
+            payload = {
+                "subscriptionIdentifier": identifier,
+                "rtspUrl": f"http://127.0.0.1:{camera_port}/stream.ts?camera={n}",
+                "modelUrl": str(mpta),
+                "modelId": 1,
+                "modelName": "density",
+            }
+            await self.ws.send_json({"type": "subscribe", "payload": payload})
+
+    async def wait_all_running(self, count: int, within: float = 180.0) -> None:
+        deadline = time.monotonic() + within
+        while len({d.camera for d in self.detections if d.camera < count}) < count:
+            if self.errors:
+                raise SystemExit(f"worker error: {self.errors[0]}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"not every one of {count} cameras produced a detection")
+            await asyncio.sleep(0.2)
+
+    def window(self, start: float, end: float, count: int) -> tuple[list[float], list[float]]:
+        counts = [0] * count
+        latencies: list[float] = []
+        for d in self.detections:
+            if start <= d.received < end and d.camera < count:
+                counts[d.camera] += 1
+                latencies.append(d.latency_s)
+        return [c / (end - start) for c in counts], latencies
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+def gpu_sample() -> dict[str, float] | None:
+    try:
+        import pynvml  # noqa: PLC0415 - only where there is a GPU
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+        util = pynvml.nvmlDeviceGetUtilizationRates(handle)
+        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        return {"gpu_util_pct": float(util.gpu), "gpu_mem_mib": memory.used / 2**20}
+    except pynvml.NVMLError:
+        return None
+
+
+async def ramp(
+    args: argparse.Namespace, floor: Floor, mpta: Path, clip: Path, env: dict[str, str], tmp: Path
+) -> list[Step]:
+    camera_port, worker_port = free_port(), free_port()
+    camera = spawn(
+        [sys.executable, "-m", "pytrickle_worker", "demo", "camera", "--host", "127.0.0.1",
+         "--port", str(camera_port), "--video", str(clip)],
+        env, tmp / "camera.log",
+    )  # fmt: skip
+    worker = spawn(
+        [sys.executable, "-m", "pytrickle_worker", "serve", "--no-demo", "--host", "127.0.0.1",
+         "--port", str(worker_port)],
+        env, tmp / "worker.log",
+    )  # fmt: skip
+    steps: list[Step] = []
+    try:
+        await wait_http(f"http://127.0.0.1:{camera_port}/health")
+        await wait_http(f"http://127.0.0.1:{worker_port}/health/live")
+        worker_ps, camera_ps = psutil.Process(worker.pid), psutil.Process(camera.pid)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.ws_connect(f"ws://127.0.0.1:{worker_port}/", max_msg_size=0) as ws,
+        ):
+            backend = Backend(ws)
+            n = args.start_n
+            overload_n: int | None = None
+            while n <= args.max_n:
+                await backend.subscribe(camera_port, mpta, n)
+                await backend.wait_all_running(n)
+                await asyncio.sleep(args.warmup)
+                before = (cpu_seconds(worker_ps), cpu_seconds(camera_ps), time.monotonic())
+                await asyncio.sleep(args.seconds)
+                end = time.monotonic()
+                gpu = gpu_sample()
+                worker_cores = (cpu_seconds(worker_ps) - before[0]) / (end - before[2])
+                camera_cores = (cpu_seconds(camera_ps) - before[1]) / (end - before[2])
+                fps, latencies = backend.window(before[2], end, n)
+                total = sum(fps)
+                floor_fps = floor.fps(n, args.target_fps, camera_cores)
+                floor_cores = floor.cpu_cores(n, total)
+                step = Step(
+                    cameras=n,
+                    fps_min=min(fps),
+                    fps_median=statistics.median(fps),
+                    fps_total=total,
+                    latency_p50_ms=percentile(latencies, 0.5) * 1000,
+                    latency_p95_ms=percentile(latencies, 0.95) * 1000,
+                    worker_cores=worker_cores,
+                    camera_cores=camera_cores,
+                    floor_fps=floor_fps,
+                    floor_cores=floor_cores,
+                    worker_over_floor_fps=total / floor_fps if floor_fps else float("nan"),
+                    worker_over_floor_cpu=worker_cores / floor_cores if floor_cores else 0.0,
+                    holds=min(fps) >= args.target_fps * SLOWEST_TOLERANCE,
+                    gpu=gpu,
+                )
+                steps.append(step)
+                print(progress(step, args), file=sys.stderr if args.json else sys.stdout)
+                if n == overload_n:
+                    break
+                if not step.holds or n + args.step > args.max_n:
+                    # One step well past what the floor can serve: the overload figure.
+                    per_camera = step.camera_cores / n
+                    overload_n = ceil(floor.max_n(args.target_fps, per_camera) * args.overload)
+                    if overload_n <= n:
+                        break
+                    n = overload_n
+                    continue
+                n += args.step
+    finally:
+        for process in (worker, camera):
+            process.terminate()
+            with contextlib.suppress(Exception):
+                process.wait(30)
+    return steps
+
+
+def progress(step: Step, args: argparse.Namespace) -> str:
+    gpu = ""
+    if step.gpu:
+        gpu = f", GPU {step.gpu['gpu_util_pct']:.0f}% {step.gpu['gpu_mem_mib']:.0f} MiB"
+    return (
+        f"N={step.cameras:3d}: per-stream fps min {step.fps_min:.2f} median "
+        f"{step.fps_median:.2f} ({'holds' if step.holds else 'below'} {args.target_fps:g}); "
+        f"total {step.fps_total:.1f} vs floor {step.floor_fps:.1f} "
+        f"(x{step.worker_over_floor_fps:.3f}); capture->detection p50 "
+        f"{step.latency_p50_ms:.0f} ms p95 {step.latency_p95_ms:.0f} ms; worker "
+        f"{step.worker_cores:.2f} cores vs floor {step.floor_cores:.2f} "
+        f"(x{step.worker_over_floor_cpu:.2f}); camera {step.camera_cores:.2f} cores{gpu}"
+    )
+
+
+# ----------------------------------------------------------------------------- trickle door
+
+
+async def trickle_door(
+    args: argparse.Namespace, floor: Floor, mpta: Path, env: dict[str, str], tmp: Path
+) -> dict[str, float]:
+    """One stream, 30 fps real-time input, every frame analysed: processing fps vs floor."""
+    width, height = resolution(args.resolution)
+    segments = make_segments(width, height, seconds=20)
+    encode_cpu = encode_cpu_per_frame(width, height)
+    server = TrickleServer()
+    port = await server.start("127.0.0.1", 0)
+    base = f"http://127.0.0.1:{port}/density"
+    for name in ("density", "density-out"):
+        server.create_channel(name, "video/MP2T")
+    worker_port = free_port()
+    worker = spawn(
+        [sys.executable, "-m", "pytrickle_worker", "serve", "--no-demo", "--host", "127.0.0.1",
+         "--port", str(worker_port)],
+        env, tmp / "worker-trickle.log",
+    )  # fmt: skip
+    try:
+        await wait_http(f"http://127.0.0.1:{worker_port}/health/live")
+        start = {
+            "gateway_request_id": "density",
+            "subscribe_url": base,
+            "publish_url": base + "-out",
+            "params": {"model_url": str(mpta)},
+        }
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                f"http://127.0.0.1:{worker_port}/api/stream/start", json=start
+            ) as response:
+                if response.status != 200:
+                    raise SystemExit(f"stream start: {response.status} {await response.text()}")
+            worker_ps = psutil.Process(worker.pid)
+            publisher = TricklePublisher(base, "video/mp2t")
+            began = time.monotonic()
+            samples: list[float] = []
+            cpu_before = cpu_seconds(worker_ps)
+            for index, segment in enumerate(segments * 2):
+                await publisher.publish(segment)
+                due = began + (index + 1) * 2.0  # 2 s segments in real time
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if index >= 2:  # past the start
+                    async with http.get(
+                        f"http://127.0.0.1:{worker_port}/api/stream/status"
+                    ) as response:
+                        status = await response.json()
+                    samples.append(float(status["fps"]["processing_fps"]))
+            worker_cores = (cpu_seconds(worker_ps) - cpu_before) / (time.monotonic() - began)
+            await publisher.close()
+    finally:
+        worker.terminate()
+        with contextlib.suppress(Exception):
+            worker.wait(30)
+        await server.stop()
+    per_frame = floor.decode_cpu_s + encode_cpu + (floor.cores / floor.runs_per_s)
+    floor_fps = min(float(CLIP_FPS), floor.cores / per_frame)
+    fps = statistics.median(samples)
+    return {
+        "trickle_fps": fps,
+        "trickle_floor_fps": floor_fps,
+        "trickle_over_floor": fps / floor_fps,
+        "trickle_worker_cores": worker_cores,
+        "encode_cpu_ms": encode_cpu * 1000,
+    }
+
+
+def encode_cpu_per_frame(width: int, height: int) -> float:
+    rgb = np.zeros((height, width, 3), np.uint8)
+    frames = [VideoFrame(rgb, i * 3000, TS_TIME_BASE) for i in range(60)]
+    started = time.process_time()
+    encode_segments(frames, EncoderSettings())
+    return (time.process_time() - started) / len(frames)
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def resolution(text: str) -> tuple[int, int]:
+    if text in RESOLUTIONS:
+        return RESOLUTIONS[text]
+    width, height = (int(v) for v in text.lower().split("x"))
+    return width, height
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu")
+    parser.add_argument("--hw-decode", action="store_true", help="NVDEC (PTW_HW_DECODE=on)")
+    parser.add_argument("--model", type=Path, help="an ONNX detector (default: generated)")
+    parser.add_argument("--imgsz", type=int, default=320, help="the generated model's size")
+    parser.add_argument("--resolution", default="720p", help="720p, 1080p or WxH")
+    parser.add_argument("--target-fps", type=float, default=5.0)
+    parser.add_argument("--max-batch", type=int, default=0, help="PTW_MAX_BATCH (0: default)")
+    parser.add_argument("--start-n", type=int, default=2)
+    parser.add_argument("--step", type=int, default=2)
+    parser.add_argument("--max-n", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measuring window per N")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument(
+        "--overload",
+        type=float,
+        default=1.5,
+        help="after the ramp, one step at this many times the floor's max N",
+    )
+    parser.add_argument("--trickle", action="store_true", help="also measure the stream door")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser.parse_args()
+
+
+async def main() -> None:
+    args = parse_args()
+    width, height = resolution(args.resolution)
+    cores = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        clip = tmp / "clip.mp4"
+        encode_clip(clip, width, height, seconds=20)
+        model = args.model or tmp / "detector.onnx"
+        if args.model is None:
+            build_yolov8n_like(model, imgsz=args.imgsz, batch=None)
+        pipeline: dict[str, Any] = {
+            "pipeline": {
+                "modelId": "density-detector",
+                "modelFile": "detector.onnx",
+                "minConfidence": 0.25,
+                "triggerClasses": [],
+                "actions": [],
+                "branches": [],
+            }
+        }
+        mpta = build_mpta(tmp / "density.mpta", pipeline, {"detector.onnx": model})
+        floor = measure_floor(clip, model, args, cores)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PTW_")}
+        env.update(
+            PTW_EXECUTION_PROVIDER=args.provider,
+            PTW_TARGET_FPS=str(args.target_fps),
+            PTW_POLL_INTERVAL_MS="0",
+            PTW_EMISSION="every_frame",
+            PTW_MAX_STREAMS=str(max(16, args.max_n)),
+            PTW_HW_DECODE="on" if args.hw_decode else "off",
+            PTW_MAX_BATCH=str(args.max_batch),
+            PTW_ALLOW_LOCAL_MODELS="true",
+            PTW_LOG_LEVEL="WARNING",
+            PTW_CACHE_DIR=str(tmp / "cache"),
+            PYTHONUNBUFFERED="1",
+        )
+        steps = await ramp(args, floor, mpta, clip, env, tmp)
+        trickle = await trickle_door(args, floor, mpta, env, tmp) if args.trickle else None
+    report(args, floor, steps, trickle, (width, height))
+
+
+def report(
+    args: argparse.Namespace,
+    floor: Floor,
+    steps: list[Step],
+    trickle: dict[str, float] | None,
+    size: tuple[int, int],
+) -> None:
+    # The ramp's steps, before the overload step: the max N is the last that held.
+    ramp_steps = [
+        s
+        for s in steps
+        if s.cameras
+        <= min((s.cameras for s in steps if not s.holds), default=steps[-1].cameras if steps else 0)
+    ]
+    held = [s for s in ramp_steps if s.holds]
+    max_n = held[-1].cameras if held else 0
+    overload = steps[-1] if steps and not steps[-1].holds else None
+    below = steps[0] if steps else None
+    camera_per_camera = statistics.median(s.camera_cores / s.cameras for s in steps)
+    floor_max_n = floor.max_n(args.target_fps, camera_per_camera)
+    result: dict[str, Any] = {
+        "machine_cores": floor.cores,
+        "resolution": f"{size[0]}x{size[1]}",
+        "imgsz": args.imgsz,
+        "provider": args.provider,
+        "target_fps": args.target_fps,
+        "max_n": max_n,
+        "floor_max_n": floor_max_n,
+        "floor": {
+            "decode_cpu_ms": floor.decode_cpu_s * 1000,
+            "runs_per_s": floor.runs_per_s,
+            "best": floor.best,
+            "layouts": floor.layouts,
+        },
+        "steps": [asdict(s) for s in steps],
+        "at_max_n": asdict(held[-1]) if held else None,
+        "overload": asdict(overload) if overload else None,
+        "below_saturation": asdict(below) if below else None,
+        "trickle": trickle,
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(
+        f"machine: {floor.cores} cores; clip {size[0]}x{size[1]}@{CLIP_FPS}; detector at "
+        f"{args.imgsz} on {args.provider}; target {args.target_fps:g} fps per stream"
+    )
+    layouts = "; ".join(f"{k}: {v:.1f}/s" for k, v in floor.layouts.items())
+    print(f"floor: decode {floor.decode_cpu_s * 1000:.2f} ms CPU/frame; session.run {layouts}")
+    print(f"max N: worker {max_n}, floor {floor_max_n}")
+    if held:
+        s = held[-1]
+        print(
+            f"at N={s.cameras}: per-stream fps min {s.fps_min:.2f} median {s.fps_median:.2f}; "
+            f"capture->detection p50 {s.latency_p50_ms:.0f} ms p95 {s.latency_p95_ms:.0f} ms"
+        )
+    if overload:
+        print(
+            f"overload N={overload.cameras}: worker {overload.fps_total:.1f} fps vs floor "
+            f"{overload.floor_fps:.1f} -> x{overload.worker_over_floor_fps:.3f}; slowest "
+            f"{overload.fps_min:.2f} vs median {overload.fps_median:.2f}"
+        )
+    if below:
+        print(
+            f"below saturation N={below.cameras}: worker {below.worker_cores:.2f} cores vs "
+            f"floor {below.floor_cores:.2f} -> x{below.worker_over_floor_cpu:.2f}"
+        )
+    if trickle:
+        print(
+            f"trickle door: {trickle['trickle_fps']:.1f} fps vs floor "
+            f"{trickle['trickle_floor_fps']:.1f} (decode+run+encode) -> "
+            f"x{trickle['trickle_over_floor']:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
