@@ -156,7 +156,7 @@ async def measure_worker(
             )
         seen: set[str] = set()
         deadline = time.monotonic() + 120
-        window_end = float("inf")
+        window_end = warm_until = float("inf")
         async for message in ws:
             if message.type is not aiohttp.WSMsgType.TEXT:
                 break
@@ -171,9 +171,12 @@ async def measure_worker(
                     counts[ids.index(identifier)] += 1
                     latencies.append(capture_latency(data, time.time()))
                 elif len(seen) == cameras:
-                    # Every camera runs: let the queues fill to their steady state, then count.
-                    await asyncio.sleep(5)
-                    measuring, window_end = True, time.monotonic() + seconds
+                    # Every camera runs: let the queues reach their steady state, then count.
+                    # (Never sleep here: messages would wait in the socket, and their receipt
+                    # time, hence the latency, would be late.)
+                    warm_until = min(warm_until, now + 5)
+                    if now >= warm_until:
+                        measuring, window_end = True, now + seconds
             if measuring and now >= window_end:
                 break
             if not measuring and now > deadline:
