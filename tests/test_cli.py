@@ -32,7 +32,10 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-async def run_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+async def run_cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """``pytrickle-worker ARGS`` in a subprocess; ``env`` adds to :func:`cli_env`."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -40,7 +43,7 @@ async def run_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=cli_env(tmp_path),
+        env={**cli_env(tmp_path), **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
@@ -131,6 +134,8 @@ async def test_mpta_inspect_over_http(archive_server: str, tmp_path: Path) -> No
     assert "contract=yolov8" in out.replace("-", "").lower() or "yolov8" in out.lower()
     assert "CPUExecutionProvider" in out
     assert "car" in out and "yellow" in out
+    # The demo models have a dynamic batch; on the CPU the default max_batch is 1.
+    assert out.count("batch     dynamic (up to 1)\n") == 2
 
     code, out, err = await run_cli(
         tmp_path, "mpta", "inspect", "--json", f"{archive_server}/demo.mpta"
@@ -139,6 +144,65 @@ async def test_mpta_inspect_over_http(archive_server: str, tmp_path: Path) -> No
     description = json.loads(out)
     assert [n["path"] for n in description["nodes"]] == ["pipeline", "pipeline.branches[0]"]
     assert description["nodes"][1]["classes"] == ["white", "yellow", "black"]
+    assert description["nodes"][0]["batch"] == {
+        "dynamic": True,
+        "max": 1,
+        "text": "dynamic (up to 1)",
+    }
+
+
+async def test_mpta_inspect_shows_whether_each_model_can_batch(tmp_path: Path) -> None:
+    from pytrickle_worker.devtools.assets import build_mpta  # noqa: PLC0415
+    from pytrickle_worker.devtools.models import (  # noqa: PLC0415
+        build_colour_classifier,
+        build_colour_detector,
+    )
+
+    models = tmp_path / "models"
+    models.mkdir()
+    files = {
+        "fixed4.onnx": build_colour_detector(models / "fixed4.onnx", "v8", (160, 224), batch=4),
+        "single.onnx": build_colour_classifier(models / "single.onnx", 64, batch=1),
+        "dynamic.onnx": build_colour_classifier(models / "dynamic.onnx", 64, batch=None),
+    }
+
+    def node(model_id: str, model_file: str, **extra: object) -> dict[str, object]:
+        return {
+            "modelId": model_id,
+            "modelFile": model_file,
+            "minConfidence": 0.5,
+            "triggerClasses": ["car"],
+            **extra,
+        }
+
+    pipeline = node(
+        "det",
+        "fixed4.onnx",
+        branches=[node("one", "single.onnx", crop=True), node("dyn", "dynamic.onnx", crop=True)],
+    )
+    archive = build_mpta(tmp_path / "batches.mpta", {"pipeline": pipeline}, files)
+    env = {"PTW_MAX_BATCH": "8"}
+    code, out, err = await run_cli(tmp_path, "mpta", "inspect", str(archive), env=env)
+    assert code == 0, err
+    batch_lines = [line.strip() for line in out.splitlines() if line.strip().startswith("batch ")]
+    assert batch_lines == [
+        "batch     fixed 4",
+        "batch     1 (cannot batch; export with dynamic=True)",
+        "batch     dynamic (up to 8)",
+    ]
+
+    code, out, err = await run_cli(tmp_path, "mpta", "inspect", "--json", str(archive), env=env)
+    assert code == 0, err
+    batches = {n["modelId"]: n["batch"] for n in json.loads(out)["nodes"]}
+    assert batches == {
+        "det": {"dynamic": False, "max": 4, "text": "fixed 4"},
+        "one": {
+            "dynamic": False,
+            "max": 1,
+            "text": "1 (cannot batch; export with dynamic=True)",
+        },
+        "dyn": {"dynamic": True, "max": 8, "text": "dynamic (up to 8)"},
+    }
 
 
 async def test_mpta_inspect_reports_problems_with_exit_1(
