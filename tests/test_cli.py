@@ -251,6 +251,89 @@ async def test_mpta_convert_without_ultralytics_explains_the_extra(
     assert not (tmp_path / "out.mpta").exists()
 
 
+#: A stand-in for ultralytics (the optional extra, not installed in the test venv): it records
+#: how ``mpta convert`` calls ``YOLO(path).export(...)`` and writes a real ONNX model where
+#: ultralytics would (next to the weights), as ultralytics' ``dynamic=True`` export shapes it.
+FAKE_ULTRALYTICS = """
+import json, os, shutil
+from pathlib import Path
+
+
+class YOLO:
+    def __init__(self, model):
+        self.model = model
+
+    def export(self, **kwargs):
+        with open(os.environ["FAKE_ULTRALYTICS_CALLS"], "a") as calls:
+            calls.write(json.dumps({"model": Path(self.model).name, "kwargs": kwargs}) + "\\n")
+        out = Path(self.model).with_suffix(".onnx")
+        shutil.copyfile(os.environ["FAKE_ULTRALYTICS_ONNX"], out)
+        return str(out)
+"""
+
+
+def ultralytics_dynamic_export(path: Path) -> Path:
+    """A colour detector shaped like ultralytics' ``export(dynamic=True)``: input
+    ``[batch, 3, height, width]`` (the size only in the metadata's ``imgsz``)."""
+    import onnx  # noqa: PLC0415
+
+    from pytrickle_worker.devtools.models import build_colour_detector  # noqa: PLC0415
+
+    model = onnx.load(str(build_colour_detector(path, "v8", (160, 224), batch=None)))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    onnx.save(model, str(path))
+    return path
+
+
+async def test_mpta_convert_exports_with_a_dynamic_batch(tmp_path: Path) -> None:
+    """What convert asks of ultralytics, through the real CLI (only ultralytics is a
+    stand-in), and that the worker takes the result: a batchable model."""
+    fake = tmp_path / "fake" / "ultralytics"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_ULTRALYTICS)
+    calls = tmp_path / "calls.jsonl"
+    source = tmp_path / "pt.mpta"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr(
+            "pt/pipeline.json",
+            json.dumps(
+                {
+                    "pipeline": {
+                        "modelId": "d",
+                        "modelFile": "d.pt",
+                        "minConfidence": 0.5,
+                        "triggerClasses": ["car"],
+                    }
+                }
+            ),
+        )
+        archive.writestr("pt/d.pt", b"weights")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
+        "FAKE_ULTRALYTICS_CALLS": str(calls),
+        "FAKE_ULTRALYTICS_ONNX": str(ultralytics_dynamic_export(tmp_path / "exported.onnx")),
+        "PTW_MAX_BATCH": "4",
+    }
+    target = tmp_path / "out.mpta"
+    code, _, err = await run_cli(tmp_path, "mpta", "convert", str(source), str(target), env=env)
+    assert code == 0, err
+    exports = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert exports == [{"model": "d.pt", "kwargs": {"format": "onnx", "dynamic": True}}]
+    with zipfile.ZipFile(target) as archive:
+        names = sorted(archive.namelist())
+        manifest = json.loads(archive.read("out/pipeline.json"))
+    assert names == ["out/d.onnx", "out/pipeline.json"]
+    assert manifest["pipeline"]["modelFile"] == "d.onnx"
+
+    code, out, err = await run_cli(tmp_path, "mpta", "inspect", "--json", str(target), env=env)
+    assert code == 0, err
+    (node,) = json.loads(out)["nodes"]
+    assert node["input"]["size"] == [160, 224]  # dynamic H/W: the metadata's imgsz
+    assert node["batch"] == {"dynamic": True, "max": 4, "text": "dynamic (up to 4)"}
+
+
 def _has_ultralytics() -> bool:
     import importlib.util  # noqa: PLC0415
 
