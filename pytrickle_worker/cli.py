@@ -288,6 +288,7 @@ def _serve(config: WorkerConfig, args: argparse.Namespace) -> int:
 
 
 async def _inspect(config: WorkerConfig, source: str, as_json: bool, out: TextIO) -> int:
+    from pytrickle_worker.engine.inference.batching import describe_batch  # noqa: PLC0415
     from pytrickle_worker.engine.mpta.service import PipelineService  # noqa: PLC0415
 
     async with PipelineService(config) as service:
@@ -318,6 +319,12 @@ async def _inspect(config: WorkerConfig, source: str, as_json: bool, out: TextIO
                             "size": list(node.model.info.input_size),
                         },
                         "classes": list(node.model.info.names),
+                        # dynamic: any batch up to max (PTW_MAX_BATCH); else max is fixed.
+                        "batch": {
+                            "dynamic": node.model.info.batch is None,
+                            "max": node.model.max_batch,
+                            "text": describe_batch(node.model.info.batch, node.model.max_batch),
+                        },
                         "minConfidence": node.spec.min_confidence,
                         "triggerClasses": list(node.spec.trigger_classes),
                         "crop": node.spec.crop,
@@ -348,6 +355,7 @@ async def _inspect(config: WorkerConfig, source: str, as_json: bool, out: TextIO
             f"{indent}    model     {node['modelFile']}  task={node['task']} "
             f"contract={node['contract']}\n"
             f"{indent}    input     {node['input']['name']} {node['input']['size']}\n"
+            f"{indent}    batch     {node['batch']['text']}\n"
             f"{indent}    classes   {shown}\n"
             f"{indent}    trigger   {node['triggerClasses']}  minConfidence={node['minConfidence']}"
             f"  crop={node['crop']}\n"

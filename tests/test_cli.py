@@ -32,7 +32,10 @@ def cli_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-async def run_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+async def run_cli(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """``pytrickle-worker ARGS`` in a subprocess; ``env`` adds to :func:`cli_env`."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -40,7 +43,7 @@ async def run_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=cli_env(tmp_path),
+        env={**cli_env(tmp_path), **(env or {})},
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout=120)
     assert proc.returncode is not None
@@ -131,6 +134,8 @@ async def test_mpta_inspect_over_http(archive_server: str, tmp_path: Path) -> No
     assert "contract=yolov8" in out.replace("-", "").lower() or "yolov8" in out.lower()
     assert "CPUExecutionProvider" in out
     assert "car" in out and "yellow" in out
+    # The demo models have a dynamic batch; on the CPU the default max_batch is 1.
+    assert out.count("batch     dynamic (up to 1)\n") == 2
 
     code, out, err = await run_cli(
         tmp_path, "mpta", "inspect", "--json", f"{archive_server}/demo.mpta"
@@ -139,6 +144,65 @@ async def test_mpta_inspect_over_http(archive_server: str, tmp_path: Path) -> No
     description = json.loads(out)
     assert [n["path"] for n in description["nodes"]] == ["pipeline", "pipeline.branches[0]"]
     assert description["nodes"][1]["classes"] == ["white", "yellow", "black"]
+    assert description["nodes"][0]["batch"] == {
+        "dynamic": True,
+        "max": 1,
+        "text": "dynamic (up to 1)",
+    }
+
+
+async def test_mpta_inspect_shows_whether_each_model_can_batch(tmp_path: Path) -> None:
+    from pytrickle_worker.devtools.assets import build_mpta  # noqa: PLC0415
+    from pytrickle_worker.devtools.models import (  # noqa: PLC0415
+        build_colour_classifier,
+        build_colour_detector,
+    )
+
+    models = tmp_path / "models"
+    models.mkdir()
+    files = {
+        "fixed4.onnx": build_colour_detector(models / "fixed4.onnx", "v8", (160, 224), batch=4),
+        "single.onnx": build_colour_classifier(models / "single.onnx", 64, batch=1),
+        "dynamic.onnx": build_colour_classifier(models / "dynamic.onnx", 64, batch=None),
+    }
+
+    def node(model_id: str, model_file: str, **extra: object) -> dict[str, object]:
+        return {
+            "modelId": model_id,
+            "modelFile": model_file,
+            "minConfidence": 0.5,
+            "triggerClasses": ["car"],
+            **extra,
+        }
+
+    pipeline = node(
+        "det",
+        "fixed4.onnx",
+        branches=[node("one", "single.onnx", crop=True), node("dyn", "dynamic.onnx", crop=True)],
+    )
+    archive = build_mpta(tmp_path / "batches.mpta", {"pipeline": pipeline}, files)
+    env = {"PTW_MAX_BATCH": "8"}
+    code, out, err = await run_cli(tmp_path, "mpta", "inspect", str(archive), env=env)
+    assert code == 0, err
+    batch_lines = [line.strip() for line in out.splitlines() if line.strip().startswith("batch ")]
+    assert batch_lines == [
+        "batch     fixed 4",
+        "batch     1 (cannot batch; export with dynamic=True)",
+        "batch     dynamic (up to 8)",
+    ]
+
+    code, out, err = await run_cli(tmp_path, "mpta", "inspect", "--json", str(archive), env=env)
+    assert code == 0, err
+    batches = {n["modelId"]: n["batch"] for n in json.loads(out)["nodes"]}
+    assert batches == {
+        "det": {"dynamic": False, "max": 4, "text": "fixed 4"},
+        "one": {
+            "dynamic": False,
+            "max": 1,
+            "text": "1 (cannot batch; export with dynamic=True)",
+        },
+        "dyn": {"dynamic": True, "max": 8, "text": "dynamic (up to 8)"},
+    }
 
 
 async def test_mpta_inspect_reports_problems_with_exit_1(
@@ -185,6 +249,89 @@ async def test_mpta_convert_without_ultralytics_explains_the_extra(
     assert code == 1
     assert "pytrickle-worker[convert]" in err
     assert not (tmp_path / "out.mpta").exists()
+
+
+#: A stand-in for ultralytics (the optional extra, not installed in the test venv): it records
+#: how ``mpta convert`` calls ``YOLO(path).export(...)`` and writes a real ONNX model where
+#: ultralytics would (next to the weights), as ultralytics' ``dynamic=True`` export shapes it.
+FAKE_ULTRALYTICS = """
+import json, os, shutil
+from pathlib import Path
+
+
+class YOLO:
+    def __init__(self, model):
+        self.model = model
+
+    def export(self, **kwargs):
+        with open(os.environ["FAKE_ULTRALYTICS_CALLS"], "a") as calls:
+            calls.write(json.dumps({"model": Path(self.model).name, "kwargs": kwargs}) + "\\n")
+        out = Path(self.model).with_suffix(".onnx")
+        shutil.copyfile(os.environ["FAKE_ULTRALYTICS_ONNX"], out)
+        return str(out)
+"""
+
+
+def ultralytics_dynamic_export(path: Path) -> Path:
+    """A colour detector shaped like ultralytics' ``export(dynamic=True)``: input
+    ``[batch, 3, height, width]`` (the size only in the metadata's ``imgsz``)."""
+    import onnx  # noqa: PLC0415
+
+    from pytrickle_worker.devtools.models import build_colour_detector  # noqa: PLC0415
+
+    model = onnx.load(str(build_colour_detector(path, "v8", (160, 224), batch=None)))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch"
+    dims[2].dim_param, dims[3].dim_param = "height", "width"
+    onnx.save(model, str(path))
+    return path
+
+
+async def test_mpta_convert_exports_with_a_dynamic_batch(tmp_path: Path) -> None:
+    """What convert asks of ultralytics, through the real CLI (only ultralytics is a
+    stand-in), and that the worker takes the result: a batchable model."""
+    fake = tmp_path / "fake" / "ultralytics"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(FAKE_ULTRALYTICS)
+    calls = tmp_path / "calls.jsonl"
+    source = tmp_path / "pt.mpta"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr(
+            "pt/pipeline.json",
+            json.dumps(
+                {
+                    "pipeline": {
+                        "modelId": "d",
+                        "modelFile": "d.pt",
+                        "minConfidence": 0.5,
+                        "triggerClasses": ["car"],
+                    }
+                }
+            ),
+        )
+        archive.writestr("pt/d.pt", b"weights")
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
+        "FAKE_ULTRALYTICS_CALLS": str(calls),
+        "FAKE_ULTRALYTICS_ONNX": str(ultralytics_dynamic_export(tmp_path / "exported.onnx")),
+        "PTW_MAX_BATCH": "4",
+    }
+    target = tmp_path / "out.mpta"
+    code, _, err = await run_cli(tmp_path, "mpta", "convert", str(source), str(target), env=env)
+    assert code == 0, err
+    exports = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert exports == [{"model": "d.pt", "kwargs": {"format": "onnx", "dynamic": True}}]
+    with zipfile.ZipFile(target) as archive:
+        names = sorted(archive.namelist())
+        manifest = json.loads(archive.read("out/pipeline.json"))
+    assert names == ["out/d.onnx", "out/pipeline.json"]
+    assert manifest["pipeline"]["modelFile"] == "d.onnx"
+
+    code, out, err = await run_cli(tmp_path, "mpta", "inspect", "--json", str(target), env=env)
+    assert code == 0, err
+    (node,) = json.loads(out)["nodes"]
+    assert node["input"]["size"] == [160, 224]  # dynamic H/W: the metadata's imgsz
+    assert node["batch"] == {"dynamic": True, "max": 4, "text": "dynamic (up to 4)"}
 
 
 def _has_ultralytics() -> bool:

@@ -42,6 +42,7 @@ __all__ = [
     "BatchObserver",
     "ModelBatcher",
     "default_max_batch",
+    "describe_batch",
     "model_max_batch",
 ]
 
@@ -81,6 +82,16 @@ def model_max_batch(fixed_batch: int | None, configured: int, name: str) -> int:
             name,
         )
     return fixed_batch
+
+
+def describe_batch(fixed_batch: int | None, max_batch: int) -> str:
+    """How a model batches, in a few words (``mpta inspect``): ``dynamic (up to N)`` with
+    ``max_batch`` N, ``fixed N``, or why a fixed batch of 1 is not batched."""
+    if fixed_batch is None:
+        return f"dynamic (up to {max_batch})"
+    if fixed_batch > 1:
+        return f"fixed {fixed_batch}"
+    return "1 (cannot batch; export with dynamic=True)"
 
 
 class BatchObserver:

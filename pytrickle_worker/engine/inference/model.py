@@ -92,7 +92,7 @@ _NOT_ONNX: Final[dict[str, str]] = {
 def _export_hint(name: str) -> str:
     stem = name.rsplit(".", 1)[0] if "." in name else name
     return (
-        f"export it to ONNX (`yolo export model={stem}.pt format=onnx` or "
+        f"export it to ONNX (`yolo export model={stem}.pt format=onnx dynamic=True` or "
         "`pytrickle-worker mpta convert IN.mpta OUT.mpta`)"
     )
 

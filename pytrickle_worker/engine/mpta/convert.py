@@ -1,6 +1,12 @@
 """``mpta convert``: export the PyTorch models inside an archive to ONNX.
 
 Needs ultralytics (the optional ``convert`` extra); the worker itself never does.
+
+Models are exported with a dynamic batch axis (:data:`EXPORT_ARGS`), so that the worker can
+run the frames of several streams in one ``session.run`` (cross-stream batching). ultralytics'
+``dynamic=True`` makes the input's height and width dynamic too (it has no batch-only
+option); the worker then takes the input size from the ``imgsz`` ultralytics writes into the
+model's metadata (the size the model was trained at, which the export keeps by default).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from pytrickle_worker.core.errors import MptaError
 from pytrickle_worker.engine.mpta.archive import ArchiveLimits, extract_archive
@@ -21,6 +27,8 @@ from pytrickle_worker.engine.mpta.spec import iter_nodes, parse_pipeline_json
 logger = logging.getLogger(__name__)
 
 PYTORCH_SUFFIXES = (".pt", ".pth")
+#: ``YOLO(path).export(**EXPORT_ARGS)``: ONNX with a dynamic batch axis (see the module doc).
+EXPORT_ARGS: Final[dict[str, object]] = {"format": "onnx", "dynamic": True}
 
 
 def _load_exporter() -> Any:
@@ -63,7 +71,7 @@ def convert_archive(source: Path, target: Path, limits: ArchiveLimits | None = N
             yolo = _load_exporter()
             for model_file in pytorch:
                 logger.info("exporting %s to ONNX", model_file)
-                exported = Path(yolo(str(root / model_file)).export(format="onnx"))
+                exported = Path(yolo(str(root / model_file)).export(**EXPORT_ARGS))
                 onnx_name = str(Path(model_file).with_suffix(".onnx"))
                 shutil.move(exported, root / onnx_name)
                 renamed[model_file] = onnx_name
