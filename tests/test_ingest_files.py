@@ -192,6 +192,39 @@ async def test_target_fps_sampling_never_repeats(hub: CameraHub, clip: Path) -> 
     await fast.close()
 
 
+async def test_skipped_frames_split_into_sampler_and_overload(hub: CameraHub, clip: Path) -> None:
+    """A subscriber that keeps up only skips what its fps sampling skips; one that is busy
+    longer than its interval also misses frames it would have taken (overload)."""
+    source = SourceConfig(url=str(clip), loop=True)
+    idle = hub.subscribe(source, target_fps=5)
+    busy = hub.subscribe(source, target_fps=5)
+    assert await idle.next_frame(timeout=5) is not None
+    assert await busy.next_frame(timeout=5) is not None
+
+    async def slow_consumer(seconds: float) -> int:
+        taken = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            if await busy.next_frame(timeout=1) is not None:
+                taken += 1
+                await asyncio.sleep(0.6)  # "processing" for three intervals of 5 fps
+        return taken
+
+    idle_frames, busy_taken = await asyncio.gather(collect(idle, 3.0), slow_consumer(3.0))
+    for sub in (idle, busy):
+        assert sub.frames_skipped == sub.frames_skipped_sampler + sub.frames_skipped_overload
+    # 15 fps sampled at 5 fps: about two of every three frames are the sampler's.
+    assert len(idle_frames) >= 12
+    assert idle.frames_skipped_sampler >= 1.5 * len(idle_frames) - 3
+    assert idle.frames_skipped_overload <= 3  # at most a late wake-up or two
+    # Busy 0.6 s per frame (~9 frames): ~2 replaced before the due time, ~6 after it.
+    assert busy_taken >= 3
+    assert busy.frames_skipped_overload > busy.frames_skipped_sampler > 0
+    await idle.close()
+    await busy.close()
+
+
 async def test_latest_does_not_consume(hub: CameraHub, clip: Path) -> None:
     sub = hub.subscribe(SourceConfig(url=str(clip), loop=True), target_fps=10)
     first = await sub.next_frame(timeout=5)

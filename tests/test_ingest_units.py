@@ -26,7 +26,7 @@ from pytrickle_worker.sources import (
     open_options,
 )
 from pytrickle_worker.sources.crop import CropRect, clip_crop, validate_crop
-from pytrickle_worker.sources.frame import LatestFrame
+from pytrickle_worker.sources.frame import PUBLISH_HISTORY, LatestFrame
 from pytrickle_worker.sources.status import RateMeter, StatusTracker
 from pytrickle_worker.sources.stream import describe_error
 
@@ -261,3 +261,28 @@ def test_latest_frame_converts_once_for_many_takers() -> None:
     assert results[0].shape == (48, 64, 3)
     assert not results[0].flags.writeable
     assert int(results[0][0, 0, 0]) == 200
+
+
+def test_latest_frame_tells_which_missed_frames_were_newest_after_a_moment() -> None:
+    """``newest_after``: the frames a subscriber skipped that were still the newest at or
+    after its due time (the hub counts those as overload, the others as sampler skips)."""
+    now = [0.0]
+    slot = LatestFrame(lambda: None, clock=lambda: now[0])
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    for index in range(10):  # frame seq = index + 1, published at index * 0.1 s
+        now[0] = index * 0.1
+        slot.publish(av.VideoFrame.from_ndarray(rgb, format="rgb24"), None)
+    # Took 1, now takes 10; due at 0.35: frame 4 (newest 0.3 .. 0.4) and 5..9 were newest
+    # after it; 2 and 3 were replaced before it.
+    assert slot.newest_after(1, 10, 0.35) == 6
+    assert slot.newest_after(1, 10, 0.4) == 5  # 4 was replaced exactly at the due time
+    assert slot.newest_after(1, 10, 5.0) == 0  # due after everything: all sampler
+    assert slot.newest_after(1, 10, -1.0) == 8  # due before everything: all overload
+    assert slot.newest_after(9, 10, 0.0) == 0  # nothing skipped
+    assert slot.newest_after(5, 8, 0.35) == 2  # only frames strictly between
+    for index in range(10, PUBLISH_HISTORY + 20):  # older publish times are forgotten
+        now[0] = index * 0.1
+        slot.publish(av.VideoFrame.from_ndarray(rgb, format="rgb24"), None)
+    last = PUBLISH_HISTORY + 20
+    # Frames 20 .. 1043: those whose successor (21 .. 1044) is remembered.
+    assert slot.newest_after(1, last, -1.0) == PUBLISH_HISTORY

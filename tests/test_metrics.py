@@ -30,7 +30,7 @@ from pytrickle_worker.engine.inference.registry import ModelRegistry
 from pytrickle_worker.engine.mpta.actions import ActionJob
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.engine.mpta.spec import RedisConfig, RedisPublishAction
-from pytrickle_worker.server.app import METRICS_KEY, SERVICE_KEY, create_app
+from pytrickle_worker.server.app import CMS_KEY, METRICS_KEY, SERVICE_KEY, create_app
 from pytrickle_worker.server.metrics import WorkerMetrics
 from pytrickle_worker.transport.trickle import TricklePublisher
 from tests.helpers import RedisProcess, free_port
@@ -70,6 +70,27 @@ class Scrape:
 
     def total(self, name: str, **labels: str) -> float:
         return sum(v for _, v in self.find(name, **labels))
+
+
+def assert_stream_series(scrape: Scrape, door: str, stream: str) -> None:
+    """The per-stream series of an analysed stream: latency histogram, analysed rate and
+    skipped frames by reason, with sane values."""
+    key = {"door": door, "stream": stream}
+    count = scrape.value("ptw_stream_latency_seconds_count", **key)
+    total = scrape.value("ptw_stream_latency_seconds_sum", **key)
+    assert count is not None and count > 0, scrape.text
+    assert total is not None and 0 < total < 60 * count  # seconds, not ms or epochs
+    buckets = [(float(labels["le"]), value) for labels, value in
+               scrape.find("ptw_stream_latency_seconds_bucket", **key)]  # fmt: skip
+    bounds = [le for le, _ in buckets]
+    assert bounds == sorted(bounds) and bounds[0] == 0.025 and bounds[-1] == float("inf")
+    counts = [value for _, value in buckets]
+    assert counts == sorted(counts) and counts[-1] == count
+    fps = scrape.value("ptw_stream_analysed_fps", **key)
+    assert fps is not None and fps > 0
+    for reason in ("sampler", "overload"):
+        skipped = scrape.value("ptw_stream_frames_skipped_total", **key, reason=reason)
+        assert skipped is not None and skipped >= 0, reason
 
 
 @dataclass
@@ -259,6 +280,27 @@ async def test_cms_subscription_metrics_move_between_scrapes(
     assert all(len(labels["sha256"]) == 12 for labels, _ in models)
     assert first.value("ptw_model_refs", model="detector.onnx") == 2  # both subscriptions
     assert inferences(first) > 0
+    # Per stream: the good camera's latency, rate and skipped frames (a 15 fps video analysed
+    # at 10 fps always skips some). Only subscriptions are streams of the CMS door.
+    good_stream = await worker.scrape_until(
+        lambda s: (
+            (s.value("ptw_stream_analysed_fps", door="cms", stream=good) or 0) > 0
+            and s.total("ptw_stream_frames_skipped_total", stream=good) > 0
+        ),
+        "an analysed rate and skipped frames",
+    )
+    assert_stream_series(good_stream, "cms", good)
+    skipped_total = good_stream.total("ptw_stream_frames_skipped_total", door="cms", stream=good)
+    legacy = good_stream.value("ptw_subscription_frames_skipped_total", subscription=good)
+    assert legacy == skipped_total  # the subscription's one total, split by reason
+    sub = worker.server.app[CMS_KEY].subscriptions.get(good)
+    assert sub is not None
+    snapshot = sub.latency.snapshot()
+    assert snapshot.p95_s is not None and snapshot.p95_s > 0
+    assert snapshot.p50_s is not None and snapshot.p50_s <= snapshot.p95_s
+    camera = sub.camera
+    assert camera.frames_skipped == camera.frames_skipped_sampler + camera.frames_skipped_overload
+    assert {labels["door"] for labels, _ in good_stream.find("ptw_stream_analysed_fps")} == {"cms"}
 
     second = await worker.scrape_until(
         lambda s: (
@@ -383,6 +425,22 @@ async def test_trickle_stream_state_and_rates(
         for queue in ("decode", "encode", "segment"):
             assert during.value("ptw_stream_queue_depth", queue=queue) is not None, queue
         assert during.value("ptw_model_info", model="detector.onnx") == 1
+        # Per stream: the trickle stream's latency and rates, labelled with its request id.
+        analysed = await worker.scrape_until(
+            lambda s: (s.value("ptw_stream_analysed_fps", door="trickle", stream=MID) or 0) > 0,
+            "an analysed trickle rate",
+        )
+        assert_stream_series(analysed, "trickle", MID)
+        # /api/stream/status shows the same latency figures (milliseconds).
+        async with worker.http.get(worker.url("/api/stream/status")) as response:
+            assert response.status == 200
+            session = (await response.json())["session"]
+        assert session["latency_count"] > 0
+        p50, p95 = session["latency_ms_p50"], session["latency_ms_p95"]
+        assert 0 < p50 <= p95 < 60_000, session
+        # The two drop counts behind reason="sampler" and reason="overload".
+        assert session["frames_skipped_by_rate"] >= 0
+        assert session["frames_dropped_before_processing"] >= 0
     finally:
         await publisher.close()
     async with worker.http.post(worker.url("/api/stream/stop"), json={}) as response:

@@ -22,7 +22,7 @@ WIRE_KEYS = [
     "segments_out", "segments_out_failed", "segments_out_dropped", "events_sent",
     "events_dropped", "data_records_sent", "data_records_dropped", "control_messages",
     "control_errors", "control_rejected", "input_stalled", "input_stalls",
-    "seconds_since_input",
+    "seconds_since_input", "latency_ms_p50", "latency_ms_p95", "latency_count",
 ]  # fmt: skip
 
 
@@ -32,6 +32,11 @@ def test_a_new_session_reports_every_wire_key_in_order() -> None:
     assert list(stats) == WIRE_KEYS
     assert stats["kind"] == "trickle" and stats["state"] == "new"
     assert stats["input_dimensions"] is None and stats["seconds_since_input"] is None
+    assert (stats["latency_ms_p50"], stats["latency_ms_p95"], stats["latency_count"]) == (
+        None,
+        None,
+        0,
+    )
 
 
 def test_dimensions_and_final_counts_keep_their_json_shape() -> None:

@@ -7,7 +7,9 @@ the hub's per-source status, the CMS subscriptions and backend queues, the actio
 dispatcher, the model registry and the stream manager -- so nothing is counted twice. The only
 metrics observed as they happen are the inference latency and batch-size histograms, which
 the models feed through the :class:`~pytrickle_worker.engine.inference.model.InferenceObserver`
-installed on the :class:`~pytrickle_worker.engine.inference.registry.ModelRegistry`.
+installed on the :class:`~pytrickle_worker.engine.inference.registry.ModelRegistry`. (The
+per-stream capture→result latency is observed by the doors into their own
+:class:`~pytrickle_worker.core.latency.LatencyHistogram` and read here as a snapshot.)
 
 Counters taken from snapshots are the components' cumulative counts. They restart from zero
 only when the thing they count is created again (a source reader restarted after its last
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -32,11 +35,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from pytrickle_worker import __version__
+from pytrickle_worker.core.latency import LatencySnapshot
 from pytrickle_worker.core.logutil import mask_url
 from pytrickle_worker.engine.inference.batching import BatchObserver
 from pytrickle_worker.engine.inference.model import ModelInfo
@@ -126,6 +130,28 @@ def _number(value: object) -> float:
     return 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class _StreamRow:
+    """One analysed stream of either door, as the per-stream metrics show it."""
+
+    door: str  # "cms" or "trickle"
+    stream: str  # the subscriptionIdentifier, or the trickle stream's gateway_request_id
+    latency: LatencySnapshot
+    analysed_fps: float
+    skipped_sampler: int
+    skipped_overload: int
+
+
+def _histogram_buckets(snapshot: LatencySnapshot) -> list[tuple[str, float]]:
+    """A snapshot's cumulative buckets as HistogramMetricFamily takes them (+Inf last)."""
+    buckets: list[tuple[str, float]] = [
+        (repr(float(bound)), float(count))  # "0.025", "10.0": as Histogram writes le
+        for bound, count in zip(snapshot.bounds, snapshot.cumulative, strict=True)
+    ]
+    buckets.append(("+Inf", float(snapshot.count)))
+    return buckets
+
+
 class WorkerCollector(Collector):
     """Reads the components' snapshots at scrape time; a component left out is skipped.
 
@@ -159,6 +185,8 @@ class WorkerCollector(Collector):
             sections += [self._models, self._scheduler, self._actions]
         if self.streams is not None:
             sections.append(self._stream)
+        if self.cms is not None or self.streams is not None:
+            sections.append(self._per_stream)
         for section in sections:
             try:
                 metrics = section()
@@ -429,6 +457,60 @@ class WorkerCollector(Collector):
         ):
             queues.add_metric([queue], float(depth))
         return [state, active, fps, frames, dropped, queues]
+
+    def _per_stream(self) -> list[Metric]:
+        """Both doors' analysed streams: latency, analysed rate, frames skipped and why."""
+        labels = ("door", "stream")
+        latency = HistogramMetricFamily(
+            f"{PREFIX}_stream_latency_seconds",
+            "Capture to result latency of each analysed frame, per stream",
+            labels=list(labels),
+        )
+        fps = _gauge("stream_analysed_fps", "Frames analysed per second, per stream", labels)
+        skipped = _counter(
+            "stream_frames_skipped",
+            "Decoded frames never analysed, per stream (reason: sampler or overload)",
+            (*labels, "reason"),
+        )
+        for row in self._stream_rows():
+            key = [row.door, row.stream]
+            latency.add_metric(key, _histogram_buckets(row.latency), row.latency.sum_s)
+            fps.add_metric(key, row.analysed_fps)
+            skipped.add_metric([*key, "sampler"], row.skipped_sampler)
+            skipped.add_metric([*key, "overload"], row.skipped_overload)
+        return [latency, fps, skipped]
+
+    def _stream_rows(self) -> list[_StreamRow]:
+        rows: list[_StreamRow] = []
+        if self.cms is not None:
+            for sub in self.cms.subscriptions.active():
+                camera = sub.camera
+                rows.append(
+                    _StreamRow(
+                        "cms",
+                        sub.identifier,
+                        sub.latency.snapshot(),
+                        sub.analysed.fps,
+                        camera.frames_skipped_sampler,
+                        camera.frames_skipped_overload,
+                    )
+                )
+        if self.streams is not None:
+            stats, stream_id = self.streams.session_stats(), self.streams.stream_id
+            if isinstance(stats, StreamStats) and stream_id is not None:
+                # The decoder's rate sampler skips; frames evicted from the full queue before
+                # the processor (it was behind) are the overload.
+                rows.append(
+                    _StreamRow(
+                        "trickle",
+                        stream_id,
+                        stats.latency,
+                        stats.processing_fps,
+                        stats.frames_skipped_by_rate,
+                        stats.frames_dropped_before_processing,
+                    )
+                )
+        return rows
 
 
 class WorkerMetrics:

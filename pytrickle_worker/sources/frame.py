@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -12,7 +13,7 @@ import av
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["CameraFrame", "DecodedFrame", "LatestFrame", "RgbArray"]
+__all__ = ["PUBLISH_HISTORY", "CameraFrame", "DecodedFrame", "LatestFrame", "RgbArray"]
 
 RgbArray = NDArray[np.uint8]
 
@@ -97,23 +98,36 @@ class CameraFrame:
     source_height: int
 
 
+#: Publish times the slot remembers (the last this many frames'), for
+#: :meth:`LatestFrame.newest_after`.
+PUBLISH_HISTORY = 1024
+
+
 class LatestFrame:
     """Holds only the newest frame of a source (drop-oldest by construction).
 
     ``publish`` runs on the reader's thread and calls ``notify``, which must be thread-safe
-    (the hub's wakes waiting subscribers with ``core.wakeup.call_on_loop``).
+    (the hub's wakes waiting subscribers with ``core.wakeup.call_on_loop``). The slot also
+    remembers when (``clock``, monotonic seconds) each of the last :data:`PUBLISH_HISTORY`
+    frames was published, so a subscriber can tell which frames it missed were still the
+    newest after a given moment (:meth:`newest_after`).
     """
 
     def __init__(
         self,
         notify: Callable[[], None],
         on_convert: Callable[[], None] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
         self._latest: DecodedFrame | None = None
         self._seq = 0
         self._notify = notify
         self._on_convert = on_convert
+        self._clock = clock
+        #: Publish times of frames ``_seq - len + 1 .. _seq``.
+        self._published: deque[float] = deque(maxlen=PUBLISH_HISTORY)
 
     @property
     def latest(self) -> DecodedFrame | None:
@@ -124,5 +138,25 @@ class LatestFrame:
             self._seq += 1
             slot = DecodedFrame(self._seq, time.time(), pts_time, frame, self._on_convert)
             self._latest = slot
+            self._published.append(self._clock())
         self._notify()
         return slot
+
+    def newest_after(self, after_seq: int, before_seq: int, since: float) -> int:
+        """How many frames with ``after_seq < seq < before_seq`` were still the newest
+        frame at some moment at or after ``since`` (``clock`` seconds).
+
+        A frame is the newest from its own publish until the next one's, so it counts when
+        its successor was published after ``since``. Frames whose successor is older than
+        the remembered history are not counted.
+        """
+        with self._lock:
+            times = self._published
+            first_seq = self._seq - len(times) + 1  # the oldest remembered frame
+            count = 0
+            for seq in range(before_seq - 1, after_seq, -1):
+                successor = seq + 1
+                if successor < first_seq or times[successor - first_seq] <= since:
+                    break  # publish times only grow: every older frame is older still
+                count += 1
+            return count

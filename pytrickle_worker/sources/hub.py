@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
@@ -97,8 +98,17 @@ class Subscription:
         self._closed_event = asyncio.Event()
         self._clip_warned = False
         self.frames_taken = 0
-        #: Frames of the source this subscription never took (its fps sampling, and any lag).
+        #: Frames of the source this subscription never took (its fps sampling, and any lag):
+        #: always ``frames_skipped_sampler + frames_skipped_overload``.
         self.frames_skipped = 0
+        #: Skipped frames the sampler would not have taken anyway: each was replaced by a
+        #: newer one before the subscription's next frame was due (1/target_fps after the
+        #: last one taken).
+        self.frames_skipped_sampler = 0
+        #: Skipped frames the sampler would have taken: each was still the source's newest
+        #: frame at some moment at or after the due time, but the subscription was busy
+        #: (processing the last frame, or its event loop late) and a newer one replaced it.
+        self.frames_skipped_overload = 0
         #: The last crop error (the frame size made the crop impossible), else None.
         self.error: str | None = None
 
@@ -154,7 +164,7 @@ class Subscription:
             finally:
                 signal.waiting -= 1
         if self._last_seq:
-            self.frames_skipped += max(0, slot.seq - self._last_seq - 1)
+            self._count_skipped(slot.seq, loop)
         self._last_seq = slot.seq
         self._sampler.take(loop.time())
         frame = await self._to_camera_frame(slot)
@@ -162,6 +172,29 @@ class Subscription:
             self.frames_taken += 1
             self._entry.reader.tracker.delivered()
         return frame
+
+    def _count_skipped(self, seq: int, loop: asyncio.AbstractEventLoop) -> None:
+        """Count the frames between the last one taken and ``seq`` (about to be taken).
+
+        The sampler's due time (``next_due``, before this take) splits them: a frame that
+        was still the newest at or after it is one the subscription would have taken had
+        it been asking (overload); one replaced before it was never going to be taken
+        (sampler). The slot's publish times are monotonic clock seconds: the due time (on
+        the loop's clock) is moved onto that clock first.
+        """
+        skipped = max(0, seq - self._last_seq - 1)
+        if not skipped:
+            return
+        due = self._sampler.next_due
+        if due is None:  # no interval in force: every frame was due
+            overload = skipped
+        else:
+            since = due - loop.time() + time.monotonic()
+            overload = self._entry.reader.slot.newest_after(self._last_seq, seq, since)
+        overload = min(overload, skipped)
+        self.frames_skipped += skipped
+        self.frames_skipped_overload += overload
+        self.frames_skipped_sampler += skipped - overload
 
     def _new_frame(self) -> DecodedFrame | None:
         slot = self._entry.reader.slot.latest

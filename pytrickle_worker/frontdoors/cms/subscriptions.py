@@ -18,6 +18,8 @@ from typing import Any
 
 from processors.mpta_detector import MptaDetectorProcessor
 from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.core.fps import FpsMeter
+from pytrickle_worker.core.latency import LatencyHistogram
 from pytrickle_worker.core.logutil import mask_text, mask_url
 from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy
 from pytrickle_worker.engine.mpta.service import PipelineService
@@ -77,6 +79,10 @@ class ActiveSubscription:
     analysed_since_offline: bool = False
     #: The ``online`` value the backends last saw in a stateReport.
     announced_online: bool = False
+    #: Capture→result latency of each analysed frame (camera decode to processor result).
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    #: Frames analysed per second (the processor's results).
+    analysed: FpsMeter = field(default_factory=FpsMeter)
 
     @property
     def identifier(self) -> str:
@@ -429,6 +435,8 @@ class SubscriptionManager:
             stream_id=sub.payload.subscriptionIdentifier,
         )
         processed = await sub.stream.process(video)
+        sub.latency.observe(time.time() - frame.capture_time)
+        sub.analysed.tick()
         sub.frames_processed += 1
         sub.analysed_since_offline = True
         if not sub.announced_online:

@@ -224,6 +224,12 @@ class StreamManager:
         return self._stream is not None
 
     @property
+    def stream_id(self) -> str | None:
+        """The active stream's ``gateway_request_id``; None without a stream."""
+        stream = self._stream
+        return None if stream is None else stream.request.gateway_request_id
+
+    @property
     def draining(self) -> bool:
         return self._draining
 

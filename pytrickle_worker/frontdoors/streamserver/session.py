@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.core.fps import FpsMeter
+from pytrickle_worker.core.latency import LatencyHistogram
 from pytrickle_worker.core.logutil import mask_text, mask_url
 from pytrickle_worker.frontdoors.streamserver.channels import (
     ChannelPublisher,
@@ -204,6 +205,8 @@ class StreamSession:
         self._output_size: tuple[int, int] | None = None
         self._started_at: float | None = None
         self._processing_s = 0.0
+        #: Capture (decode) → processor result, per processed frame.
+        self._latency = LatencyHistogram()
         self.frames_processed = 0
         self.frames_dropped_by_processor = 0
         self.processor_errors = 0
@@ -415,6 +418,8 @@ class StreamSession:
                 continue
             finally:
                 self._processing_s += time.perf_counter() - started
+            if frame.capture_time is not None:
+                self._latency.observe(time.time() - frame.capture_time)
             self.frames_processed += 1
             self._processed.tick()
             if result is None:
@@ -737,4 +742,5 @@ class StreamSession:
             seconds_since_input=round(time.monotonic() - self._last_input_at, 3)
             if self._last_input_at is not None
             else None,
+            latency=self._latency.snapshot(),
         )

@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pytrickle_worker.core.latency import LatencySnapshot
+
 __all__ = ["Dimensions", "StreamStats"]
 
 
@@ -65,10 +67,26 @@ class StreamStats:
     input_stalled: bool
     input_stalls: int
     seconds_since_input: float | None
+    #: Capture→result latency (decode to processor result) of the frames processed. The JSON
+    #: shows its recent p50/p95 (``latency_ms_p50``, ``latency_ms_p95``, null before the
+    #: first frame) and ``latency_count``; /metrics also reads its buckets.
+    latency: LatencySnapshot
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (dimensions as ``{"width", "height"}``)."""
-        return dataclasses.asdict(self)
+        """The JSON form (dimensions as ``{"width", "height"}``, ``latency`` as
+        ``latency_ms_p50``, ``latency_ms_p95`` and ``latency_count``)."""
+        out: dict[str, Any] = {}
+        for item in dataclasses.fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, LatencySnapshot):
+                out[f"{item.name}_ms_p50"] = _ms(value.p50_s)
+                out[f"{item.name}_ms_p95"] = _ms(value.p95_s)
+                out[f"{item.name}_count"] = value.count
+            elif isinstance(value, Dimensions):
+                out[item.name] = dataclasses.asdict(value)
+            else:
+                out[item.name] = value
+        return out
 
     def final_counts(self) -> dict[str, int]:
         """The frame and segment counts (``frames_*``, ``segments_*``), for the
@@ -78,3 +96,7 @@ class StreamStats:
             for key, value in self.to_dict().items()
             if key.startswith(("frames_", "segments_"))
         }
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(1000 * seconds, 3)
