@@ -114,6 +114,24 @@ def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         return subprocess.Popen(args, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def spawn_camera(port: int, clip: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``pytrickle-worker demo camera`` looping ``clip`` on 127.0.0.1:``port``."""
+    return spawn(
+        [sys.executable, "-m", "pytrickle_worker", "demo", "camera", "--host", "127.0.0.1",
+         "--port", str(port), "--video", str(clip)],
+        env, log,
+    )  # fmt: skip
+
+
+def spawn_worker(port: int, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``pytrickle-worker serve --no-demo`` on 127.0.0.1:``port``."""
+    return spawn(
+        [sys.executable, "-m", "pytrickle_worker", "serve", "--no-demo", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env, log,
+    )  # fmt: skip
+
+
 async def wait_http(url: str, within: float = 60.0) -> None:
     deadline = time.monotonic() + within
     async with aiohttp.ClientSession() as http:
@@ -239,16 +257,8 @@ async def main() -> None:
             PYTHONUNBUFFERED="1",
         )
         camera_port, worker_port = free_port(), free_port()
-        camera = spawn(
-            [sys.executable, "-m", "pytrickle_worker", "demo", "camera", "--host", "127.0.0.1",
-             "--port", str(camera_port), "--video", str(clip)],
-            env, tmp / "camera.log",
-        )  # fmt: skip
-        worker = spawn(
-            [sys.executable, "-m", "pytrickle_worker", "serve", "--no-demo", "--host", "127.0.0.1",
-             "--port", str(worker_port)],
-            env, tmp / "worker.log",
-        )  # fmt: skip
+        camera = spawn_camera(camera_port, clip, env, tmp / "camera.log")
+        worker = spawn_worker(worker_port, env, tmp / "worker.log")
         try:
             await wait_http(f"http://127.0.0.1:{camera_port}/health")
             await wait_http(f"http://127.0.0.1:{worker_port}/health/live")

@@ -65,7 +65,8 @@ from bench_cms_saturation import (
     cpu_seconds,
     decode_cpu_per_frame,
     free_port,
-    spawn,
+    spawn_camera,
+    spawn_worker,
     wait_http,
 )
 from bench_ingest import encode_clip
@@ -300,16 +301,8 @@ async def ramp(
     args: argparse.Namespace, floor: Floor, mpta: Path, clip: Path, env: dict[str, str], tmp: Path
 ) -> list[Step]:
     camera_port, worker_port = free_port(), free_port()
-    camera = spawn(
-        [sys.executable, "-m", "pytrickle_worker", "demo", "camera", "--host", "127.0.0.1",
-         "--port", str(camera_port), "--video", str(clip)],
-        env, tmp / "camera.log",
-    )  # fmt: skip
-    worker = spawn(
-        [sys.executable, "-m", "pytrickle_worker", "serve", "--no-demo", "--host", "127.0.0.1",
-         "--port", str(worker_port)],
-        env, tmp / "worker.log",
-    )  # fmt: skip
+    camera = spawn_camera(camera_port, clip, env, tmp / "camera.log")
+    worker = spawn_worker(worker_port, env, tmp / "worker.log")
     steps: list[Step] = []
     try:
         await wait_http(f"http://127.0.0.1:{camera_port}/health")
@@ -404,11 +397,7 @@ async def trickle_door(
     for name in ("density", "density-out"):
         server.create_channel(name, "video/MP2T")
     worker_port = free_port()
-    worker = spawn(
-        [sys.executable, "-m", "pytrickle_worker", "serve", "--no-demo", "--host", "127.0.0.1",
-         "--port", str(worker_port)],
-        env, tmp / "worker-trickle.log",
-    )  # fmt: skip
+    worker = spawn_worker(worker_port, env, tmp / "worker-trickle.log")
     try:
         await wait_http(f"http://127.0.0.1:{worker_port}/health/live")
         start = {

@@ -223,24 +223,26 @@ async def test_mpta_inspect_reports_problems_with_exit_1(
     assert "hunter2" not in err and "127.0.0.1:9" in err
 
 
+def pt_archive(path: Path) -> Path:
+    """An MPTA whose detector is a PyTorch checkpoint (``d.pt``), for ``mpta convert``."""
+    pipeline = {
+        "pipeline": {
+            "modelId": "d",
+            "modelFile": "d.pt",
+            "minConfidence": 0.5,
+            "triggerClasses": ["car"],
+        }
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("pt/pipeline.json", json.dumps(pipeline))
+        archive.writestr("pt/d.pt", b"weights")
+    return path
+
+
 async def test_mpta_convert_without_ultralytics_explains_the_extra(
     demo_assets: DemoAssets, tmp_path: Path
 ) -> None:
-    with zipfile.ZipFile(tmp_path / "pt.mpta", "w") as archive:
-        archive.writestr(
-            "pt/pipeline.json",
-            json.dumps(
-                {
-                    "pipeline": {
-                        "modelId": "d",
-                        "modelFile": "d.pt",
-                        "minConfidence": 0.5,
-                        "triggerClasses": ["car"],
-                    }
-                }
-            ),
-        )
-        archive.writestr("pt/d.pt", b"weights")
+    pt_archive(tmp_path / "pt.mpta")
     code, _, err = await run_cli(
         tmp_path, "mpta", "convert", str(tmp_path / "pt.mpta"), str(tmp_path / "out.mpta")
     )
@@ -294,22 +296,7 @@ async def test_mpta_convert_exports_with_a_dynamic_batch(tmp_path: Path) -> None
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text(FAKE_ULTRALYTICS)
     calls = tmp_path / "calls.jsonl"
-    source = tmp_path / "pt.mpta"
-    with zipfile.ZipFile(source, "w") as archive:
-        archive.writestr(
-            "pt/pipeline.json",
-            json.dumps(
-                {
-                    "pipeline": {
-                        "modelId": "d",
-                        "modelFile": "d.pt",
-                        "minConfidence": 0.5,
-                        "triggerClasses": ["car"],
-                    }
-                }
-            ),
-        )
-        archive.writestr("pt/d.pt", b"weights")
+    source = pt_archive(tmp_path / "pt.mpta")
     env = {
         "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")]),
         "FAKE_ULTRALYTICS_CALLS": str(calls),

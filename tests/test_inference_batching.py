@@ -78,8 +78,14 @@ def make(
     max_wait_s: float = 0.0,
 ) -> tuple[BatchCoordinator, ModelBatcher]:
     coordinator = BatchCoordinator(slots, max_wait_s=max_wait_s)
-    batcher = coordinator.batcher(
-        "m", run, max_batch=max_batch, fixed_batch=fixed, input_shape=SHAPE, dtype=np.float32
+    batcher = ModelBatcher(
+        coordinator,
+        "m",
+        run,
+        max_batch=max_batch,
+        fixed_batch=fixed,
+        input_shape=SHAPE,
+        dtype=np.float32,
     )
     return coordinator, batcher
 

@@ -40,7 +40,7 @@ from pytrickle_worker.devtools.synthetic import (
     moving_objects,
     render_scene,
 )
-from pytrickle_worker.engine.inference.batching import BatchCoordinator
+from pytrickle_worker.engine.inference.batching import BatchCoordinator, ModelBatcher
 from pytrickle_worker.engine.inference.model import Classification, OnnxModel
 from pytrickle_worker.engine.inference.postprocess import Detections
 from pytrickle_worker.engine.inference.providers import ProviderChoice, select_providers
@@ -210,7 +210,8 @@ def hold_slot(coordinator: BatchCoordinator) -> Generator[None]:
         release.wait(GATHER_TIMEOUT_S)
         return np.zeros((batch.shape[0], 1), np.float32)
 
-    other = coordinator.batcher(
+    other = ModelBatcher(
+        coordinator,
         "other-model",
         blocked_run,
         max_batch=1,

@@ -235,7 +235,7 @@ async def test_a_model_load_does_not_delay_a_running_streams_frames(
     demo_assets: DemoAssets, tmp_path: Path
 ) -> None:
     """One inference worker: were loads on the inference threads, the stream's frames would
-    wait the whole load (over a second) behind it."""
+    wait the whole load (many frame intervals) behind it."""
     slow = write_mpta(tmp_path / "slow.mpta", build_slow_loading_classifier(tmp_path / "slow.onnx"))
     config = WorkerConfig(
         cache_dir=tmp_path / "cache",
@@ -258,7 +258,10 @@ async def test_a_model_load_does_not_delay_a_running_streams_frames(
             await service.release(loading.result())
             after = await frame_intervals(service, stream, frames, 1.0)
             baseline = max(p95(before), p95(after))
-            assert load_s >= 1.0, f"the slow model loaded in {load_s:.2f} s"
+            # The load must be long next to a frame interval, or the test cannot tell: a
+            # frame queued behind it would wait the whole load (a fast machine loads the
+            # slow model in well under a second, so this is relative, not absolute).
+            assert load_s >= 4 * baseline, f"the slow model loaded in {load_s:.2f} s"
             if len(during) >= 10 and p95(during) <= 1.5 * baseline:
                 break
             failures.append(

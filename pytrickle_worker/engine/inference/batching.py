@@ -140,27 +140,6 @@ class BatchCoordinator:
         self.free_slots = slots
         self._stats = _CoordinatorStats()
 
-    def batcher(
-        self,
-        name: str,
-        run: Callable[[Tensor], Output],
-        *,
-        max_batch: int,
-        fixed_batch: int | None,
-        input_shape: tuple[int, int, int],
-        dtype: FloatType,
-    ) -> ModelBatcher:
-        """A batcher for one model whose batched ``session.run`` is ``run``."""
-        return ModelBatcher(
-            self,
-            name,
-            run,
-            max_batch=max_batch,
-            fixed_batch=fixed_batch,
-            input_shape=input_shape,
-            dtype=dtype,
-        )
-
     def stats(self) -> dict[str, object]:
         with self.cond:
             s = self._stats

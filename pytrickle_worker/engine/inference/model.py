@@ -581,7 +581,8 @@ class OnnxModel:
             # A model that cannot batch gets a batcher of one all the same: its runs take
             # the coordinator's run slots like every other model's.
             size = model_max_batch(info.batch, max_batch, self.path.name)
-            self._batcher = coordinator.batcher(
+            self._batcher = ModelBatcher(
+                coordinator,
                 self.path.name,
                 self._session_run,
                 max_batch=size,
