@@ -165,8 +165,8 @@ async def session(segments: list[bytes]) -> int:
         await stream.wait_closed()
         await reader
         stats = stream.stats()
-        assert stats["frames_dropped_before_processing"] == 0
-        return int(stats["frames_encoded"])
+        assert stats.frames_dropped_before_processing == 0
+        return int(stats.frames_encoded)
     finally:
         await stream.stop()
         await server.stop()

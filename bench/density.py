@@ -485,6 +485,13 @@ def parse_args() -> argparse.Namespace:
         help="after the ramp, one step at this many times the floor's max N",
     )
     parser.add_argument("--trickle", action="store_true", help="also measure the stream door")
+    parser.add_argument(
+        "--worker-env",
+        action="append",
+        default=[],
+        metavar="PTW_X=VALUE",
+        help="a setting for the worker (repeatable); the bench's own PTW_* settings win",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args()
 
@@ -513,6 +520,11 @@ async def main() -> None:
         mpta = build_mpta(tmp / "density.mpta", pipeline, {"detector.onnx": model})
         floor = measure_floor(clip, model, args, cores)
         env = {k: v for k, v in os.environ.items() if not k.startswith("PTW_")}
+        for setting in args.worker_env:
+            key, _, value = setting.partition("=")
+            if not key.startswith("PTW_") or not _:
+                raise SystemExit(f"--worker-env wants PTW_NAME=VALUE, got {setting!r}")
+            env[key] = value
         env.update(
             PTW_EXECUTION_PROVIDER=args.provider,
             PTW_TARGET_FPS=str(args.target_fps),

@@ -177,6 +177,12 @@ class WorkerConfig(BaseModel):
         default=10.0, gt=0, description="No frame for this long: reconnect"
     )
     hw_decode: Literal["auto", "nvdec", "off"] = "auto"
+    decoder_threads: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="Software decoder threads per camera; 0 = FFmpeg's choice (one per core)",
+    )
     stream_processor: str = Field(
         default="mpta",
         min_length=1,
@@ -309,6 +315,7 @@ class WorkerConfig(BaseModel):
             max_retries=self.max_retries,
             stall_timeout_s=self.stall_timeout_s,
             hw_decode=self.hw_decode,
+            decoder_threads=self.decoder_threads,
         )
 
     @property
