@@ -284,3 +284,56 @@ def test_max_batch_follows_the_model(caplog: pytest.LogCaptureFixture) -> None:
         BatchCoordinator(0)
     with pytest.raises(ValueError):
         BatchCoordinator(1, max_wait_s=5)
+
+
+def test_a_graph_that_does_not_batch_falls_back_to_one_image_at_a_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A model that declares a dynamic batch axis but answers one image whatever it gets:
+    the batch is rerun image by image (every caller still gets its own result) and the model
+    is not batched again."""
+    gate = threading.Event()
+    sizes: list[int] = []
+
+    def first_image_only(batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        sizes.append(int(batch.shape[0]))
+        gate.wait(10)
+        return (batch[:1] * 2).astype(np.float32)
+
+    coordinator = BatchCoordinator(1)
+    batcher = ModelBatcher(
+        coordinator,
+        "nobatch.onnx",
+        first_image_only,
+        max_batch=4,
+        fixed_batch=None,
+        input_shape=SHAPE,
+        dtype=np.float32,
+    )
+    outputs: dict[float, npt.NDArray[np.float32]] = {}
+
+    def call(value: float) -> None:
+        outputs[value] = batcher.run(image(value))
+
+    first = threading.Thread(target=call, args=(1.0,))
+    first.start()
+    while not sizes:
+        time.sleep(0.001)
+    rest = [threading.Thread(target=call, args=(v,)) for v in (2.0, 3.0, 4.0)]
+    for thread in rest:
+        thread.start()
+    while len(batcher._pending) < 3:  # pyright: ignore[reportPrivateUsage] - waiting for the gathering
+        time.sleep(0.001)
+    with caplog.at_level("WARNING"):
+        gate.set()
+        for thread in [first, *rest]:
+            thread.join(10)
+    assert {v: float(o[0, 0, 0, 0]) for v, o in outputs.items()} == {
+        1.0: 2.0,
+        2.0: 4.0,
+        3.0: 6.0,
+        4.0: 8.0,
+    }
+    assert sizes == [1, 3, 1, 1, 1]  # the batch of 3, then each of its images alone
+    assert batcher.max_batch == 1
+    assert "nobatch.onnx: a batch of 3 gave an output of shape (1, 3, 2, 2)" in caplog.text

@@ -274,9 +274,21 @@ class ModelBatcher:
         # zeros, whose outputs are dropped); a dynamic one runs only the rows it has.
         size = self._shape[0] if self.fixed_batch is not None else count
         output = self._run(buffer[:size])
-        if output.shape[0] != size:
+        if output.shape[0] == size:
+            return [output[index : index + 1] for index in range(count)], buffer
+        if self.fixed_batch is not None:
             raise ValueError(f"{self.name}: a batch of {size} gave an output of {output.shape}")
-        return [output[index : index + 1] for index in range(count)], buffer
+        # A "dynamic" batch axis the graph does not honour (an output fixed at one image):
+        # run this model one image at a time from now on, and this batch image by image.
+        logger.warning(
+            "%s: a batch of %d gave an output of shape %s: its graph does not batch; running "
+            "it one image at a time",
+            self.name,
+            size,
+            tuple(output.shape),
+        )
+        self.max_batch = 1
+        return [self._run(request.tensor) for request in batch], buffer
 
 
 _EMPTY: Final[Tensor] = np.zeros((0,), np.float32)
