@@ -216,6 +216,9 @@ class Step:
     worker_over_floor_fps: float
     worker_over_floor_cpu: float
     holds: bool
+    #: The worker's mean session.run (from /metrics) vs the floor's, both per image.
+    run_ms: float = 0.0
+    floor_run_ms: float = 0.0
     gpu: dict[str, float] | None = None
 
 
@@ -275,6 +278,18 @@ class Backend:
         return [c / (end - start) for c in counts], latencies
 
 
+async def inference_totals(http: aiohttp.ClientSession, port: int) -> tuple[float, float]:
+    """The worker's ``ptw_inference_seconds`` sum and count over every model."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+        text = await response.text()
+    totals = [0.0, 0.0]
+    for line in text.splitlines():
+        for index, name in enumerate(("ptw_inference_seconds_sum", "ptw_inference_seconds_count")):
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                totals[index] += float(line.rsplit(" ", 1)[1])
+    return totals[0], totals[1]
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -319,9 +334,13 @@ async def ramp(
                 await backend.subscribe(camera_port, mpta, n)
                 await backend.wait_all_running(n)
                 await asyncio.sleep(args.warmup)
+                runs_before = await inference_totals(http, worker_port)
                 before = (cpu_seconds(worker_ps), cpu_seconds(camera_ps), time.monotonic())
                 await asyncio.sleep(args.seconds)
                 end = time.monotonic()
+                runs_after = await inference_totals(http, worker_port)
+                runs = runs_after[1] - runs_before[1]
+                run_ms = (runs_after[0] - runs_before[0]) / runs * 1000 if runs else 0.0
                 gpu = gpu_sample()
                 worker_cores = (cpu_seconds(worker_ps) - before[0]) / (end - before[2])
                 camera_cores = (cpu_seconds(camera_ps) - before[1]) / (end - before[2])
@@ -343,6 +362,8 @@ async def ramp(
                     worker_over_floor_fps=total / floor_fps if floor_fps else float("nan"),
                     worker_over_floor_cpu=worker_cores / floor_cores if floor_cores else 0.0,
                     holds=min(fps) >= args.target_fps * SLOWEST_TOLERANCE,
+                    run_ms=run_ms,
+                    floor_run_ms=1000 * floor.cores / floor.runs_per_s,
                     gpu=gpu,
                 )
                 steps.append(step)
@@ -377,7 +398,8 @@ def progress(step: Step, args: argparse.Namespace) -> str:
         f"(x{step.worker_over_floor_fps:.3f}); capture->detection p50 "
         f"{step.latency_p50_ms:.0f} ms p95 {step.latency_p95_ms:.0f} ms; worker "
         f"{step.worker_cores:.2f} cores vs floor {step.floor_cores:.2f} "
-        f"(x{step.worker_over_floor_cpu:.2f}); camera {step.camera_cores:.2f} cores{gpu}"
+        f"(x{step.worker_over_floor_cpu:.2f}); camera {step.camera_cores:.2f} cores; "
+        f"session.run {step.run_ms:.1f} ms vs floor {step.floor_run_ms:.1f}{gpu}"
     )
 
 
