@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -77,21 +78,30 @@ def decode_cpu_per_frame(clip: Path) -> float:
     return (time.process_time() - started) / max(1, frames)
 
 
-def session(model: Path, threads: int) -> ort.InferenceSession:
+def session(
+    model: Path, threads: int, providers: Sequence[str] = ("CPUExecutionProvider",)
+) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(model), options, providers=list(providers))
 
 
-def inferences_per_second(model: Path, tensor: np.ndarray, threads: int, parallel: int) -> float:
-    """Throughput of ``parallel`` sessions of ``threads`` intra-op threads each, run at once."""
-    sessions = [session(model, threads) for _ in range(parallel)]
+def inferences_per_second(
+    model: Path,
+    tensor: np.ndarray,
+    threads: int,
+    parallel: int,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> float:
+    """Images per second of ``parallel`` sessions of ``threads`` intra-op threads each, run
+    at once on ``tensor`` (a batch counts its images)."""
+    sessions = [session(model, threads, providers) for _ in range(parallel)]
     name = sessions[0].get_inputs()[0].name
     for s in sessions:
         s.run(None, {name: tensor})
-    runs = 20
+    runs = max(4, 40 // tensor.shape[0])
 
     def loop(s: ort.InferenceSession) -> None:
         for _ in range(runs):
@@ -102,7 +112,7 @@ def inferences_per_second(model: Path, tensor: np.ndarray, threads: int, paralle
         started = time.perf_counter()
         with ThreadPoolExecutor(parallel) as pool:
             list(pool.map(loop, sessions))
-        rates.append(parallel * runs / (time.perf_counter() - started))
+        rates.append(parallel * runs * tensor.shape[0] / (time.perf_counter() - started))
     return statistics.median(rates)
 
 

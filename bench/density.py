@@ -47,7 +47,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from math import ceil
 from pathlib import Path
@@ -56,7 +55,6 @@ from typing import Any
 import aiohttp
 import av
 import numpy as np
-import onnxruntime as ort
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -65,6 +63,7 @@ from bench_cms_saturation import (
     cpu_seconds,
     decode_cpu_per_frame,
     free_port,
+    inferences_per_second,
     spawn_camera,
     spawn_worker,
     wait_http,
@@ -133,35 +132,11 @@ class Floor:
         return n
 
 
-def session(model: Path, provider: str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(model), options, providers=PROVIDERS[provider])
-
-
 def throughput(
     model: Path, provider: str, tensor: np.ndarray, threads: int, parallel: int
 ) -> float:
     """Images per second of ``parallel`` sessions of ``threads`` threads each, at once."""
-    sessions = [session(model, provider, threads) for _ in range(parallel)]
-    name = sessions[0].get_inputs()[0].name
-    for s in sessions:
-        s.run(None, {name: tensor})
-    runs = max(4, 40 // tensor.shape[0])
-
-    def loop(s: ort.InferenceSession) -> None:
-        for _ in range(runs):
-            s.run(None, {name: tensor})
-
-    rates: list[float] = []
-    for _ in range(3):
-        started = time.perf_counter()
-        with ThreadPoolExecutor(parallel) as pool:
-            list(pool.map(loop, sessions))
-        rates.append(parallel * runs * tensor.shape[0] / (time.perf_counter() - started))
-    return statistics.median(rates)
+    return inferences_per_second(model, tensor, threads, parallel, PROVIDERS[provider])
 
 
 def measure_floor(clip: Path, model: Path, args: argparse.Namespace, cores: int) -> Floor:
