@@ -188,7 +188,7 @@ class ModelBatcher:
         # One batch tensor per concurrent run (a slot), reused: requests are copied in.
         self._shape = (max_batch, *input_shape)
         self._dtype = dtype
-        self.free_slots_buffers: list[Tensor] = []
+        self._free_buffers: list[Tensor] = []
 
     def run(self, tensor: Tensor) -> Output:
         """The model's output for a ``(1, 3, h, w)`` input, run in a batch with whatever
@@ -233,7 +233,7 @@ class ModelBatcher:
             if not batch:  # others took them while this one waited for more
                 return
             coordinator.record(len(batch))
-            buffer = self.free_slots_buffers.pop() if self.free_slots_buffers else None
+            buffer = self._free_buffers.pop() if self._free_buffers else None
             cond.release()
             try:
                 started = time.perf_counter()
@@ -252,7 +252,7 @@ class ModelBatcher:
             finally:
                 cond.acquire()
             if buffer is not None:
-                self.free_slots_buffers.append(buffer)
+                self._free_buffers.append(buffer)
             for request in batch:
                 request.done = True
                 request.tensor = _EMPTY  # the caller's buffer is free to reuse

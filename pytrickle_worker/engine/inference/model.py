@@ -262,14 +262,29 @@ def dynamic_batch_input(path: Path) -> tuple[str, tuple[int, int, int]] | None:
     if len(inputs) != 1:
         return None
     shape = _dims(inputs[0].shape)
-    if len(shape) != 4 or isinstance(shape[0], int):
+    if len(shape) != 4 or _fixed_dim(shape[0]) is not None:
         return None
-    props = {str(k): str(v) for k, v in dict(probe.get_modelmeta().custom_metadata_map).items()}
-    imgsz = parse_metadata(props, path.name).imgsz or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
-    h = shape[2] if isinstance(shape[2], int) and shape[2] > 0 else imgsz[0]
-    w = shape[3] if isinstance(shape[3], int) and shape[3] > 0 else imgsz[1]
-    c = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
-    return str(inputs[0].name), (c, h, w)
+    h, w = _input_size(shape, parse_metadata(_metadata_props(probe), path.name).imgsz)
+    return str(inputs[0].name), (_fixed_dim(shape[1]) or 3, h, w)
+
+
+def _fixed_dim(value: int | str | None) -> int | None:
+    """A dimension's size when the model fixes it (a positive int), else None."""
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _input_size(
+    shape: Sequence[int | str | None], imgsz: tuple[int, int] | None
+) -> tuple[int, int]:
+    """``(h, w)`` of an ``[n, c, h, w]`` input: its fixed sizes, else the ultralytics
+    ``imgsz`` metadata, else the default."""
+    fallback = imgsz or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
+    return _fixed_dim(shape[2]) or fallback[0], _fixed_dim(shape[3]) or fallback[1]
+
+
+def _metadata_props(session: Any) -> dict[str, str]:
+    """A session's ``metadata_props`` as plain strings."""
+    return {str(k): str(v) for k, v in dict(session.get_modelmeta().custom_metadata_map).items()}
 
 
 # --------------------------------------------------------------------------------------
@@ -365,14 +380,14 @@ class OnnxModel:
     def _bind(self, choice: ProviderChoice) -> BoundRunner:
         info = self._info
         output = next(o for o in self._session.get_outputs() if o.name == info.output_name)
-        tail = _dims(output.shape)[1:]
-        fixed_tail = tuple(d for d in tail if isinstance(d, int) and d > 0)
+        tail = [_fixed_dim(d) for d in _dims(output.shape)[1:]]
+        fixed_tail = None if None in tail else tuple(d for d in tail if d is not None)
         on_gpu = info.provider in (CUDA, TENSORRT)
         return BoundRunner(
             self._session,
             info.input_name,
             info.output_name,
-            fixed_tail if len(fixed_tail) == len(tail) else None,
+            fixed_tail,
             device="cuda" if on_gpu else "cpu",
             device_id=choice.device_id if on_gpu else 0,
             input_dtype=np.float16 if info.input_dtype == "float16" else np.float32,
@@ -436,21 +451,13 @@ class OnnxModel:
             )
         if in_type not in ("tensor(float)", "tensor(float16)"):
             raise ModelError(f"'{source}' input {inp.name!r} is {in_type}; expected float32/16")
-        batch_dim, channel_dim = in_shape[0], in_shape[1]
-        fixed_batch = batch_dim if isinstance(batch_dim, int) and batch_dim > 0 else None
+        channel_dim = in_shape[1]
+        fixed_batch = _fixed_dim(in_shape[0])
         if isinstance(channel_dim, int) and channel_dim != 3:
             raise ModelError(f"'{source}' takes {channel_dim} channels; expected 3 (RGB)")
 
-        props = {
-            str(k): str(v) for k, v in dict(session.get_modelmeta().custom_metadata_map).items()
-        }
-        meta = parse_metadata(props, source)
-        height, width = in_shape[2], in_shape[3]
-        fallback = meta.imgsz or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
-        input_size = (
-            height if isinstance(height, int) and height > 0 else fallback[0],
-            width if isinstance(width, int) and width > 0 else fallback[1],
-        )
+        meta = parse_metadata(_metadata_props(session), source)
+        input_size = _input_size(in_shape, meta.imgsz)
         outputs = list(session.get_outputs())
         shapes = [_dims(o.shape) for o in outputs]
         nc_meta = len(meta.names) if meta.names else None
