@@ -67,6 +67,12 @@ def test_config_env_overrides_file(tmp_path: Path) -> None:
         ({"PTW_PORT": "eighty"}, "port"),
         ({"PTW_EXECUTION_PROVIDER": "npu"}, "execution_provider"),
         ({"PTW_NMS_IOU": "2"}, "nms_iou"),
+        ({"PTW_MAX_BATCH": "257"}, "max_batch"),
+        ({"PTW_MAX_BATCH": "-1"}, "max_batch"),
+        ({"PTW_BATCH_MAX_WAIT_MS": "1001"}, "batch_max_wait_ms"),
+        ({"PTW_IO_BINDING": "yes"}, "io_binding"),
+        ({"PTW_TRT_FP16": "maybe"}, "trt_fp16"),
+        ({"PTW_DECODER_THREADS": "-2"}, "decoder_threads"),
     ],
 )
 def test_config_errors_name_the_field(env: dict[str, str], message: str) -> None:

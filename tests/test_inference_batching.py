@@ -337,3 +337,24 @@ def test_a_graph_that_does_not_batch_falls_back_to_one_image_at_a_time(
     assert sizes == [1, 3, 1, 1, 1]  # the batch of 3, then each of its images alone
     assert batcher.max_batch == 1
     assert "nobatch.onnx: a batch of 3 gave an output of shape (1, 3, 2, 2)" in caplog.text
+
+
+def test_a_fixed_batch_model_that_answers_the_wrong_batch_fails_its_callers() -> None:
+    """A fixed batch of 2 whose output has one row: a model error every caller of the batch
+    gets, naming the model and the shapes (padding cannot be undone without the rows)."""
+
+    def one_row(batch: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+        return (batch[:1] * 2).astype(np.float32)
+
+    batcher = ModelBatcher(
+        BatchCoordinator(1),
+        "b2.onnx",
+        one_row,
+        max_batch=2,
+        fixed_batch=2,
+        input_shape=SHAPE,
+        dtype=np.float32,
+    )
+    _, errors = run_concurrently(batcher, [1.0, 2.0])
+    assert [str(e) for e in errors] == ["b2.onnx: a batch of 2 gave an output of (1, 3, 2, 2)"] * 2
+    assert batcher.max_batch == 2  # a fixed batch is never silently changed

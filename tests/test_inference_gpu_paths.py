@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pytrickle_worker.core.errors import ModelError
 from pytrickle_worker.devtools.models import build_colour_classifier, build_colour_detector
 from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
 from pytrickle_worker.engine.inference.batching import BatchCoordinator
@@ -119,6 +120,23 @@ def test_tensorrt_profiles_cover_batch_one_to_max() -> None:
     )
     cpu = select_providers("cpu")
     assert cpu.with_tensorrt_profile("images", (3, 640, 640), 16) is cpu
+
+
+def test_tensorrt_profile_refusals(caplog: pytest.LogCaptureFixture) -> None:
+    choice = gpu_chain()
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        choice.with_tensorrt_profile("images", (3, 640, 640), 0)
+    # TensorRT's "name:dims,name:dims" syntax cannot carry these names: no profile, a warning.
+    with caplog.at_level("WARNING"):
+        assert choice.with_tensorrt_profile("in:put", (3, 640, 640), 8) is choice
+    assert "no TensorRT profile" in caplog.text
+
+
+def test_an_unreadable_model_is_a_model_error_when_reading_its_input(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"\x08\x07 this is no protobuf graph")
+    with pytest.raises(ModelError, match="cannot load ONNX model"):
+        dynamic_batch_input(broken)
 
 
 def test_the_profile_is_read_from_the_models_input(tmp_path: Path) -> None:
