@@ -10,7 +10,6 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ def open_url(url: str, *, options: dict[str, str] | None = None, fmt: str | None
 def decode_frames(container: Any) -> Iterator[av.VideoFrame]:
     """Decode the first video stream, skipping packets the decoder rejects.
 
-    A client that joins a shared live stream between two key frames (the second of two
-    simultaneous RTSP clients, say) first gets P-frames it cannot decode: FFmpeg raises
+    A client that joins a shared live stream between two key frames (the second client of
+    a shared RTSP media, say) first gets P-frames it cannot decode: FFmpeg raises
     InvalidDataError for those until the next key frame (at most ``keyint`` frames).
     """
     stream = container.streams.video[0]
@@ -99,16 +98,20 @@ def test_rtsp_test_pattern_decodes(rtsp_server: RtspServer) -> None:
 
 
 def test_rtsp_two_clients_two_sessions_one_pipeline(rtsp_server: RtspServer) -> None:
-    def open_and_read(_: int) -> Any:
+    def open_and_read() -> Any:
         container = open_url(rtsp_server.url, options=RTSP_OPTIONS)
         decoded = decode_frames(container)
         for _frame in range(3):
             next(decoded)
         return container
 
-    with ThreadPoolExecutor(2) as pool:
-        containers = list(pool.map(open_and_read, range(2)))
+    # One after the other, the first staying connected: two clients opening the shared media
+    # in the same instant race inside gst-rtsp-server (one of them, now and then on a loaded
+    # machine, got end-of-stream before its third frame), and that race is the fixture's,
+    # not something this test is about.
+    containers = [open_and_read()]
     try:
+        containers.append(open_and_read())
         rtsp_server.wait_for(lambda s: s.current_sessions == 2 and s.current_clients == 2, 5)
         # Each client has its own connection and RTSP session; the shared factory built a
         # single encoder pipeline for both.
