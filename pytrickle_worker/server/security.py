@@ -19,7 +19,8 @@
    and unhandled exceptions become ``{"status": "error", "message": ...}``.
 3. **Access token** (only when ``access_token``/``access_token_file`` is set). Required as
    ``Authorization: Bearer <token>`` on every route except the health probes (``/health``,
-   ``/health/live``, ``/health/ready``) and ``/metrics`` (open unless
+   ``/health/live``, ``/health/ready``), the API document and its Swagger UI (``/openapi.json``,
+   ``/docs``, ``/docs/static/*``: they hold no data) and ``/metrics`` (open unless
    ``metrics_require_token``). Clients that cannot set headers (browser WebSockets, ``<img>``
    tags) may pass ``?token=<token>`` instead, on the CMS WebSocket (``GET /``) and
    ``GET /camera/{id}/image`` only; REST routes take the header alone, so the token does not
@@ -46,6 +47,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.server.errors import error_middleware
+from pytrickle_worker.server.openapi import API_DOC_PATHS
 from pytrickle_worker.transport.http_errors import error_response
 
 logger = logging.getLogger(__name__)
@@ -60,8 +62,9 @@ __all__ = [
     "security_middlewares",
 ]
 
-#: Liveness/readiness probes: kubelets and load balancers call them without credentials.
-OPEN_PATHS: frozenset[str] = frozenset({"/health", "/health/live", "/health/ready"})
+#: Liveness/readiness probes (kubelets and load balancers call them without credentials) and
+#: the API docs.
+OPEN_PATHS: frozenset[str] = frozenset({"/health", "/health/live", "/health/ready"}) | API_DOC_PATHS
 METRICS_PATH = "/metrics"
 #: Routes (as registered) that also accept ``?token=``: the CMS WebSocket and camera images.
 QUERY_TOKEN_PATHS: frozenset[str] = frozenset({"/", "/camera/{camera_id}/image"})
