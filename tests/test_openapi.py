@@ -396,7 +396,10 @@ def test_documents_with_regex_params_and_query_params_validate() -> None:
     item = document["paths"]["/things/{thing_id}/parts/{part}"]["get"]
     assert [p["name"] for p in item["parameters"]] == ["thing_id", "part"]
     assert item["parameters"][0]["description"] == "numeric id"
-    assert set(document["paths"]["/things"]["post"]["responses"]) == {"200", "401", "413", "429"}
+    responses = document["paths"]["/things"]["post"]["responses"]
+    assert set(responses) == {"200", "401", "413", "429"}
+    assert set(responses["429"]["headers"]) == {"Retry-After"}
+    assert document["paths"]["/things"]["post"]["requestBody"]["content"]["multipart/form-data"]
 
 
 def test_builder_refuses_duplicates_silent_routes_and_a_model_named_error() -> None:

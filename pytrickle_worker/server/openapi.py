@@ -248,7 +248,8 @@ class _Builder:
         if doc.auth != "open" and 401 not in doc.errors:
             responses["401"] = self._error(_UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
         for status, text in sorted(doc.errors.items()):
-            responses[str(status)] = self._error(text)
+            headers = {"Retry-After": "seconds to wait"} if status == 429 else None
+            responses[str(status)] = self._error(text, headers)
         if not responses:
             raise ValueError(f"{doc.method} {doc.path}: documents no response")
         op["responses"] = responses
@@ -295,7 +296,7 @@ def build_openapi(
     info: dict[str, Any] = {"title": title, "version": version}
     if text:
         info["description"] = text
-    tags = sorted({tag for doc in docs for tag in doc.tags})
+    tags = dict.fromkeys(tag for doc in docs for tag in doc.tags)  # in the order mounted
     return {
         "openapi": OPENAPI_VERSION,
         "info": info,

@@ -12,6 +12,23 @@ Every entry gets its error answers from the one error shape (``{"status": "error
 with 101, listed again in the document's description with the protocol spelled out.
 
 Kept in ``transport`` so that every front door, and the server above them, can use it.
+
+A front door's routes module, for example::
+
+    LIVE_ROUTE_DOCS = (
+        RouteDoc("GET", "/labels", "Labels that have frames", tags=("live",),
+                 replies=(Reply(200, "sorted labels", Body(LabelList)),),
+                 errors={429: "too many requests from this client"}),
+        RouteDoc("POST", "/frames", "Upload a frame", tags=("live",),
+                 request=Body(content_type="multipart/form-data", schema={...}),
+                 replies=(Reply(200, "stored", Body(UploadAnswer)),),
+                 errors={400: "...", 413: "...", 415: "...", 422: "..."}),
+        RouteDoc("GET", "/ws/labels/{label}", "Push of every new frame under a label",
+                 description="binary messages: JSON header, b'--IMG--', JPEG ...",
+                 tags=("live",), websocket=True),
+    )
+
+and where the routes are mounted: ``document_routes(app, LIVE_ROUTE_DOCS)``.
 """
 
 from __future__ import annotations
