@@ -417,3 +417,11 @@ def test_builder_refuses_duplicates_silent_routes_and_a_model_named_error() -> N
 async def test_route_docs_are_registered_on_the_app(worker: Worker) -> None:
     docs = documented_routes(worker.app)
     assert len({(doc.method, doc.path) for doc in docs}) == len(docs)
+
+
+async def test_rate_limited_routes_document_their_429(worker: Worker) -> None:
+    """The limiter picks routes by path (server/ratelimit.py); the document follows it."""
+    document = await worker.document()
+    start = document["paths"]["/api/stream/start"]["post"]["responses"]
+    assert "Retry-After" in start["429"]["headers"]
+    assert "429" not in document["paths"]["/api/stream/stop"]["post"]["responses"]

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from pytrickle_worker.frontdoors.streamserver.schemas import ErrorBody
+from pytrickle_worker.server.ratelimit import route_group
 from pytrickle_worker.transport.apidoc import (
     Body,
     Reply,
@@ -90,6 +91,7 @@ _SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "token_or_query": [{"bearerAuth": []}, {"queryToken": []}],
 }
 _UNAUTHORIZED = "no token, or a wrong one (`WWW-Authenticate: Bearer`)"
+_RATE_LIMITED = "this client used its request budget for the window: wait `Retry-After` seconds"
 #: ``{name}`` or ``{name:regex}`` in an aiohttp path.
 _PATH_PARAM = re.compile(r"\{(\w+)(?::[^{}]*)?\}")
 
@@ -247,7 +249,11 @@ class _Builder:
             responses[str(reply.status)] = self._reply(reply)
         if doc.auth != "open" and 401 not in doc.errors:
             responses["401"] = self._error(_UNAUTHORIZED, {"WWW-Authenticate": "Bearer"})
-        for status, text in sorted(doc.errors.items()):
+        errors = dict(doc.errors)
+        if route_group(doc.path) is not None:
+            # The limiter decides by route path (server/ratelimit.py), so the document does too.
+            errors.setdefault(429, _RATE_LIMITED)
+        for status, text in sorted(errors.items()):
             headers = {"Retry-After": "seconds to wait"} if status == 429 else None
             responses[str(status)] = self._error(text, headers)
         if not responses:
