@@ -55,6 +55,10 @@ DROP_REASONS: tuple[DropReason, ...] = (
 )
 
 
+#: Distinct invalid (label, key) pairs warned about (then they are only counted).
+_MAX_WARNED_INVALID = 100
+
+
 @dataclass(frozen=True)
 class LiveWriterSettings:
     """The writer's bounds (WorkerConfig's ``live_*`` settings)."""
@@ -191,6 +195,7 @@ class LiveWriter:
         self._interval = 1.0 / settings.fps
         self._queue: DropOldestQueue[_Job] = DropOldestQueue(settings.queue_size)
         self._keys: dict[tuple[str, str], _KeyState] = {}
+        self._warned_invalid: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._reformatter = VideoReformatter()
@@ -231,7 +236,12 @@ class LiveWriter:
                 check_live_name(item.key, "key")
             except ValueError as exc:
                 self._drop("invalid")
-                logger.debug("live: frame of %r/%r not stored: %s", item.label, item.key, exc)
+                name = (item.label, item.key)
+                if len(self._warned_invalid) < _MAX_WARNED_INVALID and (
+                    name not in self._warned_invalid
+                ):
+                    self._warned_invalid.add(name)
+                    logger.warning("live: frames of %r/%r are not stored: %s", *name, exc)
                 return
             state = self._keys[(item.label, item.key)] = _KeyState()
         if state.online is False:
