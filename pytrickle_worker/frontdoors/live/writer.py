@@ -275,10 +275,8 @@ class LiveWriter:
         if state is None:
             return
         state.online, state.state_dirty, state.ended = False, True, True
-        if state.last is not None:
-            self._queue_state(label, key)
-        else:
-            del self._keys[(label, key)]
+        # Behind any frame of the key still queued, so the offline entry is the last one.
+        self._queue_state(label, key)
 
     def _queue_state(self, label: str, key: str) -> None:
         if self._queue.put(_StateChange(label, key)) is not None:
@@ -417,7 +415,11 @@ class LiveWriter:
     async def _write_state(self, label: str, key: str) -> None:
         """Store the key's last frame again with its current online state."""
         state = self._keys.get((label, key))
-        if state is None or state.last is None:
+        if state is None:
+            return
+        if state.last is None:
+            if state.ended:
+                del self._keys[(label, key)]
             return
         entry = state.last.with_online(state.online)
         stored = await self._add(label, key, entry)
@@ -432,9 +434,13 @@ class LiveWriter:
             await asyncio.sleep(period)
             now = time.monotonic()
             for (label, key), state in list(self._keys.items()):
-                if state.last is None or state.ended or now - state.last_write < period:
-                    continue
                 if self._down_until is not None and now < self._down_until:
+                    continue
+                if state.ended:  # its offline entry was lost (queue full, outage): again
+                    if now - state.last_write >= period:
+                        await self._write_state(label, key)  # forgets the key once written
+                    continue
+                if state.last is None or now - state.last_write < period:
                     continue
                 try:
                     if state.state_dirty or not await self.store.touch(label, key):
