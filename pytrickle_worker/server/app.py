@@ -13,12 +13,15 @@ from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CMS_ROUTE_DOCS, CmsEndpoint
+from pytrickle_worker.frontdoors.live.routes import LIVE_ROUTE_DOCS, LiveRoutes
+from pytrickle_worker.frontdoors.live.view import LiveView
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
 from pytrickle_worker.frontdoors.streamserver.routes import attach as attach_stream_api
 from pytrickle_worker.frontdoors.streamserver.schemas import StartRequest
 from pytrickle_worker.frontdoors.streamserver.session import StreamSession, StreamSessionConfig
 from pytrickle_worker.processing import FrameProcessor
 from pytrickle_worker.processing.registry import ProcessorDeps, discover_processors, lookup
+from pytrickle_worker.processing.sink import StreamSinks
 from pytrickle_worker.server.health import HEALTH_DOCS, worker_health
 from pytrickle_worker.server.metrics import WorkerMetrics, metrics_route_doc
 from pytrickle_worker.server.openapi import attach_api_docs
@@ -36,6 +39,7 @@ STREAMS_KEY = web.AppKey("stream_manager", StreamManager)
 STARTED_KEY = web.AppKey("started_at", float)
 METRICS_KEY = web.AppKey("metrics", WorkerMetrics)
 RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
+LIVE_KEY = web.AppKey("live_view", LiveView)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -77,7 +81,9 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     # Processors by name (one module each in processors/); the CMS door runs MPTA, or the
     # one a processor:// modelUrl names; the stream door runs config.stream_processor.
     processors = discover_processors()
-    cms = CmsEndpoint(config, hub, service, model_urls, processors)
+    # The live view (docs/LIVE.md): both doors hand it their analysed frames.
+    live = LiveView.from_config(config)
+    cms = CmsEndpoint(config, hub, service, model_urls, processors, sinks=live.sinks)
     deps = ProcessorDeps(service, model_urls, default_pipeline_source)
     processor = lookup(processors, config.stream_processor)(deps)
     session_config = StreamSessionConfig(input_timeout_s=config.stream_input_timeout_s)
@@ -85,8 +91,10 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     def session_factory(request: StartRequest, processor: FrameProcessor) -> StreamSession:
         # hw_decode as the hub resolved it at start (NVML is asked once): trickle streams
         # decode with NVDEC exactly when camera readers do, with the same software fallback.
-        config = session_config.model_copy(update={"try_nvdec": hub.nvdec})
-        return StreamSession(request, processor, config=config)
+        tuned = session_config.model_copy(update={"try_nvdec": hub.nvdec})
+        label, key = config.live_stream_names(request.gateway_request_id)
+        sinks = StreamSinks(live.sinks, label, key, "stream")
+        return StreamSession(request, processor, config=tuned, sinks=sinks)
 
     streams = StreamManager(processor, session_factory)
     app[SERVICE_KEY] = service
@@ -94,11 +102,13 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app[CMS_KEY] = cms
     app[STREAMS_KEY] = streams
     app[STARTED_KEY] = time.time()
-    metrics = WorkerMetrics(hub=hub, cms=cms, service=service, streams=streams)
+    app[LIVE_KEY] = live
+    metrics = WorkerMetrics(hub=hub, cms=cms, service=service, streams=streams, live=live)
     app[METRICS_KEY] = metrics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await service.start()
+        await live.start()
         await hub.start()
         await cms.start()
         logger.info(
@@ -110,6 +120,7 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         yield
         await cms.stop()
         await hub.stop()
+        await live.stop()
         await service.close()
 
     # Registered first, so it is torn down last: the stream API shuts down while the
@@ -118,9 +129,11 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)  # Prometheus text format (docs/METRICS.md)
     app.router.add_routes(cms.routes())
+    app.router.add_routes(LiveRoutes(live).routes())
     # Every route mounted here is documented in /openapi.json (tests/test_openapi.py checks).
     document_routes(app, [*HEALTH_DOCS, metrics_route_doc(config.metrics_require_token)])
     document_routes(app, CMS_ROUTE_DOCS)
+    document_routes(app, LIVE_ROUTE_DOCS)
     attach_stream_api(app, streams)
     attach_api_docs(app, title="pytrickle-worker", version=__version__)
     return app
