@@ -13,6 +13,7 @@ from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
+from pytrickle_worker.frontdoors.live.page import page_routes
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
 from pytrickle_worker.frontdoors.streamserver.routes import attach as attach_stream_api
 from pytrickle_worker.frontdoors.streamserver.schemas import StartRequest
@@ -109,4 +110,5 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app.router.add_get("/metrics", metrics.handle)  # Prometheus text format (docs/METRICS.md)
     app.router.add_routes(cms.routes())
     attach_stream_api(app, streams)
+    app.router.add_routes(page_routes())  # GET /live: the live-view page (no data, open)
     return app
