@@ -29,6 +29,7 @@ _PAGE_FILE = "live.html"
 _STATIC_TYPES: dict[str, str] = {
     "live.js": "text/javascript",
     "live.css": "text/css",
+    "favicon.svg": "image/svg+xml",
 }
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "

@@ -627,7 +627,15 @@
 
   ui.tokenForm.addEventListener("submit", (event) => {
     event.preventDefault();
-    auth.token = ui.tokenInput.value.trim();
+    const token = ui.tokenInput.value.trim();
+    // A header carries Latin-1 at best and a bearer token is ASCII (RFC 6750): anything
+    // else could never match, whatever the worker's token is.
+    if (!/^[\x21-\x7e]+$/.test(token)) {
+      ui.authError.textContent = "A token is printable ASCII without spaces.";
+      ui.authError.hidden = false;
+      return;
+    }
+    auth.token = token;
     ui.tokenInput.value = "";
     ui.authError.hidden = true;
     start();
