@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, cast
 
+import limits
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -33,6 +34,19 @@ ENV_ALIASES: tuple[tuple[str, str], ...] = (
     ("log_format", "LOG_FORMAT"),
 )
 _ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
+#: JWT algorithms verified with the HMAC secret (``jwt_secret``); all others need a public key.
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+#: Every algorithm a JWT may be signed with here; ``none`` is never one of them.
+JWT_ALGORITHMS = HMAC_ALGORITHMS | frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+    | {"ES256", "ES384", "ES512", "ES256K", "EdDSA"}
+)
+#: RFC 7518 section 3.2: an HMAC key at least as long as the hash output (HS256: 32 bytes).
+JWT_SECRET_MIN_BYTES = 32
+RATE_LIMIT_OFF = frozenset({"", "off"})
+RateLimitGroup = Literal["labels", "uploads", "stream_start"]
+RATE_LIMIT_GROUPS: tuple[RateLimitGroup, ...] = ("labels", "uploads", "stream_start")
+RATE_LIMIT_STORAGE_SCHEMES = ("memory://", "redis://", "rediss://")
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +236,62 @@ class WorkerConfig(BaseModel):
         default_factory=list[str],
         description="Origins allowed cross-origin (none: no CORS headers); env: JSON or a,b",
     )
+    # JWT: an alternative to the static token; either is accepted (docs/SECURITY.md, "JWT").
+    jwt_secret: SecretStr | None = Field(
+        default=None,
+        description=f"HMAC secret for HS256/384/512 JWTs (at least {JWT_SECRET_MIN_BYTES} bytes)",
+    )
+    jwt_secret_file: Path | None = Field(
+        default=None, description="Read the JWT HMAC secret from this file at start"
+    )
+    jwt_public_key_file: Path | None = Field(
+        default=None,
+        description="PEM public key (or certificate), RSA/EC/Ed25519, verifying RS*/PS*/ES* JWTs",
+    )
+    jwt_jwks_file: Path | None = Field(
+        default=None,
+        description="JWKS document on disk; a JWT's kid picks the key",
+    )
+    jwt_algorithms: list[str] | None = Field(
+        default=None,
+        description=(
+            "Accepted JWT algorithms (never none); unset: what the configured keys can verify. "
+            "env: comma-separated"
+        ),
+    )
+    jwt_audience: str | None = Field(
+        default=None, description="When set, a JWT's aud must contain it"
+    )
+    jwt_issuer: str | None = Field(default=None, description="When set, a JWT's iss must equal it")
+    jwt_leeway_s: float = Field(
+        default=30.0, ge=0, le=3600, description="Clock skew allowed on exp, nbf and iat"
+    )
+    jwt_require_exp: bool = Field(default=True, description="Refuse JWTs without an exp claim")
+    # Rate limits per client (docs/SECURITY.md, "Rate limits"): "N/second|minute|hour|day",
+    # several joined by ';', or "" / "off".
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description=(
+            "Where rate-limit counters live: memory:// (per process) or redis://host:port/db "
+            "(shared by every pod; fails open while Redis is down)"
+        ),
+    )
+    rate_limit_trusted_header: str | None = Field(
+        default=None,
+        description=(
+            "Header the proxy in front sets to the client address (e.g. X-Forwarded-For; its "
+            "right-most entry is used); unset: the TCP peer address"
+        ),
+    )
+    rate_limit_labels: str = Field(
+        default="60/minute", description="Per client on GET /labels and /labels/{label}/keys"
+    )
+    rate_limit_uploads: str = Field(
+        default="120/minute", description="Per client on POST /frames and WS /ws/frames"
+    )
+    rate_limit_stream_start: str = Field(
+        default="30/minute", description="Per client on /api/stream/start and /stream/start"
+    )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod
@@ -269,11 +339,122 @@ class WorkerConfig(BaseModel):
             origins.append(origin)
         return origins
 
+    @field_validator("jwt_secret", mode="before")
+    @classmethod
+    def _check_jwt_secret(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()
+            if len(value.encode("utf-8")) < JWT_SECRET_MIN_BYTES:
+                raise ValueError(f"must be at least {JWT_SECRET_MIN_BYTES} bytes (RFC 7518 3.2)")
+        return value
+
+    @field_validator("jwt_algorithms", mode="before")
+    @classmethod
+    def _split_algorithms(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [a.strip() for a in value.split(",") if a.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _check_algorithms(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one algorithm (or be unset)")
+        for name in value:
+            if name.lower() == "none":
+                raise ValueError("'none' (unsigned tokens) is never accepted")
+            if name not in JWT_ALGORITHMS:
+                raise ValueError(
+                    f"unknown algorithm {name!r} (one of {', '.join(sorted(JWT_ALGORITHMS))})"
+                )
+        return sorted(set(value))
+
+    @field_validator("jwt_audience", "jwt_issuer", "rate_limit_trusted_header", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip()
+            return value or None
+        return value
+
+    @field_validator("rate_limit_trusted_header")
+    @classmethod
+    def _check_header_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", value):
+            raise ValueError(f"{value!r} is not an HTTP header name")
+        return value
+
+    @field_validator("rate_limit_labels", "rate_limit_uploads", "rate_limit_stream_start")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        value = value.strip()
+        if value.lower() in RATE_LIMIT_OFF:
+            return "off"
+        try:
+            items = limits.parse_many(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not a rate limit: use N/second, N/minute, N/hour or N/day "
+                "(several joined by ';'), or off"
+            ) from None
+        if any(item.amount < 1 for item in items):
+            raise ValueError(f"{value!r}: a limit of 0 refuses everything; use off to disable")
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _check_rate_limit_storage(cls, value: str) -> str:
+        value = value.strip()
+        if not value.startswith(RATE_LIMIT_STORAGE_SCHEMES):
+            raise ValueError("use memory:// or redis://host:port/db (rediss:// for TLS)")
+        return value
+
     @model_validator(mode="after")
     def _one_token_source(self) -> WorkerConfig:
         if self.access_token is not None and self.access_token_file is not None:
             raise ValueError("set access_token or access_token_file, not both")
+        if self.jwt_secret is not None and self.jwt_secret_file is not None:
+            raise ValueError("set jwt_secret or jwt_secret_file, not both")
         return self
+
+    @property
+    def jwt_configured(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.jwt_secret,
+                self.jwt_secret_file,
+                self.jwt_public_key_file,
+                self.jwt_jwks_file,
+            )
+        )
+
+    def resolved_jwt_secret(self) -> SecretStr | None:
+        """The JWT HMAC secret: ``jwt_secret``, or the content of ``jwt_secret_file``
+        (surrounding whitespace stripped), read now."""
+        if self.jwt_secret_file is None:
+            return self.jwt_secret
+        try:
+            text = self.jwt_secret_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WorkerError(
+                f"cannot read jwt_secret_file {self.jwt_secret_file}: {exc}"
+            ) from None
+        if len(text.encode("utf-8")) < JWT_SECRET_MIN_BYTES:
+            raise WorkerError(
+                f"jwt_secret_file {self.jwt_secret_file}: the secret must be at least "
+                f"{JWT_SECRET_MIN_BYTES} bytes (RFC 7518 3.2)"
+            )
+        return SecretStr(text)
+
+    def rate_limit(self, name: RateLimitGroup) -> str | None:
+        """A rate-limit setting, None when it is off."""
+        value = getattr(self, f"rate_limit_{name}")
+        return None if value == "off" else cast(str, value)
 
     def resolved_access_token(self) -> SecretStr | None:
         """The access token: ``access_token``, or the content of ``access_token_file``

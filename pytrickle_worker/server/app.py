@@ -21,6 +21,7 @@ from pytrickle_worker.frontdoors.streamserver.session import StreamSession, Stre
 from pytrickle_worker.processing import FrameProcessor
 from pytrickle_worker.processing.registry import ProcessorDeps, discover_processors, lookup
 from pytrickle_worker.server.metrics import WorkerMetrics
+from pytrickle_worker.server.ratelimit import RateLimiter
 from pytrickle_worker.server.security import security_middlewares
 from pytrickle_worker.sources.hub import CameraHub
 
@@ -32,6 +33,7 @@ CMS_KEY = web.AppKey("cms_endpoint", CmsEndpoint)
 STREAMS_KEY = web.AppKey("stream_manager", StreamManager)
 STARTED_KEY = web.AppKey("started_at", float)
 METRICS_KEY = web.AppKey("metrics", WorkerMetrics)
+RATE_LIMITER_KEY = web.AppKey("rate_limiter", RateLimiter)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -56,10 +58,16 @@ async def health(request: web.Request) -> web.Response:
 
 def create_app(config: WorkerConfig, default_pipeline_source: str | None = None) -> web.Application:
     """``default_pipeline_source``: the MPTA the stream processor preloads (and warms up)."""
-    # Access token, CORS and body-size limits (docs/SECURITY.md); reads access_token_file.
+    # Access control (static token, JWT), rate limits, CORS and body-size limits
+    # (docs/SECURITY.md); reads the token and key files.
+    rate_limiter = RateLimiter.from_config(config)
     app = web.Application(
-        client_max_size=config.max_message_bytes, middlewares=security_middlewares(config)
+        client_max_size=config.max_message_bytes,
+        middlewares=security_middlewares(config, rate_limiter),
     )
+    if rate_limiter is not None:
+        app[RATE_LIMITER_KEY] = rate_limiter
+        app.cleanup_ctx.append(rate_limiter.lifecycle)
     service = PipelineService(config)
     hub = CameraHub(config.ingest_config())
     # One model-URL rule for both doors; the operator's preloaded pipeline is trusted.
