@@ -5,8 +5,9 @@ from __future__ import annotations
 import av
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import Interpolation, VideoReformatter
 
-__all__ = ["RgbArray", "check_rgb_frame", "wrap_rgb_frame"]
+__all__ = ["RgbArray", "check_rgb_frame", "fit_width", "resize_rgb", "wrap_rgb_frame"]
 
 #: An ``(H, W, 3)`` ``uint8`` RGB image.
 RgbArray = npt.NDArray[np.uint8]
@@ -32,3 +33,35 @@ def wrap_rgb_frame(frame: RgbArray) -> av.VideoFrame:
     if frame.strides[1:] != (3, 1):
         frame = np.ascontiguousarray(frame)
     return av.VideoFrame.from_numpy_buffer(frame, format="rgb24")
+
+
+def fit_width(width: int, height: int, max_width: int) -> tuple[int, int]:
+    """``(width, height)`` scaled down to at most ``max_width`` wide, aspect kept (never up)."""
+    if max_width < 1:
+        raise ValueError(f"max_width must be >= 1, got {max_width}")
+    if width <= max_width:
+        return width, height
+    return max_width, max(1, round(height * max_width / width))
+
+
+def resize_rgb(
+    frame: RgbArray,
+    width: int,
+    height: int,
+    *,
+    reformatter: VideoReformatter | None = None,
+) -> RgbArray:
+    """``frame`` scaled to ``width`` × ``height`` with swscale (area averaging when it
+    shrinks); a new array. Blocking: call it from a worker thread for big frames."""
+    image = check_rgb_frame(frame)
+    if (int(image.shape[1]), int(image.shape[0])) == (width, height):
+        return image.copy()
+    worker = reformatter if reformatter is not None else VideoReformatter()
+    scaled = worker.reformat(
+        wrap_rgb_frame(image),
+        width=width,
+        height=height,
+        format="rgb24",
+        interpolation=Interpolation.AREA,
+    )
+    return scaled.to_ndarray().view(np.uint8)

@@ -1,0 +1,460 @@
+"""Where live frames are kept: in this process (:class:`MemoryFrameStore`, the default) or
+in Redis Streams (:class:`RedisFrameStore`), one bounded stream per (label, key).
+
+Both behave the same for the routes: ``add`` keeps the newest ``maxlen`` entries of a key
+and makes the key expire ``ttl_s`` after its last write (or :meth:`FrameStore.touch`), so
+the frames of a dead worker disappear; ``labels``/``keys``/``latest`` list what is there;
+``read_new`` follows new entries of a label, picking up keys that appear later.
+
+A store that cannot be reached raises :class:`StoreUnavailableError` (never a Redis exception).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.core.logutil import mask_url
+from pytrickle_worker.frontdoors.live.model import (
+    DEFAULT_KEY_PREFIX,
+    LiveEntry,
+    StoredEntry,
+    entry_id_order,
+    label_match_pattern,
+    parse_stream_name,
+    stream_name,
+)
+
+__all__ = [
+    "FollowCursor",
+    "FrameStore",
+    "MemoryFrameStore",
+    "RedisFrameStore",
+    "StoreUnavailableError",
+]
+
+logger = logging.getLogger(__name__)
+
+#: How often a follower looks for new keys under its label (Redis: a SCAN).
+KEY_SCAN_INTERVAL_S = 1.0
+#: Redis SCAN page size.
+_SCAN_COUNT = 500
+
+
+class StoreUnavailableError(WorkerError):
+    """The store cannot be reached (Redis down or too slow); the message says why."""
+
+
+@dataclass
+class FollowCursor:
+    """Where a follower of one label is: the last entry id it saw per key.
+
+    A new cursor starts at the newest entries present (they are not returned again); a key
+    that appears later starts at its newest entry, which is returned.
+    """
+
+    ids: dict[str, str] = field(default_factory=dict[str, str])
+    primed: bool = False
+    next_scan: float = 0.0
+
+
+class FrameStore(abc.ABC):
+    """The live view's frames; see the module docstring."""
+
+    #: "memory" or "redis", for logs, /metrics and docs.
+    kind: str = ""
+
+    def __init__(self, *, maxlen: int, ttl_s: float) -> None:
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be >= 1, got {maxlen}")
+        if ttl_s <= 0:
+            raise ValueError(f"ttl_s must be > 0, got {ttl_s}")
+        self.maxlen = maxlen
+        self.ttl_s = ttl_s
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Prepare (nothing to do for most stores)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def describe(self) -> str:
+        return self.kind
+
+    @abc.abstractmethod
+    async def add(self, label: str, key: str, entry: LiveEntry) -> str:
+        """Append ``entry`` (trim to ``maxlen``, expire in ``ttl_s``); its entry id."""
+
+    @abc.abstractmethod
+    async def touch(self, label: str, key: str) -> bool:
+        """Push the key's expiry ``ttl_s`` into the future; False when it does not exist."""
+
+    @abc.abstractmethod
+    async def latest(self, label: str, key: str) -> StoredEntry | None:
+        """The newest entry of (label, key), or None."""
+
+    @abc.abstractmethod
+    async def labels(self) -> list[str]:
+        """Every label that has a key, sorted."""
+
+    @abc.abstractmethod
+    async def keys(self, label: str) -> list[StoredEntry]:
+        """The newest entry of every key under ``label``, sorted by key."""
+
+    @abc.abstractmethod
+    async def entries(self, label: str, key: str) -> list[StoredEntry]:
+        """Every entry of (label, key) that is kept, oldest first."""
+
+    @abc.abstractmethod
+    async def read_new(
+        self, label: str, cursor: FollowCursor, timeout_s: float
+    ) -> list[StoredEntry]:
+        """Entries of ``label`` newer than ``cursor`` (which moves on), waiting up to
+        ``timeout_s`` for one; an empty list when none came."""
+
+
+# ---------------------------------------------------------------------- in memory
+
+
+@dataclass
+class _MemoryStream:
+    entries: deque[StoredEntry]
+    expires_at: float
+    last_ms: int = 0
+    last_seq: int = 0
+
+
+class MemoryFrameStore(FrameStore):
+    """The store in this process, with the Redis store's behaviour (ids, maxlen, TTL)."""
+
+    kind = "memory"
+
+    def __init__(self, *, maxlen: int = 10, ttl_s: float = 30.0) -> None:
+        super().__init__(maxlen=maxlen, ttl_s=ttl_s)
+        self._streams: dict[tuple[str, str], _MemoryStream] = {}
+        self._changed = asyncio.Condition()
+
+    def _live(self) -> dict[tuple[str, str], _MemoryStream]:
+        now = time.monotonic()
+        expired = [name for name, s in self._streams.items() if s.expires_at <= now]
+        for name in expired:
+            del self._streams[name]
+        return self._streams
+
+    async def add(self, label: str, key: str, entry: LiveEntry) -> str:
+        streams = self._live()
+        stream = streams.get((label, key))
+        if stream is None:
+            stream = streams[(label, key)] = _MemoryStream(deque(maxlen=self.maxlen), 0.0)
+        ms = int(time.time() * 1000)
+        if ms > stream.last_ms:
+            stream.last_ms, stream.last_seq = ms, 0
+        else:
+            stream.last_seq += 1
+        entry_id = f"{stream.last_ms}-{stream.last_seq}"
+        stream.entries.append(StoredEntry(label, key, entry_id, entry))
+        stream.expires_at = time.monotonic() + self.ttl_s
+        async with self._changed:
+            self._changed.notify_all()
+        return entry_id
+
+    async def touch(self, label: str, key: str) -> bool:
+        stream = self._live().get((label, key))
+        if stream is None:
+            return False
+        stream.expires_at = time.monotonic() + self.ttl_s
+        return True
+
+    async def latest(self, label: str, key: str) -> StoredEntry | None:
+        stream = self._live().get((label, key))
+        return stream.entries[-1] if stream is not None and stream.entries else None
+
+    async def labels(self) -> list[str]:
+        return sorted({label for label, _ in self._live()})
+
+    async def keys(self, label: str) -> list[StoredEntry]:
+        found = [
+            s.entries[-1] for (lab, _), s in self._live().items() if lab == label and s.entries
+        ]
+        return sorted(found, key=lambda e: e.key)
+
+    async def entries(self, label: str, key: str) -> list[StoredEntry]:
+        stream = self._live().get((label, key))
+        return list(stream.entries) if stream is not None else []
+
+    def _newer(self, label: str, cursor: FollowCursor) -> list[StoredEntry]:
+        fresh: list[StoredEntry] = []
+        streams = self._live()
+        for gone in [key for key in cursor.ids if (label, key) not in streams]:
+            del cursor.ids[gone]  # expired: if it comes back, it is a new key
+        for (lab, key), stream in streams.items():
+            if lab != label or not stream.entries:
+                continue
+            seen = cursor.ids.get(key)
+            if seen is None:
+                newest = stream.entries[-1]
+                cursor.ids[key] = newest.id
+                if cursor.primed:
+                    fresh.append(newest)
+                continue
+            after = entry_id_order(seen)
+            new = [e for e in stream.entries if entry_id_order(e.id) > after]
+            if new:
+                cursor.ids[key] = new[-1].id
+                fresh.extend(new)
+        cursor.primed = True
+        return fresh
+
+    async def read_new(
+        self, label: str, cursor: FollowCursor, timeout_s: float
+    ) -> list[StoredEntry]:
+        fresh = self._newer(label, cursor)
+        if fresh:
+            return fresh
+        async with self._changed:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self._changed.wait()
+            except TimeoutError:
+                return []
+        return self._newer(label, cursor)
+
+
+# ---------------------------------------------------------------------- Redis
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+_Row = tuple[str, dict[bytes, bytes]]
+
+
+def _rows(reply: object) -> list[_Row]:
+    """``(entry id, fields)`` of an XRANGE/XREVRANGE reply (redis-py leaves it untyped)."""
+    rows: list[_Row] = []
+    if not isinstance(reply, list | tuple):
+        return rows
+    for row in cast("Sequence[object]", reply):
+        if isinstance(row, list | tuple) and len(cast("Sequence[object]", row)) == 2:
+            entry_id, fields = cast("Sequence[object]", row)
+            if isinstance(fields, dict):
+                rows.append((_text(entry_id), cast("dict[bytes, bytes]", fields)))
+    return rows
+
+
+def _streams(reply: object) -> list[tuple[str, list[_Row]]]:
+    """``(stream name, rows)`` of an XREAD reply."""
+    found: list[tuple[str, list[_Row]]] = []
+    if not isinstance(reply, list | tuple):
+        return found
+    for item in cast("Sequence[object]", reply):
+        if isinstance(item, list | tuple) and len(cast("Sequence[object]", item)) == 2:
+            name, rows = cast("Sequence[object]", item)
+            found.append((_text(name), _rows(rows)))
+    return found
+
+
+class RedisFrameStore(FrameStore):
+    """Redis Streams: ``XADD MAXLEN = maxlen`` then ``EXPIRE ttl`` per write (one round trip).
+
+    Every command is bounded by ``timeout_s`` and retried by nobody here: a failure raises
+    :class:`StoreUnavailableError` at once, so the writer can drop and count.
+    """
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        maxlen: int = 10,
+        ttl_s: float = 30.0,
+        prefix: str = DEFAULT_KEY_PREFIX,
+        timeout_s: float = 2.0,
+    ) -> None:
+        super().__init__(maxlen=maxlen, ttl_s=ttl_s)
+        self.url = url
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self._client: aioredis.Redis = aioredis.Redis.from_url(  # pyright: ignore[reportUnknownMemberType] - untyped classmethod in redis-py
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+
+    def describe(self) -> str:
+        return f"redis {mask_url(self.url)}"
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, round(self.ttl_s * 1000))
+
+    def _failed(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(f"{what} on {mask_url(self.url)} failed: {exc}")
+
+    async def add(self, label: str, key: str, entry: LiveEntry) -> str:
+        name = stream_name(self.prefix, label, key)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.xadd(
+                        name,
+                        entry.redis_fields(),  # pyright: ignore[reportArgumentType] - str|bytes values are what redis-py encodes
+                        maxlen=self.maxlen,
+                        approximate=False,
+                    )
+                    pipe.pexpire(name, self._ttl_ms)
+                    results: list[object] = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._failed("XADD", exc) from None
+        return _text(results[0])
+
+    async def touch(self, label: str, key: str) -> bool:
+        name = stream_name(self.prefix, label, key)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return bool(await self._client.pexpire(name, self._ttl_ms))
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._failed("PEXPIRE", exc) from None
+
+    def _stored(
+        self, label: str, key: str, entry_id: str, fields: dict[bytes, bytes]
+    ) -> StoredEntry | None:
+        try:
+            return StoredEntry(label, key, entry_id, LiveEntry.from_redis_fields(fields))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            logger.warning("live: unreadable entry in %s/%s skipped: %s", label, key, exc)
+            return None
+
+    async def latest(self, label: str, key: str) -> StoredEntry | None:
+        name = stream_name(self.prefix, label, key)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                reply: object = await self._client.xrevrange(name, count=1)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._failed("XREVRANGE", exc) from None
+        for entry_id, fields in _rows(reply):
+            return self._stored(label, key, entry_id, fields)
+        return None
+
+    async def entries(self, label: str, key: str) -> list[StoredEntry]:
+        name = stream_name(self.prefix, label, key)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                reply: object = await self._client.xrange(name)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._failed("XRANGE", exc) from None
+        found = (self._stored(label, key, i, f) for i, f in _rows(reply))
+        return [e for e in found if e is not None]
+
+    async def _scan(self, label: str | None) -> list[tuple[str, str, str]]:
+        """``(stream name, label, key)`` of every stream (of ``label``) under the prefix."""
+        pattern = label_match_pattern(self.prefix, label)
+        found: dict[str, tuple[str, str, str]] = {}
+        try:
+            async with asyncio.timeout(self.timeout_s * 4):
+                names = cast(
+                    "AsyncIterator[object]",
+                    self._client.scan_iter(match=pattern, count=_SCAN_COUNT, _type="stream"),
+                )
+                async for raw in names:
+                    name = _text(raw)
+                    parsed = parse_stream_name(self.prefix, name)
+                    if parsed is not None and (label is None or parsed[0] == label):
+                        found[name] = (name, *parsed)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._failed("SCAN", exc) from None
+        return list(found.values())
+
+    async def labels(self) -> list[str]:
+        return sorted({label for _, label, _ in await self._scan(None)})
+
+    async def _newest(self, names: Iterable[tuple[str, str, str]]) -> list[StoredEntry]:
+        rows = list(names)
+        if not rows:
+            return []
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for name, _, _ in rows:
+                        pipe.xrevrange(name, count=1)
+                    results: list[object] = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._failed("XREVRANGE", exc) from None
+        newest: list[StoredEntry] = []
+        for (_, label, key), result in zip(rows, results, strict=True):
+            for entry_id, fields in _rows(result):  # empty when the key expired meanwhile
+                stored = self._stored(label, key, entry_id, fields)
+                if stored is not None:
+                    newest.append(stored)
+        return newest
+
+    async def keys(self, label: str) -> list[StoredEntry]:
+        return sorted(await self._newest(await self._scan(label)), key=lambda e: e.key)
+
+    async def read_new(
+        self, label: str, cursor: FollowCursor, timeout_s: float
+    ) -> list[StoredEntry]:
+        fresh: list[StoredEntry] = []
+        loop = asyncio.get_running_loop()
+        if loop.time() >= cursor.next_scan:
+            cursor.next_scan = loop.time() + KEY_SCAN_INTERVAL_S
+            found = await self._scan(label)
+            present = {key for _, _, key in found}
+            for gone in [key for key in cursor.ids if key not in present]:
+                del cursor.ids[gone]  # expired: if it comes back, it is a new key
+            new = [row for row in found if row[2] not in cursor.ids]
+            for stored in await self._newest(new):
+                cursor.ids[stored.key] = stored.id
+                if cursor.primed:
+                    fresh.append(stored)
+            cursor.primed = True
+        if fresh:
+            return fresh
+        # Block no longer than until the next key scan, so new keys show up within it.
+        wait_s = max(0.0, min(timeout_s, cursor.next_scan - loop.time()))
+        if not cursor.ids:
+            await asyncio.sleep(wait_s)
+            return []
+        streams: dict[str, str] = {
+            stream_name(self.prefix, label, key): entry_id for key, entry_id in cursor.ids.items()
+        }
+        block_ms = max(1, round(wait_s * 1000))
+        try:
+            async with asyncio.timeout(self.timeout_s + wait_s):
+                reply: object = await self._client.xread(
+                    streams,  # pyright: ignore[reportArgumentType] - str names and ids are what redis-py takes
+                    block=block_ms,
+                )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise self._failed("XREAD", exc) from None
+        for name, rows in _streams(reply):
+            parsed = parse_stream_name(self.prefix, name)
+            if parsed is None:
+                continue
+            for entry_id, fields in rows:
+                stored = self._stored(parsed[0], parsed[1], entry_id, fields)
+                cursor.ids[parsed[1]] = entry_id
+                if stored is not None:
+                    fresh.append(stored)
+        return fresh
