@@ -108,6 +108,19 @@ async def test_the_page_loads_nothing_from_another_origin(client: TestClient[Any
             assert response.status == 200, name
 
 
+async def test_the_page_is_open_when_the_data_needs_a_token(tmp_path: Path) -> None:
+    """The page holds no data: it loads without the token, then asks for it."""
+    config = WorkerConfig(
+        cache_dir=tmp_path / "cache", execution_provider="cpu", access_token="page-secret"
+    )
+    async with TestClient(TestServer(create_app(config), host="127.0.0.1")) as client:
+        for path in ("/live", "/live/static/live.js", "/live/static/live.css"):
+            async with client.get(path) as response:
+                assert response.status == 200, path
+        async with client.get("/labels") as response:
+            assert response.status == 401
+
+
 @pytest.mark.parametrize("name", ["nope.js", "live.html", "..%2Fpage.py", "live.js.map"])
 async def test_an_unknown_static_file_is_a_json_404(
     client: TestClient[Any, Any], name: str
