@@ -3,11 +3,12 @@
 Debian's ``chromium`` (``/usr/bin/chromium``; scripts/test.sh installs it) driven by
 Playwright for Python, never a browser Playwright downloads. The worker runs as users run it
 (``server.py`` in a subprocess) with the demo camera (``pytrickle-worker demo camera``, the
-sample video as a live MPEG-TS stream) subscribed over the CMS WebSocket as ``display-1;cam-1``:
+sample video as a live MPEG-TS stream) subscribed over the CMS WebSocket as
+``display-001;cam-001``, as examples/cms_client.py does:
 
 * a tile shows a decoded frame (``naturalWidth > 0``) within 10 s of loading the page;
 * its detection text is what the worker sent for that frame (the header of the same frame,
-  read by this test from ``/ws/labels/display-1``);
+  read by this test from ``/ws/labels/display-001``);
 * a click opens the camera in pull mode; pause holds the frame, resume moves on, back returns;
 * the camera stopped, the tile turns offline; the worker stopped, the page says it reconnects;
 * with an access token, a wrong token shows an error and no frame, the right one shows frames;
@@ -49,8 +50,8 @@ from tests.worker_process import WorkerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
-LABEL = "display-1"
-KEY = "cam-1"
+LABEL = "display-001"
+KEY = "cam-001"
 IDENTIFIER = f"{LABEL};{KEY}"
 DELIMITER = b"--IMG--"
 WAIT_S = 60.0
@@ -315,7 +316,7 @@ async def test_the_grid_shows_the_camera_its_detections_and_its_state(
         # A decoded frame within 10 s of loading the page (the worker already stores frames).
         await _until(lambda: _decoded(image), "no decoded frame in the tile", 10.0, live.log())
         assert await page.locator('[data-testid="label-picker"]').input_value() == LABEL
-        assert "#label=display-1" in page.url  # the view is in the URL; no token ever is
+        assert f"#label={LABEL}" in page.url  # the view is in the URL; no token ever is
         assert await tile.locator('[data-testid="tile-status"]').inner_text() == "online"
 
         # The detection text is the one the worker sent with the frame the tile shows.
@@ -346,7 +347,7 @@ async def test_the_grid_shows_the_camera_its_detections_and_its_state(
         await tile.click()
         single = page.locator('[data-testid="single-image"]')
         await _until(lambda: _decoded(single), "no frame in the single view", log=live.log())
-        assert "key=cam-1" in page.url
+        assert f"key={KEY}" in page.url
         assert await page.locator('[data-testid="grid-view"]').is_hidden()
         first = await _frame_id(single)
 
