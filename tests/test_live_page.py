@@ -164,12 +164,16 @@ async def _new_page(browser: Browser) -> tuple[Page, list[str]]:
 
 
 async def _until(
-    check: Callable[[], Awaitable[bool]], what: str, within_s: float = WAIT_S, log: str = ""
+    check: Callable[[], Awaitable[bool]],
+    what: str,
+    within_s: float = WAIT_S,
+    log: str = "",
+    every_s: float = 0.1,
 ) -> None:
     deadline = time.monotonic() + within_s
     while not await check():
         assert time.monotonic() < deadline, f"{what}: not within {within_s} s\n{log}"
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(every_s)
 
 
 async def _decoded(image: Locator) -> bool:
@@ -264,7 +268,8 @@ async def _live_worker(
         async def listed() -> bool:
             return LABEL in await live.labels()
 
-        await _until(listed, f"/labels never listed {LABEL}", log=live.log())
+        # Once a second: /labels is rate limited (60 a minute), and the page needs it too.
+        await _until(listed, f"/labels never listed {LABEL}", log=live.log(), every_s=1.0)
         try:
             yield live
         finally:

@@ -15,7 +15,10 @@
   const BACKOFF_CAP_MS = 10000;
   const PULL_INTERVAL_MS = 500; // ~2 fps in the single-camera view
   const PULL_REPLY_TIMEOUT_MS = 10000; // no answer to a pull: the socket is dead, reconnect
-  const LABELS_REFRESH_MS = 5000;
+  // /labels is rate limited per client address (60 a minute by default, shared by every tab
+  // behind that address): the page asks for it 6 times a minute, and a 429 just waits.
+  const LABELS_REFRESH_MS = 10000;
+  const TOO_MANY_REQUESTS = 429;
   const TICK_MS = 1000;
 
   const byId = (id, root = document) => root.querySelector(`[data-testid="${id}"]`);
@@ -346,7 +349,10 @@
         for (const meta of listing.keys || []) this.tile(meta.key).seed(meta, now);
       } catch (error) {
         if (error instanceof AuthError) return onUnauthorized();
-        if (!(error instanceof HttpError && error.status === 404)) showError(`cannot list cameras: ${error.message}`);
+        // 404: no camera under the label yet; 429: over the rate limit. Tiles come with the
+        // pushed frames either way.
+        const expected = error instanceof HttpError && [404, TOO_MANY_REQUESTS].includes(error.status);
+        if (!expected) showError(`cannot list cameras: ${error.message}`);
       }
       this.showEmpty();
       this.socket.connect();
@@ -578,11 +584,13 @@
   async function pollLabels() {
     try {
       await refreshLabels();
-      applyRoute();
     } catch (error) {
-      if (error instanceof AuthError) onUnauthorized();
-      else showError(`cannot reach the worker: ${error.message}`);
+      if (error instanceof AuthError) return onUnauthorized();
+      if (!(error instanceof HttpError && error.status === TOO_MANY_REQUESTS)) {
+        showError(`cannot reach the worker: ${error.message}`);
+      }
     }
+    applyRoute(); // the labels known so far, and the one in the URL
   }
 
   // Resolves true when the token (or no token) is accepted, so a failed socket may retry.
