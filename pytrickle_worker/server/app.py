@@ -12,8 +12,8 @@ from aiohttp import web
 from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.engine.mpta.service import PipelineService
-from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
-from pytrickle_worker.frontdoors.live.page import page_routes
+from pytrickle_worker.frontdoors.cms.endpoint import CMS_ROUTE_DOCS, CmsEndpoint
+from pytrickle_worker.frontdoors.live.page import PAGE_ROUTE_DOCS, page_routes
 from pytrickle_worker.frontdoors.live.routes import LiveRoutes
 from pytrickle_worker.frontdoors.live.view import LiveView
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
@@ -23,10 +23,13 @@ from pytrickle_worker.frontdoors.streamserver.session import StreamSession, Stre
 from pytrickle_worker.processing import FrameProcessor
 from pytrickle_worker.processing.registry import ProcessorDeps, discover_processors, lookup
 from pytrickle_worker.processing.sink import StreamSinks
-from pytrickle_worker.server.metrics import WorkerMetrics
+from pytrickle_worker.server.health import HEALTH_DOCS, worker_health
+from pytrickle_worker.server.metrics import WorkerMetrics, metrics_route_doc
+from pytrickle_worker.server.openapi import attach_api_docs
 from pytrickle_worker.server.ratelimit import RateLimiter
 from pytrickle_worker.server.security import security_middlewares
 from pytrickle_worker.sources.hub import CameraHub
+from pytrickle_worker.transport.apidoc import document_routes
 
 logger = logging.getLogger(__name__)
 
@@ -46,18 +49,17 @@ async def health(request: web.Request) -> web.Response:
     app = request.app
     service, cms, streams = app[SERVICE_KEY], app[CMS_KEY], app[STREAMS_KEY]
     code, body = streams.health()
-    body.update(
-        {
-            "version": __version__,
-            "uptime_s": round(time.time() - app[STARTED_KEY], 3),
-            "execution_provider": service.providers.primary,
-            "models_loaded": service.registry.loaded_count,
-            "subscriptions": len(cms.subscriptions),
-            "backends": len(cms.registry.connections),
-            "actions": service.actions.snapshot(),
-        }
+    merged = worker_health(
+        body,
+        version=__version__,
+        uptime_s=round(time.time() - app[STARTED_KEY], 3),
+        execution_provider=service.providers.primary,
+        models_loaded=service.registry.loaded_count,
+        subscriptions=len(cms.subscriptions),
+        backends=len(cms.registry.connections),
+        actions=service.actions.snapshot(),
     )
-    return web.json_response(body, status=code)
+    return web.json_response(merged, status=code)
 
 
 def create_app(config: WorkerConfig, default_pipeline_source: str | None = None) -> web.Application:
@@ -128,7 +130,12 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)  # Prometheus text format (docs/METRICS.md)
     app.router.add_routes(cms.routes())
+    # Every route mounted here is documented in /openapi.json (tests/test_openapi.py checks).
+    document_routes(app, [*HEALTH_DOCS, metrics_route_doc(config.metrics_require_token)])
+    document_routes(app, CMS_ROUTE_DOCS)
     app.router.add_routes(LiveRoutes(live).routes())
     attach_stream_api(app, streams)
     app.router.add_routes(page_routes())  # GET /live: the live-view page (no data, open)
+    document_routes(app, PAGE_ROUTE_DOCS)
+    attach_api_docs(app, title="pytrickle-worker", version=__version__)
     return app

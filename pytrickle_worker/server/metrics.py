@@ -51,8 +51,15 @@ from pytrickle_worker.frontdoors.live.writer import DROP_REASONS
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager, StreamState
 from pytrickle_worker.frontdoors.streamserver.stats import StreamStats
 from pytrickle_worker.sources.hub import CameraHub
+from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
 
-__all__ = ["InferenceMetrics", "WorkerCollector", "WorkerMetrics", "model_labels"]
+__all__ = [
+    "InferenceMetrics",
+    "WorkerCollector",
+    "WorkerMetrics",
+    "metrics_route_doc",
+    "model_labels",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -586,3 +593,21 @@ class WorkerMetrics:
     async def handle(self, request: web.Request) -> web.Response:
         """``GET /metrics``."""
         return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def metrics_route_doc(require_token: bool) -> RouteDoc:
+    """``GET /metrics`` for /openapi.json; open unless ``metrics_require_token``."""
+    return RouteDoc(
+        "GET",
+        "/metrics",
+        "Prometheus metrics (text exposition format, docs/METRICS.md)",
+        tags=("metrics",),
+        auth="token" if require_token else "open",
+        replies=(
+            Reply(
+                200,
+                "the metrics of this worker",
+                Body(content_type=CONTENT_TYPE_LATEST, schema={"type": "string"}),
+            ),
+        ),
+    )

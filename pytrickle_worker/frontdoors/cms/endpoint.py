@@ -46,6 +46,7 @@ from pytrickle_worker.processing.registry import (
 )
 from pytrickle_worker.processing.sink import ResultSink
 from pytrickle_worker.sources.hub import CameraHub
+from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
 
 logger = logging.getLogger(__name__)
 
@@ -294,3 +295,33 @@ class CmsEndpoint:
             )
         jpeg = await asyncio.to_thread(encode_jpeg, frame.rgb, 85)
         return web.Response(body=jpeg, content_type="image/jpeg")
+
+
+#: /openapi.json entries of :meth:`CmsEndpoint.routes`.
+CMS_ROUTE_DOCS: tuple[RouteDoc, ...] = (
+    RouteDoc(
+        "GET",
+        "/",
+        "CMS worker protocol (WebSocket)",
+        description=(
+            "JSON text messages both ways (docs/COMPATIBILITY.md, the CMS worker protocol). "
+            "In: subscribe, unsubscribe, requestState, setSessionId, patchSessionResult. "
+            "Out: stateReport every heartbeat, imageDetection per analysed frame, "
+            "patchSession, and error naming what was wrong with a message (the socket stays "
+            "open). The token goes in `Authorization: Bearer` or `?token=`."
+        ),
+        tags=("cms",),
+        auth="token_or_query",
+        websocket=True,
+    ),
+    RouteDoc(
+        "GET",
+        "/camera/{camera_id}/image",
+        "The latest frame of a subscribed camera, as JPEG",
+        tags=("cms",),
+        auth="token_or_query",
+        path_params={"camera_id": "the subscription identifier, `display;camera`"},
+        replies=(Reply(200, "the camera's latest frame", Body(content_type="image/jpeg")),),
+        errors={404: "the camera is not subscribed, or has no frame yet"},
+    ),
+)

@@ -18,9 +18,10 @@ from types import MappingProxyType
 
 from aiohttp import web
 
+from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
 from pytrickle_worker.transport.http_errors import error_response
 
-__all__ = ["PAGE_PATH", "STATIC_PATH", "LivePage", "page_routes"]
+__all__ = ["PAGE_PATH", "PAGE_ROUTE_DOCS", "STATIC_PATH", "LivePage", "page_routes"]
 
 PAGE_PATH = "/live"
 STATIC_PATH = "/live/static/{name}"
@@ -34,6 +35,41 @@ _STATIC_TYPES: dict[str, str] = {
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; "
     "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+PAGE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
+    RouteDoc(
+        "GET",
+        PAGE_PATH,
+        "The live view: a web page of the cameras' frames and detections",
+        description=(
+            "Plain HTML that loads its script and style from `/live/static/`. It holds no "
+            "data: it calls `GET /labels`, `GET /labels/{label}/keys`, `WS /ws/labels/{label}` "
+            "and `WS /ws/stream/{label}/{key}` with the viewer's token (asked for on a 401, "
+            "kept in the tab's session storage, sent as `Authorization: Bearer` and as the "
+            "WebSocket subprotocol `ptw.bearer.<base64url(token)>`)."
+        ),
+        tags=("live",),
+        auth="open",
+        replies=(
+            Reply(200, "the page", Body(content_type="text/html")),
+            Reply(304, "unchanged since the ETag sent in If-None-Match"),
+        ),
+    ),
+    RouteDoc(
+        "GET",
+        STATIC_PATH,
+        "The live page's script, style and icon",
+        tags=("live",),
+        auth="open",
+        path_params={"name": "one of " + ", ".join(_STATIC_TYPES)},
+        replies=(
+            Reply(200, "the file", Body(content_type="text/javascript")),
+            Reply(304, "unchanged since the ETag sent in If-None-Match"),
+        ),
+        errors={404: "no such file"},
+    ),
 )
 
 

@@ -30,7 +30,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal, Protocol, cast
 
 from pytrickle_worker import __version__
@@ -40,8 +39,21 @@ from pytrickle_worker.core.hardware import HardwareMonitor
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.frontdoors.streamserver.hardware import gpu_info, gpu_stats
 from pytrickle_worker.frontdoors.streamserver.schemas import (
+    DrainInfo,
+    HardwareInfo,
+    HardwareStats,
+    ParamsUpdated,
+    Readiness,
     StartRequest,
+    StreamFps,
+    StreamHealth,
+    StreamInfo,
     StreamParams,
+    StreamStarted,
+    StreamState,
+    StreamStatus,
+    StreamStopped,
+    VersionInfo,
     split_params_update,
 )
 from pytrickle_worker.processing import FrameProcessor, ParamsError
@@ -59,13 +71,6 @@ __all__ = [
     "StreamSessionLike",
     "StreamState",
 ]
-
-
-class StreamState(StrEnum):
-    LOADING = "LOADING"
-    IDLE = "IDLE"
-    OK = "OK"
-    ERROR = "ERROR"
 
 
 class SessionStats(Protocol):
@@ -341,18 +346,20 @@ class StreamManager:
         side is what failed), so StreamServer clients see the same states as before.
         """
         stalled = bool(self._session_stats().get("input_stalled"))
-        body: dict[str, Any] = {
-            "status": self._state.value,
-            "healthy": self._state is not StreamState.ERROR and not stalled,
-        }
+        body = StreamHealth(
+            status=self._state,
+            healthy=self._state is not StreamState.ERROR and not stalled,
+        )
+        # Fields set only when they apply, so exclude_unset leaves the others out.
         if self._stream is not None:
-            body["input_stalled"] = stalled
+            body.input_stalled = stalled
         if self._draining:
-            body["draining"] = True
+            body.draining = True
+        code = 200
         if self._state is StreamState.ERROR:
-            body["error_message"] = self._error
-            return 500, body
-        return 200, body
+            body.error_message = self._error
+            code = 500
+        return code, body.model_dump(mode="json", exclude_unset=True)
 
     def ready(self) -> tuple[int, dict[str, Any]]:
         """``/health/ready``: 200 once the model is loaded, unless the process is shutting
@@ -360,10 +367,10 @@ class StreamManager:
         the model never loaded is not (it retries in the background, unless the error is
         permanent)."""
         ok = self._loaded and not self._draining
-        body: dict[str, Any] = {"status": self._state.value, "ready": ok}
+        body = Readiness(status=self._state, ready=ok)
         if self._draining:
-            body["draining"] = True
-        return (200 if ok else 503), body
+            body.draining = True
+        return (200 if ok else 503), body.model_dump(mode="json", exclude_unset=True)
 
     def status(self) -> dict[str, Any]:
         stream = self._stream
@@ -374,36 +381,38 @@ class StreamManager:
             for key in ("input_fps", "output_fps", "processing_fps")
         }
         current: dict[str, Any] = {}
-        stream_info: dict[str, Any] | None = None
+        stream_info: StreamInfo | None = None
         if stream is not None:
             current = stream.request.masked()
             current["params"] = self._current_params(stream)
-            stream_info = {
-                **stream.request.masked(),
-                "started_at": stream.started_at,
-                "uptime_s": round(time.time() - stream.started_at, 3),
-            }
-        return {
+            stream_info = StreamInfo.model_validate(
+                {
+                    **stream.request.masked(),
+                    "started_at": stream.started_at,
+                    "uptime_s": round(time.time() - stream.started_at, 3),
+                }
+            )
+        return StreamStatus(
             # pytrickle's get_pipeline_state() fields first (status/pipeline_state repeat the
             # state, as there), then ours.
-            "status": self._state.value,
-            "state": self._state.value,
-            "pipeline_state": self._state.value,
-            "additional_info": {"draining": self._draining},
-            "pipeline_ready": self._loaded,
-            "startup_complete": self._load_task is not None and self._load_task.done(),
-            "active_streams": 1 if stream is not None else 0,
-            "active_client": stream is not None,
-            "client_active": stream is not None,
-            "client_running": stream is not None,
-            "error_message": self._error,
-            "healthy": self._state is not StreamState.ERROR and not stalled,
-            "input_stalled": stalled,
-            "fps": fps,
-            "current_params": current,
-            "stream": stream_info,
-            "session": stats,
-        }
+            status=self._state,
+            state=self._state,
+            pipeline_state=self._state,
+            additional_info=DrainInfo(draining=self._draining),
+            pipeline_ready=self._loaded,
+            startup_complete=self._load_task is not None and self._load_task.done(),
+            active_streams=1 if stream is not None else 0,
+            active_client=stream is not None,
+            client_active=stream is not None,
+            client_running=stream is not None,
+            error_message=self._error,
+            healthy=self._state is not StreamState.ERROR and not stalled,
+            input_stalled=stalled,
+            fps=StreamFps.model_validate(fps),
+            current_params=current,
+            stream=stream_info,
+            session=stats,
+        ).model_dump(mode="json", exclude_unset=True)
 
     def _current_params(self, stream: _Stream) -> dict[str, Any]:
         params = stream.stream_params.given()
@@ -437,12 +446,12 @@ class StreamManager:
             self._starting = False
         stream_id = request.gateway_request_id
         logger.info("stream %s started: %s", stream_id, request.masked())
-        return {
-            "status": "success",
-            "message": "Stream started successfully",
-            "request_id": stream_id,
-            "current_state": self.status(),
-        }
+        return StreamStarted(
+            status="success",
+            message="Stream started successfully",
+            request_id=stream_id,
+            current_state=StreamStatus.model_validate(self.status()),
+        ).model_dump(mode="json", exclude_unset=True)
 
     async def _start_locked(self, request: StartRequest) -> None:
         if not self._loaded:
@@ -502,7 +511,8 @@ class StreamManager:
         logger.info("stream %s stopped", stream.request.gateway_request_id)
         if failure is not None:
             raise ApiError(500, f"Error stopping stream: {failure}")
-        return {"status": "success", "message": "Stream stopped successfully"}
+        stopped = StreamStopped(status="success", message="Stream stopped successfully")
+        return stopped.model_dump(mode="json")
 
     async def _teardown(self, stream: _Stream, *, cancel_watcher: bool) -> str | None:
         """Stop the session and tell the processor; returns a failure message, if any."""
@@ -577,16 +587,16 @@ class StreamManager:
             self._last_params.update(changes)
             current = self._current_params(stream)
         logger.info("params updated: %s", sorted(params))
-        return {
-            "status": "success",
-            "message": "Parameters updated successfully",
-            "params": current,
-        }
+        return ParamsUpdated(
+            status="success", message="Parameters updated successfully", params=current
+        ).model_dump(mode="json")
 
     # ------------------------------------------------------------------ info routes
 
     def version_info(self) -> dict[str, Any]:
-        return {"pipeline": self.pipeline, "model_id": self.model_id, "version": self.version}
+        return VersionInfo(
+            pipeline=self.pipeline, model_id=self.model_id, version=self.version
+        ).model_dump(mode="json")
 
     def _monitor(self) -> HardwareMonitor:
         if self._hardware is None:
@@ -595,8 +605,12 @@ class StreamManager:
 
     async def hardware_info(self) -> dict[str, Any]:
         info = await asyncio.to_thread(gpu_info, self._monitor())
-        return {"pipeline": self.pipeline, "model_id": self.model_id, "gpu_info": info}
+        return HardwareInfo.model_validate(
+            {"pipeline": self.pipeline, "model_id": self.model_id, "gpu_info": info}
+        ).model_dump(mode="json")
 
     async def hardware_stats(self) -> dict[str, Any]:
         stats = await asyncio.to_thread(gpu_stats, self._monitor())
-        return {"pipeline": self.pipeline, "model_id": self.model_id, "gpu_stats": stats}
+        return HardwareStats.model_validate(
+            {"pipeline": self.pipeline, "model_id": self.model_id, "gpu_stats": stats}
+        ).model_dump(mode="json")

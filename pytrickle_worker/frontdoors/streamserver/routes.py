@@ -19,8 +19,23 @@ from aiohttp import web
 
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.frontdoors.streamserver.manager import ApiError, StreamManager
-from pytrickle_worker.frontdoors.streamserver.schemas import parse_start_request
+from pytrickle_worker.frontdoors.streamserver.schemas import (
+    AppVersion,
+    HardwareInfo,
+    HardwareStats,
+    Liveness,
+    ParamsUpdated,
+    Readiness,
+    StartRequest,
+    StreamParams,
+    StreamStarted,
+    StreamStatus,
+    StreamStopped,
+    VersionInfo,
+    parse_start_request,
+)
 from pytrickle_worker.processing import ParamsError
+from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc, document_routes
 from pytrickle_worker.transport.http_errors import error_response
 from pytrickle_worker.transport.json_body import read_json
 
@@ -33,6 +48,7 @@ __all__ = [
     "create_api",
     "error_response",
     "health_response",
+    "route_docs",
 ]
 
 MANAGER_KEY = web.AppKey("stream_manager", StreamManager)
@@ -87,7 +103,7 @@ def create_api(manager: StreamManager) -> list[web.RouteDef]:
 
     @_guarded
     async def app_version(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"version": manager.version})
+        return web.json_response(AppVersion(version=manager.version).model_dump(mode="json"))
 
     @_guarded
     async def hardware_info(request: web.Request) -> web.StreamResponse:
@@ -99,7 +115,7 @@ def create_api(manager: StreamManager) -> list[web.RouteDef]:
 
     @_guarded
     async def live(request: web.Request) -> web.StreamResponse:
-        return web.json_response({"status": "alive"})
+        return web.json_response(Liveness(status="alive").model_dump(mode="json"))
 
     @_guarded
     async def ready(request: web.Request) -> web.StreamResponse:
@@ -135,6 +151,7 @@ def attach(app: web.Application, manager: StreamManager) -> None:
     """
     app[MANAGER_KEY] = manager
     app.router.add_routes(create_api(manager))
+    document_routes(app, route_docs())
 
     async def lifecycle(_app: web.Application) -> AsyncIterator[None]:
         await manager.startup()
@@ -142,6 +159,130 @@ def attach(app: web.Application, manager: StreamManager) -> None:
         await manager.shutdown()
 
     app.cleanup_ctx.append(lifecycle)
+
+
+_STREAM = ("stream",)
+_BODY_ERRORS: dict[int, str] = {
+    400: "the body is not JSON, or a field is invalid (the message names it)",
+    413: "the body is larger than PTW_MAX_MESSAGE_BYTES",
+    415: "the body's charset is unknown",
+}
+
+
+def _start_doc(path: str) -> RouteDoc:
+    return RouteDoc(
+        "POST",
+        path,
+        "Start a stream (trickle channels in and out)",
+        description=(
+            "Unknown top-level keys are ignored (go-livepeer sends some); `params` holds the "
+            "stream-level params (`width`/`height` together, `max_framerate`) and the "
+            "processor's own (MPTA: `model_url`, `min_confidence`, `trigger_classes`, "
+            "`annotate`, `target_fps`, `run_actions`)."
+        ),
+        tags=_STREAM,
+        request=Body(StartRequest),
+        replies=(Reply(200, "the stream runs", Body(StreamStarted)),),
+        errors={
+            **_BODY_ERRORS,
+            500: "the model, the processor or the media session failed to start",
+            503: "the model is still loading, a stream is active, or the worker is draining",
+        },
+    )
+
+
+def route_docs() -> list[RouteDoc]:
+    """/openapi.json entries of :func:`create_api`'s routes."""
+    docs: list[RouteDoc] = []
+    for prefix in ROUTE_PREFIXES:
+        docs += [
+            _start_doc(f"{prefix}/stream/start"),
+            RouteDoc(
+                "POST",
+                f"{prefix}/stream/stop",
+                "Stop the stream (the output channel gets its DELETE)",
+                tags=_STREAM,
+                request=Body(schema={"type": "object"}, description="`{}` or nothing"),
+                request_required=False,
+                replies=(Reply(200, "stopped", Body(StreamStopped)),),
+                errors={
+                    **_BODY_ERRORS,
+                    400: "no active stream, or the body is not JSON",
+                    500: "the session or the processor failed to stop",
+                },
+            ),
+            RouteDoc(
+                "POST",
+                f"{prefix}/stream/params",
+                "Change params of the running stream",
+                description=(
+                    "Stream-level params (`max_framerate`; `width`/`height` only to the same "
+                    "value: they are fixed at start) and the processor's own params."
+                ),
+                tags=_STREAM,
+                request=Body(StreamParams, description="stream-level and processor params"),
+                replies=(Reply(200, "applied", Body(ParamsUpdated)),),
+                errors={**_BODY_ERRORS, 500: "the processor or the session failed to apply them"},
+            ),
+            RouteDoc(
+                "GET",
+                f"{prefix}/stream/status",
+                "The stream's state, rates and params",
+                tags=_STREAM,
+                replies=(Reply(200, "the status", Body(StreamStatus)),),
+            ),
+        ]
+    return [
+        *docs,
+        _start_doc("/live-video-to-video"),
+        RouteDoc(
+            "GET",
+            "/version",
+            "Pipeline, model id and version",
+            tags=("info",),
+            replies=(Reply(200, "version facts", Body(VersionInfo)),),
+        ),
+        RouteDoc(
+            "GET",
+            "/app-version",
+            "The worker's version",
+            tags=("info",),
+            replies=(Reply(200, "the version", Body(AppVersion)),),
+        ),
+        RouteDoc(
+            "GET",
+            "/hardware/info",
+            "The GPUs (empty without one)",
+            tags=("hardware",),
+            replies=(Reply(200, "GPU facts", Body(HardwareInfo)),),
+        ),
+        RouteDoc(
+            "GET",
+            "/hardware/stats",
+            "GPU load and memory (empty without a GPU)",
+            tags=("hardware",),
+            replies=(Reply(200, "GPU load", Body(HardwareStats)),),
+        ),
+        RouteDoc(
+            "GET",
+            "/health/live",
+            "Liveness probe",
+            tags=("health",),
+            auth="open",
+            replies=(Reply(200, "the process answers", Body(Liveness)),),
+        ),
+        RouteDoc(
+            "GET",
+            "/health/ready",
+            "Readiness probe",
+            tags=("health",),
+            auth="open",
+            replies=(
+                Reply(200, "the model is loaded", Body(Readiness)),
+                Reply(503, "loading or draining (the readiness body)", Body(Readiness)),
+            ),
+        ),
+    ]
 
 
 def health_response(manager: StreamManager, extra: dict[str, Any] | None = None) -> web.Response:

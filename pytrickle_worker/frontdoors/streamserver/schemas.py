@@ -21,6 +21,7 @@ not (see docs in ``trickle-and-streamserver.md``):
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -46,9 +47,25 @@ from pytrickle_worker.processing import (
 __all__ = [
     "CHANNEL_FIELDS",
     "RUNTIME_IMMUTABLE",
+    "AppVersion",
     "ErrorBody",
+    "GpuInfo",
+    "GpuStats",
+    "HardwareInfo",
+    "HardwareStats",
+    "Liveness",
+    "ParamsUpdated",
+    "Readiness",
     "StartRequest",
+    "StreamFps",
+    "StreamHealth",
+    "StreamInfo",
     "StreamParams",
+    "StreamStarted",
+    "StreamState",
+    "StreamStatus",
+    "StreamStopped",
+    "VersionInfo",
     "parse_start_request",
     "split_params_update",
 ]
@@ -216,3 +233,156 @@ def split_params_update(
     changes = {k: v for k, v in given.items() if k not in RUNTIME_IMMUTABLE}
     processor = {k: v for k, v in update.items() if k not in STREAM_PARAM_KEYS}
     return changes, processor
+
+
+# ---------------------------------------------------------------------- response bodies
+# The handlers build their answers through these models (``model_dump(exclude_unset=True)``:
+# a field that is only sometimes present is set only then), so /openapi.json, which is
+# generated from them, says what the routes send.
+
+
+class StreamState(StrEnum):
+    """The StreamServer state (``/health``, ``/stream/status``); see the manager."""
+
+    LOADING = "LOADING"
+    IDLE = "IDLE"
+    OK = "OK"
+    ERROR = "ERROR"
+
+
+class StreamHealth(BaseModel):
+    """The StreamServer part of ``GET /health``: 200 in LOADING, IDLE and OK; 500 in ERROR."""
+
+    status: StreamState
+    healthy: bool = Field(
+        description="false in ERROR and while the active stream's input is stalled"
+    )
+    input_stalled: bool = Field(
+        default=False,
+        description="present while a stream runs: no input frame for the input timeout",
+    )
+    draining: bool = Field(default=False, description="present (true) while shutting down")
+    error_message: str | None = Field(default=None, description="present in ERROR")
+
+
+class Readiness(BaseModel):
+    """``GET /health/ready``: 200 once the model is loaded, 503 while loading or draining."""
+
+    status: StreamState
+    ready: bool
+    draining: bool = Field(default=False, description="present (true) while shutting down")
+
+
+class Liveness(BaseModel):
+    """``GET /health/live``: the process answers."""
+
+    status: Literal["alive"]
+
+
+class VersionInfo(BaseModel):
+    pipeline: str = Field(description="$PIPELINE, else byoc")
+    model_id: str = Field(description="$CAPABILITY_NAME, else $MODEL_ID, else pytrickle-worker")
+    version: str
+
+
+class AppVersion(BaseModel):
+    version: str
+
+
+class GpuInfo(BaseModel):
+    id: str = Field(description="NVML UUID, else the index")
+    name: str
+    memory_total: int = Field(description="bytes")
+    memory_free: int = Field(description="bytes")
+    major: int | None = Field(description="CUDA compute capability (null when NVML cannot tell)")
+    minor: int | None
+
+
+class GpuStats(BaseModel):
+    id: str = Field(description="NVML UUID, else the index")
+    name: str
+    memory_total: int = Field(description="bytes")
+    memory_free: int = Field(description="bytes")
+    utilization_compute: int = Field(description="percent")
+    utilization_memory: int | None = Field(description="percent (null when NVML cannot tell)")
+
+
+class HardwareInfo(BaseModel):
+    """``GET /hardware/info`` (pytrickle's shape); ``gpu_info`` is empty without a GPU."""
+
+    pipeline: str
+    model_id: str
+    gpu_info: dict[str, GpuInfo] = Field(description="by GPU index")
+
+
+class HardwareStats(BaseModel):
+    """``GET /hardware/stats`` (pytrickle's shape); ``gpu_stats`` is empty without a GPU."""
+
+    pipeline: str
+    model_id: str
+    gpu_stats: dict[str, GpuStats] = Field(description="by GPU index")
+
+
+class StreamFps(BaseModel):
+    input_fps: float
+    output_fps: float
+    processing_fps: float
+
+
+class DrainInfo(BaseModel):
+    draining: bool
+
+
+class StreamInfo(BaseModel):
+    """The running stream: its ids and channel URLs (credentials masked)."""
+
+    gateway_request_id: str
+    subscribe_url: str | None = Field(default=None, description="present when given")
+    publish_url: str | None = Field(default=None, description="present when given")
+    control_url: str | None = Field(default=None, description="present when given")
+    events_url: str | None = Field(default=None, description="present when given")
+    data_url: str | None = Field(default=None, description="present when given")
+    started_at: float = Field(description="unix seconds")
+    uptime_s: float
+
+
+class StreamStatus(BaseModel):
+    """``GET /stream/status``: pytrickle's ``get_pipeline_state()`` fields, then ours."""
+
+    status: StreamState
+    state: StreamState
+    pipeline_state: StreamState
+    additional_info: DrainInfo
+    pipeline_ready: bool = Field(description="the model is loaded")
+    startup_complete: bool
+    active_streams: int = Field(ge=0, le=1)
+    active_client: bool
+    client_active: bool
+    client_running: bool
+    error_message: str | None
+    healthy: bool
+    input_stalled: bool
+    fps: StreamFps
+    current_params: dict[str, Any] = Field(
+        description="the running stream's ids, masked URLs and params in effect ({} when idle)"
+    )
+    stream: StreamInfo | None
+    session: dict[str, Any] = Field(description="the media session's counters ({} when idle)")
+
+
+class StreamStarted(BaseModel):
+    status: Literal["success"]
+    message: str
+    request_id: str
+    current_state: StreamStatus
+
+
+class StreamStopped(BaseModel):
+    status: Literal["success"]
+    message: str
+
+
+class ParamsUpdated(BaseModel):
+    status: Literal["success"]
+    message: str
+    params: dict[str, Any] = Field(description="every param in effect after the update")
