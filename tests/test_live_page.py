@@ -155,12 +155,30 @@ async def browser(chromium: Path) -> AsyncIterator[Browser]:
         await browser.close()
 
 
+#: Counts the page's Blob URLs, made and revoked (injected before the page's own script).
+COUNT_BLOB_URLS = """
+(() => {
+  const made = URL.createObjectURL.bind(URL);
+  const revoke = URL.revokeObjectURL.bind(URL);
+  window.blobUrls = { made: 0, revoked: 0 };
+  URL.createObjectURL = (blob) => { window.blobUrls.made += 1; return made(blob); };
+  URL.revokeObjectURL = (url) => { window.blobUrls.revoked += 1; revoke(url); };
+})();
+"""
+
+
 async def _new_page(browser: Browser) -> tuple[Page, list[str]]:
     """A page and the list its JavaScript errors are collected in (asserted empty at the end)."""
     page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await page.add_init_script(COUNT_BLOB_URLS)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     return page, errors
+
+
+async def _blob_urls(page: Page) -> tuple[int, int]:
+    counts = await page.evaluate("() => window.blobUrls")
+    return int(counts["made"]), int(counts["revoked"])
 
 
 async def _until(
@@ -338,6 +356,9 @@ async def test_the_grid_shows_the_camera_its_detections_and_its_state(
             return True
 
         await _until(shows_what_was_sent, "no frame with detections shown", log=live.log())
+        # Each frame got a Blob URL, and every one but the one on screen was revoked.
+        made, revoked = await _blob_urls(page)
+        assert made >= 2 and made - revoked == 1, (made, revoked)
         header = matched[0]
         assert header["label"] == LABEL and header["key"] == KEY
         fps_text = await tile.locator('[data-testid="tile-fps"]').inner_text()
@@ -373,6 +394,8 @@ async def test_the_grid_shows_the_camera_its_detections_and_its_state(
         await page.screenshot(path=tmp_path / "live-single.png")
         await page.locator('[data-testid="back"]').click()
         await _until(lambda: _decoded(image), "the grid did not come back", log=live.log())
+        made, revoked = await _blob_urls(page)
+        assert made - revoked == 1, (made, revoked)  # the single view's were revoked too
 
         # The camera stops: its tile is marked offline.
         _stop(live.camera)
@@ -403,6 +426,8 @@ async def test_a_wrong_token_shows_an_error_and_no_frames(
     token = "page-test-token-0123456789"
     async with _live_worker(tmp_path, demo_assets, token=token) as live:
         page, errors = await _new_page(browser)
+        sockets: list[str] = []
+        page.on("websocket", lambda ws: sockets.append(ws.url))
         await page.goto(f"{live.worker.base}/live")  # the page itself is open
         form = page.locator('[data-testid="token-form"]')
         await form.wait_for(state="visible", timeout=WAIT_S * 1000)
@@ -424,6 +449,7 @@ async def test_a_wrong_token_shows_an_error_and_no_frames(
         await _until(lambda: _decoded(image), "no frame with the right token", log=live.log())
         assert await form.is_hidden()
         assert token not in page.url
+        assert sockets and all("?" not in url and token not in url for url in sockets), sockets
         assert await page.evaluate("() => sessionStorage.getItem('ptw.live.token')") == token
         assert errors == []
 
