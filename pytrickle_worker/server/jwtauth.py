@@ -49,6 +49,8 @@ _EC_ALGORITHMS: Mapping[str, str] = {
     "secp256k1": "ES256K",
 }
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey
+#: RFC 7518 section 3.2: an HMAC key at least as long as the hash output.
+_HMAC_MIN_BYTES: Mapping[str, int] = {"HS256": 32, "HS384": 48, "HS512": 64}
 #: A kid from a token ends up in a log line: keep it short.
 _KID_LOG_CHARS = 64
 
@@ -177,7 +179,11 @@ class JwtVerifier:
     ) -> None:
         self._secret = secret
         self._keys = tuple(keys)
-        available = set(HMAC_ALGORITHMS) if secret is not None else set[str]()
+        available = {
+            algorithm
+            for algorithm in HMAC_ALGORITHMS
+            if secret is not None and len(secret) >= _HMAC_MIN_BYTES[algorithm]
+        }
         for key in self._keys:
             available |= key.algorithms
         if algorithms is None:
@@ -188,7 +194,8 @@ class JwtVerifier:
             if unusable:
                 raise WorkerError(
                     f"jwt_algorithms: no configured key can verify {', '.join(unusable)} "
-                    f"(the keys allow {', '.join(sorted(available)) or 'nothing'})"
+                    f"(the keys allow {', '.join(sorted(available)) or 'nothing'}; an HS384/"
+                    "HS512 secret must be at least 48/64 bytes)"
                 )
         if not allowed:
             raise WorkerError("JWT: no algorithm left to verify tokens with")
