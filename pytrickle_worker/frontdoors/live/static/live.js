@@ -21,7 +21,7 @@
   const TOO_MANY_REQUESTS = 429;
   const TICK_MS = 1000;
 
-  const byId = (id, root = document) => root.querySelector(`[data-testid="${id}"]`);
+  const byTestId = (id, root = document) => root.querySelector(`[data-testid="${id}"]`);
   const decoder = new TextDecoder();
 
   // ------------------------------------------------------------------ token and requests
@@ -112,17 +112,17 @@
   // ------------------------------------------------------------------ page chrome
 
   const ui = {
-    picker: byId("label-picker"),
-    connection: byId("connection"),
-    forget: byId("forget-token"),
-    tokenForm: byId("token-form"),
-    tokenInput: byId("token-input"),
-    authError: byId("auth-error"),
-    error: byId("error"),
-    gridView: byId("grid-view"),
-    grid: byId("grid"),
-    empty: byId("empty"),
-    singleView: byId("single-view"),
+    picker: byTestId("label-picker"),
+    connection: byTestId("connection"),
+    forget: byTestId("forget-token"),
+    tokenForm: byTestId("token-form"),
+    tokenInput: byTestId("token-input"),
+    authError: byTestId("auth-error"),
+    error: byTestId("error"),
+    gridView: byTestId("grid-view"),
+    grid: byTestId("grid"),
+    empty: byTestId("empty"),
+    singleView: byTestId("single-view"),
     tileTemplate: document.getElementById("tile-template"),
   };
 
@@ -275,12 +275,12 @@
       this.key = key;
       this.element = ui.tileTemplate.content.firstElementChild.cloneNode(true);
       this.element.dataset.key = key;
-      this.image = new FrameImage(byId("tile-image", this.element));
-      this.badge = byId("tile-status", this.element);
-      this.fps = byId("tile-fps", this.element);
-      this.worker = byId("tile-worker", this.element);
-      this.detections = byId("tile-detections", this.element);
-      byId("tile-key", this.element).textContent = key;
+      this.image = new FrameImage(byTestId("tile-image", this.element));
+      this.badge = byTestId("tile-status", this.element);
+      this.fps = byTestId("tile-fps", this.element);
+      this.worker = byTestId("tile-worker", this.element);
+      this.detections = byTestId("tile-detections", this.element);
+      byTestId("tile-key", this.element).textContent = key;
       this.lastFrameAt = 0;
       this.online = false;
       const open = () => grid.openCamera(key);
@@ -416,11 +416,11 @@
       this.lastId = null;
       this.lastNewAt = 0;
       this.online = false;
-      this.image = new FrameImage(byId("single-image"));
-      this.badge = byId("single-status");
-      this.meta = byId("single-meta");
-      this.detections = byId("single-detections");
-      this.pauseButton = byId("pause");
+      this.image = new FrameImage(byTestId("single-image"));
+      this.badge = byTestId("single-status");
+      this.meta = byTestId("single-meta");
+      this.detections = byTestId("single-detections");
+      this.pauseButton = byTestId("pause");
       this.onPause = () => this.togglePause();
       this.ticker = setInterval(() => this.refresh(), TICK_MS);
       this.socket = new LiveSocket(`/ws/stream/${segment(label)}/${segment(key)}`, {
@@ -434,7 +434,7 @@
     open() {
       ui.gridView.hidden = true;
       ui.singleView.hidden = false;
-      byId("single-title").textContent = `${this.label} / ${this.key}`;
+      byTestId("single-title").textContent = `${this.label} / ${this.key}`;
       this.meta.textContent = "";
       renderDetections(this.detections, []);
       this.pauseButton.textContent = "Pause";
@@ -655,7 +655,7 @@
   ui.picker.addEventListener("change", () => {
     location.hash = new URLSearchParams({ label: ui.picker.value }).toString();
   });
-  byId("back").addEventListener("click", () => {
+  byTestId("back").addEventListener("click", () => {
     location.hash = new URLSearchParams({ label: route().label }).toString();
   });
   window.addEventListener("hashchange", applyRoute);
