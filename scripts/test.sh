@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# tests/test_live_page.py drives Debian's Chromium with Playwright (no browser download).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 # The RTSP test server (tests/servers/rtsp_server.py) runs under the Debian system Python with
 # GStreamer's GObject bindings: videotestsrc/appsrc (base), x264enc (ugly), h264parse (bad),
 # rtph264pay/qtdemux (good), gst-rtsp-server. `--check` exits 0 when all of it is there.

@@ -139,6 +139,7 @@ async def test_config_and_log_level_are_accepted_after_the_subcommand(
     assert proc.returncode == 0, err
     assert " DEBUG " in err, err  # --log-level debug after the subcommand took effect
     assert f"try http://127.0.0.1:{port}/health, the CMS WebSocket ws://127.0.0.1:{port}/" in err
+    assert f"watch the cameras at http://127.0.0.1:{port}/live" in err
 
 
 def test_global_options_before_the_subcommand_still_work(tmp_path: Path) -> None:

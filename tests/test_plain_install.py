@@ -123,6 +123,9 @@ async def test_a_plain_install_serves(plain_venv: Path, tmp_path: Path) -> None:
                     assert time.monotonic() < deadline, _read(log)
                     await asyncio.sleep(0.2)
             assert status == 200 and health["status"] == "IDLE", health
+            # The live page's files are package data: the wheel must carry them.
+            async with http.get(f"http://127.0.0.1:{port}/live/static/live.js") as reply:
+                assert reply.status == 200, await reply.text()
             async with http.ws_connect(f"ws://127.0.0.1:{port}/") as ws:
                 first = json.loads(await ws.receive_str(timeout=10))
             assert first["type"] == "stateReport", first

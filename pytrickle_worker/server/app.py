@@ -13,6 +13,7 @@ from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CMS_ROUTE_DOCS, CmsEndpoint
+from pytrickle_worker.frontdoors.live.page import PAGE_ROUTE_DOCS, page_routes
 from pytrickle_worker.frontdoors.live.routes import LIVE_ROUTE_DOCS, LiveRoutes
 from pytrickle_worker.frontdoors.live.view import LiveView
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
@@ -135,5 +136,7 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     document_routes(app, CMS_ROUTE_DOCS)
     document_routes(app, LIVE_ROUTE_DOCS)
     attach_stream_api(app, streams)
+    app.router.add_routes(page_routes())  # GET /live: the live-view page (no data, open)
+    document_routes(app, PAGE_ROUTE_DOCS)
     attach_api_docs(app, title="pytrickle-worker", version=__version__)
     return app

@@ -113,10 +113,10 @@ async def serve(
         shown = f"[{shown}]"
     logger.info(
         "listening on %s:%d; try http://%s:%d/health, the CMS WebSocket ws://%s:%d/ and "
-        "http://%s:%d/api/stream/status",
+        "http://%s:%d/api/stream/status; watch the cameras at http://%s:%d/live",
         host,
         port,
-        *(shown, port) * 3,
+        *(shown, port) * 4,
     )
     stop = asyncio.Event()
     received: list[str] = []
