@@ -48,7 +48,7 @@ BASE_CONFIG: dict[str, Any] = {
     "stream_processor": "passthrough",
 }
 #: Route prefixes that serve files (not operations): Swagger UI's and the live page's.
-STATIC_PREFIXES = ("/docs/static/", "/live/static/")
+STATIC_PREFIXES = ("/docs/static/",)
 #: WebSocket routes left out of the operations because the document's description covers
 #: them. None today: every WebSocket route is also a GET operation answered with 101 (the
 #: test below checks those are in the description too).
