@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, cast
@@ -22,7 +23,9 @@ from pydantic import (
 )
 
 from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.core.validation import reject_control_characters
 from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy
+from pytrickle_worker.processing.sink import check_live_name
 from pytrickle_worker.sources.config import IngestConfig
 
 ENV_PREFIX = "PTW_"
@@ -32,6 +35,13 @@ ENV_ALIASES: tuple[tuple[str, str], ...] = (
     ("log_level", "LOG_LEVEL"),
     ("log_format", "LOG_FORMAT"),
 )
+#: The fields of the live view's name templates, with sample values to check a template.
+_CMS_TEMPLATE_FIELDS = {
+    "display": "display-1",
+    "camera": "camera-1",
+    "subscription": "display-1;camera-1",
+}
+_STREAM_TEMPLATE_FIELDS = {"request_id": "request-1"}
 _ORIGIN_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 
 logger = logging.getLogger(__name__)
@@ -206,6 +216,76 @@ class WorkerConfig(BaseModel):
     action_buffer_size: int = Field(default=1000, ge=1)
     action_retry_interval_s: float = Field(default=1.0, gt=0)
 
+    # --- live view (docs/LIVE.md) ------------------------------------------------------------
+    worker_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        description=(
+            "This worker's name in the live view's entries (which worker serves a camera); "
+            "unset: env POD_NAME, else the hostname"
+        ),
+    )
+    live_redis_url: str | None = Field(
+        default=None,
+        description=(
+            "Redis of the live view's frame store; unset: redis_url; neither: in memory "
+            "(this process only)"
+        ),
+    )
+    live_key_prefix: str = Field(
+        default="stream_frame:",
+        min_length=1,
+        max_length=64,
+        description="Prefix of the live view's Redis Stream names (two deployments, one Redis)",
+    )
+    live_maxlen: int = Field(
+        default=10, ge=1, le=1000, description="Entries kept per (label, key) (exact trim)"
+    )
+    live_ttl_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=86400,
+        description="A (label, key) nobody writes disappears after this many seconds",
+    )
+    live_fps: float = Field(
+        default=2.0, gt=0, le=30, description="Frames stored per second per (label, key)"
+    )
+    live_max_width: int = Field(
+        default=960, ge=16, le=7680, description="Stored frames are scaled down to this width"
+    )
+    live_jpeg_quality: int = Field(default=80, ge=1, le=100, description="Stored JPEG quality")
+    live_queue_size: int = Field(
+        default=32, ge=1, le=4096, description="Frames waiting for the live writer (oldest dropped)"
+    )
+    live_retry_interval_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="While the live store is down, try one write per this many seconds",
+    )
+    live_push_queue_size: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="Frames waiting per push WebSocket (a slow viewer loses the oldest)",
+    )
+    live_cms_label_template: str = Field(
+        default="{display}",
+        description="Live label of a CMS subscription; fields {display}, {camera}, {subscription}",
+    )
+    live_cms_key_template: str = Field(
+        default="{camera}",
+        description="Live key of a CMS subscription; fields {display}, {camera}, {subscription}",
+    )
+    live_stream_label_template: str = Field(
+        default="streams", description="Live label of a StreamServer stream; field {request_id}"
+    )
+    live_stream_key_template: str = Field(
+        default="{request_id}",
+        description="Live key of a StreamServer stream; field {request_id}",
+    )
+
     # --- access control and CORS (docs/SECURITY.md) ---------------------------------------
     access_token: SecretStr | None = Field(
         default=None,
@@ -222,6 +302,61 @@ class WorkerConfig(BaseModel):
         default_factory=list[str],
         description="Origins allowed cross-origin (none: no CORS headers); env: JSON or a,b",
     )
+
+    @field_validator("live_key_prefix", "worker_id")
+    @classmethod
+    def _no_control(cls, value: str | None) -> str | None:
+        return reject_control_characters(value) if value is not None else None
+
+    @field_validator(
+        "live_cms_label_template",
+        "live_cms_key_template",
+        "live_stream_label_template",
+        "live_stream_key_template",
+    )
+    @classmethod
+    def _check_live_template(cls, value: str, info: ValidationInfo) -> str:
+        name = info.field_name or ""
+        fields = _CMS_TEMPLATE_FIELDS if name.startswith("live_cms") else _STREAM_TEMPLATE_FIELDS
+        try:
+            sample = value.format_map(fields)
+        except (KeyError, ValueError, IndexError, AttributeError) as exc:
+            known = ", ".join("{" + f + "}" for f in fields)
+            raise ValueError(f"not a template of {known}: {exc!r}") from None
+        check_live_name(sample, "the name it makes")
+        return value
+
+    def live_cms_names(self, subscription: str) -> tuple[str, str]:
+        """The live view's (label, key) of a CMS ``subscriptionIdentifier`` (display;camera)."""
+        display, sep, camera = subscription.partition(";")
+        fields = {
+            "display": display,
+            "camera": camera if sep else subscription,
+            "subscription": subscription,
+        }
+        return (
+            self.live_cms_label_template.format_map(fields),
+            self.live_cms_key_template.format_map(fields),
+        )
+
+    def live_stream_names(self, request_id: str) -> tuple[str, str]:
+        """The live view's (label, key) of a StreamServer stream (its gateway request id)."""
+        fields = {"request_id": request_id}
+        return (
+            self.live_stream_label_template.format_map(fields),
+            self.live_stream_key_template.format_map(fields),
+        )
+
+    def resolved_worker_id(self) -> str:
+        """``worker_id``, else env POD_NAME, else the hostname."""
+        if self.worker_id:
+            return self.worker_id
+        pod = os.environ.get("POD_NAME", "").strip()
+        return pod or socket.gethostname() or "worker"
+
+    def resolved_live_redis_url(self) -> str | None:
+        """The live store's Redis: ``live_redis_url``, else ``redis_url``; None: in memory."""
+        return self.live_redis_url or self.redis_url
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

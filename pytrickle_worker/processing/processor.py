@@ -121,6 +121,7 @@ class FrameProcessor(abc.ABC):
         self._stream: StreamContext | None = None
         self._data: deque[dict[str, Any]] = deque(maxlen=max_pending_data)
         self._dropped_data = 0
+        self._last_result: ProcessResult | None = None
 
     async def load_model(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Load what every stream needs (called once at start; may be retried)."""
@@ -165,6 +166,7 @@ class FrameProcessor(abc.ABC):
         if context is None:
             return frame
         result = await context.process(frame)
+        self._last_result = result
         for record in result.records:
             self._queue(record)
         out = result.frame
@@ -173,6 +175,13 @@ class FrameProcessor(abc.ABC):
             drawn = await asyncio.to_thread(draw_annotations, out.rgb, result.annotations)
             out = out.with_rgb(drawn)
         return out
+
+    def take_last_result(self) -> ProcessResult | None:
+        """The :class:`ProcessResult` of the latest :meth:`process_video_async` (its frame
+        not drawn on), once: the stream door hands it to its result sinks. None when a
+        subclass's ``process_video_async`` did not go through the base class."""
+        result, self._last_result = self._last_result, None
+        return result
 
     def _queue(self, record: dict[str, Any]) -> None:
         if len(self._data) == self._data.maxlen:

@@ -13,12 +13,15 @@ from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
+from pytrickle_worker.frontdoors.live.routes import LiveRoutes
+from pytrickle_worker.frontdoors.live.view import LiveView
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
 from pytrickle_worker.frontdoors.streamserver.routes import attach as attach_stream_api
 from pytrickle_worker.frontdoors.streamserver.schemas import StartRequest
 from pytrickle_worker.frontdoors.streamserver.session import StreamSession, StreamSessionConfig
 from pytrickle_worker.processing import FrameProcessor
 from pytrickle_worker.processing.registry import ProcessorDeps, discover_processors, lookup
+from pytrickle_worker.processing.sink import StreamSinks
 from pytrickle_worker.server.metrics import WorkerMetrics
 from pytrickle_worker.server.security import security_middlewares
 from pytrickle_worker.sources.hub import CameraHub
@@ -31,6 +34,7 @@ CMS_KEY = web.AppKey("cms_endpoint", CmsEndpoint)
 STREAMS_KEY = web.AppKey("stream_manager", StreamManager)
 STARTED_KEY = web.AppKey("started_at", float)
 METRICS_KEY = web.AppKey("metrics", WorkerMetrics)
+LIVE_KEY = web.AppKey("live_view", LiveView)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -67,7 +71,9 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     # Processors by name (one module each in processors/); the CMS door runs MPTA, or the
     # one a processor:// modelUrl names; the stream door runs config.stream_processor.
     processors = discover_processors()
-    cms = CmsEndpoint(config, hub, service, model_urls, processors)
+    # The live view (docs/LIVE.md): both doors hand it their analysed frames.
+    live = LiveView.from_config(config)
+    cms = CmsEndpoint(config, hub, service, model_urls, processors, sinks=live.sinks)
     deps = ProcessorDeps(service, model_urls, default_pipeline_source)
     processor = lookup(processors, config.stream_processor)(deps)
     session_config = StreamSessionConfig(input_timeout_s=config.stream_input_timeout_s)
@@ -75,8 +81,10 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     def session_factory(request: StartRequest, processor: FrameProcessor) -> StreamSession:
         # hw_decode as the hub resolved it at start (NVML is asked once): trickle streams
         # decode with NVDEC exactly when camera readers do, with the same software fallback.
-        config = session_config.model_copy(update={"try_nvdec": hub.nvdec})
-        return StreamSession(request, processor, config=config)
+        tuned = session_config.model_copy(update={"try_nvdec": hub.nvdec})
+        label, key = config.live_stream_names(request.gateway_request_id)
+        sinks = StreamSinks(live.sinks, label, key, "stream")
+        return StreamSession(request, processor, config=tuned, sinks=sinks)
 
     streams = StreamManager(processor, session_factory)
     app[SERVICE_KEY] = service
@@ -84,11 +92,13 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app[CMS_KEY] = cms
     app[STREAMS_KEY] = streams
     app[STARTED_KEY] = time.time()
-    metrics = WorkerMetrics(hub=hub, cms=cms, service=service, streams=streams)
+    app[LIVE_KEY] = live
+    metrics = WorkerMetrics(hub=hub, cms=cms, service=service, streams=streams, live=live)
     app[METRICS_KEY] = metrics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await service.start()
+        await live.start()
         await hub.start()
         await cms.start()
         logger.info(
@@ -100,6 +110,7 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         yield
         await cms.stop()
         await hub.stop()
+        await live.stop()
         await service.close()
 
     # Registered first, so it is torn down last: the stream API shuts down while the
@@ -108,5 +119,6 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)  # Prometheus text format (docs/METRICS.md)
     app.router.add_routes(cms.routes())
+    app.router.add_routes(LiveRoutes(live).routes())
     attach_stream_api(app, streams)
     return app

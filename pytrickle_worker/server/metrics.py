@@ -46,6 +46,8 @@ from pytrickle_worker.engine.inference.batching import BatchObserver
 from pytrickle_worker.engine.inference.model import ModelInfo
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
+from pytrickle_worker.frontdoors.live.view import LiveView
+from pytrickle_worker.frontdoors.live.writer import DROP_REASONS
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager, StreamState
 from pytrickle_worker.frontdoors.streamserver.stats import StreamStats
 from pytrickle_worker.sources.hub import CameraHub
@@ -166,11 +168,13 @@ class WorkerCollector(Collector):
         cms: CmsEndpoint | None = None,
         service: PipelineService | None = None,
         streams: StreamManager | None = None,
+        live: LiveView | None = None,
     ) -> None:
         self.hub = hub
         self.cms = cms
         self.service = service
         self.streams = streams
+        self.live = live
 
     def describe(self) -> Iterable[Metric]:
         return []  # do not collect at registration (the components may not have started)
@@ -187,6 +191,8 @@ class WorkerCollector(Collector):
             sections.append(self._stream)
         if self.cms is not None or self.streams is not None:
             sections.append(self._per_stream)
+        if self.live is not None:
+            sections.append(self._live)
         for section in sections:
             try:
                 metrics = section()
@@ -406,6 +412,38 @@ class WorkerCollector(Collector):
             target_pending,
         ]
 
+    def _live(self) -> list[Metric]:
+        assert self.live is not None
+        writer = self.live.writer
+        stored = _counter("live_frames_stored", "Frames the live view stored (JPEG + detections)")
+        stored.add_metric([], writer.stored)
+        dropped = _counter(
+            "live_frames_dropped",
+            "Frames the live view did not store (reason: rate_limit, queue_full, "
+            "store_unavailable, invalid, error)",
+            ["reason"],
+        )
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], writer.dropped[reason])
+        outages = _counter("live_store_outages", "Times the live store became unreachable")
+        outages.add_metric([], writer.outages)
+        online = _gauge("live_store_online", "1 while the live store takes writes", ["store"])
+        online.add_metric([self.live.store.kind], float(writer.store_online))
+        queue = _gauge("live_queue_frames", "Frames waiting for the live writer")
+        queue.add_metric([], writer.queue_depth)
+        encode = _counter(
+            "live_render_seconds",
+            "Time spent scaling, drawing and JPEG-encoding stored frames (worker threads)",
+        )
+        encode.add_metric([], writer.encode_seconds)
+        viewers = _gauge("live_push_viewers", "Open push WebSockets (/ws/labels/{label})")
+        viewers.add_metric([], self.live.viewers)
+        push_dropped = _counter(
+            "live_push_frames_dropped", "Frames a slow push viewer lost (its queue full)"
+        )
+        push_dropped.add_metric([], self.live.push_dropped)
+        return [stored, dropped, outages, online, queue, encode, viewers, push_dropped]
+
     def _stream(self) -> list[Metric]:
         assert self.streams is not None
         status = self.streams.status()
@@ -524,11 +562,14 @@ class WorkerMetrics:
         cms: CmsEndpoint | None = None,
         service: PipelineService | None = None,
         streams: StreamManager | None = None,
+        live: LiveView | None = None,
         process_metrics: bool = True,
     ) -> None:
         self.registry = CollectorRegistry()
         self.inference = InferenceMetrics(self.registry)
-        self.collector = WorkerCollector(hub=hub, cms=cms, service=service, streams=streams)
+        self.collector = WorkerCollector(
+            hub=hub, cms=cms, service=service, streams=streams, live=live
+        )
         self.registry.register(self.collector)
         if process_metrics:  # process_* (CPU, memory, fds), python_info, python_gc_*
             ProcessCollector(registry=self.registry)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -44,6 +44,7 @@ from pytrickle_worker.processing.registry import (
     discover_processors,
     parse_processor_url,
 )
+from pytrickle_worker.processing.sink import ResultSink
 from pytrickle_worker.sources.hub import CameraHub
 
 logger = logging.getLogger(__name__)
@@ -59,7 +60,9 @@ class CmsEndpoint:
         service: PipelineService,
         model_urls: ModelUrlPolicy | None = None,
         processors: Mapping[str, ProcessorFactory] | None = None,
+        sinks: Sequence[ResultSink] = (),
     ) -> None:
+        """``sinks``: where analysed frames go besides the backends (the live view)."""
         self.config = config
         self.hub = hub
         # The same rule as the stream door's model_url (pytrickle_worker/engine/mpta/policy.py).
@@ -80,6 +83,8 @@ class CmsEndpoint:
             on_change=self._broadcast_state,
             processors=processors if processors is not None else discover_processors(),
             model_urls=self.model_urls,
+            sinks=sinks,
+            sink_names=config.live_cms_names,
         )
         self._heartbeat: asyncio.Task[None] | None = None
         self.accepting = True

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -40,6 +40,7 @@ from pytrickle_worker.processing.registry import (
     lookup,
     parse_processor_url,
 )
+from pytrickle_worker.processing.sink import ResultSink, StreamSinks
 from pytrickle_worker.sources.errors import CropError
 from pytrickle_worker.sources.frame import CameraFrame
 from pytrickle_worker.sources.hub import CameraHub, Subscription
@@ -66,6 +67,8 @@ class ActiveSubscription:
     processor: FrameProcessor
     stream: StreamContext
     emitter: DetectionEmitter
+    #: The result sinks (the live view) of this subscription, named by its label and key.
+    sinks: StreamSinks = field(default_factory=lambda: StreamSinks((), "", "", "cms"))
     task: asyncio.Task[None] | None = None
     frames_processed: int = 0
     #: Frames taken from the camera but not analysed (crop impossible, processing failed).
@@ -157,8 +160,14 @@ class SubscriptionManager:
         on_change: Callable[[], None] = lambda: None,
         processors: Mapping[str, ProcessorFactory] | None = None,
         model_urls: ModelUrlPolicy | None = None,
+        sinks: Sequence[ResultSink] = (),
+        sink_names: Callable[[str], tuple[str, str]] = lambda identifier: ("cms", identifier),
     ) -> None:
         self.hub = hub
+        #: Where analysed frames go besides the backends (the live view), and the
+        #: (label, key) a subscription identifier has there.
+        self.sinks = tuple(sinks)
+        self.sink_names = sink_names
         self.service = service
         self.deliver = deliver
         self.target_fps = target_fps
@@ -365,13 +374,16 @@ class SubscriptionManager:
             await _uncancelled(_close_processor(processor, stream))
             raise
         emitter = DetectionEmitter(self.emission, tracked=stream.tracked)
-        return ActiveSubscription(payload, camera, processor, stream, emitter)
+        label, key = self.sink_names(payload.subscriptionIdentifier)
+        sinks = StreamSinks(self.sinks, label, key, "cms")
+        return ActiveSubscription(payload, camera, processor, stream, emitter, sinks)
 
     async def _stop(self, sub: ActiveSubscription) -> None:
         if sub.task is not None:
             sub.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sub.task
+        sub.sinks.end()
         await sub.camera.close()
         await _close_processor(sub.processor, sub.stream)
 
@@ -439,6 +451,7 @@ class SubscriptionManager:
         sub.analysed.tick()
         sub.frames_processed += 1
         sub.analysed_since_offline = True
+        sub.sinks.offer(video, processed, sub.analysed.fps)
         if not sub.announced_online:
             # The backends hear that the camera is online before its first detection (state
             # is sent ahead of detections), not at the next heartbeat.
@@ -464,6 +477,7 @@ class SubscriptionManager:
         status = sub.camera.status
         if not status.online:
             sub.analysed_since_offline = False
+        sub.sinks.set_online(sub.online)
         if status.online or not status.last_error:
             sub.last_camera_error = None
             return

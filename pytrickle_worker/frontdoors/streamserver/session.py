@@ -52,7 +52,8 @@ from pytrickle_worker.frontdoors.streamserver.schemas import (
 from pytrickle_worker.frontdoors.streamserver.stats import Dimensions, StreamStats
 from pytrickle_worker.media.segment_decoder import SegmentDecoder
 from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder
-from pytrickle_worker.processing import FrameProcessor, VideoFrame
+from pytrickle_worker.processing import FrameProcessor, ProcessResult, VideoFrame
+from pytrickle_worker.processing.sink import StreamSinks
 from pytrickle_worker.transport.trickle import TrickleError, TrickleSubscriber
 
 __all__ = ["StreamSession", "StreamSessionConfig", "StreamSessionError"]
@@ -172,9 +173,12 @@ class StreamSession:
         processor: FrameProcessor,
         *,
         config: StreamSessionConfig | None = None,
+        sinks: StreamSinks | None = None,
     ) -> None:
+        """``sinks``: where analysed frames go besides the output (the live view)."""
         self.request = request
         self.processor = processor
+        self.sinks = sinks if sinks is not None else StreamSinks((), "", "", "stream")
         self.config = config or StreamSessionConfig()
         self.stream_id = request.gateway_request_id
         self._stream_params: StreamParams = request.stream_params
@@ -422,6 +426,9 @@ class StreamSession:
                 self._latency.observe(time.time() - frame.capture_time)
             self.frames_processed += 1
             self._processed.tick()
+            analysed = processor.take_last_result()
+            if self.sinks:
+                self.sinks.offer(frame, analysed or ProcessResult(result), self._processed.fps)
             if result is None:
                 self.frames_dropped_by_processor += 1
                 continue
@@ -460,6 +467,7 @@ class StreamSession:
                 if self._input_stalled:
                     self._input_stalled = False
                     logger.info("stream %s: input resumed", self.stream_id)
+                    self.sinks.set_online(True)
                     self._emit_stream_event("input_resumed", frames_decoded=seen)
                 continue
             last = self._last_input_at
@@ -467,6 +475,7 @@ class StreamSession:
             if not self._input_stalled and quiet_s >= timeout:
                 self._input_stalled = True
                 self.input_stalls += 1
+                self.sinks.set_online(False)
                 reason = "no_input" if last is None else "stalled"
                 logger.warning(
                     "stream %s: input stalled (%s): no frame for %.1f s",
@@ -620,6 +629,7 @@ class StreamSession:
             if self._http is not None:
                 await self._http.close()
             self._state = "stopped"
+            self.sinks.end()
             self._closed.set()
             logger.info("stream %s session stopped", self.stream_id)
 

@@ -1,0 +1,209 @@
+"""The live view's routes (docs/LIVE.md), thin over :class:`LiveView`.
+
+* ``GET /labels``: ``{"labels": [...]}``, the labels that have frames, sorted.
+* ``GET /labels/{label}/keys``: the newest entry's metadata of every key (404 unknown label).
+* ``WS /ws/labels/{label}``: push: every new frame of every key of the label (binary framing:
+  JSON header, ``--IMG--``, JPEG), starting with the newest frame of each key; keys that
+  appear later are picked up. Unknown label: one JSON error, then close 4404.
+* ``WS /ws/stream/{label}/{key}``: pull: ``{"action": "pull"}`` answers the newest frame,
+  ``{"action": "ping"}`` answers ``{"action": "pong"}``; anything else gets a JSON error
+  naming the problem, and the socket stays open.
+
+Every WebSocket selects the subprotocol ``ptw.live`` when the client offers it (browsers
+offer it beside the one that carries the access token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any, cast
+
+from aiohttp import WSMsgType, web
+
+from pytrickle_worker.frontdoors.live.model import frame_message
+from pytrickle_worker.frontdoors.live.store import StoreUnavailableError
+from pytrickle_worker.frontdoors.live.view import LiveView
+from pytrickle_worker.processing.sink import check_live_name
+from pytrickle_worker.transport.http_errors import error_response
+
+__all__ = ["LIVE_SUBPROTOCOL", "WS_UNKNOWN_LABEL", "LiveRoutes"]
+
+logger = logging.getLogger(__name__)
+
+LIVE_SUBPROTOCOL = "ptw.live"
+#: Close code of a push socket for a label without keys (4000-4999: the application's own).
+WS_UNKNOWN_LABEL = 4404
+WS_BAD_NAME = 4400
+WS_STORE_UNAVAILABLE = 1011
+#: Largest text message a live socket accepts (its messages are tiny JSON objects).
+MAX_WS_MESSAGE_BYTES = 64 * 1024
+
+
+def _error(message: str) -> dict[str, str]:
+    return {"status": "error", "message": message}
+
+
+class LiveRoutes:
+    """The handlers; ``routes()`` lists them for ``app.router.add_routes``."""
+
+    def __init__(self, view: LiveView) -> None:
+        self.view = view
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/labels", self.labels),
+            web.get("/labels/{label}/keys", self.keys),
+            web.get("/ws/labels/{label}", self.push),
+            web.get("/ws/stream/{label}/{key}", self.pull),
+        ]
+
+    # ------------------------------------------------------------------ REST
+
+    async def labels(self, request: web.Request) -> web.Response:
+        try:
+            labels = await self.view.store.labels()
+        except StoreUnavailableError as exc:
+            return error_response(503, f"live store unavailable: {exc}")
+        return web.json_response({"labels": labels})
+
+    async def keys(self, request: web.Request) -> web.Response:
+        label = request.match_info["label"]
+        try:
+            check_live_name(label)
+            newest = await self.view.store.keys(label)
+        except ValueError as exc:
+            return error_response(400, str(exc))
+        except StoreUnavailableError as exc:
+            return error_response(503, f"live store unavailable: {exc}")
+        if not newest:
+            return error_response(404, f"unknown label '{label}'")
+        return web.json_response(
+            {"label": label, "keys": [entry.key_summary() for entry in newest]}
+        )
+
+    # ------------------------------------------------------------------ WebSockets
+
+    async def _open(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(
+            protocols=(LIVE_SUBPROTOCOL,),
+            heartbeat=self.view.ws_heartbeat_s,
+            max_msg_size=MAX_WS_MESSAGE_BYTES,
+        )
+        await ws.prepare(request)
+        return ws
+
+    async def push(self, request: web.Request) -> web.StreamResponse:
+        label = request.match_info["label"]
+        ws = await self._open(request)
+        self.view.track(ws)
+        try:
+            try:
+                check_live_name(label)
+                current = await self.view.store.keys(label)
+            except ValueError as exc:
+                await ws.send_json(_error(str(exc)))
+                await ws.close(code=WS_BAD_NAME)
+                return ws
+            except StoreUnavailableError as exc:
+                await ws.send_json(_error(f"live store unavailable: {exc}"))
+                await ws.close(code=WS_STORE_UNAVAILABLE)
+                return ws
+            if not current:
+                await ws.send_json(_error(f"unknown label '{label}'"))
+                await ws.close(code=WS_UNKNOWN_LABEL)
+                return ws
+            async with self.view.watch(label) as queue:
+                for stored in current:
+                    await ws.send_bytes(frame_message(stored))
+                reader = asyncio.get_running_loop().create_task(self._ignore_input(ws))
+                try:
+                    while not reader.done():
+                        getter = asyncio.ensure_future(queue.get())
+                        await asyncio.wait({getter, reader}, return_when=asyncio.FIRST_COMPLETED)
+                        if not getter.done():
+                            getter.cancel()
+                            break
+                        stored = getter.result()
+                        if stored is None:
+                            break
+                        await ws.send_bytes(frame_message(stored))
+                except (ConnectionResetError, RuntimeError):
+                    pass  # the viewer went away while a frame was being sent
+                finally:
+                    reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await reader
+        finally:
+            self.view.untrack(ws)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    @staticmethod
+    async def _ignore_input(ws: web.WebSocketResponse) -> None:
+        """Read (and drop) what a push viewer sends, so its close is noticed."""
+        async for _ in ws:
+            pass
+
+    async def pull(self, request: web.Request) -> web.StreamResponse:
+        label, key = request.match_info["label"], request.match_info["key"]
+        ws = await self._open(request)
+        self.view.track(ws)
+        try:
+            try:
+                check_live_name(label)
+                check_live_name(key, "key")
+            except ValueError as exc:
+                await ws.send_json(_error(str(exc)))
+                await ws.close(code=WS_BAD_NAME)
+                return ws
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await self._answer(ws, label, key, cast(str, message.data))
+                elif message.type == WSMsgType.BINARY:
+                    await ws.send_json(
+                        _error(
+                            "binary messages are not accepted here; send "
+                            '{"action": "pull"} or {"action": "ping"}'
+                        )
+                    )
+                elif message.type == WSMsgType.ERROR:
+                    break
+        except (ConnectionResetError, RuntimeError):
+            pass  # the viewer went away mid-answer
+        finally:
+            self.view.untrack(ws)
+            if not ws.closed:
+                await ws.close()
+        return ws
+
+    async def _answer(self, ws: web.WebSocketResponse, label: str, key: str, text: str) -> None:
+        try:
+            message: Any = json.loads(text)
+        except json.JSONDecodeError as exc:
+            await ws.send_json(_error(f"message is not valid JSON: {exc.msg} at {exc.pos}"))
+            return
+        if not isinstance(message, dict):
+            await ws.send_json(_error('message must be a JSON object like {"action": "pull"}'))
+            return
+        action = cast(dict[str, Any], message).get("action")
+        if action == "ping":
+            await ws.send_json({"action": "pong"})
+        elif action == "pull":
+            try:
+                stored = await self.view.store.latest(label, key)
+            except StoreUnavailableError as exc:
+                await ws.send_json(_error(f"live store unavailable: {exc}"))
+                return
+            if stored is None:
+                await ws.send_json(_error(f"no frame for {label}/{key}"))
+            else:
+                await ws.send_bytes(frame_message(stored))
+        elif action is None:
+            await ws.send_json(_error('missing "action": send "pull" or "ping"'))
+        else:
+            shown = json.dumps(action)[:100]
+            await ws.send_json(_error(f'unknown action {shown}: expected "pull" or "ping"'))

@@ -1,0 +1,414 @@
+"""The live view's store and writer on their own: names, entries, maxlen, TTL, following a
+label, and the writer's rate limit, scaling and drawing. Real Redis (a server of the test's
+own), real PyAV encode; nothing mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.core.errors import WorkerError
+from pytrickle_worker.core.frame import VideoFrame
+from pytrickle_worker.frontdoors.live.model import (
+    FRAME_DELIMITER,
+    DetectionItem,
+    LiveEntry,
+    StoredEntry,
+    b64_name,
+    decode_b64_name,
+    frame_message,
+    parse_stream_name,
+    split_frame_message,
+    stream_name,
+)
+from pytrickle_worker.frontdoors.live.store import (
+    FollowCursor,
+    FrameStore,
+    MemoryFrameStore,
+    RedisFrameStore,
+    StoreUnavailableError,
+)
+from pytrickle_worker.frontdoors.live.writer import LiveWriter, LiveWriterSettings, render_frame
+from pytrickle_worker.processing.sink import SinkFrame, check_live_name
+from tests.helpers import RedisProcess
+from tests.test_cms_protocol import decode_jpeg
+
+PREFIX = "test_frame:"
+
+#: Any label or key the contract allows: 1..128 printable characters without "/".
+names = st.text(
+    alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=128,
+).filter(str.isprintable)
+
+
+@given(label=names, key=names)
+def test_label_and_key_round_trip_through_the_stream_name(label: str, key: str) -> None:
+    check_live_name(label)
+    check_live_name(key, "key")
+    name = stream_name(PREFIX, label, key)
+    assert name == f"{PREFIX}{b64_name(label)}|{b64_name(key)}"
+    assert parse_stream_name(PREFIX, name) == (label, key)
+    assert decode_b64_name(b64_name(label)) == label
+
+
+def test_the_encoding_is_the_references() -> None:
+    # URL-safe alphabet, padding kept: what the reference backend's keys look like.
+    assert b64_name("display-1") == "ZGlzcGxheS0x"
+    assert b64_name("cam?>") == "Y2FtPz4="
+    assert b64_name("ÿÿ~") == "w7_Dv34="
+    assert stream_name("stream_frame:", "a", "b") == "stream_frame:YQ==|Yg=="
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("", "must not be empty"),
+        ("x" * 129, "longer than 128"),
+        ("a/b", "must not contain '/'"),
+        ("a\nb", "U+000A"),
+        ("a\x00", "U+0000"),
+        ("zero\u200bwidth", "U+200B"),
+    ],
+)
+def test_bad_names_are_refused_with_the_reason(value: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem.replace("+", r"\+")):
+        check_live_name(value)
+
+
+def test_foreign_or_broken_stream_names_are_not_parsed() -> None:
+    assert parse_stream_name(PREFIX, "other:YQ==|Yg==") is None
+    assert parse_stream_name(PREFIX, PREFIX + "YQ==") is None  # no separator
+    assert parse_stream_name(PREFIX, PREFIX + "!!!|Yg==") is None  # not base64
+    assert parse_stream_name(PREFIX, PREFIX + "YQ|Yg==") is None  # padding missing
+    assert parse_stream_name(PREFIX, PREFIX + b64_name("a/b") + "|Yg==") is None
+
+
+@pytest.mark.parametrize(
+    ("field", "template", "problem"),
+    [
+        ("live_cms_label_template", "{nope}", "KeyError"),
+        ("live_cms_key_template", "{camera", "expected '}'"),
+        ("live_stream_label_template", "{display}", "KeyError"),
+        ("live_stream_key_template", "x/{request_id}", "must not contain '/'"),
+        ("live_cms_label_template", "{display}\t", "U+0009"),
+    ],
+)
+def test_bad_name_templates_fail_the_config(field: str, template: str, problem: str) -> None:
+    with pytest.raises(WorkerError, match=field) as caught:
+        WorkerConfig.load(environ={"PTW_" + field.upper(): template})
+    assert problem in str(caught.value)
+
+
+def test_names_from_the_templates() -> None:
+    config = WorkerConfig()
+    assert config.live_cms_names("display-1;cam-2") == ("display-1", "cam-2")
+    assert config.live_cms_names("no-separator") == ("no-separator", "no-separator")
+    assert config.live_stream_names("req-9") == ("streams", "req-9")
+    custom = WorkerConfig(
+        live_cms_label_template="site {display}",
+        live_cms_key_template="{subscription}",
+        live_stream_label_template="gw",
+        live_stream_key_template="job {request_id}",
+    )
+    assert custom.live_cms_names("d;c") == ("site d", "d;c")
+    assert custom.live_stream_names("r") == ("gw", "job r")
+
+
+def test_worker_id_comes_from_the_setting_then_pod_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "pod-7")
+    assert WorkerConfig().resolved_worker_id() == "pod-7"
+    assert WorkerConfig(worker_id="w-1").resolved_worker_id() == "w-1"
+    monkeypatch.delenv("POD_NAME")
+    assert WorkerConfig().resolved_worker_id()  # the hostname
+
+
+def test_live_redis_url_falls_back_to_redis_url() -> None:
+    assert WorkerConfig().resolved_live_redis_url() is None
+    assert WorkerConfig(redis_url="redis://a:1/0").resolved_live_redis_url() == "redis://a:1/0"
+    both = WorkerConfig(redis_url="redis://a:1/0", live_redis_url="redis://b:2/0")
+    assert both.resolved_live_redis_url() == "redis://b:2/0"
+
+
+def test_frame_message_framing() -> None:
+    stored = StoredEntry("d", "k", "5-0", _entry(frame=b"\xff\xd8--IMG--\xff\xd9"))
+    message = frame_message(stored)
+    head, image = split_frame_message(message)
+    assert image == b"\xff\xd8--IMG--\xff\xd9"  # the delimiter inside the JPEG survives
+    header = json.loads(head)
+    assert header["detection_items"] == [
+        {"class": "car", "confidence": 0.5, "id": 4, "bbox": [1, 2, 30, 40]}
+    ]
+    assert header["online"] is True and header["fps"] == 2.0 and header["width"] == 64
+    assert set(header) == {
+        "label", "key", "id", "detection_items", "warnings", "width", "height",
+        "source_width", "source_height", "capture_time", "worker", "online", "fps", "origin",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="--IMG--"):
+        split_frame_message(b'{"label": "x"}')
+    assert FRAME_DELIMITER == b"--IMG--"
+
+
+# ---------------------------------------------------------------------- stores
+
+
+def _entry(frame: bytes = b"jpeg", online: bool = True) -> LiveEntry:
+    item = DetectionItem.model_validate(
+        {"class": "car", "confidence": 0.5, "id": 4, "bbox": [1, 2, 30, 40]}
+    )
+    return LiveEntry(
+        frame=frame,
+        detection_items=(item,),
+        width=64,
+        height=36,
+        source_width=128,
+        source_height=72,
+        capture_time=time.time(),
+        worker="w-test",
+        online=online,
+        fps=2.0,
+        origin="cms",
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(
+    request: pytest.FixtureRequest, private_redis: RedisProcess
+) -> AsyncIterator[FrameStore]:
+    made: FrameStore
+    if request.param == "memory":
+        made = MemoryFrameStore(maxlen=3, ttl_s=1.0)
+    else:
+        made = RedisFrameStore(private_redis.url, maxlen=3, ttl_s=1.0, prefix=PREFIX)
+    await made.start()
+    yield made
+    await made.close()
+
+
+async def _eventually(check: object, within: float = 10.0) -> None:
+    assert callable(check)
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_store_keeps_maxlen_entries_and_forgets_a_key_after_its_ttl(
+    store: FrameStore,
+) -> None:
+    ids = [await store.add("display-1", "cam 1", _entry(frame=bytes([i]))) for i in range(5)]
+    await store.add("display-1", "cam 2", _entry())
+    await store.add("other", "cam 9", _entry())
+    kept = await store.entries("display-1", "cam 1")
+    assert [e.id for e in kept] == ids[-3:]  # exact trim to maxlen
+    assert [e.entry.frame for e in kept] == [b"\x02", b"\x03", b"\x04"]
+    assert sorted(ids, key=lambda i: tuple(map(int, i.split("-")))) == ids  # increasing
+    latest = await store.latest("display-1", "cam 1")
+    assert latest is not None and latest.id == ids[-1]
+    expected = _entry(frame=b"\x04")
+    assert latest.entry == LiveEntry(
+        **{**expected.__dict__, "capture_time": latest.entry.capture_time}
+    )
+    assert latest.entry.detection_items[0].wire()["bbox"] == [1, 2, 30, 40]
+    assert await store.labels() == ["display-1", "other"]
+    assert [e.key for e in await store.keys("display-1")] == ["cam 1", "cam 2"]
+    assert await store.keys("nobody") == []
+    assert await store.latest("display-1", "nope") is None
+    # Nobody writes: everything expires after ttl_s.
+    await _eventually(lambda: _empty(store), within=10.0)
+    assert await store.touch("display-1", "cam 1") is False
+
+
+async def _empty(store: FrameStore) -> bool:
+    return await store.labels() == []
+
+
+async def test_touch_keeps_a_key_alive(store: FrameStore) -> None:
+    await store.add("d", "k", _entry())
+    for _ in range(4):
+        await asyncio.sleep(0.4)
+        assert await store.touch("d", "k") is True
+    assert await store.latest("d", "k") is not None  # 1.6 s after the write, ttl 1 s
+
+
+async def test_redis_entries_have_the_contract_fields_ttl_and_exact_maxlen(
+    private_redis: RedisProcess,
+) -> None:
+    store = RedisFrameStore(private_redis.url, maxlen=3, ttl_s=30.0, prefix=PREFIX)
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        for _ in range(7):
+            await store.add("display-1", "cam-1", _entry())
+        name = stream_name(PREFIX, "display-1", "cam-1")
+        assert await client.xlen(name) == 3
+        assert 0 < await client.pttl(name) <= 30_000
+        [(_, fields)] = await client.xrevrange(name, count=1)
+        assert set(fields) == {
+            b"frame", b"detection_items", b"warnings", b"width", b"height", b"source_width",
+            b"source_height", b"capture_time", b"worker", b"online", b"fps", b"origin",
+        }  # fmt: skip
+        assert fields[b"online"] == b"1" and fields[b"worker"] == b"w-test"
+        assert fields[b"origin"] == b"cms" and fields[b"warnings"] == b""
+        assert json.loads(fields[b"detection_items"])[0]["class"] == "car"
+    finally:
+        await client.aclose()
+        await store.close()
+
+
+async def test_following_a_label_sees_new_entries_and_new_keys(store: FrameStore) -> None:
+    await store.add("d", "old", _entry())
+    cursor = FollowCursor()
+    assert await store.read_new("d", cursor, 0.05) == []  # existing entries are not replayed
+    collected: list[StoredEntry] = []
+
+    async def follow() -> None:
+        while len({e.key for e in collected}) < 2 or len(collected) < 3:
+            collected.extend(await store.read_new("d", cursor, 0.5))
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0.1)
+    await store.add("d", "old", _entry(frame=b"1"))
+    await store.add("d", "new", _entry(frame=b"2"))  # a key that appears later
+    await store.add("d", "old", _entry(frame=b"3"))
+    await store.add("elsewhere", "old", _entry(frame=b"x"))
+    async with asyncio.timeout(10):
+        await follower
+    assert {(e.key, e.entry.frame) for e in collected} >= {("old", b"1"), ("new", b"2")}
+    assert all(e.label == "d" for e in collected)
+
+
+async def test_a_stopped_redis_raises_store_unavailable(private_redis: RedisProcess) -> None:
+    store = RedisFrameStore(private_redis.url, prefix=PREFIX, timeout_s=1.0)
+    await store.add("d", "k", _entry())
+    private_redis.stop()
+    try:
+        for call in (
+            store.add("d", "k", _entry()),
+            store.latest("d", "k"),
+            store.labels(),
+            store.keys("d"),
+            store.touch("d", "k"),
+            store.read_new("d", FollowCursor(), 0.1),
+        ):
+            with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{private_redis.port}"):
+                await call
+    finally:
+        private_redis.start()
+        await store.close()
+
+
+# ---------------------------------------------------------------------- writer
+
+
+def _frame(width: int = 1920, height: int = 1080) -> VideoFrame:
+    rgb = np.full((height, width, 3), 60, dtype=np.uint8)
+    return VideoFrame(rgb, 0, Fraction(1, 25), capture_time=time.time())
+
+
+SMALL_CAR = {"detection": {"class": "car", "confidence": 0.5, "id": 1}, "bbox": [40, 20, 120, 80]}
+CAR = {"detection": {"class": "car", "confidence": 0.87, "id": 12}, "bbox": [400, 200, 1200, 800]}
+
+
+def test_render_scales_to_max_width_draws_and_encodes_once() -> None:
+    jpeg, width, height, items = render_frame(
+        _frame().rgb, [CAR, {"no": "detection"}], (), max_width=960, quality=80
+    )
+    assert (width, height) == (960, 540)
+    assert [item.wire() for item in items] == [
+        {"class": "car", "confidence": 0.87, "id": 12, "bbox": [200, 100, 600, 400]}
+    ]
+    image = decode_jpeg(jpeg)
+    assert image.shape == (540, 960, 3)
+    # The box is drawn in the class colour on the grey frame, at the scaled place.
+    assert np.abs(image[250, 200].astype(int) - 60).sum() > 100
+    assert np.abs(image[250, 400].astype(int) - 60).sum() < 30  # inside: untouched
+
+
+def test_render_never_upscales() -> None:
+    _, width, height, _ = render_frame(_frame(320, 180).rgb, [], (), max_width=960, quality=80)
+    assert (width, height) == (320, 180)
+
+
+async def test_writer_stores_at_most_fps_frames_per_key_and_drops_before_work() -> None:
+    store = MemoryFrameStore(maxlen=100, ttl_s=30)
+    writer = LiveWriter(store, LiveWriterSettings(worker_id="w", fps=4.0))
+    writer.start()
+    try:
+        frame = _frame(320, 180)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 2.0
+        offered = 0
+        while loop.time() < end:
+            writer.offer(SinkFrame("d", "k", frame, [SMALL_CAR], fps=25.0))
+            offered += 1
+            await asyncio.sleep(0.01)
+        await _eventually(lambda: _queue_empty(writer))
+        stored = await store.entries("d", "k")
+        assert 6 <= len(stored) <= 10, len(stored)  # 4 fps over 2 s, give or take the edges
+        assert writer.dropped["rate_limit"] == offered - len(stored)
+        assert writer.stored == len(stored)
+        header = stored[-1].header()
+        assert header["fps"] == 25.0 and header["origin"] == "cms" and header["worker"] == "w"
+        assert header["detection_items"][0]["bbox"] == [40, 20, 120, 80]
+    finally:
+        await writer.stop()
+
+
+async def _queue_empty(writer: LiveWriter) -> bool:
+    await asyncio.sleep(0.2)
+    return writer.queue_depth == 0
+
+
+async def test_writer_marks_offline_and_forgets_an_ended_key() -> None:
+    store = MemoryFrameStore(maxlen=10, ttl_s=30)
+    writer = LiveWriter(store, LiveWriterSettings(worker_id="w", fps=100.0))
+    writer.start()
+    try:
+        writer.offer(SinkFrame("d", "k", _frame(64, 36)))
+        await _eventually(lambda: _has(store, 1))
+        writer.set_online("d", "k", False)
+        await _eventually(lambda: _has(store, 2))
+        latest = await store.latest("d", "k")
+        assert latest is not None and latest.entry.online is False and latest.entry.fps == 0.0
+        writer.offer(SinkFrame("d", "k", _frame(64, 36)))  # frames again: online
+        await _eventually(lambda: _has(store, 3))
+        latest = await store.latest("d", "k")
+        assert latest is not None and latest.entry.online is True
+        writer.end("d", "k")
+        await _eventually(lambda: _has(store, 4))
+        latest = await store.latest("d", "k")
+        assert latest is not None and latest.entry.online is False
+        assert writer.keys_tracked == 0
+        writer.offer(SinkFrame("d", "bad/key", _frame(64, 36)))
+        assert writer.dropped["invalid"] == 1
+    finally:
+        await writer.stop()
+
+
+async def _has(store: MemoryFrameStore, count: int) -> bool:
+    return len(await store.entries("d", "k")) >= count
+
+
+async def test_store_upload_stores_the_jpeg_as_given() -> None:
+    store = MemoryFrameStore()
+    writer = LiveWriter(store, LiveWriterSettings(worker_id="w"))
+    item = DetectionItem.model_validate({"class": "cat", "confidence": 1, "bbox": [0, 0, 5, 5]})
+    entry_id = await writer.store_upload("up", "k", b"\xff\xd8\xff\xd9", [item], 10, 8)
+    latest = await store.latest("up", "k")
+    assert latest is not None and latest.id == entry_id
+    assert latest.entry.origin == "upload" and latest.entry.frame == b"\xff\xd8\xff\xd9"
+    assert (latest.entry.source_width, latest.entry.source_height) == (10, 8)
+    assert latest.header()["detection_items"] == [
+        {"class": "cat", "confidence": 1.0, "id": None, "bbox": [0, 0, 5, 5]}
+    ]
