@@ -14,6 +14,7 @@ from typing import Literal
 import av
 import numpy as np
 from av.error import FFmpegError
+from av.video.codeccontext import VideoCodecContext
 
 from pytrickle_worker.media.frames import RgbArray
 
@@ -32,7 +33,9 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_EOI = b"\xff\xd9"
 #: Start-of-frame markers (they carry the size): every SOFn but DHT (C4), JPG (C8), DAC (CC).
-_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_SOF = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
 #: Markers without a length field: TEM, RST0..7, SOI.
 _JPEG_STANDALONE = frozenset({0x01, 0xD0, 0xD1, 0xD2, 0xD3, 0xD4, 0xD5, 0xD6, 0xD7, 0xD8})
 _DECODERS: dict[ImageFormat, str] = {"jpeg": "mjpeg", "png": "png"}
@@ -72,9 +75,7 @@ def probe_image(data: bytes) -> ImageInfo:
         return _probe_png(data)
     if data.startswith(_JPEG_SOI):
         return _probe_jpeg(data)
-    raise UnsupportedImageError(
-        f"image is not a JPEG or PNG (it starts with {data[:8].hex(' ')})"
-    )
+    raise UnsupportedImageError(f"image is not a JPEG or PNG (it starts with {data[:8].hex(' ')})")
 
 
 def _probe_png(data: bytes) -> ImageInfo:
@@ -134,6 +135,8 @@ def decode_image(data: bytes, info: ImageInfo) -> RgbArray:
     it cleanly (any corrupt data is an error, not a grey patch) or it does not have the
     size its header declared."""
     codec = av.CodecContext.create(_DECODERS[info.format], "r")
+    if not isinstance(codec, VideoCodecContext):  # pragma: no cover - FFmpeg's own decoders
+        raise ImageError(f"FFmpeg has no {info.format} image decoder")
     # "explode": stop at the first damaged block instead of concealing it.
     codec.options = {"err_detect": "explode"}
     codec.thread_count = 1
@@ -143,8 +146,6 @@ def decode_image(data: bytes, info: ImageInfo) -> RgbArray:
         if not frames:
             raise ImageError(f"{info.format.upper()} decodes to no picture")
         frame = frames[0]
-        if not isinstance(frame, av.VideoFrame):
-            raise ImageError(f"{info.format.upper()} decodes to no picture")
         if (frame.width, frame.height) != (info.width, info.height):
             raise ImageError(
                 f"{info.format.upper()} decodes to {frame.width}x{frame.height}, not the "

@@ -14,6 +14,7 @@ from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CmsEndpoint
 from pytrickle_worker.frontdoors.live.routes import LiveRoutes
+from pytrickle_worker.frontdoors.live.uploads import FrameUploads, UploadSettings
 from pytrickle_worker.frontdoors.live.view import LiveView
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
 from pytrickle_worker.frontdoors.streamserver.routes import attach as attach_stream_api
@@ -73,6 +74,8 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     processors = discover_processors()
     # The live view (docs/LIVE.md): both doors hand it their analysed frames.
     live = LiveView.from_config(config)
+    # Other producers' frames into the same view (authenticated like every data route).
+    uploads = FrameUploads(live.writer, UploadSettings.from_config(config))
     cms = CmsEndpoint(config, hub, service, model_urls, processors, sinks=live.sinks)
     deps = ProcessorDeps(service, model_urls, default_pipeline_source)
     processor = lookup(processors, config.stream_processor)(deps)
@@ -110,6 +113,7 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         yield
         await cms.stop()
         await hub.stop()
+        await uploads.stop()
         await live.stop()
         await service.close()
 
@@ -120,5 +124,6 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app.router.add_get("/metrics", metrics.handle)  # Prometheus text format (docs/METRICS.md)
     app.router.add_routes(cms.routes())
     app.router.add_routes(LiveRoutes(live).routes())
+    uploads.attach(app)
     attach_stream_api(app, streams)
     return app

@@ -84,9 +84,7 @@ def check_inside(detections: list[UploadDetection], width: int, height: int) -> 
         x1, y1, x2, y2 = item.bbox
         if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
             shown = ", ".join(f"{v:g}" for v in item.bbox)
-            raise ValueError(
-                f"{index}.bbox [{shown}] is outside the {width}x{height} image"
-            )
+            raise ValueError(f"{index}.bbox [{shown}] is outside the {width}x{height} image")
 
 
 class UploadHeader(BaseModel):

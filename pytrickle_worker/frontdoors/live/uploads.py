@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.frontdoors.live.model import DetectionItem, split_frame_message
+from pytrickle_worker.frontdoors.live.routes import LIVE_SUBPROTOCOL
 from pytrickle_worker.frontdoors.live.schemas import (
     UPLOAD_DETECTIONS,
     UploadDetection,
@@ -59,7 +60,6 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_PATH = "/frames"
 UPLOAD_WS_PATH = "/ws/frames"
-LIVE_SUBPROTOCOL = "ptw.live"
 #: The widest or tallest image accepted, whatever the pixel budget (JPEG's own limit is
 #: 65535, and a 1 x 16M strip would be a valid "16 megapixel" image nobody can view).
 MAX_IMAGE_SIDE = 16384
@@ -78,7 +78,10 @@ _IMAGE_TYPES: dict[str, ImageFormat | None] = {
     "application/octet-stream": None,
 }
 _CHUNK = 64 * 1024
-_WS_USAGE = 'send binary messages: a JSON header {"label", "key", "detection_items"?}, --IMG--, then the image'
+_WS_USAGE = (
+    'send binary messages: a JSON header {"label", "key", "detection_items"?}, --IMG--, '
+    "then the image"
+)
 
 
 @dataclass(frozen=True)
@@ -127,8 +130,6 @@ class FrameUploads:
         # Decoding holds up to max_pixels x 3 bytes per upload: only this many at once.
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._sockets: set[web.WebSocketResponse] = set()
-        self.stored = 0
-        self.refused = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(UPLOAD_PATH, self.post_frames), web.get(UPLOAD_WS_PATH, self.ws_frames)]
@@ -158,6 +159,8 @@ class FrameUploads:
         """Validate the image against the limits and the detections against the image,
         render and store it; :class:`ApiError` naming the problem, and nothing stored, when
         anything is wrong."""
+        if not image:
+            raise ApiError(400, "image is empty")
         try:
             info = probe_image(image)
         except UnsupportedImageError as exc:
@@ -191,7 +194,6 @@ class FrameUploads:
             )
         except StoreUnavailableError as exc:
             raise ApiError(503, f"live store unavailable: {exc}") from None
-        self.stored += 1
         return UploadResponse(message=f"stored {label}/{key}", id=entry_id)
 
     def _check_size(self, info: ImageInfo) -> None:
@@ -224,7 +226,6 @@ class FrameUploads:
         return _Rendered(jpeg, width, height, items)
 
     def _refused(self, request: web.Request, exc: ApiError) -> None:
-        self.refused += 1
         logger.info(
             "upload from %s refused (%d): %s", request.remote or "?", exc.status, exc.message
         )
@@ -247,18 +248,24 @@ class FrameUploads:
             return response
         return web.json_response(result.model_dump())
 
-    async def _read_form(
-        self, request: web.Request
-    ) -> tuple[dict[str, bytes], dict[str, str]]:
+    async def _read_form(self, request: web.Request) -> tuple[dict[str, bytes], dict[str, str]]:
         """The fields (bytes) and their declared content types; ApiError when the body is
         not a well-formed upload form within the limits."""
         if request.content_type != "multipart/form-data":
-            shown = request.content_type or "none"
+            declared = request.headers.get(hdrs.CONTENT_TYPE, "").strip()
             raise ApiError(
                 415,
                 f"POST {UPLOAD_PATH} takes multipart/form-data (fields label, key, image and "
-                f"optionally detections), not {shown}",
+                "optionally detections), "
+                + (
+                    f"not {declared[:100]!r}" if declared else "and the request has no Content-Type"
+                ),
             )
+        encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+        if encoding != "identity":
+            # aiohttp would inflate it before the size limit sees it: a few KiB of gzip can
+            # stand for gigabytes. Images are compressed already.
+            raise ApiError(415, f"compressed request bodies are not accepted ({encoding[:32]})")
         limit = self.settings.max_bytes
         length = request.content_length
         if length == 0:
@@ -298,7 +305,9 @@ class FrameUploads:
             raise ApiError(400, f"malformed multipart body: {str(exc)[:200]}") from None
         missing = [field for field in _REQUIRED if field not in form]
         if missing:
-            raise ApiError(400, f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+            raise ApiError(
+                400, f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+            )
         return form, types
 
     async def _read_part(self, request: web.Request, part: BodyPartReader, name: str) -> bytes:
