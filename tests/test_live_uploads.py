@@ -69,6 +69,19 @@ def make_png(width: int, height: int) -> bytes:
     return b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
 
 
+def encode_still(codec_name: str, pix_fmt: str, width: int, height: int) -> bytes:
+    """``picture`` encoded by FFmpeg in another pixel format (grey, alpha, 16 bit, palette,
+    4:4:4 chroma) than the common one."""
+    codec = av.CodecContext.create(codec_name, "w")
+    assert isinstance(codec, av.VideoCodecContext)
+    codec.width, codec.height, codec.pix_fmt = width, height, pix_fmt
+    codec.time_base = Fraction(1, 25)
+    frame = av.VideoFrame.from_ndarray(picture(width, height), format="rgb24").reformat(
+        format=pix_fmt
+    )
+    return b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
+
+
 def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -284,6 +297,80 @@ async def test_uploads_over_the_websocket_appear_on_pull(worker: Worker) -> None
         {"class": "person", "confidence": 0.9, "id": 7, "bbox": [16, 12, 32, 24]}
     ]
     assert oldest.entry.origin == "upload"
+
+
+@pytest.mark.parametrize(
+    ("codec", "pix_fmt"),
+    [
+        ("png", "rgba"),
+        ("png", "gray"),
+        ("png", "rgb48be"),
+        ("png", "monob"),
+        ("mjpeg", "yuvj444p"),
+        ("mjpeg", "yuvj422p"),
+    ],
+)
+@pytest.mark.parametrize("worker", ["memory"], indirect=True)
+async def test_every_common_pixel_format_is_accepted(
+    worker: Worker, codec: str, pix_fmt: str
+) -> None:
+    data = encode_still(codec, pix_fmt, 200, 100)
+    kind = "image/png" if codec == "png" else "image/jpeg"
+    status, body = await worker.post(
+        form(text("label", "f"), text("key", pix_fmt), image(data, kind))
+    )
+    assert status == 200, body
+    header, jpeg = await worker.pull("f", pix_fmt)
+    assert (header["width"], header["height"]) == (160, 80)
+    assert decode_jpeg(jpeg).shape == (80, 160, 3)
+
+
+@pytest.mark.parametrize("worker", ["memory"], indirect=True)
+def paletted_png(width: int, height: int) -> bytes:
+    """A colour-type-3 PNG (a palette of three colours), which FFmpeg decodes as pal8."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
+    # Stripes of 16 pixels: wide enough to keep their colour through 4:2:0 JPEG.
+    rows = b"".join(b"\x00" + bytes(x // 16 % 3 for x in range(width)) for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"PLTE", bytes([255, 0, 0, 0, 255, 0, 0, 0, 255]))
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("worker", ["memory"], indirect=True)
+async def test_a_paletted_png_is_accepted(worker: Worker) -> None:
+    body = form(text("label", "f"), text("key", "pal8"), image(paletted_png(48, 16), "image/png"))
+    status, answer = await worker.post(body)
+    assert status == 200, answer
+    _, jpeg = await worker.pull("f", "pal8")
+    stored = decode_jpeg(jpeg)
+    assert stored.shape == (16, 48, 3)
+    red, green, blue = stored[8, 8], stored[8, 24], stored[8, 40]
+    assert red[0] > 200 > 60 > max(red[1], red[2]), red
+    assert green[1] > 200 > 60 > max(green[0], green[2]), green
+    assert blue[2] > 200 > 60 > max(blue[0], blue[1]), blue
+
+
+async def test_many_uploads_at_once_are_all_stored(worker: Worker) -> None:
+    # More than live_upload_concurrency: the others wait their turn, none is lost.
+    results = await asyncio.gather(*(worker.post(good_form("many", f"k{i}")) for i in range(12)))
+    assert [status for status, _ in results] == [200] * 12
+    stored = await worker.stored()
+    assert sorted(stored) == sorted(("many", f"k{i}") for i in range(12))
+
+
+@pytest.mark.parametrize("worker", ["memory"], indirect=True)
+async def test_stopping_the_worker_closes_upload_sockets(worker: Worker) -> None:
+    ws = await worker.uploader()
+    assert (await worker.send(ws, _HEADER))["status"] == "ok"
+    # Read while the server stops: its close waits for this side's answer.
+    stopping = asyncio.get_running_loop().create_task(worker.server.close())
+    message = await ws.receive(timeout=15)
+    assert (message.type, message.data) == (WSMsgType.CLOSE, 1001), message
+    await stopping
 
 
 async def test_labels_lists_an_uploaded_label(worker: Worker) -> None:

@@ -113,7 +113,6 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         yield
         await cms.stop()
         await hub.stop()
-        await uploads.stop()
         await live.stop()
         await service.close()
 

@@ -135,12 +135,21 @@ class FrameUploads:
         return [web.post(UPLOAD_PATH, self.post_frames), web.get(UPLOAD_WS_PATH, self.ws_frames)]
 
     def attach(self, app: web.Application) -> None:
-        """Mount the routes; ``POST /frames`` takes bodies up to ``max_bytes``."""
+        """Mount the routes; ``POST /frames`` takes bodies up to ``max_bytes``; the upload
+        sockets are closed when the server shuts down."""
         app.router.add_routes(self.routes())
         set_route_body_limit(app, UPLOAD_PATH, self.settings.max_bytes)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
-        """Close the upload sockets (the worker is stopping)."""
+        """Close the upload sockets with 1001 (going away), so producers reconnect elsewhere.
+
+        On the app's shutdown, which runs before the server drops its connections: later,
+        the handlers are already cancelled and the producers would see a bare disconnect.
+        """
         for ws in list(self._sockets):
             await ws.close(code=1001, message=b"worker stopping")
 
