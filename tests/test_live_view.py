@@ -12,6 +12,7 @@ sample, the demo MPTA, a real Redis server, real WebSocket clients.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -22,9 +23,12 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import WSMsgType
+from aiohttp.test_utils import TestServer
 
+from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.devtools.assets import DemoAssets
 from pytrickle_worker.frontdoors.live.model import split_frame_message, stream_name
+from pytrickle_worker.server.app import create_app
 from pytrickle_worker.transport.trickle import TricklePublisher
 from tests.cms_harness import ModelServer, Worker, WorkerFactory, subscribe_payload
 from tests.helpers import RedisProcess
@@ -54,7 +58,8 @@ async def until(
 
 def _prefix(request: pytest.FixtureRequest) -> str:
     # One Redis serves the whole session: each test its own key names.
-    return f"t-{request.node.name[:40]}:"
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:12]
+    return f"t-{digest}:"
 
 
 async def _get(worker: Worker, path: str) -> tuple[int, Any]:
@@ -227,26 +232,36 @@ async def test_labels_keys_push_and_pull(
         }
 
 
+async def _pull_header(http: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:
+    """The newest frame's header by the pull route, or None when there is none yet."""
+    async with http.ws_connect(url, protocols=("ptw.live",)) as ws:
+        await ws.send_json({"action": "pull"})
+        message = await ws.receive(timeout=10)
+    if message.type != WSMsgType.BINARY:
+        return None
+    head, jpeg = split_frame_message(message.data)
+    assert jpeg.startswith(JPEG_SOI)
+    return json.loads(head)
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
 async def test_stream_door_frames_land_under_streams(
     tmp_path: Path,
     demo_assets: DemoAssets,
     redis_server: RedisProcess,
     request: pytest.FixtureRequest,
+    store: str,
 ) -> None:
     """A StreamServer stream of the demo scene: its frames under label "streams", key = the
-    gateway request id, in Redis and in the routes."""
-    from aiohttp.test_utils import TestServer  # noqa: PLC0415
-
-    from pytrickle_worker.config import WorkerConfig  # noqa: PLC0415
-    from pytrickle_worker.server.app import create_app  # noqa: PLC0415
-
+    gateway request id, in Redis Streams (or in memory without a Redis) and in the routes;
+    an offline entry once it stops."""
     prefix = _prefix(request)
     request_id = "live-stream-1"
     config = WorkerConfig(
         cache_dir=tmp_path / "cache",
         execution_provider="cpu",
         hw_decode="off",
-        live_redis_url=redis_server.url,
+        live_redis_url=redis_server.url if store == "redis" else None,
         live_key_prefix=prefix,
         live_fps=5.0,
         worker_id="w-stream",
@@ -254,9 +269,11 @@ async def test_stream_door_frames_land_under_streams(
     server = TestServer(create_app(config, str(demo_assets.mpta_path)), host="127.0.0.1")
     await server.start_server()
     client = aioredis.Redis.from_url(redis_server.url)
+    name = stream_name(prefix, "streams", request_id)
     try:
         async with trickle_channels(request_id) as trickle, aiohttp.ClientSession() as http:
             base = str(server.make_url("")).rstrip("/")
+            pull_url = f"{base}/ws/stream/streams/{request_id}"
 
             async def ready() -> bool:
                 async with http.get(base + "/health/ready") as response:
@@ -269,25 +286,29 @@ async def test_stream_door_frames_land_under_streams(
             publisher = TricklePublisher(trickle, "video/mp2t")
             for segment in synthetic_segments():
                 await publisher.publish(segment)
-            name = stream_name(prefix, "streams", request_id)
 
-            async def with_a_detection() -> list[Any]:
-                rows = await client.xrange(name)
-                return [f for _, f in rows if json.loads(f[b"detection_items"])]
+            async def with_a_detection() -> dict[str, Any] | None:
+                header = await _pull_header(http, pull_url)
+                return header if header is not None and header["detection_items"] else None
 
-            fields = (await until(with_a_detection, what="a stored detection"))[-1]
-            assert fields[b"origin"] == b"stream" and fields[b"worker"] == b"w-stream"
-            assert fields[b"frame"].startswith(JPEG_SOI)
+            header = await until(with_a_detection, what="a stored detection")
+            assert header["origin"] == "stream" and header["worker"] == "w-stream"
+            assert header["label"] == "streams" and header["key"] == request_id
             async with http.get(base + "/labels/streams/keys") as response:
                 body = await response.json()
             assert [k["key"] for k in body["keys"]] == [request_id], body
+            if store == "redis":
+                [(_, fields)] = await client.xrevrange(name, count=1)
+                assert fields[b"origin"] == b"stream" and fields[b"frame"].startswith(JPEG_SOI)
+            else:
+                assert await client.exists(name) == 0  # nothing reached Redis
             async with http.post(base + "/api/stream/stop") as response:
                 assert response.status == 200
             await publisher.close(delete=False)
 
             async def offline() -> bool:
-                rows = await client.xrevrange(name, count=1)
-                return bool(rows) and rows[0][1][b"online"] == b"0"
+                header = await _pull_header(http, pull_url)
+                return header is not None and header["online"] is False
 
             await until(offline, what="the stream's offline entry after its stop")
     finally:
