@@ -299,6 +299,26 @@ class WorkerConfig(BaseModel):
         default="{request_id}",
         description="Live key of a StreamServer stream; field {request_id}",
     )
+    live_upload_max_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description=(
+            "Largest upload (POST /frames body, WS /ws/frames message); reading stops past it"
+        ),
+    )
+    live_upload_max_pixels: int = Field(
+        default=4096 * 4096,
+        ge=1,
+        le=16384 * 16384,
+        description="Largest uploaded image (width x height, from its header, before decoding)",
+    )
+    live_upload_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Uploads decoded and encoded at the same time (the others wait)",
+    )
 
     # --- access control and CORS (docs/SECURITY.md) ---------------------------------------
     access_token: SecretStr | None = Field(

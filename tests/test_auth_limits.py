@@ -520,7 +520,13 @@ async def test_the_page_and_the_api_docs_are_open_and_data_routes_are_not(
     start_worker: StartWorker,
 ) -> None:
     worker = await start_worker(access_token=TOKEN)
-    for path in ["/live", "/live/static/app.js", "/docs", "/docs/swagger-ui.css", "/openapi.json"]:
+    for path in [
+        "/live",
+        "/live/static/live.js",
+        "/docs",
+        "/docs/static/swagger-ui.css",
+        "/openapi.json",
+    ]:
         status, _, _ = await worker.get(path)
         assert status == 200, path
     for path in ["/livedata", "/docsecret", "/labels", "/labels/a/keys", "/live/nothing"]:

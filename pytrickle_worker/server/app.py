@@ -15,6 +15,11 @@ from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CMS_ROUTE_DOCS, CmsEndpoint
 from pytrickle_worker.frontdoors.live.page import PAGE_ROUTE_DOCS, page_routes
 from pytrickle_worker.frontdoors.live.routes import LIVE_ROUTE_DOCS, LiveRoutes
+from pytrickle_worker.frontdoors.live.uploads import (
+    UPLOAD_ROUTE_DOCS,
+    FrameUploads,
+    UploadSettings,
+)
 from pytrickle_worker.frontdoors.live.view import LiveView
 from pytrickle_worker.frontdoors.streamserver.manager import StreamManager
 from pytrickle_worker.frontdoors.streamserver.routes import attach as attach_stream_api
@@ -84,6 +89,8 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     processors = discover_processors()
     # The live view (docs/LIVE.md): both doors hand it their analysed frames.
     live = LiveView.from_config(config)
+    # Other producers' frames into the same view (authenticated like every data route).
+    uploads = FrameUploads(live.writer, UploadSettings.from_config(config))
     cms = CmsEndpoint(config, hub, service, model_urls, processors, sinks=live.sinks)
     deps = ProcessorDeps(service, model_urls, default_pipeline_source)
     processor = lookup(processors, config.stream_processor)(deps)
@@ -131,10 +138,12 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
     app.router.add_get("/metrics", metrics.handle)  # Prometheus text format (docs/METRICS.md)
     app.router.add_routes(cms.routes())
     app.router.add_routes(LiveRoutes(live).routes())
+    uploads.attach(app)
     # Every route mounted here is documented in /openapi.json (tests/test_openapi.py checks).
     document_routes(app, [*HEALTH_DOCS, metrics_route_doc(config.metrics_require_token)])
     document_routes(app, CMS_ROUTE_DOCS)
     document_routes(app, LIVE_ROUTE_DOCS)
+    document_routes(app, UPLOAD_ROUTE_DOCS)
     attach_stream_api(app, streams)
     app.router.add_routes(page_routes())  # GET /live: the live-view page (no data, open)
     document_routes(app, PAGE_ROUTE_DOCS)

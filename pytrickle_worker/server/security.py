@@ -44,7 +44,8 @@
    credentials, wrong token, JWT expired, audience wrong, signature invalid, ...), with the
    method, path (never the query) and remote address, never the presented token.
 5. **Body size**: a ``Content-Length`` above the app's ``client_max_size``
-   (``max_message_bytes``) is answered 413 before the handler runs; a body without one
+   (``max_message_bytes``, or a route's own limit: ``POST /frames`` takes
+   ``live_upload_max_bytes``) is answered 413 before the handler runs; a body without one
    (chunked) that grows past it while a handler reads it gets the same JSON 413
    ``{"status": "error", "message": "request body too large (limit N bytes)"}``.
 """
@@ -65,6 +66,7 @@ from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.server.errors import error_middleware
 from pytrickle_worker.server.jwtauth import JwtRejected, JwtVerifier, looks_like_jwt
 from pytrickle_worker.server.ratelimit import RateLimiter, route_group
+from pytrickle_worker.transport.body_limits import route_body_limit
 from pytrickle_worker.transport.http_errors import error_response
 
 logger = logging.getLogger(__name__)
@@ -310,9 +312,10 @@ def _too_large(limit: int) -> web.Response:
 
 @web.middleware
 async def body_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """413 for a body over the app's ``client_max_size``: early when ``Content-Length`` says
-    so, and as JSON when aiohttp raises while a handler reads a chunked body."""
-    limit = request.client_max_size
+    """413 for a body over the app's ``client_max_size`` (or the route's own limit, see
+    :mod:`pytrickle_worker.transport.body_limits`): early when ``Content-Length`` says so,
+    and as JSON when aiohttp raises while a handler reads a chunked body."""
+    limit = route_body_limit(request)
     length = request.content_length
     if limit and length is not None and length > limit:
         logger.info(
