@@ -69,7 +69,7 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> OnnxModel:
     [
         ((1280, 720), (320, 320)),  # 4x down: the density benchmark's case
         ((1280, 720), (640, 640)),  # 2x down
-        ((1920, 1080), (640, 640)),  # 3x: the RGB path samples, this one area-filters
+        ((1920, 1080), (640, 640)),  # 3x: both sample the centre pixel
         ((640, 480), (640, 640)),  # no scaling on the long side
         ((320, 240), (640, 480)),  # up
         ((720, 1280), (320, 256)),  # portrait into a non-square input

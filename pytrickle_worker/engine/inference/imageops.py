@@ -163,8 +163,8 @@ def letterbox(
 
     ``frame`` may also be a decoder's frame in any pixel format (YUV): swscale converts and
     resizes it in one step. The geometry is the same; the pixels differ from the RGB path's
-    by the rounding of the two conversions (a grey level or two), and an odd integer
-    downscale is area-filtered rather than sampled.
+    by the rounding of the two conversions and the chroma's subsampling (a grey level or two
+    on average).
 
     Exactly ultralytics ``LetterBox(auto=False, scaleup=True, center=True)`` geometry with pad
     value 114. ``out`` may be a :class:`LetterboxBuffer` (fastest: the padding is only
@@ -201,7 +201,7 @@ def letterbox(
         tensor[:, :, top : h - bottom, :left] = pad
         tensor[:, :, top : h - bottom, w - right :] = pad
     rows, cols = slice(top, top + new_h), slice(left, left + new_w)
-    factor = 0 if image is None else _odd_decimation(frame_hw[0], frame_hw[1], new_h, new_w)
+    factor = _odd_decimation(frame_hw[0], frame_hw[1], new_h, new_w)
     if image is not None and factor:
         # cv2.INTER_LINEAR samples source pixel k*i + (k-1)/2 exactly for an odd integer
         # factor k (1080p -> 640 is k = 3): a strided view is bit-exact and ~5x faster.
@@ -212,8 +212,13 @@ def letterbox(
             sampled.transpose(2, 0, 1), scale, out=tensor[0, :, rows, cols], casting="unsafe"
         )
         return tensor, info
+    interpolation = LETTERBOX_INTERPOLATION
+    if factor:
+        # A decoder's frame at an odd integer factor: swscale's nearest neighbour reads the
+        # same centre pixel cv2.INTER_LINEAR does (the chroma differs by its subsampling).
+        interpolation = Interpolation.POINT
     source = frame if image is None else image
-    resized = _resize_planar(source, new_h, new_w, LETTERBOX_INTERPOLATION, reformatter)
+    resized = _resize_planar(source, new_h, new_w, interpolation, reformatter)
     _write_planes(resized, tensor, rows, cols)
     return tensor, info
 
