@@ -355,6 +355,7 @@ class MptaDetectorProcessor(FrameProcessor):
 
     name = "mpta"
     params_model = MptaDetectorParams
+    takes_decoded_frames = True  # the pipeline runs on an inference thread
 
     def __init__(
         self,
