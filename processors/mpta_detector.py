@@ -327,7 +327,7 @@ class MptaStream(StreamContext):
             ):
                 tracker.set_frame_rate(rate)
             result = await self._processor.service.process(
-                pipeline, frame.rgb, tracker, run_actions=False, overrides=params.overrides()
+                pipeline, frame.image, tracker, run_actions=False, overrides=params.overrides()
             )
             self._last = _annotations(result)
         self.frames_analysed += 1
@@ -355,6 +355,7 @@ class MptaDetectorProcessor(FrameProcessor):
 
     name = "mpta"
     params_model = MptaDetectorParams
+    takes_decoded_frames = True  # the pipeline runs on an inference thread
 
     def __init__(
         self,

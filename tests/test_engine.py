@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
@@ -28,6 +29,7 @@ from pytrickle_worker.devtools.synthetic import (
 )
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.engine.tracking.bytetrack import TrackerState
+from pytrickle_worker.sources.frame import DecodedFrame
 from tests.helpers import RedisProcess
 
 
@@ -166,6 +168,64 @@ async def test_branch_without_crop_sees_the_full_frame(
     assert result.action_image is frame
     # The centre of the full frame is background, not the car's yellow badge.
     assert result.detection is not None and result.detection["class"] != "yellow"
+
+
+def decoded_scene(*objects: SceneObject) -> DecodedFrame:
+    """The scene as a camera reader publishes it: a decoder's (YUV) frame, RGB not made yet."""
+    rgb = scene(*objects)
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+    return DecodedFrame(1, 0.0, None, frame)
+
+
+async def test_decoded_frame_is_converted_only_for_crops_and_actions(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    """The CMS door passes decoded frames: the detector scales the decoder's frame itself,
+    and the full RGB is made only when a crop or an action's image needs it."""
+    detect_only = await service.load(
+        make_mpta(tmp_path / "a.mpta", node("det", "detector.onnx", ["car"]), model_files)
+    )
+    pixels = decoded_scene(CAR, PERSON)
+    result = await service.process(detect_only, pixels, TrackerState(frame_rate=5))
+    assert result.detection is not None and result.detection["class"] == "car"
+    assert np.allclose(result.bbox or (), CAR.box, atol=2)
+    assert pixels.rgb_ready is None and result.action_image is None
+
+    cropped = await service.load(
+        make_mpta(
+            tmp_path / "b.mpta",
+            node(
+                "det",
+                "detector.onnx",
+                ["car"],
+                branches=[node("car-cls", "classifier.onnx", ["car"], crop=True)],
+            ),
+            model_files,
+        )
+    )
+    pixels = decoded_scene(CAR, PERSON)
+    result = await service.process(cropped, pixels, run_actions=False)
+    assert result.detection is not None and result.detection["class"] == "yellow"
+    assert pixels.rgb_ready is not None  # the crop needed it
+    assert result.action_image is not None
+    assert result.action_image.shape[:2] == (CAR.box[3] - CAR.box[1], CAR.box[2] - CAR.box[0])
+
+    with_actions = await service.load(
+        make_mpta(
+            tmp_path / "c.mpta",
+            node(
+                "det",
+                "detector.onnx",
+                ["car"],
+                actions=[{"type": "redis_publish", "channel": "x", "message": "{class}"}],
+            ),
+            model_files,
+        )
+    )
+    pixels = decoded_scene(CAR)
+    result = await service.process(with_actions, pixels, run_actions=False)
+    assert result.detection is not None and result.action_image is pixels.rgb_ready
+    assert result.action_image is not None and result.action_image.shape == (480, 640, 3)
 
 
 async def test_branch_min_confidence_gates_on_parent_confidence(

@@ -293,6 +293,45 @@ def test_nms_matches_reference_greedy() -> None:
         assert nms(boxes, scores, thres, max_det).tolist() == expected
 
 
+def test_nms_pair_sweep_matches_reference_on_awkward_boxes() -> None:
+    """The x-sweep (the usual path) against the textbook loop: class offsets, ties, duplicates,
+    touching edges, NaN coordinates."""
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        n = int(rng.integers(1, 300))
+        xy = rng.uniform(0, float(rng.uniform(5, 700)), (n, 2))
+        wh = rng.uniform(0, 150, (n, 2))
+        boxes = np.concatenate([xy, xy + wh], 1).astype(np.float32)
+        if trial % 3 == 0:
+            classes = rng.integers(0, int(rng.integers(1, 80)), n)
+            boxes += (classes * MAX_WH).astype(np.float32)[:, None]
+        if trial % 5 == 0:
+            boxes[: n // 2] = boxes[0]
+            touching = boxes[n // 2 :: 3]  # moved to start exactly where the first one ends
+            touching[:, 2] += boxes[0, 2] - touching[:, 0]
+            touching[:, 0] = boxes[0, 2]
+            touching[:, 1], touching[:, 3] = boxes[0, 1], boxes[0, 3]
+        if trial % 7 == 0:
+            boxes[rng.integers(0, n, 2), int(rng.integers(0, 4))] = np.nan
+        scores = rng.uniform(0, 1, n).astype(np.float32)
+        if trial % 2 == 0:
+            scores = np.round(scores, 1)
+        thres = float(rng.uniform(0.1, 0.9))
+        max_det = int(rng.integers(1, 300))
+        with np.errstate(invalid="ignore"):
+            expected = reference_nms(boxes, scores, thres, max_det)
+        assert nms(boxes, scores, thres, max_det).tolist() == expected, trial
+
+
+def test_nms_crowd_beyond_the_pair_budget_takes_the_blocked_path() -> None:
+    """800 boxes over one another: 319,600 x-overlapping pairs, past the sweep's budget."""
+    rng = np.random.default_rng(5)
+    xy = rng.uniform(0, 20, (800, 2))
+    boxes = np.concatenate([xy, xy + 200], 1).astype(np.float32)
+    scores = rng.uniform(0, 1, 800).astype(np.float32)
+    assert nms(boxes, scores, 0.9, 300).tolist() == reference_nms(boxes, scores, 0.9, 300)
+
+
 def test_nms_class_offsets_separate_classes() -> None:
     boxes = np.array([[0, 0, 100, 100], [0, 0, 100, 100]], np.float32)
     offsets = np.array([0, 1], np.float32)[:, None] * MAX_WH

@@ -439,6 +439,31 @@ async def test_subscribers_share_one_reader(hub: CameraHub, clip: Path) -> None:
     assert hub.statuses() == []
 
 
+async def test_unconverted_frames_convert_only_on_use(hub: CameraHub, clip: Path) -> None:
+    """``convert=False`` (the CMS door's detector path) hands over the decoded frame: nothing
+    is converted to RGB until something reads ``rgb``; a cropped frame is converted as before."""
+    source = SourceConfig(url=str(clip), loop=True)
+    whole = hub.subscribe(source, target_fps=30)
+    frames = [await whole.next_frame(timeout=5, convert=False) for _ in range(3)]
+    assert all(f is not None and f.pixels is not None for f in frames)
+    assert whole.status.conversions == 0
+    last = frames[-1]
+    assert last is not None and last.pixels is not None
+    assert last.image is last.pixels and last.converted is None
+    with last.pixels.decoded() as decoded:
+        assert decoded is not None and (decoded.width, decoded.height) == (320, 240)
+    rgb = await asyncio.to_thread(lambda: last.rgb)
+    assert rgb.shape == (240, 320, 3) and not rgb.flags.writeable
+    assert whole.status.conversions == 1 and last.pixels.rgb_ready is rgb
+
+    cropped = hub.subscribe(source, target_fps=30, crop=Crop(x1=10, y1=20, x2=110, y2=220))
+    frame = await cropped.next_frame(timeout=5, convert=False)
+    assert frame is not None and frame.pixels is None and frame.converted is not None
+    assert frame.rgb.shape == (200, 100, 3) and frame.image is frame.rgb
+    await whole.close()
+    await cropped.close()
+
+
 async def test_subscribe_argument_errors(clip: Path) -> None:
     hub = CameraHub(IngestConfig.model_validate(FAST))
     with pytest.raises(HubNotStartedError):

@@ -114,6 +114,11 @@ class FrameProcessor(abc.ABC):
     #: The name the processor registry knows it by (``pytrickle_worker.processing.registry``).
     name: ClassVar[str] = ""
     params_model: ClassVar[type[ParamsModel]] = ParamsModel
+    #: True when :meth:`StreamContext.process` reads ``frame.rgb`` only off the event loop
+    #: (or not at all): the CMS door then hands over the decoded frame unconverted
+    #: (``VideoFrame.image``), and a detector scales it to its input in one step. False
+    #: (the default): ``frame.image`` is always the RGB array, converted off the loop.
+    takes_decoded_frames: ClassVar[bool] = False
 
     def __init__(self, *, max_pending_data: int = DEFAULT_MAX_PENDING_DATA) -> None:
         if max_pending_data < 1:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -19,11 +20,13 @@ RgbArray = NDArray[np.uint8]
 
 
 class DecodedFrame:
-    """One decoded frame as published by a reader.
+    """One decoded frame as published by a reader (a ``core.frame.FramePixels``).
 
     :meth:`to_rgb` converts it once, whoever asks first and however many ask at the same
-    time (a per-frame lock), caches the read-only result and releases the decoder's frame.
-    It blocks: call it from a worker thread, never on the event loop.
+    time (a per-frame lock), and caches the read-only result. It blocks: call it from a
+    worker thread, never on the event loop. :meth:`decoded` lends the decoder's frame itself
+    (under the same lock), so a detector can scale and convert it to its input size in one
+    step without the full-resolution RGB.
     """
 
     __slots__ = (
@@ -51,7 +54,9 @@ class DecodedFrame:
         self.pts_time = pts_time
         self.width = frame.width
         self.height = frame.height
-        self._frame: av.VideoFrame | None = frame
+        # Kept after the RGB conversion: a scaled conversion from it is still cheaper than
+        # from the RGB. Only the newest frame and the ones being processed are alive.
+        self._frame: av.VideoFrame = frame
         self._on_convert = on_convert
         self._rgb: RgbArray | None = None
         self._lock = threading.Lock()
@@ -67,23 +72,28 @@ class DecodedFrame:
             return rgb
         with self._lock:
             if self._rgb is None:
-                frame = self._frame
-                assert frame is not None  # set until the conversion below replaces it
-                converted = cast(RgbArray, frame.to_ndarray(format="rgb24"))
+                converted = cast(RgbArray, self._frame.to_ndarray(format="rgb24"))
                 converted.flags.writeable = False
                 self._rgb = converted
-                self._frame = None
                 if self._on_convert is not None:
                     self._on_convert()
             return self._rgb
+
+    @contextmanager
+    def decoded(self) -> Generator[av.VideoFrame | None]:
+        """The decoder's frame, while no other thread converts it (read it, never write)."""
+        with self._lock:
+            yield self._frame
 
 
 @dataclass(frozen=True, slots=True)
 class CameraFrame:
     """A frame as a subscriber receives it.
 
-    ``rgb`` is ``height x width x 3`` uint8, already cropped, and **read-only**: it is shared
-    with every other subscriber of the camera (``rgb.copy()`` before writing into it).
+    :attr:`rgb` is ``height x width x 3`` uint8, already cropped, and **read-only**: it is
+    shared with every other subscriber of the camera (``rgb.copy()`` before writing into it).
+    A frame taken with ``convert=False`` (and no crop) is not converted yet: ``pixels`` is the
+    decoded frame and :attr:`rgb` converts it on first use (blocking: off the event loop).
     ``capture_time`` is the wall clock (UTC epoch seconds) when the frame was decoded;
     ``pts_time`` is the stream's presentation time in seconds (None when it has none).
     """
@@ -91,11 +101,29 @@ class CameraFrame:
     seq: int
     capture_time: float
     pts_time: float | None
-    rgb: RgbArray
     width: int
     height: int
     source_width: int
     source_height: int
+    converted: RgbArray | None = None
+    pixels: DecodedFrame | None = None
+
+    @property
+    def rgb(self) -> RgbArray:
+        return self.converted if self.converted is not None else self._pixels().to_rgb()
+
+    @property
+    def image(self) -> RgbArray | DecodedFrame:
+        """What a ``VideoFrame`` takes: the decoded frame when uncropped (a detector scales
+        it in one step even when its RGB exists), else the cropped RGB."""
+        if self.pixels is not None:
+            return self.pixels
+        return self.rgb
+
+    def _pixels(self) -> DecodedFrame:
+        if self.pixels is None:
+            raise ValueError("a CameraFrame needs its RGB or its decoded frame")
+        return self.pixels
 
 
 #: Publish times the slot remembers (the last this many frames'), for

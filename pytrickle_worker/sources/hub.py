@@ -121,9 +121,17 @@ class Subscription:
         """The shared source's status (online, last error, fps, size, decoder, …)."""
         return self._entry.status()
 
-    async def next_frame(self, timeout: float | None = None) -> CameraFrame | None:  # noqa: ASYNC109 - the documented contract
+    async def next_frame(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - the documented contract
+        *,
+        convert: bool = True,
+    ) -> CameraFrame | None:
         """The next frame newer than the last one returned, no sooner than 1/target_fps after
         it. None on timeout, or once the subscription is closed.
+
+        ``convert=False`` skips the RGB conversion of an uncropped frame (and its hop to a
+        conversion thread): the frame's ``pixels`` convert on first use, off the loop.
 
         Raises :class:`CropError` when the crop lies entirely outside this frame (the frame
         counts as taken, so the next call waits for a newer one).
@@ -167,7 +175,7 @@ class Subscription:
             self._count_skipped(slot.seq, loop)
         self._last_seq = slot.seq
         self._sampler.take(loop.time())
-        frame = await self._to_camera_frame(slot)
+        frame = await self._to_camera_frame(slot, convert=convert)
         if frame is not None:
             self.frames_taken += 1
             self._entry.reader.tracker.delivered()
@@ -216,7 +224,9 @@ class Subscription:
         except TimeoutError:
             return
 
-    async def _to_camera_frame(self, slot: DecodedFrame) -> CameraFrame | None:
+    async def _to_camera_frame(
+        self, slot: DecodedFrame, *, convert: bool = True
+    ) -> CameraFrame | None:
         width, height = slot.width, slot.height
         x1, y1, x2, y2 = 0, 0, width, height
         if self.crop is not None:
@@ -241,22 +251,24 @@ class Subscription:
                 )
             x1, y1, x2, y2 = rect
         self.error = None
+        whole = (x1, y1, x2, y2) == (0, 0, width, height)
         rgb = slot.rgb_ready
-        if rgb is None:
+        if rgb is None and (convert or not whole):
             rgb = await self._hub.convert(slot)
             if rgb is None:
                 return None
-        if (x1, y1, x2, y2) != (0, 0, width, height):
+        if rgb is not None and not whole:
             rgb = rgb[y1:y2, x1:x2]
         return CameraFrame(
             seq=slot.seq,
             capture_time=slot.capture_time,
             pts_time=slot.pts_time,
-            rgb=rgb,
             width=x2 - x1,
             height=y2 - y1,
             source_width=width,
             source_height=height,
+            converted=rgb,
+            pixels=slot if whole else None,
         )
 
     def mark_closed(self) -> None:

@@ -9,7 +9,11 @@ filters (all of them low-pass filter, which ``INTER_LINEAR`` does not). ``SWS_FA
 is faster but has a half-pixel phase error (mean error 2–5 levels, box shift), so it is not
 used. swscale writes planar ``gbrp`` so the float conversion reads contiguous planes.
 
-Frames are ``(H, W, 3)`` ``uint8`` RGB arrays throughout.
+Frames are ``(H, W, 3)`` ``uint8`` RGB arrays, except that :func:`letterbox` also takes the
+decoder's own frame (YUV): one swscale call then converts and scales it to the model's size,
+instead of converting the whole frame to RGB and scaling that (issue 13: about a third of the
+CPU). A decoded frame with a lazy RGB (``core.frame.FramePixels``) goes that way through
+:func:`letterbox_pixels`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import Interpolation, VideoReformatter
 
+from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.media.frames import check_rgb_frame, wrap_rgb_frame
 
 __all__ = [
@@ -33,6 +38,7 @@ __all__ = [
     "crop",
     "letterbox",
     "letterbox_geometry",
+    "letterbox_pixels",
     "resize_center_crop",
     "scale_boxes_to_frame",
 ]
@@ -111,16 +117,16 @@ class LetterboxBuffer:
 
 
 def _resize_planar(
-    frame: UInt8Array,
+    frame: UInt8Array | av.VideoFrame,
     height: int,
     width: int,
     interpolation: Interpolation,
     reformatter: VideoReformatter | None,
 ) -> av.VideoFrame:
-    """Resize to ``gbrp`` (planar G, B, R) with swscale."""
+    """Resize (and convert, for a decoder's frame) to ``gbrp`` (planar G, B, R) with swscale."""
     worker = reformatter if reformatter is not None else VideoReformatter()
     return worker.reformat(
-        wrap_rgb_frame(frame),
+        frame if isinstance(frame, av.VideoFrame) else wrap_rgb_frame(frame),
         width=width,
         height=height,
         format="gbrp",
@@ -149,11 +155,16 @@ def _write_planes(
 
 
 def letterbox(
-    frame: npt.NDArray[np.uint8],
+    frame: npt.NDArray[np.uint8] | av.VideoFrame,
     new_shape: tuple[int, int],
     out: LetterboxBuffer | FloatArray | None = None,
 ) -> tuple[FloatArray, LetterboxInfo]:
     """Letterbox an RGB frame into a ``(1, 3, h, w)`` float tensor in ``[0, 1]``.
+
+    ``frame`` may also be a decoder's frame in any pixel format (YUV): swscale converts and
+    resizes it in one step. The geometry is the same; the pixels differ from the RGB path's
+    by the rounding of the two conversions and the chroma's subsampling (a grey level or two
+    on average).
 
     Exactly ultralytics ``LetterBox(auto=False, scaleup=True, center=True)`` geometry with pad
     value 114. ``out`` may be a :class:`LetterboxBuffer` (fastest: the padding is only
@@ -161,9 +172,14 @@ def letterbox(
     ``(1, 3, h, w)`` float array (the padding is rewritten every call) or ``None`` (a new
     tensor). The returned tensor *is* the buffer's array when one is given.
     """
-    image = check_rgb_frame(frame)
+    image: UInt8Array | None = None
+    if isinstance(frame, av.VideoFrame):
+        frame_hw = (frame.height, frame.width)
+    else:
+        image = check_rgb_frame(frame)
+        frame_hw = (int(image.shape[0]), int(image.shape[1]))
     h, w = new_shape
-    info, top, bottom, left, right = letterbox_geometry((image.shape[0], image.shape[1]), (h, w))
+    info, top, bottom, left, right = letterbox_geometry(frame_hw, (h, w))
     new_h, new_w = info.resized
     region = (top, left, new_h, new_w)
     reformatter: VideoReformatter | None = None
@@ -185,8 +201,8 @@ def letterbox(
         tensor[:, :, top : h - bottom, :left] = pad
         tensor[:, :, top : h - bottom, w - right :] = pad
     rows, cols = slice(top, top + new_h), slice(left, left + new_w)
-    factor = _odd_decimation(image.shape[0], image.shape[1], new_h, new_w)
-    if factor:
+    factor = _odd_decimation(frame_hw[0], frame_hw[1], new_h, new_w)
+    if image is not None and factor:
         # cv2.INTER_LINEAR samples source pixel k*i + (k-1)/2 exactly for an odd integer
         # factor k (1080p -> 640 is k = 3): a strided view is bit-exact and ~5x faster.
         offset = (factor - 1) // 2
@@ -196,9 +212,27 @@ def letterbox(
             sampled.transpose(2, 0, 1), scale, out=tensor[0, :, rows, cols], casting="unsafe"
         )
         return tensor, info
-    resized = _resize_planar(image, new_h, new_w, LETTERBOX_INTERPOLATION, reformatter)
+    interpolation = LETTERBOX_INTERPOLATION
+    if factor:
+        # A decoder's frame at an odd integer factor: swscale's nearest neighbour reads the
+        # same centre pixel cv2.INTER_LINEAR does (the chroma differs by its subsampling).
+        interpolation = Interpolation.POINT
+    source = frame if image is None else image
+    resized = _resize_planar(source, new_h, new_w, interpolation, reformatter)
     _write_planes(resized, tensor, rows, cols)
     return tensor, info
+
+
+def letterbox_pixels(
+    pixels: FramePixels, new_shape: tuple[int, int], out: LetterboxBuffer
+) -> tuple[FloatArray, LetterboxInfo]:
+    """:func:`letterbox` for a frame whose RGB is lazy: straight from the decoder's frame
+    while the source still holds it (one swscale call, under the source's lock since PyAV
+    retags the source frame while it converts), else from its RGB."""
+    with pixels.decoded() as decoded:
+        if decoded is not None:
+            return letterbox(decoded, new_shape, out)
+    return letterbox(pixels.to_rgb(), new_shape, out)
 
 
 def _odd_decimation(height: int, width: int, new_h: int, new_w: int) -> int:

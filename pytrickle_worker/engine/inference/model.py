@@ -28,6 +28,7 @@ import onnxruntime as ort
 from av.video.reformatter import VideoReformatter
 
 from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.engine.inference.batching import (
     BatchCoordinator,
     ModelBatcher,
@@ -38,6 +39,7 @@ from pytrickle_worker.engine.inference.imageops import (
     LetterboxBuffer,
     LetterboxInfo,
     letterbox,
+    letterbox_pixels,
     resize_center_crop,
     scale_boxes_to_frame,
 )
@@ -653,11 +655,13 @@ class OnnxModel:
         return buffer
 
     def preprocess(
-        self, frame: npt.NDArray[np.uint8]
+        self, frame: npt.NDArray[np.uint8] | FramePixels
     ) -> tuple[npt.NDArray[np.floating], InputMeta]:
         """One ``(H, W, 3)`` uint8 RGB image to a ``(1, 3, h, w)`` input and its meta.
 
         Detectors letterbox it, classifiers resize the shorter side and crop the centre.
+        ``frame`` may be a decoded frame whose RGB is lazy: a detector then scales the
+        decoder's frame straight to its input (one swscale call), a classifier takes its RGB.
         The tensor is this thread's reusable buffer for this model: it is valid until the
         same thread preprocesses again for this model; copy it (``np.concatenate`` into a
         batch does) to keep it longer.
@@ -670,12 +674,16 @@ class OnnxModel:
                 dtype = np.float16 if info.input_dtype == "float16" else np.float32
                 state.classify_input = np.empty((1, 3, *info.input_size), dtype=dtype)
             h, w = info.input_size
+            rgb = frame if isinstance(frame, np.ndarray) else frame.to_rgb()
             tensor = resize_center_crop(
-                frame, h if h == w else (h, w), state.classify_input, reformatter=state.reformatter
+                rgb, h if h == w else (h, w), state.classify_input, reformatter=state.reformatter
             )
-            return tensor, InputMeta(frame.shape)
-        tensor, lb = letterbox(frame, info.input_size, self._letterbox_buffer())
-        return tensor, InputMeta(frame.shape, lb)
+            return tensor, InputMeta(rgb.shape)
+        if isinstance(frame, np.ndarray):
+            tensor, lb = letterbox(frame, info.input_size, self._letterbox_buffer())
+            return tensor, InputMeta(frame.shape, lb)
+        tensor, lb = letterbox_pixels(frame, info.input_size, self._letterbox_buffer())
+        return tensor, InputMeta((frame.height, frame.width, 3), lb)
 
     @staticmethod
     def _per_image(output: npt.NDArray[np.float32], count: int) -> list[npt.NDArray[np.float32]]:
@@ -749,7 +757,7 @@ class OnnxModel:
 
     def detect(
         self,
-        frame: npt.NDArray[np.uint8],
+        frame: npt.NDArray[np.uint8] | FramePixels,
         conf_thres: float = 0.25,
         classes: npt.NDArray[np.integer] | Sequence[int] | None = None,
         iou_thres: float = 0.7,
@@ -758,7 +766,8 @@ class OnnxModel:
         *,
         agnostic: bool = False,
     ) -> Detections:
-        """Detect objects in an ``(H, W, 3)`` uint8 RGB frame; boxes in frame pixels.
+        """Detect objects in an ``(H, W, 3)`` uint8 RGB frame (or a decoded frame, see
+        :meth:`preprocess`); boxes in frame pixels.
 
         :meth:`preprocess` (letterbox) → :meth:`run` → :meth:`postprocess_detections`.
         """
@@ -778,7 +787,7 @@ class OnnxModel:
         return dets
 
     def classify(
-        self, frame: npt.NDArray[np.uint8], timings: StageTimings | None = None
+        self, frame: npt.NDArray[np.uint8] | FramePixels, timings: StageTimings | None = None
     ) -> Classification:
         """Classify an ``(H, W, 3)`` uint8 RGB image (resize shorter side, centre crop).
 

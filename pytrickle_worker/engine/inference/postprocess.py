@@ -324,6 +324,78 @@ def _block_nms(
     return block[keep > 0]
 
 
+#: Up to this many x-overlapping candidate pairs, NMS tests just those pairs (a sweep over
+#: x); beyond it (crowds of one class, agnostic NMS of big boxes) the blocked matrix form.
+_NMS_MAX_PAIRS: Final = 1 << 18
+
+
+def _x_overlapping_pairs(
+    x1: FloatArray, x2: FloatArray
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]] | None:
+    """Every pair ``(a, b)`` whose x extents overlap by more than zero, once each; ``None``
+    when there are more than :data:`_NMS_MAX_PAIRS`.
+
+    Sorted by ``x1``, the partners of a box that starts no later than they do are the boxes
+    starting inside ``[x1, x2)``: a contiguous run found with one ``searchsorted``. Class
+    offsets (``MAX_WH`` apart) keep other classes' boxes out of each run. Boxes with NaN
+    coordinates only ever add pairs, whose IoU test then fails, as in the matrix form.
+    """
+    n = int(x1.shape[0])
+    by_x = np.argsort(x1, kind="stable")
+    ends = np.searchsorted(x1[by_x], x2[by_x], side="left")
+    counts = np.maximum(ends - np.arange(1, n + 1), 0)
+    total = int(counts.sum())
+    if total > _NMS_MAX_PAIRS:
+        return None
+    positions = np.arange(n)
+    firsts = np.repeat(positions, counts)
+    # The k-th partner of position p is position p + 1 + k; pair j of p's run is its
+    # (j - run start)-th partner.
+    seconds = np.repeat(positions + 1 - (np.cumsum(counts) - counts), counts)
+    seconds += np.arange(total)
+    return by_x[firsts], by_x[seconds]
+
+
+def _pairwise_nms(
+    coords: FloatArray, areas: FloatArray, thres: np.float32, limit: int
+) -> npt.NDArray[np.intp] | None:
+    """Greedy NMS over score-sorted ``coords`` testing only x-overlapping pairs; the kept
+    positions (at most ``limit``), or ``None`` when there are too many pairs for it.
+
+    The IoU test is :func:`_suppression`'s, element by element, and the greedy result is
+    reached by the same Cluster-NMS iteration, on the list of suppressing pairs.
+    """
+    if bool((areas < 0).any()):
+        return None  # an inverted box "suppresses" boxes it does not even touch
+    pairs = _x_overlapping_pairs(coords[0], coords[2])
+    if pairs is None:
+        return None
+    a, b = pairs
+    x1, y1, x2, y2 = coords[0], coords[1], coords[2], coords[3]
+    w = np.minimum(x2[a], x2[b])
+    w -= np.maximum(x1[a], x1[b])
+    np.maximum(w, 0, out=w)
+    h = np.minimum(y2[a], y2[b])
+    h -= np.maximum(y1[a], y1[b])
+    np.maximum(h, 0, out=h)
+    w *= h  # intersection
+    union = areas[a] + areas[b]
+    union -= w
+    union *= thres
+    suppressing = w > union
+    a, b = a[suppressing], b[suppressing]
+    winner, loser = np.minimum(a, b), np.maximum(a, b)  # a lower position scores higher
+    n = int(coords.shape[1])
+    keep = np.ones(n, np.bool_)
+    for _ in range(n):
+        updated = np.ones(n, np.bool_)
+        updated[loser[keep[winner]]] = False
+        if np.array_equal(updated, keep):
+            break
+        keep = updated
+    return np.flatnonzero(keep)[:limit]
+
+
 def nms(
     boxes: npt.NDArray[np.floating],
     scores: npt.NDArray[np.floating],
@@ -335,10 +407,12 @@ def nms(
     A box is suppressed when its IoU with a kept, higher-scoring box is *greater* than
     ``iou_thres``; zero-area boxes never suppress. At most ``max_det`` indices.
 
-    Exact greedy, vectorised a block at a time: the best ``_NMS_BLOCK`` remaining boxes are
-    resolved among themselves (no other box outranks them), then their winners suppress
-    all the others at once. Cost is O(kept × candidates) pair tests in ~15 numpy calls per
-    block instead of per kept box.
+    Exact greedy. Usually only the pairs whose x extents overlap are tested (a sweep over
+    x; with class offsets, about n²/classes pairs instead of n²: 0.3 instead of 2 ms for a
+    thousand candidates). With too many of those, vectorised a block at a time: the best
+    ``_NMS_BLOCK`` remaining boxes are resolved among themselves (no other box outranks
+    them), then their winners suppress all the others at once. Cost is O(kept ×
+    candidates) pair tests in ~15 numpy calls per block instead of per kept box.
     """
     n = int(scores.shape[0])
     if n == 0:
@@ -350,6 +424,9 @@ def nms(
     coords = np.ascontiguousarray(np.asarray(boxes, dtype=np.float32)[order].T)
     areas = (coords[2] - coords[0]) * (coords[3] - coords[1])
     thres = np.float32(iou_thres)
+    kept_pairwise = _pairwise_nms(coords, areas, thres, limit)
+    if kept_pairwise is not None:
+        return order[kept_pairwise]
     parts: list[npt.NDArray[np.intp]] = []
     count = 0
     remaining = np.arange(n)

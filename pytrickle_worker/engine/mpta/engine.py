@@ -32,12 +32,20 @@ from typing import Any
 
 import numpy as np
 
+from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.engine.inference.imageops import crop
 from pytrickle_worker.engine.inference.model import StageTimings
 from pytrickle_worker.engine.mpta.loader import LoadedNode, LoadedPipeline
 from pytrickle_worker.engine.tracking.bytetrack import TrackerState
 
 BBox = tuple[int, int, int, int]
+#: A frame as the runner takes it: an RGB array, or a decoded frame whose RGB is made only
+#: when a crop, a classifier or an action's image needs it (detectors scale it directly).
+Image = np.ndarray | FramePixels
+
+
+def _rgb(image: Image) -> np.ndarray:
+    return image if isinstance(image, np.ndarray) else image.to_rgb()
 
 
 @dataclass(frozen=True)
@@ -114,7 +122,7 @@ class _Found:
     confidence: float
     track_id: int | None
     bbox: BBox | None
-    image: np.ndarray
+    image: Image
 
 
 def _to_bbox(box: np.ndarray) -> BBox:
@@ -131,11 +139,13 @@ class PipelineRunner:
     def run(
         self,
         pipeline: LoadedPipeline,
-        frame: np.ndarray,
+        frame: Image,
         tracker: TrackerState | None = None,
         overrides: RootOverrides | None = None,
     ) -> PipelineResult:
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        if isinstance(frame, np.ndarray) and (
+            frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8
+        ):
             raise ValueError(
                 f"frame must be an H×W×3 uint8 RGB array, got shape {frame.shape} {frame.dtype}"
             )
@@ -153,13 +163,18 @@ class PipelineRunner:
         }
         result.bbox = found.bbox
         result.action_node = found.node
-        result.action_image = found.image
+        image = found.image
+        if isinstance(image, np.ndarray):
+            result.action_image = image
+        elif found.node.spec.actions:
+            # Converted here, on the inference thread, and only for a node with actions.
+            result.action_image = image.to_rgb()
         return result
 
     def _run_node(
         self,
         node: LoadedNode,
-        image: np.ndarray,
+        image: Image,
         offset: tuple[int, int],
         tracker: TrackerState | None,
         result: PipelineResult,
@@ -172,7 +187,7 @@ class PipelineRunner:
     def _classify(
         self,
         node: LoadedNode,
-        image: np.ndarray,
+        image: Image,
         result: PipelineResult,
         parent_track_id: int | None,
     ) -> _Found | None:
@@ -195,7 +210,7 @@ class PipelineRunner:
     def _detect(
         self,
         node: LoadedNode,
-        image: np.ndarray,
+        image: Image,
         offset: tuple[int, int],
         tracker: TrackerState | None,
         result: PipelineResult,
@@ -259,7 +274,7 @@ class PipelineRunner:
             sub_image, sub_offset = image, offset
             if branch.spec.crop:
                 local = dets.boxes[best]
-                cropped = crop(image, local)
+                cropped = crop(_rgb(image), local)
                 if cropped is None:
                     break
                 sub_image = cropped

@@ -21,6 +21,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.core.logutil import mask_url
 from pytrickle_worker.engine.inference.batching import default_max_batch
 from pytrickle_worker.engine.inference.budget import ThreadBudget, host_cores, thread_budget
@@ -251,13 +252,16 @@ class PipelineService:
     async def process(
         self,
         pipeline: LoadedPipeline,
-        frame: np.ndarray,
+        frame: np.ndarray | FramePixels,
         tracker: TrackerState | None = None,
         *,
         run_actions: bool = True,
         overrides: RootOverrides | None = None,
     ) -> PipelineResult:
         """Run the pipeline on ``frame`` on the inference scheduler, then queue its actions.
+
+        ``frame`` is an RGB array or a decoded frame whose RGB is made only if a crop or an
+        action needs it (``PipelineRunner.run``).
 
         Both doors call this: CMS subscriptions and trickle streams (``overrides``: the
         stream's ``min_confidence``/``trigger_classes``).

@@ -419,7 +419,9 @@ class SubscriptionManager:
     async def _run(self, sub: ActiveSubscription) -> None:
         while True:
             try:
-                frame = await sub.camera.next_frame(timeout=FRAME_WAIT_S)
+                frame = await sub.camera.next_frame(
+                    timeout=FRAME_WAIT_S, convert=not sub.processor.takes_decoded_frames
+                )
             except CropError as exc:
                 sub.frames_dropped += 1
                 self._report(sub, str(exc))
@@ -440,7 +442,7 @@ class SubscriptionManager:
 
     async def _process(self, sub: ActiveSubscription, frame: CameraFrame) -> None:
         video = VideoFrame(
-            frame.rgb,
+            frame.image if sub.processor.takes_decoded_frames else frame.rgb,
             sub.frames_processed,
             self._time_base,
             capture_time=frame.capture_time,
