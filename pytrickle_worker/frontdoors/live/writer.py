@@ -381,15 +381,20 @@ class LiveWriter:
     async def _write_frame(self, item: SinkFrame) -> None:
         started = time.perf_counter()
         settings = self.settings
-        jpeg, width, height, items = await asyncio.to_thread(
-            render_frame,
-            item.frame.rgb,
-            item.records,
-            item.annotations,
-            max_width=settings.max_width,
-            quality=settings.jpeg_quality,
-            reformatter=self._reformatter,
-        )
+
+        def render() -> tuple[bytes, int, int, list[DetectionItem]]:
+            # ``frame.rgb`` inside the thread: a decoded (lazy) frame converts here, not on
+            # the event loop.
+            return render_frame(
+                item.frame.rgb,
+                item.records,
+                item.annotations,
+                max_width=settings.max_width,
+                quality=settings.jpeg_quality,
+                reformatter=self._reformatter,
+            )
+
+        jpeg, width, height, items = await asyncio.to_thread(render)
         self.encode_seconds += time.perf_counter() - started
         state = self._keys.get((item.label, item.key))
         online = state.online if state is not None else item.online
