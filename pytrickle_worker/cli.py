@@ -10,12 +10,16 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.core.errors import MissingDependencyError, WorkerError
 from pytrickle_worker.core.logutil import mask_text, mask_url, setup_logging
+
+if TYPE_CHECKING:
+    from pytrickle_worker.frontdoors.cms.protocol import SubscribePayload
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,16 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     serve.add_argument("--no-demo", action="store_true", help="start without a preloaded pipeline")
+    serve.add_argument(
+        "--demo-camera",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help=(
+            "analyse the demo sample video as camera 'demo;sample' (a local CMS subscription "
+            "with the demo pipeline), so /live shows something at once; scripts/run.sh turns "
+            "it on, --no-demo-camera turns it off"
+        ),
+    )
 
     mpta = commands.add_parser("mpta", parents=common, help="inspect, run or convert MPTA archives")
     mpta_commands = mpta.add_subparsers(dest="mpta_command", required=True)
@@ -197,7 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _default_pipeline(config: WorkerConfig, args: argparse.Namespace) -> str | None:
+@dataclass(frozen=True)
+class _Preload:
+    """What ``serve`` preloads: the MPTA source, and the demo video when it is the demo's."""
+
+    source: str | None
+    demo_video: Path | None = None
+
+
+def _default_pipeline(config: WorkerConfig, args: argparse.Namespace) -> _Preload:
     """The MPTA ``serve`` preloads, and one log line that says which and why.
 
     Without ``--pipeline`` it is the demo pipeline, generated on first start. Generating it
@@ -205,10 +227,10 @@ def _default_pipeline(config: WorkerConfig, args: argparse.Namespace) -> str | N
     without a preloaded pipeline and says how to get the demo."""
     if args.pipeline is not None:
         logger.info("preloading the pipeline %s (--pipeline)", mask_url(args.pipeline))
-        return str(args.pipeline)
+        return _Preload(str(args.pipeline))
     if args.no_demo:
         logger.info("no pipeline preloaded (--no-demo)")
-        return None
+        return _Preload(None)
     from pytrickle_worker.devtools.assets import build_demo_assets  # noqa: PLC0415
 
     try:
@@ -220,14 +242,50 @@ def _default_pipeline(config: WorkerConfig, args: argparse.Namespace) -> str | N
             "'pytrickle-worker[demo]' (or bash scripts/run.sh in a checkout); "
             "--pipeline SOURCE preloads your own MPTA, --no-demo silences this line"
         )
-        return None
+        return _Preload(None)
     logger.info(
         "preloading the demo pipeline %s (camera video %s); "
         "--pipeline SOURCE preloads your own MPTA, --no-demo starts without one",
         assets.mpta_path,
         assets.video_path,
     )
-    return str(assets.mpta_path)
+    return _Preload(str(assets.mpta_path), assets.video_path)
+
+
+#: The run command's demo camera: its CMS subscription identifier (display;camera), so the
+#: live page shows it as label "demo", key "sample".
+DEMO_CAMERA_ID = "demo;sample"
+
+
+def _demo_camera_subscriptions(
+    preload: _Preload, args: argparse.Namespace
+) -> list[SubscribePayload]:
+    from pytrickle_worker.frontdoors.cms.protocol import SubscribePayload  # noqa: PLC0415
+
+    if not args.demo_camera:
+        return []
+    if preload.source is None or preload.demo_video is None:
+        logger.warning(
+            "--demo-camera needs the demo pipeline (not with --pipeline or --no-demo): no "
+            "demo camera"
+        )
+        return []
+    logger.info(
+        "demo camera %s: the sample video %s through the demo pipeline (--no-demo-camera "
+        "turns it off)",
+        DEMO_CAMERA_ID,
+        preload.demo_video,
+    )
+    payload = SubscribePayload.model_validate(
+        {
+            "subscriptionIdentifier": DEMO_CAMERA_ID,
+            "rtspUrl": str(preload.demo_video),
+            "modelUrl": preload.source,
+            "modelId": 1,
+            "modelName": "demo",
+        }
+    )
+    return [payload]
 
 
 def _trickle_server(args: argparse.Namespace) -> int:
@@ -283,7 +341,8 @@ def _serve(config: WorkerConfig, args: argparse.Namespace) -> int:
     from pytrickle_worker.server.app import create_app  # noqa: PLC0415 - keep `mpta` light
     from pytrickle_worker.server.shutdown import serve  # noqa: PLC0415
 
-    app = create_app(config, _default_pipeline(config, args))
+    preload = _default_pipeline(config, args)
+    app = create_app(config, preload.source, _demo_camera_subscriptions(preload, args))
     return asyncio.run(serve(app, config.host, config.port, config.shutdown_timeout_s))
 
 

@@ -312,3 +312,52 @@ async def test_serve_without_onnx_starts_with_no_pipeline_and_says_how_to_get_th
     assert "no pipeline preloaded" in lines[0], lines
     assert "pip install 'pytrickle-worker[demo]'" in lines[0] and "--no-demo" in lines[0]
     assert not (tmp_path / "cache" / "demo").exists()  # nothing half-built
+
+
+async def test_the_run_commands_demo_camera_is_live_at_once(
+    tmp_path: Path, demo_assets: DemoAssets, private_redis: RedisProcess
+) -> None:
+    """``bash scripts/run.sh`` passes ``--demo-camera``: with no CMS backend at all, the live
+    view has the sample video, analysed by the demo pipeline, as label demo / key sample."""
+    assert "serve --demo-camera" in (REPO / "scripts" / "run.sh").read_text(encoding="utf-8")
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_assets.root, cache / "demo")
+    env = {"PTW_CACHE_DIR": str(cache), "PTW_REDIS_URL": private_redis.url}
+    worker = WorkerProcess(tmp_path, "--demo-camera", env=env).start()
+    try:
+        await worker.wait_status("/health/ready", 200)
+        deadline = time.monotonic() + 60
+        keys: list[dict[str, Any]] = []
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                async with http.get(f"{worker.base}/labels/demo/keys") as reply:
+                    if reply.status == 200:
+                        keys = (await reply.json())["keys"]
+                        if keys and keys[0]["online"]:
+                            break
+                await asyncio.sleep(0.5)
+            assert [k["key"] for k in keys] == ["sample"], worker.log()
+            assert keys[0]["online"] is True
+            async with http.ws_connect(
+                f"{worker.base.replace('http', 'ws')}/ws/stream/demo/sample"
+            ) as ws:
+                await ws.send_json({"action": "pull"})
+                message = await ws.receive_bytes(timeout=30)
+        header = json.loads(message.split(b"--IMG--", 1)[0])
+        assert header["origin"] == "cms" and header["width"] > 0
+        # The demo video's moving boxes are detected: the stored frame carries them.
+        assert header["detection_items"], header
+    finally:
+        assert worker.stop() == 0, worker.log()
+    assert "demo camera demo;sample" in worker.log()
+
+
+async def test_demo_camera_without_the_demo_pipeline_says_so_and_starts(
+    tmp_path: Path,
+) -> None:
+    worker = WorkerProcess(tmp_path, "--no-demo", "--demo-camera").start()
+    try:
+        await worker.wait_status("/health", 200)
+    finally:
+        assert worker.stop() == 0, worker.log()
+    assert "--demo-camera needs the demo pipeline" in worker.log()

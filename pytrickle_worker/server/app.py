@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from aiohttp import web
 
@@ -13,6 +13,7 @@ from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CMS_ROUTE_DOCS, CmsEndpoint
+from pytrickle_worker.frontdoors.cms.protocol import SubscribePayload
 from pytrickle_worker.frontdoors.live.page import PAGE_ROUTE_DOCS, page_routes
 from pytrickle_worker.frontdoors.live.routes import LIVE_ROUTE_DOCS, LiveRoutes
 from pytrickle_worker.frontdoors.live.uploads import (
@@ -67,8 +68,14 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response(merged, status=code)
 
 
-def create_app(config: WorkerConfig, default_pipeline_source: str | None = None) -> web.Application:
-    """``default_pipeline_source``: the MPTA the stream processor preloads (and warms up)."""
+def create_app(
+    config: WorkerConfig,
+    default_pipeline_source: str | None = None,
+    local_subscriptions: Sequence[SubscribePayload] = (),
+) -> web.Application:
+    """``default_pipeline_source``: the MPTA the stream processor preloads (and warms up).
+    ``local_subscriptions``: CMS subscriptions the worker makes itself once started (the run
+    command's demo camera), as if a backend had sent them."""
     # Access control (static token, JWT), rate limits, CORS and body-size limits
     # (docs/SECURITY.md); reads the token and key files.
     rate_limiter = RateLimiter.from_config(config)
@@ -119,6 +126,8 @@ def create_app(config: WorkerConfig, default_pipeline_source: str | None = None)
         await live.start()
         await hub.start()
         await cms.start()
+        for payload in local_subscriptions:
+            cms.subscribe_local(payload)
         logger.info(
             "worker started (execution provider %s); %s; %s",
             service.providers.name,

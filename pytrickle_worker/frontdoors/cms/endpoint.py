@@ -257,6 +257,17 @@ class CmsEndpoint:
         else:
             self._command(connection, message.payload.subscriptionIdentifier, None)
 
+    def subscribe_local(self, payload: SubscribePayload) -> None:
+        """Subscribe on the worker's own behalf (the run command's demo camera): the same
+        subscription a backend's ``subscribe`` makes, with its errors logged instead of sent.
+        Backends see it in ``stateReport`` like any other."""
+        identifier = payload.subscriptionIdentifier
+
+        def reply(error: str) -> None:
+            logger.warning("local subscription %s: %s", identifier, mask_text(error))
+
+        self.subscriptions.request(identifier, payload, reply)
+
     def _command(
         self, connection: BackendConnection, identifier: str, payload: SubscribePayload | None
     ) -> None:
