@@ -412,3 +412,55 @@ async def test_store_upload_stores_the_jpeg_as_given() -> None:
     assert latest.header()["detection_items"] == [
         {"class": "cat", "confidence": 1.0, "id": None, "bbox": [0, 0, 5, 5]}
     ]
+
+
+async def test_an_offline_camera_stays_listed_until_its_stream_ends() -> None:
+    store = MemoryFrameStore(maxlen=10, ttl_s=1.0)
+    writer = LiveWriter(store, LiveWriterSettings(worker_id="w", fps=100.0))
+    writer.start()
+    try:
+        writer.offer(SinkFrame("d", "k", _frame(64, 36)))
+        await _eventually(lambda: _has(store, 1))
+        writer.set_online("d", "k", False)
+        await asyncio.sleep(2.5)  # 2.5 TTLs without a frame: kept alive, shown offline
+        latest = await store.latest("d", "k")
+        assert latest is not None and latest.entry.online is False
+        writer.end("d", "k")
+        await _eventually(lambda: _empty(store), within=10.0)  # then it expires
+        assert writer.keys_tracked == 0
+    finally:
+        await writer.stop()
+
+
+async def test_writer_outage_one_warning_counted_drops_and_resumes(
+    private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = RedisFrameStore(private_redis.url, prefix=PREFIX, timeout_s=1.0)
+    writer = LiveWriter(store, LiveWriterSettings(worker_id="w", fps=20.0, retry_interval_s=0.3))
+    writer.start()
+
+    async def offer_for(seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while loop.time() < end:
+            writer.offer(SinkFrame("d", "k", _frame(64, 36)))
+            await asyncio.sleep(0.02)
+
+    try:
+        await offer_for(0.5)
+        assert writer.stored > 0 and writer.store_online
+        private_redis.stop()
+        with caplog.at_level("WARNING", logger="pytrickle_worker.frontdoors.live.writer"):
+            await offer_for(2.0)
+        assert not writer.store_online and writer.outages == 1
+        assert writer.dropped["store_unavailable"] >= 20  # dropped before any work, mostly
+        warnings = [r for r in caplog.records if "frame store unavailable" in r.getMessage()]
+        assert len(warnings) == 1  # one per outage, not per frame
+        stored = writer.stored
+        private_redis.start()
+        await offer_for(1.0)  # resumes within one retry interval (0.3 s), with margin
+        assert writer.store_online and writer.stored > stored
+        assert await store.latest("d", "k") is not None
+    finally:
+        await writer.stop()
+        await store.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from pytrickle_worker.core.frame import VideoFrame
@@ -78,7 +78,6 @@ class SinkFrame:
     origin: Origin = "cms"
     fps: float = 0.0
     online: bool = True
-    received_at: float = field(default_factory=time.monotonic)
 
 
 class ResultSink(Protocol):

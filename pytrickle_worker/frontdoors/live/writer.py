@@ -61,6 +61,10 @@ DROP_REASONS: tuple[DropReason, ...] = (
 )
 
 
+#: Distinct invalid (label, key) pairs warned about (then they are only counted).
+_MAX_WARNED_INVALID = 100
+
+
 @dataclass(frozen=True)
 class LiveWriterSettings:
     """The writer's bounds (WorkerConfig's ``live_*`` settings)."""
@@ -198,6 +202,7 @@ class LiveWriter:
         self._interval = 1.0 / settings.fps
         self._queue: DropOldestQueue[_Job] = DropOldestQueue(settings.queue_size)
         self._keys: dict[tuple[str, str], _KeyState] = {}
+        self._warned_invalid: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._reformatter = VideoReformatter()
@@ -246,7 +251,12 @@ class LiveWriter:
                 check_live_name(item.key, "key")
             except ValueError as exc:
                 self._drop("invalid")
-                logger.debug("live: frame of %r/%r not stored: %s", item.label, item.key, exc)
+                name = (item.label, item.key)
+                if len(self._warned_invalid) < _MAX_WARNED_INVALID and (
+                    name not in self._warned_invalid
+                ):
+                    self._warned_invalid.add(name)
+                    logger.warning("live: frames of %r/%r are not stored: %s", *name, exc)
                 return
             state = self._keys[(item.label, item.key)] = _KeyState()
         if state.online is False:
@@ -280,10 +290,8 @@ class LiveWriter:
         if state is None:
             return
         state.online, state.state_dirty, state.ended = False, True, True
-        if state.last is not None:
-            self._queue_state(label, key)
-        else:
-            del self._keys[(label, key)]
+        # Behind any frame of the key still queued, so the offline entry is the last one.
+        self._queue_state(label, key)
 
     def _queue_state(self, label: str, key: str) -> None:
         if self._queue.put(_StateChange(label, key)) is not None:
@@ -424,7 +432,11 @@ class LiveWriter:
     async def _write_state(self, label: str, key: str) -> None:
         """Store the key's last frame again with its current online state."""
         state = self._keys.get((label, key))
-        if state is None or state.last is None:
+        if state is None:
+            return
+        if state.last is None:
+            if state.ended:
+                del self._keys[(label, key)]
             return
         entry = state.last.with_online(state.online)
         stored = await self._add(label, key, entry)
@@ -439,9 +451,13 @@ class LiveWriter:
             await asyncio.sleep(period)
             now = time.monotonic()
             for (label, key), state in list(self._keys.items()):
-                if state.last is None or state.ended or now - state.last_write < period:
-                    continue
                 if self._down_until is not None and now < self._down_until:
+                    continue
+                if state.ended:  # its offline entry was lost (queue full, outage): again
+                    if now - state.last_write >= period:
+                        await self._write_state(label, key)  # forgets the key once written
+                    continue
+                if state.last is None or now - state.last_write < period:
                     continue
                 try:
                     if state.state_dirty or not await self.store.touch(label, key):
