@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
+import numpy.typing as npt
 import pytest
+from av.video.reformatter import Interpolation
+from hypothesis import given
+from hypothesis import strategies as st
 
+from pytrickle_worker.media.frames import yuv420_planes
 from pytrickle_worker.processing.annotate import (
     GLYPH_HEIGHT,
     PALETTE,
@@ -12,9 +18,11 @@ from pytrickle_worker.processing.annotate import (
     box_thickness,
     class_colour,
     draw_annotations,
+    draw_annotations_yuv420,
     draw_box,
     draw_label,
     font_scale,
+    jpeg_ycbcr,
     text_mask,
 )
 
@@ -114,3 +122,114 @@ def test_sizes_and_palette() -> None:
     assert font_scale(1080, 1920) == 4
     assert class_colour("car") == class_colour("car")
     assert class_colour("car") in PALETTE
+
+
+# ---------------------------------------------------------------------- 4:2:0 planes
+
+Planes = tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.uint8]]
+
+
+def to_jpeg_yuv(rgb: npt.NDArray[np.uint8]) -> av.VideoFrame:
+    """``rgb`` as swscale converts it for the JPEG encoder (full-range 4:2:0)."""
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    return frame.reformat(format="yuvj420p", interpolation=Interpolation.BILINEAR)
+
+
+def planes_copy(frame: av.VideoFrame) -> Planes:
+    y, u, v = yuv420_planes(frame)
+    return y.copy(), u.copy(), v.copy()
+
+
+@pytest.mark.parametrize("colour", [*PALETTE, (0, 0, 0), (255, 255, 255), GREY, (12, 200, 77)])
+def test_jpeg_ycbcr_is_what_swscale_makes_of_a_colour(colour: tuple[int, int, int]) -> None:
+    rgb = np.empty((4, 4, 3), np.uint8)
+    rgb[:] = colour
+    y, u, v = planes_copy(to_jpeg_yuv(rgb))
+    expected = jpeg_ycbcr(colour)
+    for plane, want in zip((y, u, v), expected, strict=True):
+        assert np.abs(plane.astype(int) - want).max() <= 1, (colour, plane, expected)
+
+
+def draw_both_ways(
+    height: int, width: int, annotations: list[Annotation]
+) -> tuple[Planes, Planes, Planes]:
+    """(untouched, drawn in RGB then converted, converted then drawn on the planes)."""
+    image = grey(height, width)
+    untouched = planes_copy(to_jpeg_yuv(image))
+    via_rgb = planes_copy(to_jpeg_yuv(draw_annotations(image, annotations)))
+    frame = to_jpeg_yuv(image)
+    draw_annotations_yuv420(yuv420_planes(frame), annotations)
+    return untouched, via_rgb, planes_copy(frame)
+
+
+def assert_same_drawing(via_rgb: Planes, on_planes: Planes) -> None:
+    # Luma is per pixel: the same picture. Chroma is per 2 x 2 block: it may differ only
+    # where a block straddles an edge of a box, a tag or a dot of text.
+    assert np.abs(via_rgb[0].astype(int) - on_planes[0]).max() <= 2
+    for rgb_plane, plane in zip(via_rgb[1:], on_planes[1:], strict=True):
+        differs = np.abs(rgb_plane.astype(int) - plane) > 2
+        assert differs.mean() < 0.1, differs.mean()
+
+
+def test_yuv420_drawing_matches_drawing_in_rgb() -> None:
+    annotations = [
+        Annotation((40, 60, 200, 150), "car 0.87 #12", class_colour("car")),
+        Annotation((121, 7, 233, 99), "truck 0.51", class_colour("truck")),  # odd edges
+    ]
+    untouched, via_rgb, on_planes = draw_both_ways(180, 320, annotations)
+    assert_same_drawing(via_rgb, on_planes)
+    # Drawn where the RGB drawing draws, untouched inside the box.
+    luma, _, _ = jpeg_ycbcr(class_colour("car"))
+    assert abs(int(on_planes[0][100, 40]) - luma) <= 1
+    assert np.array_equal(on_planes[0][100:140, 60:110], untouched[0][100:140, 60:110])
+    assert np.array_equal(on_planes[1][55:68, 35:50], untouched[1][55:68, 35:50])
+
+
+def test_yuv420_labels_keep_their_ink_grey() -> None:
+    # White ink on a dark tag: the ink's chroma is neutral, not the tag's tint.
+    colour = (128, 0, 255)
+    label = [Annotation((20, 60, 300, 170), "WWW", colour)]
+    _, _, on_planes = draw_both_ways(180, 320, label)
+    ink = text_mask("WWW", font_scale(180, 320))
+    pad = font_scale(180, 320)
+    top = 60 - (ink.shape[0] + 2 * pad) + pad
+    rows, cols = np.nonzero(ink)
+    luma = on_planes[0][top + rows, 20 + pad + cols]
+    assert (luma >= 250).all()
+    u = on_planes[1][(top + rows) // 2, (20 + pad + cols) // 2]
+    assert np.abs(u.astype(int) - 128).max() <= 1
+
+
+def test_yuv420_drawing_without_annotations_changes_nothing() -> None:
+    untouched, _, on_planes = draw_both_ways(9, 11, [])
+    for before, after in zip(untouched, on_planes, strict=True):
+        assert np.array_equal(before, after)
+
+
+def test_yuv420_drawing_rejects_planes_that_are_not_4_2_0() -> None:
+    y = np.zeros((10, 10), np.uint8)
+    with pytest.raises(ValueError, match="4:2:0 planes"):
+        draw_annotations_yuv420((y, np.zeros((10, 10), np.uint8), np.zeros((5, 5), np.uint8)), [])
+    with pytest.raises(ValueError, match="4:2:0 planes"):
+        draw_annotations_yuv420((y, y[:5, :4], y[:5, :4]), [])
+
+
+boxes = st.tuples(
+    st.integers(-50, 250), st.integers(-50, 250), st.integers(-50, 250), st.integers(-50, 250)
+).map(lambda b: (min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])))
+
+
+@given(
+    height=st.integers(1, 140),
+    width=st.integers(1, 200),
+    marks=st.lists(st.tuples(boxes, st.text(max_size=12), st.sampled_from(PALETTE)), max_size=4),
+)
+def test_yuv420_drawing_of_any_boxes_matches_rgb_luma(
+    height: int,
+    width: int,
+    marks: list[tuple[tuple[int, int, int, int], str, tuple[int, int, int]]],
+) -> None:
+    """Any frame size (odd ones too), boxes partly or wholly outside the frame, any text."""
+    annotations = [Annotation(box, text, colour) for box, text, colour in marks]
+    _, via_rgb, on_planes = draw_both_ways(height, width, annotations)
+    assert np.abs(via_rgb[0].astype(int) - on_planes[0]).max() <= 2

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import kubernetes_validate
@@ -260,6 +261,16 @@ def k8s_resource(kind: str, name: str | None = None) -> dict[str, Any]:
     return found[0]
 
 
+def worker_services() -> list[dict[str, Any]]:
+    """The Services in front of the workers (not the Redis they share)."""
+    return [
+        d
+        for d in k8s_documents()
+        if d["kind"] == "Service"
+        and d["metadata"]["labels"]["app.kubernetes.io/name"] == "pytrickle-worker"
+    ]
+
+
 def worker_container() -> dict[str, Any]:
     containers = k8s_resource("StatefulSet")["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1
@@ -301,7 +312,7 @@ def test_statefulset_has_stable_names_behind_a_headless_service() -> None:
     assert headless["spec"]["clusterIP"] == "None"
     # The CMS WebSocket works in every state, so pods are published before they are ready.
     assert headless["spec"]["publishNotReadyAddresses"] is True
-    services = [d for d in k8s_documents() if d["kind"] == "Service"]
+    services = worker_services()
     api = [s for s in services if s["spec"].get("clusterIP") != "None"]
     assert len(api) == 1 and api[0]["spec"].get("type", "ClusterIP") == "ClusterIP"
     for service in services:
@@ -365,12 +376,68 @@ def test_statefulset_config_and_secrets_exist_and_load() -> None:
     assert set(document) <= set(WorkerConfig.model_fields), "unknown config.json keys"
     config = WorkerConfig.model_validate(document)
     assert config.execution_provider == "cuda"  # the pod always has its GPU
-    secret_refs = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e]
+    secret_refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    ]
     names = {e["name"] for e in container["env"]}
     assert {"PTW_ACCESS_TOKEN", "PTW_REDIS_URL"} <= names
     for ref in secret_refs:
         secret = k8s_resource("Secret", ref["name"])
         assert ref["key"] in secret["stringData"]
+
+
+def test_statefulset_live_view_names_each_pod_and_shares_one_redis() -> None:
+    """Every pod writes its cameras' frames to the one Redis with its pod name as worker id."""
+    env = {e["name"]: e for e in worker_container()["env"]}
+    worker_id = env["PTW_WORKER_ID"]["valueFrom"]["fieldRef"]
+    assert worker_id["fieldPath"] == "metadata.name"
+    # Unset, the live store uses PTW_REDIS_URL: one Redis for actions and frames.
+    assert "PTW_LIVE_REDIS_URL" not in env
+    assert env["PTW_REDIS_URL"]["valueFrom"]["secretKeyRef"]["key"] == "redis-url"
+    values = {
+        name.removeprefix("PTW_").lower(): e["value"]
+        for name, e in env.items()
+        if name.startswith("PTW_LIVE_") and "value" in e
+    }
+    assert {"live_fps", "live_ttl_s", "live_max_width"} <= set(values)
+    config = WorkerConfig.model_validate(values)
+    assert config.live_fps == 2 and config.live_max_width == 960 and config.live_ttl_s == 30
+
+
+def test_k8s_redis_is_the_one_every_worker_uses() -> None:
+    service = k8s_resource("Service", "redis")
+    deployment = k8s_resource("Deployment", "redis")
+    pod = deployment["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two Redis at once
+    (port,) = service["spec"]["ports"]
+    (container,) = pod["spec"]["containers"]
+    assert container["ports"][0]["name"] == port["targetPort"]
+    assert container["ports"][0]["containerPort"] == port["port"] == 6379
+    # The workers' URL names this Service, with the password this Redis requires.
+    secret = k8s_resource("Secret", "pytrickle-worker-secrets")["stringData"]
+    url = urlsplit(secret["redis-url"])
+    assert (url.hostname, url.port) == ("redis", 6379)
+    assert url.password == secret["redis-password"]
+    env = {e["name"]: e for e in container["env"]}
+    ref = env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert (ref["name"], ref["key"]) == ("pytrickle-worker-secrets", "redis-password")
+    args: list[str] = container["args"]
+    assert args[args.index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+    # Memory pressure evicts live frames (keys with a TTL), never the actions' keys.
+    assert args[args.index("--maxmemory-policy") + 1].startswith("volatile-")
+    context = container["securityContext"]
+    assert context["runAsNonRoot"] is True and context["readOnlyRootFilesystem"] is True
+    assert context["allowPrivilegeEscalation"] is False and context["capabilities"]["drop"] == [
+        "ALL"
+    ]
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert "/data" in mounts
+    # The same Redis release as docker-compose.yml.
+    assert container["image"] == compose_services()["redis"]["image"]
 
 
 # --------------------------------------------------------------------------- compose
@@ -428,6 +495,8 @@ def test_compose_healthchecks_restarts_and_volumes() -> None:
     for name in ("worker", "worker-gpu"):
         assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert services[name]["environment"]["PTW_REDIS_URL"].startswith("redis://redis:6379")
+        # One Redis, each worker named in the live view's frames.
+        assert services[name]["environment"]["PTW_WORKER_ID"] == name
         grace = services[name]["stop_grace_period"]
         assert int(grace.rstrip("s")) > DRAIN_DEADLINE_S
 

@@ -7,7 +7,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from pytrickle_worker.media.jpeg import encode_jpeg, jpeg_qscale
+from pytrickle_worker.media.frames import resize_rgb, yuv420_planes
+from pytrickle_worker.media.jpeg import encode_jpeg, encode_jpeg_frame, jpeg_qscale, scale_for_jpeg
 from tests.test_inference_imageops import smooth_image
 
 
@@ -51,3 +52,59 @@ def test_jpeg_qscale_mapping() -> None:
         jpeg_qscale(0)
     with pytest.raises(ValueError, match=r"1\.\.100"):
         encode_jpeg(np.zeros((8, 8, 3), np.uint8), 101)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ((1080, 1920), (540, 960)),
+        ((720, 1280), (540, 960)),
+        ((361, 641), (361, 641)),
+        ((9, 7), (3, 2)),
+    ],
+)
+def test_scale_for_jpeg_then_encode_gives_the_scaled_picture(
+    source: tuple[int, int], target: tuple[int, int]
+) -> None:
+    frame = smooth_image(*source)
+    yuv = scale_for_jpeg(frame, target[1], target[0])
+    assert (yuv.format.name, yuv.height, yuv.width) == ("yuvj420p", *target)
+    decoded = decode_jpeg(encode_jpeg_frame(yuv, 90))
+    assert decoded.shape == (*target, 3)
+    if target[0] > 8:
+        # The one pass looks like scaling in RGB first, then converting and encoding.
+        two_passes = decode_jpeg(encode_jpeg(resize_rgb(frame, target[1], target[0]), 90))
+        assert np.abs(decoded.astype(int) - two_passes).mean() < 5
+
+
+def test_scale_for_jpeg_same_size_is_what_encode_jpeg_encodes() -> None:
+    frame = smooth_image(90, 160)
+    assert encode_jpeg_frame(scale_for_jpeg(frame, 160, 90), 75) == encode_jpeg(frame, 75)
+
+
+def test_encode_jpeg_frame_takes_only_the_jpeg_pixel_format() -> None:
+    rgb = av.VideoFrame.from_ndarray(smooth_image(16, 16), format="rgb24")
+    with pytest.raises(ValueError, match="expected a yuvj420p frame, got rgb24"):
+        encode_jpeg_frame(rgb)
+    with pytest.raises(ValueError, match=r"JPEG quality must be 1\.\.100"):
+        encode_jpeg_frame(scale_for_jpeg(smooth_image(16, 16), 16, 16), 0)
+
+
+@pytest.mark.parametrize(("height", "width"), [(540, 960), (9, 7), (1, 1)])
+def test_yuv420_planes_are_writable_views_of_the_frame(height: int, width: int) -> None:
+    frame = scale_for_jpeg(smooth_image(height, width), width, height)
+    y, u, v = yuv420_planes(frame)
+    chroma = ((height + 1) // 2, (width + 1) // 2)
+    assert (y.shape, u.shape, v.shape) == ((height, width), chroma, chroma)
+    y[:] = 200
+    u[:] = 128
+    v[:] = 128
+    again = yuv420_planes(frame)
+    assert (again[0] == 200).all() and (again[1] == 128).all() and (again[2] == 128).all()
+    decoded = decode_jpeg(encode_jpeg_frame(frame, 95))
+    assert np.abs(decoded.astype(int) - 200).max() <= 3  # a flat grey, as written
+
+
+def test_yuv420_planes_rejects_other_formats() -> None:
+    with pytest.raises(ValueError, match="expected a yuv420p or yuvj420p frame, got rgb24"):
+        yuv420_planes(av.VideoFrame(8, 8, "rgb24"))

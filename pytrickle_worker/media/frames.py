@@ -7,7 +7,14 @@ import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import Interpolation, VideoReformatter
 
-__all__ = ["RgbArray", "check_rgb_frame", "fit_width", "resize_rgb", "wrap_rgb_frame"]
+__all__ = [
+    "RgbArray",
+    "check_rgb_frame",
+    "fit_width",
+    "resize_rgb",
+    "wrap_rgb_frame",
+    "yuv420_planes",
+]
 
 #: An ``(H, W, 3)`` ``uint8`` RGB image.
 RgbArray = npt.NDArray[np.uint8]
@@ -65,3 +72,20 @@ def resize_rgb(
         interpolation=Interpolation.AREA,
     )
     return scaled.to_ndarray().view(np.uint8)
+
+
+def yuv420_planes(
+    frame: av.VideoFrame,
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.uint8], npt.NDArray[np.uint8]]:
+    """Writable ``(Y, U, V)`` views of a 4:2:0 frame's planes (no copy): Y is ``H × W``,
+    U and V ``ceil(H/2) × ceil(W/2)``; what is written shows in the frame."""
+    if frame.format.name not in ("yuv420p", "yuvj420p"):
+        raise ValueError(f"expected a yuv420p or yuvj420p frame, got {frame.format.name}")
+    views: list[npt.NDArray[np.uint8]] = []
+    for plane in frame.planes:
+        rows = np.frombuffer(memoryview(plane), dtype=np.uint8).reshape(
+            plane.height, plane.line_size
+        )
+        views.append(rows[:, : plane.width])
+    y, u, v = views
+    return y, u, v

@@ -13,7 +13,10 @@ from av.video.reformatter import Interpolation, VideoReformatter
 
 from pytrickle_worker.media.frames import check_rgb_frame, wrap_rgb_frame
 
-__all__ = ["encode_jpeg", "jpeg_qscale"]
+__all__ = ["encode_jpeg", "encode_jpeg_frame", "jpeg_qscale", "scale_for_jpeg"]
+
+#: The pixel format FFmpeg's mjpeg encoder takes: 4:2:0, full range (JPEG's).
+JPEG_PIX_FMT = "yuvj420p"
 
 
 def jpeg_qscale(quality: int) -> int:
@@ -41,22 +44,54 @@ def encode_jpeg(
     default Huffman tables: about 1–2 ms for 640×360.
     """
     image = check_rgb_frame(frame)
-    qscale = jpeg_qscale(quality)
     height, width = int(image.shape[0]), int(image.shape[1])
+    yuv = scale_for_jpeg(image, width, height, reformatter=reformatter)
+    return encode_jpeg_frame(yuv, quality)
+
+
+def scale_for_jpeg(
+    frame: npt.NDArray[np.uint8],
+    width: int,
+    height: int,
+    *,
+    reformatter: VideoReformatter | None = None,
+) -> av.VideoFrame:
+    """An RGB frame scaled to ``width`` × ``height`` and converted for
+    :func:`encode_jpeg_frame`, in one swscale pass (area averaging when it shrinks).
+
+    Scaling and converting together costs about what the conversion alone does; the planes
+    of the new frame may be drawn on (``media.frames.yuv420_planes``) before encoding. One
+    swscale thread: callers already run this off the event loop, and swscale's own slice
+    threads (its default) cost a quarter more CPU for the same pixels (bench/bench_live.py).
+    """
+    image = check_rgb_frame(frame)
     worker = reformatter if reformatter is not None else VideoReformatter()
-    yuv = worker.reformat(
-        wrap_rgb_frame(image), format="yuvj420p", interpolation=Interpolation.BILINEAR
+    same_size = (int(image.shape[1]), int(image.shape[0])) == (width, height)
+    return worker.reformat(
+        wrap_rgb_frame(image),
+        width=width,
+        height=height,
+        format=JPEG_PIX_FMT,
+        interpolation=Interpolation.BILINEAR if same_size else Interpolation.AREA,
+        threads=1,
     )
+
+
+def encode_jpeg_frame(frame: av.VideoFrame, quality: int = 90) -> bytes:
+    """Encode a ``yuvj420p`` frame (see :func:`scale_for_jpeg`) as a baseline JPEG."""
+    if frame.format.name != JPEG_PIX_FMT:
+        raise ValueError(f"expected a {JPEG_PIX_FMT} frame, got {frame.format.name}")
+    qscale = jpeg_qscale(quality)
     codec = av.CodecContext.create("mjpeg", "w")
-    codec.width = width
-    codec.height = height
-    codec.pix_fmt = "yuvj420p"
+    codec.width = frame.width
+    codec.height = frame.height
+    codec.pix_fmt = JPEG_PIX_FMT
     codec.time_base = Fraction(1, 25)
     # A fixed quantiser: rate control pinned between qmin and qmax.
     codec.qmin = qscale
     codec.qmax = qscale
     codec.thread_count = 1
     codec.options = {"huffman": "default"}
-    packets = cast("list[Packet[Any]]", codec.encode(yuv))
+    packets = cast("list[Packet[Any]]", codec.encode(frame))
     packets += cast("list[Packet[Any]]", codec.encode(None))
     return b"".join(bytes(packet) for packet in packets)

@@ -1,5 +1,9 @@
 """Draw detection boxes and labels on RGB frames with numpy only (no PIL, no OpenCV).
 
+:func:`draw_annotations_yuv420` draws the same on the planes of a 4:2:0 frame (full range,
+as JPEG), so a frame that is scaled and converted in one pass can be drawn on before it is
+encoded, without a pass back to RGB.
+
 Boxes are rectangle outlines drawn inward from the bbox edges; labels use a built-in 5×7
 bitmap font (upper-case letters, digits and common punctuation; lower case is drawn as
 upper case, anything else as ``?``), scaled by whole pixels, on a filled tag in the box
@@ -25,15 +29,18 @@ __all__ = [
     "box_thickness",
     "class_colour",
     "draw_annotations",
+    "draw_annotations_yuv420",
     "draw_box",
     "draw_label",
     "font_scale",
+    "jpeg_ycbcr",
     "text_mask",
 ]
 
 RGB = tuple[int, int, int]
 Image = npt.NDArray[np.uint8]
 BBox = tuple[int, int, int, int]
+Plane = npt.NDArray[np.uint8]
 
 GLYPH_WIDTH = 5
 GLYPH_HEIGHT = 7
@@ -117,6 +124,13 @@ def _glyph(rows: tuple[int, ...]) -> npt.NDArray[np.bool_]:
 
 
 _GLYPHS: dict[str, npt.NDArray[np.bool_]] = {ch: _glyph(rows) for ch, rows in _FONT_ROWS.items()}
+#: Every glyph with its one-column spacer, side by side: a text is one gather from here
+#: (a label costs a handful of numpy calls, not two per character).
+_ATLAS_INDEX: dict[str, int] = {ch: i for i, ch in enumerate(_GLYPHS)}
+_ATLAS: npt.NDArray[np.bool_] = np.concatenate(
+    [np.pad(glyph, ((0, 0), (0, 1))) for glyph in _GLYPHS.values()], axis=1
+)
+_UNKNOWN_INDEX = _ATLAS_INDEX["?"]
 
 
 @dataclass(frozen=True)
@@ -149,17 +163,18 @@ def text_mask(text: str, scale: int = 1) -> npt.NDArray[np.bool_]:
         raise ValueError(f"scale must be >= 1, got {scale}")
     if not text:
         return np.zeros((GLYPH_HEIGHT * scale, 0), dtype=np.bool_)
-    unknown = _GLYPHS["?"]
-    spacer = np.zeros((GLYPH_HEIGHT, 1), dtype=np.bool_)
-    parts: list[npt.NDArray[np.bool_]] = []
-    for index, char in enumerate(text.upper()):
-        if index:
-            parts.append(spacer)
-        parts.append(_GLYPHS.get(char, unknown))
-    mask = np.concatenate(parts, axis=1)
+    step = GLYPH_WIDTH + 1
+    upper = text.upper()
+    starts = np.fromiter(
+        (_ATLAS_INDEX.get(char, _UNKNOWN_INDEX) * step for char in upper),
+        dtype=np.intp,
+        count=len(upper),
+    )
+    columns = (starts[:, None] + np.arange(step)).ravel()[:-1]  # no spacer after the last
     if scale > 1:
-        mask = mask.repeat(scale, axis=0).repeat(scale, axis=1)
-    return mask
+        columns = columns.repeat(scale)
+        return _ATLAS[:, columns].repeat(scale, axis=0)
+    return _ATLAS[:, columns]
 
 
 def _clip_box(bbox: BBox, height: int, width: int) -> BBox | None:
@@ -192,6 +207,22 @@ def _text_colour(background: RGB) -> RGB:
     return (0, 0, 0) if luma >= 128 else (255, 255, 255)
 
 
+def _tag_rect(
+    mask_shape: tuple[int, ...], bbox: BBox, height: int, width: int, pad: int
+) -> BBox | None:
+    """Where a label's tag goes: above the box when there is room, else just inside its top
+    edge, shifted left to stay inside the frame; None when nothing of it is visible."""
+    tag_h = mask_shape[0] + 2 * pad
+    tag_w = mask_shape[1] + 2 * pad
+    x1, y1 = bbox[0], bbox[1]
+    top = y1 - tag_h if y1 - tag_h >= 0 else max(0, y1)
+    left = max(0, min(x1, width - tag_w))
+    bottom, right = min(height, top + tag_h), min(width, left + tag_w)
+    if bottom <= top or right <= left:
+        return None
+    return (left, top, right, bottom)
+
+
 def draw_label(image: Image, text: str, bbox: BBox, colour: RGB, scale: int) -> BBox | None:
     """Draw ``text`` on a tag filled with ``colour`` at the bbox's top-left corner, in place.
 
@@ -204,21 +235,17 @@ def draw_label(image: Image, text: str, bbox: BBox, colour: RGB, scale: int) -> 
         return None
     mask = text_mask(text, scale)
     pad = scale
-    tag_h = mask.shape[0] + 2 * pad
-    tag_w = mask.shape[1] + 2 * pad
-    x1, y1 = bbox[0], bbox[1]
-    top = y1 - tag_h if y1 - tag_h >= 0 else max(0, y1)
-    left = max(0, min(x1, width - tag_w))
-    bottom, right = min(height, top + tag_h), min(width, left + tag_w)
-    if bottom <= top or right <= left:
+    tag = _tag_rect(mask.shape, bbox, height, width, pad)
+    if tag is None:
         return None
+    left, top, right, bottom = tag
     image[top:bottom, left:right] = np.asarray(colour, dtype=np.uint8)
     visible = mask[: max(0, bottom - top - pad), : max(0, right - left - pad)]
     region = image[
         top + pad : top + pad + visible.shape[0], left + pad : left + pad + visible.shape[1]
     ]
     region[visible] = np.asarray(_text_colour(colour), dtype=np.uint8)
-    return (left, top, right, bottom)
+    return tag
 
 
 def draw_annotations(
@@ -241,3 +268,113 @@ def draw_annotations(
     for item in annotations:
         draw_label(out, item.label, item.bbox, item.colour, scale)
     return out
+
+
+# ---------------------------------------------------------------------- 4:2:0 planes
+
+
+def jpeg_ycbcr(colour: RGB) -> RGB:
+    """``colour`` in JPEG's full-range BT.601 Y, Cb, Cr (what swscale's yuvj420p holds)."""
+    r, g, b = colour
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 128 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 128 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return (_byte(y), _byte(cb), _byte(cr))
+
+
+def _byte(value: float) -> int:
+    return max(0, min(255, round(value)))
+
+
+def _chroma_box(bbox: BBox) -> BBox:
+    """The chroma samples a luma rectangle touches (each covers 2 × 2 luma pixels)."""
+    x1, y1, x2, y2 = bbox
+    return (x1 // 2, y1 // 2, (x2 + 1) // 2, (y2 + 1) // 2)
+
+
+def _outline(plane: Plane, bbox: BBox, value: int, thickness: int) -> None:
+    clipped = _clip_box(bbox, int(plane.shape[0]), int(plane.shape[1]))
+    if clipped is None:
+        return
+    x1, y1, x2, y2 = clipped
+    t = max(1, thickness)
+    plane[y1 : min(y2, y1 + t), x1:x2] = value
+    plane[max(y1, y2 - t) : y2, x1:x2] = value
+    plane[y1:y2, x1 : min(x2, x1 + t)] = value
+    plane[y1:y2, max(x1, x2 - t) : x2] = value
+
+
+def _pool_2x2(mask: npt.NDArray[np.bool_], top: int, left: int) -> npt.NDArray[np.bool_]:
+    """The chroma samples (from ``top // 2``, ``left // 2``) a luma mask at ``top``/``left``
+    touches: a 2 × 2 block is set when any of its pixels is."""
+    rows, cols = int(mask.shape[0]), int(mask.shape[1])
+    dy, dx = top % 2, left % 2
+    padded = np.zeros((rows + dy + 1, cols + dx + 1), np.bool_)
+    padded[dy : dy + rows, dx : dx + cols] = mask
+    out_rows, out_cols = (rows + dy + 1) // 2, (cols + dx + 1) // 2
+    pooled = padded[0 : 2 * out_rows : 2, 0 : 2 * out_cols : 2].copy()
+    pooled |= padded[1 : 2 * out_rows : 2, 0 : 2 * out_cols : 2]
+    pooled |= padded[0 : 2 * out_rows : 2, 1 : 2 * out_cols : 2]
+    pooled |= padded[1 : 2 * out_rows : 2, 1 : 2 * out_cols : 2]
+    return pooled
+
+
+def _label_yuv420(
+    planes: tuple[Plane, Plane, Plane], text: str, bbox: BBox, colour: RGB, scale: int
+) -> None:
+    y_plane, u_plane, v_plane = planes
+    height, width = int(y_plane.shape[0]), int(y_plane.shape[1])
+    mask = text_mask(text, scale)
+    pad = scale
+    tag = _tag_rect(mask.shape, bbox, height, width, pad)
+    if tag is None:
+        return
+    left, top, right, bottom = tag
+    luma, cb, cr = jpeg_ycbcr(colour)
+    ink_luma, ink_cb, ink_cr = jpeg_ycbcr(_text_colour(colour))
+    y_plane[top:bottom, left:right] = luma
+    cx1, cy1, cx2, cy2 = _chroma_box(tag)
+    u_plane[cy1:cy2, cx1:cx2] = cb
+    v_plane[cy1:cy2, cx1:cx2] = cr
+    visible = mask[: max(0, bottom - top - pad), : max(0, right - left - pad)]
+    if not visible.size:
+        return
+    ink_top, ink_left = top + pad, left + pad
+    y_plane[ink_top : ink_top + visible.shape[0], ink_left : ink_left + visible.shape[1]][
+        visible
+    ] = ink_luma
+    # Chroma has half the resolution: a sample under any dot of the text takes the ink's
+    # (grey: black or white) so the dots do not keep the tag's tint.
+    pooled = _pool_2x2(visible, ink_top, ink_left)
+    ct, cl = ink_top // 2, ink_left // 2
+    pooled = pooled[: int(u_plane.shape[0]) - ct, : int(u_plane.shape[1]) - cl]
+    u_plane[ct : ct + pooled.shape[0], cl : cl + pooled.shape[1]][pooled] = ink_cb
+    v_plane[ct : ct + pooled.shape[0], cl : cl + pooled.shape[1]][pooled] = ink_cr
+
+
+def draw_annotations_yuv420(
+    planes: tuple[Plane, Plane, Plane], annotations: Sequence[Annotation]
+) -> None:
+    """Draw every annotation on the ``(Y, U, V)`` planes of a full-range 4:2:0 frame, in
+    place: the boxes, tags and text of :func:`draw_annotations` at the same places and sizes
+    (chroma at half resolution, so a colour edge may spread by one pixel)."""
+    y_plane, u_plane, v_plane = planes
+    height, width = int(y_plane.shape[0]), int(y_plane.shape[1])
+    chroma = ((height + 1) // 2, (width + 1) // 2)
+    if y_plane.ndim != 2 or u_plane.shape != chroma or v_plane.shape != chroma:
+        raise ValueError(
+            f"expected 4:2:0 planes, got Y {y_plane.shape}, U {u_plane.shape}, V {v_plane.shape}"
+        )
+    if not annotations:
+        return
+    thickness = box_thickness(height, width)
+    chroma_thickness = (thickness + 1) // 2
+    scale = font_scale(height, width)
+    for item in annotations:
+        luma, cb, cr = jpeg_ycbcr(item.colour)
+        _outline(y_plane, item.bbox, luma, thickness)
+        _outline(u_plane, _chroma_box(item.bbox), cb, chroma_thickness)
+        _outline(v_plane, _chroma_box(item.bbox), cr, chroma_thickness)
+    for item in annotations:
+        if item.label:
+            _label_yuv420(planes, item.label, item.bbox, item.colour, scale)

@@ -25,6 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,9 +37,13 @@ from pydantic import ValidationError
 from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.frontdoors.live.model import DetectionItem, LiveEntry, StoredEntry
 from pytrickle_worker.frontdoors.live.store import FrameStore, StoreUnavailableError
-from pytrickle_worker.media.frames import fit_width, resize_rgb
-from pytrickle_worker.media.jpeg import encode_jpeg
-from pytrickle_worker.processing.annotate import Annotation, class_colour, draw_annotations
+from pytrickle_worker.media.frames import fit_width, yuv420_planes
+from pytrickle_worker.media.jpeg import encode_jpeg_frame, scale_for_jpeg
+from pytrickle_worker.processing.annotate import (
+    Annotation,
+    class_colour,
+    draw_annotations_yuv420,
+)
 from pytrickle_worker.processing.sink import SinkFrame, check_live_name
 
 __all__ = ["DropReason", "LiveWriter", "LiveWriterSettings", "render_frame"]
@@ -154,7 +159,9 @@ def render_frame(
     source_h, source_w = int(rgb.shape[0]), int(rgb.shape[1])
     width, height = fit_width(source_w, source_h, max_width)
     scale = width / source_w
-    image = resize_rgb(rgb, width, height, reformatter=reformatter)  # a new array
+    # One swscale pass scales and converts to the encoder's 4:2:0, and the boxes are drawn on
+    # those planes: scaling in RGB, drawing and converting after took twice a bare encode.
+    image = scale_for_jpeg(rgb, width, height, reformatter=reformatter)  # a new frame
     items = detection_items(records, scale, width, height)
     if annotations:
         marks = [
@@ -179,9 +186,8 @@ def render_frame(
             )
             for i in items
         ]
-    drawn = draw_annotations(image, marks, copy=False)
-    jpeg = encode_jpeg(drawn, quality, reformatter=reformatter)
-    return jpeg, width, height, items
+    draw_annotations_yuv420(yuv420_planes(image), marks)
+    return encode_jpeg_frame(image, quality), width, height, items
 
 
 class LiveWriter:
@@ -199,6 +205,9 @@ class LiveWriter:
         self._task: asyncio.Task[None] | None = None
         self._keepalive: asyncio.Task[None] | None = None
         self._reformatter = VideoReformatter()
+        #: The one thread that renders (scale, draw, encode): always the same warm thread,
+        #: where the default executor's hop went to the next idle one of several.
+        self._render_thread: ThreadPoolExecutor | None = None
         #: When the store failed: nothing is tried before this (monotonic), but one probe.
         self._down_until: float | None = None
         self._outage_drops = 0
@@ -211,6 +220,8 @@ class LiveWriter:
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self._render_thread is None:
+            self._render_thread = ThreadPoolExecutor(1, thread_name_prefix="live-render")
         if self._task is None:
             self._task = loop.create_task(self._run(), name="live-writer")
             self._keepalive = loop.create_task(self._keep_alive(), name="live-keepalive")
@@ -224,6 +235,9 @@ class LiveWriter:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._task = self._keepalive = None
+        if self._render_thread is not None:
+            self._render_thread.shutdown(wait=False, cancel_futures=True)
+            self._render_thread = None
 
     # ------------------------------------------------------------------ ResultSink
 
@@ -383,8 +397,8 @@ class LiveWriter:
         settings = self.settings
 
         def render() -> tuple[bytes, int, int, list[DetectionItem]]:
-            # ``frame.rgb`` inside the thread: a decoded (lazy) frame converts here, not on
-            # the event loop.
+            # ``frame.rgb`` inside the render thread: a decoded (lazy) frame converts there,
+            # never on the event loop.
             return render_frame(
                 item.frame.rgb,
                 item.records,
@@ -394,7 +408,8 @@ class LiveWriter:
                 reformatter=self._reformatter,
             )
 
-        jpeg, width, height, items = await asyncio.to_thread(render)
+        loop = asyncio.get_running_loop()
+        jpeg, width, height, items = await loop.run_in_executor(self._render_thread, render)
         self.encode_seconds += time.perf_counter() - started
         state = self._keys.get((item.label, item.key))
         online = state.online if state is not None else item.online
