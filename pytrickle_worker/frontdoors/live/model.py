@@ -43,6 +43,19 @@ FRAME_DELIMITER = b"--IMG--"
 _ORIGINS: tuple[Origin, ...] = ("cms", "stream", "upload")
 
 
+Box = tuple[float, float, float, float]
+
+
+def check_bbox(value: Box) -> Box:
+    """``value`` when it is ``[x1, y1, x2, y2]`` of finite numbers with x2 >= x1, y2 >= y1."""
+    if not all(math.isfinite(v) for v in value):
+        raise ValueError("bbox values must be finite numbers")
+    x1, y1, x2, y2 = value
+    if x2 < x1 or y2 < y1:
+        raise ValueError("bbox must be [x1, y1, x2, y2] with x2 >= x1 and y2 >= y1")
+    return value
+
+
 class DetectionItem(BaseModel):
     """One detection as the live view shows it; ``bbox`` in pixels of the stored JPEG."""
 
@@ -59,13 +72,8 @@ class DetectionItem(BaseModel):
 
     @field_validator("bbox")
     @classmethod
-    def _ordered(cls, value: tuple[float, float, float, float]) -> tuple[float, ...]:
-        if not all(math.isfinite(v) for v in value):
-            raise ValueError("bbox values must be finite numbers")
-        x1, y1, x2, y2 = value
-        if x2 < x1 or y2 < y1:
-            raise ValueError("bbox must be [x1, y1, x2, y2] with x2 >= x1 and y2 >= y1")
-        return value
+    def _ordered(cls, value: Box) -> Box:
+        return check_bbox(value)
 
     def wire(self) -> dict[str, Any]:
         """The JSON object of the contract (``class``, whole-pixel numbers as integers)."""

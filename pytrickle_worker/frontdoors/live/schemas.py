@@ -11,13 +11,12 @@ checked once the image's size is known (:func:`check_inside`).
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 
 from pytrickle_worker.core.validation import NO_CONTROL
-from pytrickle_worker.frontdoors.live.model import DetectionItem
+from pytrickle_worker.frontdoors.live.model import Box, DetectionItem, check_bbox
 from pytrickle_worker.processing.sink import check_live_name
 
 __all__ = [
@@ -108,15 +107,8 @@ class UploadDetection(BaseModel):
 
     @field_validator("bbox")
     @classmethod
-    def _finite_and_ordered(
-        cls, value: tuple[float, float, float, float]
-    ) -> tuple[float, float, float, float]:
-        if not all(math.isfinite(v) for v in value):
-            raise ValueError("bbox values must be finite numbers")
-        x1, y1, x2, y2 = value
-        if x2 < x1 or y2 < y1:
-            raise ValueError("bbox must be [x1, y1, x2, y2] with x2 >= x1 and y2 >= y1")
-        return value
+    def _finite_and_ordered(cls, value: Box) -> Box:
+        return check_bbox(value)
 
     def record(self) -> dict[str, object]:
         """The processor-record shape the live writer's renderer takes."""
