@@ -8,6 +8,7 @@ test_inference_batching_models.py.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import Counter
@@ -221,7 +222,10 @@ def test_max_wait_lets_a_run_wait_for_a_fuller_batch() -> None:
 
 def test_streams_take_turns_under_overload() -> None:
     """Six streams, each with one frame in flight, against one slot of batches of two: over
-    many batches every stream is served the same number of times (±1)."""
+    many batches every stream is served about equally. Not exactly: a stream's thread that
+    the OS does not schedule in time to queue its next frame misses that batch (seen ±2 of
+    33 on a loaded 2-core machine), so the bound is the issue's: the least served stream
+    within 15% of the median, and none starved."""
     run = RecordingRun(delay_s=0.002)
     _, batcher = make(run, slots=1, max_batch=2)
     stop = threading.Event()
@@ -241,7 +245,7 @@ def test_streams_take_turns_under_overload() -> None:
     # Past the start (streams begin one after the other), over 100 batches of two:
     served = Counter(int(value) for batch in run.batches[20:120] for value in batch)
     counts = [served[sid] for sid in range(6)]
-    assert max(counts) - min(counts) <= 2, counts
+    assert min(counts) >= 0.85 * statistics.median(counts), counts
     assert max(run.sizes) == 2
 
 
