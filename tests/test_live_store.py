@@ -46,12 +46,17 @@ from tests.test_cms_protocol import decode_jpeg
 
 PREFIX = "test_frame:"
 
-#: Any label or key the contract allows: 1..128 printable characters without "/".
-names = st.text(
-    alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
-    min_size=1,
-    max_size=128,
-).filter(str.isprintable)
+#: Any label or key the contract allows: 1..128 printable characters without "/", and not
+#: the dot segments "." and "..".
+names = (
+    st.text(
+        alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
+        min_size=1,
+        max_size=128,
+    )
+    .filter(str.isprintable)
+    .filter(lambda name: name not in (".", ".."))
+)
 
 
 @given(label=names, key=names)
@@ -78,6 +83,8 @@ def test_the_encoding_is_the_references() -> None:
         ("", "must not be empty"),
         ("x" * 129, "longer than 128"),
         ("a/b", "must not contain '/'"),
+        (".", "must not be '.'"),
+        ("..", "must not be '..'"),
         ("a\nb", "U+000A"),
         ("a\x00", "U+0000"),
         ("zero\u200bwidth", "U+200B"),

@@ -461,6 +461,8 @@ HOSTILE_POSTS = [
         "label with a control", _named("bell\x07"), 422, "label must be printable text (U+0007"
     ),
     Hostile("empty label", _named(""), 422, "label must not be empty"),
+    Hostile("label '..'", _named(".."), 422, "label must not be '..'"),
+    Hostile("key '.'", _named("a", "."), 422, "key must not be '.'"),
     Hostile("label of 129", _named("x" * 129), 422, "label is longer than 128 characters"),
     Hostile("label of 4 KiB", _named("x" * 4096), 422, "label is longer than 128 characters"),
     Hostile("label not UTF-8", _named(b"\xff\xfe"), 422, "label is not valid UTF-8"),
@@ -853,3 +855,27 @@ async def test_any_bytes_never_break_the_socket_or_store_unless_valid(
         assert answer["status"] == "error" and answer["message"]
         assert after == before
     assert not ws.closed
+
+
+# --------------------------------------------------------------------------- the pull socket
+
+
+async def test_the_pull_socket_answers_hostile_json_and_stays_open(worker: Worker) -> None:
+    """JSON the decoder refuses beyond its syntax (an integer of more digits than Python
+    converts, nesting deeper than its recursion limit) is an error reply like any other."""
+    status, _ = await worker.post(good_form("lobby", "cam-1"))
+    assert status == 200
+    hostile = [
+        ('{"action": "pull", "n": ' + "7" * 5000 + "}", "message is not valid JSON"),
+        ("[" * 30000, "message is not valid JSON"),
+        ('{"action": ' + "1" * 5000 + "}", "message is not valid JSON"),
+    ]
+    async with worker.http.ws_connect(worker.url("/ws/stream/lobby/cam-1"), headers=BEARER) as ws:
+        for text, problem in hostile:
+            await ws.send_str(text)
+            answer = await reply(ws)
+            assert answer["status"] == "error" and problem in answer["message"], answer
+        await ws.send_json({"action": "pull"})
+        pulled = await ws.receive(timeout=10)
+        assert pulled.type == WSMsgType.BINARY, pulled.data
+        assert json.loads(split_frame_message(pulled.data)[0])["key"] == "cam-1"

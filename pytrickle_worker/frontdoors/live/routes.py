@@ -187,6 +187,12 @@ class LiveRoutes:
         except json.JSONDecodeError as exc:
             await ws.send_json(_error(f"message is not valid JSON: {exc.msg} at {exc.pos}"))
             return
+        except (ValueError, RecursionError) as exc:
+            # Well-formed but past the decoder's limits (an integer of thousands of digits,
+            # nesting deeper than the recursion limit): a bad message, not a broken socket.
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:100]
+            await ws.send_json(_error(f"message is not valid JSON: {problem}"))
+            return
         if not isinstance(message, dict):
             await ws.send_json(_error('message must be a JSON object like {"action": "pull"}'))
             return

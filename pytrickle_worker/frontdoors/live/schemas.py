@@ -145,7 +145,7 @@ class UploadHeader(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    label: str = Field(description="Label (1..128 printable characters, no '/')")
+    label: str = Field(description="Label (1..128 printable characters, no '/', not '.' or '..')")
     key: str = Field(description="Key under the label (same rules)")
     detection_items: UploadDetections = Field(
         default_factory=list[UploadDetection],
