@@ -224,6 +224,9 @@ async def worker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         access_token=TOKEN,
         live_max_width=MAX_WIDTH,
         live_upload_max_bytes=MAX_BYTES,
+        # Every upload message counts against it (tests/test_auth_limits.py): the fuzz suite
+        # sends more than a minute's budget over one socket.
+        rate_limit_uploads="off",
         **overrides,
     )
     app = create_app(config)
