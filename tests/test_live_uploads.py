@@ -759,6 +759,10 @@ async def test_a_store_outage_answers_503_and_uploads_resume(
             private_redis.stop()
             status, body = await upload()
             assert status == 503 and body["message"].startswith("live store unavailable"), body
+            # Not the store's address or Redis's error text: they name the deployment's insides.
+            assert (
+                "redis://" not in body["message"] and str(private_redis.port) not in body["message"]
+            )
             private_redis.start()  # answers PING when it returns: the next upload is stored
             status, body = await upload()
             assert status == 200, body

@@ -31,7 +31,7 @@ from pytrickle_worker.processing.sink import check_live_name
 from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
 from pytrickle_worker.transport.http_errors import error_response
 
-__all__ = ["LIVE_ROUTE_DOCS", "LIVE_SUBPROTOCOL", "WS_UNKNOWN_LABEL", "LiveRoutes"]
+__all__ = ["LIVE_ROUTE_DOCS", "LIVE_SUBPROTOCOL", "WS_UNKNOWN_LABEL", "LiveRoutes", "store_down"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ MAX_WS_MESSAGE_BYTES = 64 * 1024
 
 def _error(message: str) -> dict[str, str]:
     return {"status": "error", "message": message}
+
+
+def store_down(exc: StoreUnavailableError) -> str:
+    """What a client is told when the store cannot be reached: not the store's address or
+    Redis's error text, which name the deployment's internals (the log has them)."""
+    logger.info("live: a request found the store unavailable: %s", exc)
+    return "live store unavailable: Redis did not answer; try again shortly"
 
 
 class LiveRoutes:
@@ -68,7 +75,7 @@ class LiveRoutes:
         try:
             labels = await self.view.store.labels()
         except StoreUnavailableError as exc:
-            return error_response(503, f"live store unavailable: {exc}")
+            return error_response(503, store_down(exc))
         return web.json_response(LabelList(labels=labels).model_dump())
 
     async def keys(self, request: web.Request) -> web.Response:
@@ -79,7 +86,7 @@ class LiveRoutes:
         except ValueError as exc:
             return error_response(400, str(exc))
         except StoreUnavailableError as exc:
-            return error_response(503, f"live store unavailable: {exc}")
+            return error_response(503, store_down(exc))
         if not newest:
             return error_response(404, f"unknown label '{label}'")
         keys = [KeySummary.model_validate(entry.key_summary()) for entry in newest]
@@ -109,7 +116,7 @@ class LiveRoutes:
                 await ws.close(code=WS_BAD_NAME)
                 return ws
             except StoreUnavailableError as exc:
-                await ws.send_json(_error(f"live store unavailable: {exc}"))
+                await ws.send_json(_error(store_down(exc)))
                 await ws.close(code=WS_STORE_UNAVAILABLE)
                 return ws
             if not current:
@@ -203,7 +210,7 @@ class LiveRoutes:
             try:
                 stored = await self.view.store.latest(label, key)
             except StoreUnavailableError as exc:
-                await ws.send_json(_error(f"live store unavailable: {exc}"))
+                await ws.send_json(_error(store_down(exc)))
                 return
             if stored is None:
                 await ws.send_json(_error(f"no frame for {label}/{key}"))

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.frontdoors.live.model import DetectionItem, split_frame_message
-from pytrickle_worker.frontdoors.live.routes import LIVE_SUBPROTOCOL
+from pytrickle_worker.frontdoors.live.routes import LIVE_SUBPROTOCOL, store_down
 from pytrickle_worker.frontdoors.live.schemas import (
     MAX_UPLOAD_DETECTIONS,
     UPLOAD_DETECTIONS,
@@ -218,7 +218,7 @@ class FrameUploads:
                 source_height=info.height,
             )
         except StoreUnavailableError as exc:
-            raise ApiError(503, f"live store unavailable: {exc}") from None
+            raise ApiError(503, store_down(exc)) from None
         return UploadResponse(message=f"stored {label}/{key}", id=entry_id)
 
     def _check_size(self, info: ImageInfo) -> None:
