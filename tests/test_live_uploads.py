@@ -514,6 +514,12 @@ HOSTILE_POSTS = [
         "detections.0.class: String should have at most 64 characters",
     ),
     Hostile(
+        "track id past 2**53",
+        _with_detections(json.dumps([item([0, 0, 1, 1], id_=2**53)]).encode()),
+        422,
+        "detections.0.id: Input should be less than or equal to 9007199254740991",
+    ),
+    Hostile(
         "confidence above 1",
         _with_detections(json.dumps([item([0, 0, 1, 1], conf=1.5)]).encode()),
         422,
