@@ -229,6 +229,11 @@ _FRAMING = (
     "offered subprotocol `ptw.bearer.<base64url(token)>` beside `ptw.live` (docs/LIVE.md)."
 )
 _STORE_DOWN = "the live store (Redis) is unreachable"
+_LABEL = "a label of `GET /labels` (1..128 printable characters, no `/`, not `.` or `..`)"
+_CLOSES = (
+    "A label or key that breaks the name rule gets one JSON error, then close code 4400; "
+    "an unreachable store, one JSON error, then 1011 (push) or an error reply (pull)."
+)
 
 LIVE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
     RouteDoc(
@@ -244,7 +249,7 @@ LIVE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
         "/labels/{label}/keys",
         "The keys (cameras, streams) of a label, with their newest frame's metadata",
         tags=("live",),
-        path_params={"label": "a label of `GET /labels`"},
+        path_params={"label": _LABEL},
         replies=(Reply(200, "the label's keys", Body(LabelKeys)),),
         errors={400: "the label is not a valid name", 404: "unknown label", 503: _STORE_DOWN},
     ),
@@ -254,9 +259,11 @@ LIVE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
         "Push: every new frame of every key under a label (WebSocket)",
         description=(
             f"{_FRAMING} Starts with the newest frame of each key; keys that appear later "
-            "are picked up. An unknown label gets one JSON error, then close code 4404."
+            "are picked up. An unknown label gets one JSON error, then close code 4404. "
+            f"{_CLOSES}"
         ),
         tags=("live",),
+        path_params={"label": _LABEL},
         websocket=True,
         replies=(Reply(101, "frame messages follow", Body(FrameHeader)),),
     ),
@@ -267,9 +274,11 @@ LIVE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
         description=(
             f'{_FRAMING} Send `{{"action": "pull"}}` for the newest frame, '
             '`{"action": "ping"}` for `{"action": "pong"}`; anything else gets '
-            '`{"status": "error", "message": ...}` and the socket stays open.'
+            '`{"status": "error", "message": ...}` and the socket stays open (a text '
+            f"message over 64 KiB closes it with 1009). {_CLOSES}"
         ),
         tags=("live",),
+        path_params={"label": _LABEL, "key": "a key of `GET /labels/{label}/keys`"},
         websocket=True,
         replies=(Reply(101, "answers follow each request", Body(FrameHeader)),),
     ),
