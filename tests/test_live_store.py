@@ -119,6 +119,22 @@ def test_bad_name_templates_fail_the_config(field: str, template: str, problem: 
     assert problem in str(caught.value)
 
 
+@pytest.mark.parametrize("field", ["live_redis_url", "redis_url"])
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://:s3cret@redis:6379/0", "must specify one of the following schemes"),
+        ("redis://:s3cret@redis:port/0", "not a Redis URL"),
+    ],
+)
+def test_a_malformed_redis_url_fails_the_config_without_its_password(
+    field: str, url: str, problem: str
+) -> None:
+    with pytest.raises(WorkerError, match=field) as caught:
+        WorkerConfig.load(environ={"PTW_" + field.upper(): url})
+    assert problem in str(caught.value) and "s3cret" not in str(caught.value)
+
+
 def test_names_from_the_templates() -> None:
     config = WorkerConfig()
     assert config.live_cms_names("display-1;cam-2") == ("display-1", "cam-2")
