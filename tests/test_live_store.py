@@ -8,12 +8,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pytrickle_worker.config import WorkerConfig
@@ -182,6 +183,29 @@ def test_frame_message_framing() -> None:
     with pytest.raises(ValueError, match="--IMG--"):
         split_frame_message(b'{"label": "x"}')
     assert FRAME_DELIMITER == b"--IMG--"
+
+
+@given(label=names, key=names, worker=st.text(max_size=40), cls=names)
+@example(label="--IMG", key="IMG--", worker="--IMG--IMG--", cls="--IMG")
+def test_the_first_delimiter_ends_the_header_whatever_the_names(
+    label: str, key: str, worker: str, cls: str
+) -> None:
+    """A label, key, worker or class may contain "--IMG--" (printable text): the header must
+    still end at the first delimiter, as a client splitting once (the reference's) expects."""
+    item = DetectionItem.model_validate(
+        {"class": cls + "--IMG--", "confidence": 0.5, "id": None, "bbox": [0, 0, 1, 1]}
+    )
+    entry = replace(_entry(frame=b"--IMG--"), worker=worker, detection_items=(item,))
+    stored = StoredEntry(label + "--IMG--", "--IMG--" + key, "1-0", entry)
+    head, image = split_frame_message(frame_message(stored))
+    assert image == b"--IMG--"
+    header = json.loads(head)
+    assert (header["label"], header["key"], header["worker"]) == (
+        label + "--IMG--",
+        "--IMG--" + key,
+        worker,
+    )
+    assert header["detection_items"][0]["class"] == cls + "--IMG--"
 
 
 # ---------------------------------------------------------------------- stores

@@ -892,3 +892,16 @@ async def test_the_pull_socket_answers_hostile_json_and_stays_open(worker: Worke
         pulled = await ws.receive(timeout=10)
         assert pulled.type == WSMsgType.BINARY, pulled.data
         assert json.loads(split_frame_message(pulled.data)[0])["key"] == "cam-1"
+
+
+async def test_a_label_containing_the_delimiter_round_trips(worker: Worker) -> None:
+    """Uploaded with the delimiter escaped in the header (docs/LIVE.md, "Framing"), read back
+    over pull whose header ends at the first delimiter, as a client splitting once expects."""
+    ws = await worker.uploader()
+    escaped = b'{"label": "\\u002d-IMG--cam", "key": "k\\u002d-IMG--"}'
+    answer = await worker.send(ws, escaped)
+    assert answer["status"] == "ok", answer
+    assert answer["message"] == "stored --IMG--cam/k--IMG--"
+    header, jpeg = await worker.pull("--IMG--cam", "k--IMG--")
+    assert (header["label"], header["key"]) == ("--IMG--cam", "k--IMG--")
+    assert decode_jpeg(jpeg).shape[:2] == (header["height"], header["width"])
