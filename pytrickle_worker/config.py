@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from redis.connection import parse_url as parse_redis_url  # pyright: ignore[reportUnknownVariableType] - redis-py leaves url and the result untyped
 
 from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.core.validation import reject_control_characters
@@ -534,6 +535,22 @@ class WorkerConfig(BaseModel):
         if isinstance(value, str):
             value = value.strip()
             return value or None
+        return value
+
+    @field_validator("redis_url", "live_redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        # At load, with the setting's name, rather than as a traceback from redis-py when the
+        # store or the actions connect. redis-py's messages never repeat the URL (a password).
+        if value is None:
+            return None
+        try:
+            parse_redis_url(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"not a Redis URL ({exc}): use redis://[:password@]host:port/db "
+                "(rediss:// for TLS, unix:///path/to/socket)"
+            ) from None
         return value
 
     @field_validator("rate_limit_trusted_header")

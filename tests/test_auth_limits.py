@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+import numpy as np
 import pytest
 from aiohttp import ClientSession, WSMsgType, WSServerHandshakeError, web
 from aiohttp.test_utils import TestServer
@@ -34,7 +35,8 @@ from hypothesis import strategies as st
 
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.core.errors import WorkerError
-from pytrickle_worker.server.app import create_app
+from pytrickle_worker.media.jpeg import encode_jpeg
+from pytrickle_worker.server.app import LIVE_KEY, create_app
 from pytrickle_worker.server.jwtauth import JwtVerifier
 from pytrickle_worker.server.security import AccessPolicy
 from tests.helpers import RedisProcess
@@ -592,6 +594,31 @@ async def test_upload_limit_on_the_websocket_upgrade(start_worker: StartWorker) 
     status, body, _ = await worker.call("POST", "/frames")
     assert status == 429 and body is not None
     assert body["message"] == "rate limit exceeded: 2 per 1 minute"
+
+
+async def test_each_upload_on_an_open_socket_counts_against_the_limit(
+    start_worker: StartWorker,
+) -> None:
+    """One socket must not lift the uploads' limit: the upgrade and every message count."""
+    worker = await start_worker(rate_limit_uploads="3/minute")
+    jpeg = encode_jpeg(np.full((48, 64, 3), 90, np.uint8), 80)
+    header = json.dumps({"label": "lobby", "key": "cam-1"}).encode()
+    async with worker.http.ws_connect(worker.ws_url("/ws/frames")) as ws:  # 1 of 3
+        replies: list[dict[str, Any]] = []
+        for _ in range(3):
+            await ws.send_bytes(header + b"--IMG--" + jpeg)
+            replies.append(await ws.receive_json(timeout=15))
+        assert [r["status"] for r in replies] == ["ok", "ok", "error"], replies
+        assert re.fullmatch(
+            r"rate limit exceeded: 3 per 1 minute; retry in \d+ s", replies[2]["message"]
+        ), replies[2]
+        # The socket stays open and answers what it can without storing: a text message.
+        await ws.send_str("hello")
+        assert (await ws.receive_json(timeout=15))["status"] == "error"
+    stored = await worker.app[LIVE_KEY].store.entries("lobby", "cam-1")
+    assert len(stored) == 2
+    status, body, headers = await worker.call("POST", "/frames")
+    assert status == 429 and body is not None and int(headers["Retry-After"]) >= 1
 
 
 async def test_off_disables_a_limit(start_worker: StartWorker) -> None:

@@ -8,12 +8,13 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from fractions import Fraction
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pytrickle_worker.config import WorkerConfig
@@ -46,12 +47,17 @@ from tests.test_cms_protocol import decode_jpeg
 
 PREFIX = "test_frame:"
 
-#: Any label or key the contract allows: 1..128 printable characters without "/".
-names = st.text(
-    alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
-    min_size=1,
-    max_size=128,
-).filter(str.isprintable)
+#: Any label or key the contract allows: 1..128 printable characters without "/", and not
+#: the dot segments "." and "..".
+names = (
+    st.text(
+        alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
+        min_size=1,
+        max_size=128,
+    )
+    .filter(str.isprintable)
+    .filter(lambda name: name not in (".", ".."))
+)
 
 
 @given(label=names, key=names)
@@ -78,6 +84,8 @@ def test_the_encoding_is_the_references() -> None:
         ("", "must not be empty"),
         ("x" * 129, "longer than 128"),
         ("a/b", "must not contain '/'"),
+        (".", "must not be '.'"),
+        ("..", "must not be '..'"),
         ("a\nb", "U+000A"),
         ("a\x00", "U+0000"),
         ("zero\u200bwidth", "U+200B"),
@@ -110,6 +118,22 @@ def test_bad_name_templates_fail_the_config(field: str, template: str, problem: 
     with pytest.raises(WorkerError, match=field) as caught:
         WorkerConfig.load(environ={"PTW_" + field.upper(): template})
     assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize("field", ["live_redis_url", "redis_url"])
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://:s3cret@redis:6379/0", "must specify one of the following schemes"),
+        ("redis://:s3cret@redis:port/0", "not a Redis URL"),
+    ],
+)
+def test_a_malformed_redis_url_fails_the_config_without_its_password(
+    field: str, url: str, problem: str
+) -> None:
+    with pytest.raises(WorkerError, match=field) as caught:
+        WorkerConfig.load(environ={"PTW_" + field.upper(): url})
+    assert problem in str(caught.value) and "s3cret" not in str(caught.value)
 
 
 def test_names_from_the_templates() -> None:
@@ -159,6 +183,29 @@ def test_frame_message_framing() -> None:
     with pytest.raises(ValueError, match="--IMG--"):
         split_frame_message(b'{"label": "x"}')
     assert FRAME_DELIMITER == b"--IMG--"
+
+
+@given(label=names, key=names, worker=st.text(max_size=40), cls=names)
+@example(label="--IMG", key="IMG--", worker="--IMG--IMG--", cls="--IMG")
+def test_the_first_delimiter_ends_the_header_whatever_the_names(
+    label: str, key: str, worker: str, cls: str
+) -> None:
+    """A label, key, worker or class may contain "--IMG--" (printable text): the header must
+    still end at the first delimiter, as a client splitting once (the reference's) expects."""
+    item = DetectionItem.model_validate(
+        {"class": cls + "--IMG--", "confidence": 0.5, "id": None, "bbox": [0, 0, 1, 1]}
+    )
+    entry = replace(_entry(frame=b"--IMG--"), worker=worker, detection_items=(item,))
+    stored = StoredEntry(label + "--IMG--", "--IMG--" + key, "1-0", entry)
+    head, image = split_frame_message(frame_message(stored))
+    assert image == b"--IMG--"
+    header = json.loads(head)
+    assert (header["label"], header["key"], header["worker"]) == (
+        label + "--IMG--",
+        "--IMG--" + key,
+        worker,
+    )
+    assert header["detection_items"][0]["class"] == cls + "--IMG--"
 
 
 # ---------------------------------------------------------------------- stores

@@ -224,6 +224,9 @@ async def worker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         access_token=TOKEN,
         live_max_width=MAX_WIDTH,
         live_upload_max_bytes=MAX_BYTES,
+        # Every upload message counts against it (tests/test_auth_limits.py): the fuzz suite
+        # sends more than a minute's budget over one socket.
+        rate_limit_uploads="off",
         **overrides,
     )
     app = create_app(config)
@@ -461,6 +464,8 @@ HOSTILE_POSTS = [
         "label with a control", _named("bell\x07"), 422, "label must be printable text (U+0007"
     ),
     Hostile("empty label", _named(""), 422, "label must not be empty"),
+    Hostile("label '..'", _named(".."), 422, "label must not be '..'"),
+    Hostile("key '.'", _named("a", "."), 422, "key must not be '.'"),
     Hostile("label of 129", _named("x" * 129), 422, "label is longer than 128 characters"),
     Hostile("label of 4 KiB", _named("x" * 4096), 422, "label is longer than 128 characters"),
     Hostile("label not UTF-8", _named(b"\xff\xfe"), 422, "label is not valid UTF-8"),
@@ -507,6 +512,12 @@ HOSTILE_POSTS = [
         _with_detections(json.dumps([item([0, 0, 1, 1], "c" * 65)]).encode()),
         422,
         "detections.0.class: String should have at most 64 characters",
+    ),
+    Hostile(
+        "track id past 2**53",
+        _with_detections(json.dumps([item([0, 0, 1, 1], id_=2**53)]).encode()),
+        422,
+        "detections.0.id: Input should be less than or equal to 9007199254740991",
     ),
     Hostile(
         "confidence above 1",
@@ -754,6 +765,10 @@ async def test_a_store_outage_answers_503_and_uploads_resume(
             private_redis.stop()
             status, body = await upload()
             assert status == 503 and body["message"].startswith("live store unavailable"), body
+            # Not the store's address or Redis's error text: they name the deployment's insides.
+            assert (
+                "redis://" not in body["message"] and str(private_redis.port) not in body["message"]
+            )
             private_redis.start()  # answers PING when it returns: the next upload is stored
             status, body = await upload()
             assert status == 200, body
@@ -853,3 +868,40 @@ async def test_any_bytes_never_break_the_socket_or_store_unless_valid(
         assert answer["status"] == "error" and answer["message"]
         assert after == before
     assert not ws.closed
+
+
+# --------------------------------------------------------------------------- the pull socket
+
+
+async def test_the_pull_socket_answers_hostile_json_and_stays_open(worker: Worker) -> None:
+    """JSON the decoder refuses beyond its syntax (an integer of more digits than Python
+    converts, nesting deeper than its recursion limit) is an error reply like any other."""
+    status, _ = await worker.post(good_form("lobby", "cam-1"))
+    assert status == 200
+    hostile = [
+        ('{"action": "pull", "n": ' + "7" * 5000 + "}", "message is not valid JSON"),
+        ("[" * 30000, "message is not valid JSON"),
+        ('{"action": ' + "1" * 5000 + "}", "message is not valid JSON"),
+    ]
+    async with worker.http.ws_connect(worker.url("/ws/stream/lobby/cam-1"), headers=BEARER) as ws:
+        for text, problem in hostile:
+            await ws.send_str(text)
+            answer = await reply(ws)
+            assert answer["status"] == "error" and problem in answer["message"], answer
+        await ws.send_json({"action": "pull"})
+        pulled = await ws.receive(timeout=10)
+        assert pulled.type == WSMsgType.BINARY, pulled.data
+        assert json.loads(split_frame_message(pulled.data)[0])["key"] == "cam-1"
+
+
+async def test_a_label_containing_the_delimiter_round_trips(worker: Worker) -> None:
+    """Uploaded with the delimiter escaped in the header (docs/LIVE.md, "Framing"), read back
+    over pull whose header ends at the first delimiter, as a client splitting once expects."""
+    ws = await worker.uploader()
+    escaped = b'{"label": "\\u002d-IMG--cam", "key": "k\\u002d-IMG--"}'
+    answer = await worker.send(ws, escaped)
+    assert answer["status"] == "ok", answer
+    assert answer["message"] == "stored --IMG--cam/k--IMG--"
+    header, jpeg = await worker.pull("--IMG--cam", "k--IMG--")
+    assert (header["label"], header["key"]) == ("--IMG--cam", "k--IMG--")
+    assert decode_jpeg(jpeg).shape[:2] == (header["height"], header["width"])

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 Origin = Literal["cms", "stream", "upload"]
 
 MAX_LIVE_NAME_CHARS = 128
+_DOT_SEGMENTS = frozenset({".", ".."})
 #: A sink that raised is reported at most this often (per stream).
 _SINK_ERROR_REPORT_S = 30.0
 
@@ -45,7 +46,9 @@ def check_live_name(value: str, what: str = "label") -> str:
     """``value`` when it is a valid label or key, else ValueError naming the problem.
 
     1..128 characters, printable (``str.isprintable``: no control, format or separator
-    characters but the plain space) and no ``/`` (routes put labels and keys in a URL path).
+    characters but the plain space), no ``/`` and not ``.`` or ``..``: routes put labels and
+    keys in a URL path, where browsers and HTTP clients resolve dot segments (``%2E%2E``
+    too) before the request is sent, so such a name could never be viewed.
     """
     if not value:
         raise ValueError(f"{what} must not be empty")
@@ -53,6 +56,8 @@ def check_live_name(value: str, what: str = "label") -> str:
         raise ValueError(f"{what} is longer than {MAX_LIVE_NAME_CHARS} characters")
     if "/" in value:
         raise ValueError(f"{what} must not contain '/'")
+    if value in _DOT_SEGMENTS:
+        raise ValueError(f"{what} must not be {value!r} (a URL path cannot carry it)")
     if not value.isprintable():
         char = next(char for char in value if not char.isprintable())
         raise ValueError(f"{what} must be printable text (U+{ord(char):04X} is not)")

@@ -97,7 +97,9 @@ def create_app(
     # The live view (docs/LIVE.md): both doors hand it their analysed frames.
     live = LiveView.from_config(config)
     # Other producers' frames into the same view (authenticated like every data route).
-    uploads = FrameUploads(live.writer, UploadSettings.from_config(config))
+    # Each upload over the socket counts against the uploads' rate limit, not only its upgrade.
+    upload_gate = None if rate_limiter is None else rate_limiter.message_gate("uploads")
+    uploads = FrameUploads(live.writer, UploadSettings.from_config(config), gate=upload_gate)
     cms = CmsEndpoint(config, hub, service, model_urls, processors, sinks=live.sinks)
     deps = ProcessorDeps(service, model_urls, default_pipeline_source)
     processor = lookup(processors, config.stream_processor)(deps)

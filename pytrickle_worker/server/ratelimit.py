@@ -4,7 +4,8 @@ One budget per setting and client address, shared by the routes the setting cove
 of one operation must not multiply it):
 
 - ``rate_limit_labels``: ``GET /labels`` and ``GET /labels/{label}/keys``;
-- ``rate_limit_uploads``: ``POST /frames`` and ``WS /ws/frames``;
+- ``rate_limit_uploads``: ``POST /frames`` and ``WS /ws/frames`` (its upgrade and each upload
+  message on it, see :meth:`RateLimiter.message_gate`);
 - ``rate_limit_stream_start``: ``/api/stream/start``, ``/stream/start`` and their alias
   ``/live-video-to-video``.
 
@@ -33,7 +34,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import limits
@@ -230,6 +231,22 @@ class RateLimiter:
             return None
         self._storage_recovered()
         return None
+
+    def message_gate(self, group: str) -> Callable[[web.BaseRequest], Awaitable[str | None]] | None:
+        """Counts each message of a socket that ``group``'s route opened, like a request of
+        its own (the upgrade is one request; the uploads over the socket are many). The gate
+        answers None to let a message through, else the refusal with the seconds to wait.
+        None when ``group`` is not limited."""
+        if not self.limited(group):
+            return None
+
+        async def admit(request: web.BaseRequest) -> str | None:
+            refusal = await self.check(group, self.client_address(request))
+            if refusal is None:
+                return None
+            return f"rate limit exceeded: {refusal.limit}; retry in {refusal.retry_after_s} s"
+
+        return admit
 
     def _storage_recovered(self) -> None:
         if self._storage_down:

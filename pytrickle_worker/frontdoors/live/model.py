@@ -207,17 +207,32 @@ class StoredEntry:
         }
 
 
+#: The delimiter with its first "-" as a JSON escape: the same text to a JSON reader, but
+#: not the delimiter's bytes.
+_ESCAPED_DELIMITER = "\\u002d-IMG--"
+
+
 def frame_message(stored: StoredEntry) -> bytes:
-    """One binary WebSocket message: JSON header, the delimiter, the JPEG."""
+    """One binary WebSocket message: JSON header, the delimiter, the JPEG.
+
+    A label, key, worker or class name may contain ``--IMG--`` (printable text); outside a
+    string JSON never does. Escaping it inside the strings keeps the header's value and makes
+    the first delimiter the one after the header, which is where a client that splits once
+    (the reference's, :func:`split_frame_message`) looks.
+    """
     header = json.dumps(stored.header(), separators=(",", ":"), ensure_ascii=False)
+    while "--IMG--" in header:  # again: "--IMG--IMG--" leaves an overlapping one behind
+        header = header.replace("--IMG--", _ESCAPED_DELIMITER)
     return header.encode("utf-8") + FRAME_DELIMITER + stored.entry.frame
 
 
 def split_frame_message(data: bytes) -> tuple[bytes, bytes]:
     """``(header bytes, image bytes)`` of a binary message; ValueError without a delimiter.
 
-    The header is JSON and cannot contain the raw delimiter bytes outside a string; the first
-    occurrence ends it (a JPEG may contain the delimiter anywhere).
+    The header is JSON and cannot contain the raw delimiter bytes outside a string, and
+    :func:`frame_message` escapes it inside strings; the first occurrence ends it (a JPEG may
+    contain the delimiter anywhere). An uploader whose label contains ``--IMG--`` escapes it
+    the same way (``\\u002d-IMG--``).
     """
     head, found, image = data.partition(FRAME_DELIMITER)
     if not found:

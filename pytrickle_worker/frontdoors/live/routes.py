@@ -31,7 +31,7 @@ from pytrickle_worker.processing.sink import check_live_name
 from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
 from pytrickle_worker.transport.http_errors import error_response
 
-__all__ = ["LIVE_ROUTE_DOCS", "LIVE_SUBPROTOCOL", "WS_UNKNOWN_LABEL", "LiveRoutes"]
+__all__ = ["LIVE_ROUTE_DOCS", "LIVE_SUBPROTOCOL", "WS_UNKNOWN_LABEL", "LiveRoutes", "store_down"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,13 @@ MAX_WS_MESSAGE_BYTES = 64 * 1024
 
 def _error(message: str) -> dict[str, str]:
     return {"status": "error", "message": message}
+
+
+def store_down(exc: StoreUnavailableError) -> str:
+    """What a client is told when the store cannot be reached: not the store's address or
+    Redis's error text, which name the deployment's internals (the log has them)."""
+    logger.info("live: a request found the store unavailable: %s", exc)
+    return "live store unavailable: Redis did not answer; try again shortly"
 
 
 class LiveRoutes:
@@ -68,7 +75,7 @@ class LiveRoutes:
         try:
             labels = await self.view.store.labels()
         except StoreUnavailableError as exc:
-            return error_response(503, f"live store unavailable: {exc}")
+            return error_response(503, store_down(exc))
         return web.json_response(LabelList(labels=labels).model_dump())
 
     async def keys(self, request: web.Request) -> web.Response:
@@ -79,7 +86,7 @@ class LiveRoutes:
         except ValueError as exc:
             return error_response(400, str(exc))
         except StoreUnavailableError as exc:
-            return error_response(503, f"live store unavailable: {exc}")
+            return error_response(503, store_down(exc))
         if not newest:
             return error_response(404, f"unknown label '{label}'")
         keys = [KeySummary.model_validate(entry.key_summary()) for entry in newest]
@@ -109,7 +116,7 @@ class LiveRoutes:
                 await ws.close(code=WS_BAD_NAME)
                 return ws
             except StoreUnavailableError as exc:
-                await ws.send_json(_error(f"live store unavailable: {exc}"))
+                await ws.send_json(_error(store_down(exc)))
                 await ws.close(code=WS_STORE_UNAVAILABLE)
                 return ws
             if not current:
@@ -187,6 +194,12 @@ class LiveRoutes:
         except json.JSONDecodeError as exc:
             await ws.send_json(_error(f"message is not valid JSON: {exc.msg} at {exc.pos}"))
             return
+        except (ValueError, RecursionError) as exc:
+            # Well-formed but past the decoder's limits (an integer of thousands of digits,
+            # nesting deeper than the recursion limit): a bad message, not a broken socket.
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:100]
+            await ws.send_json(_error(f"message is not valid JSON: {problem}"))
+            return
         if not isinstance(message, dict):
             await ws.send_json(_error('message must be a JSON object like {"action": "pull"}'))
             return
@@ -197,7 +210,7 @@ class LiveRoutes:
             try:
                 stored = await self.view.store.latest(label, key)
             except StoreUnavailableError as exc:
-                await ws.send_json(_error(f"live store unavailable: {exc}"))
+                await ws.send_json(_error(store_down(exc)))
                 return
             if stored is None:
                 await ws.send_json(_error(f"no frame for {label}/{key}"))
@@ -216,6 +229,11 @@ _FRAMING = (
     "offered subprotocol `ptw.bearer.<base64url(token)>` beside `ptw.live` (docs/LIVE.md)."
 )
 _STORE_DOWN = "the live store (Redis) is unreachable"
+_LABEL = "a label of `GET /labels` (1..128 printable characters, no `/`, not `.` or `..`)"
+_CLOSES = (
+    "A label or key that breaks the name rule gets one JSON error, then close code 4400; "
+    "an unreachable store, one JSON error, then 1011 (push) or an error reply (pull)."
+)
 
 LIVE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
     RouteDoc(
@@ -231,7 +249,7 @@ LIVE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
         "/labels/{label}/keys",
         "The keys (cameras, streams) of a label, with their newest frame's metadata",
         tags=("live",),
-        path_params={"label": "a label of `GET /labels`"},
+        path_params={"label": _LABEL},
         replies=(Reply(200, "the label's keys", Body(LabelKeys)),),
         errors={400: "the label is not a valid name", 404: "unknown label", 503: _STORE_DOWN},
     ),
@@ -241,9 +259,11 @@ LIVE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
         "Push: every new frame of every key under a label (WebSocket)",
         description=(
             f"{_FRAMING} Starts with the newest frame of each key; keys that appear later "
-            "are picked up. An unknown label gets one JSON error, then close code 4404."
+            "are picked up. An unknown label gets one JSON error, then close code 4404. "
+            f"{_CLOSES}"
         ),
         tags=("live",),
+        path_params={"label": _LABEL},
         websocket=True,
         replies=(Reply(101, "frame messages follow", Body(FrameHeader)),),
     ),
@@ -254,9 +274,11 @@ LIVE_ROUTE_DOCS: tuple[RouteDoc, ...] = (
         description=(
             f'{_FRAMING} Send `{{"action": "pull"}}` for the newest frame, '
             '`{"action": "ping"}` for `{"action": "pong"}`; anything else gets '
-            '`{"status": "error", "message": ...}` and the socket stays open.'
+            '`{"status": "error", "message": ...}` and the socket stays open (a text '
+            f"message over 64 KiB closes it with 1009). {_CLOSES}"
         ),
         tags=("live",),
+        path_params={"label": _LABEL, "key": "a key of `GET /labels/{label}/keys`"},
         websocket=True,
         replies=(Reply(101, "answers follow each request", Body(FrameHeader)),),
     ),

@@ -35,6 +35,8 @@ __all__ = [
 ]
 
 MAX_UPLOAD_DETECTIONS = 1000
+#: JavaScript's Number.MAX_SAFE_INTEGER: the largest id every JSON reader keeps exact.
+MAX_TRACK_ID = 2**53 - 1
 
 
 class LabelList(BaseModel):
@@ -100,7 +102,13 @@ class UploadDetection(BaseModel):
         alias="class", min_length=1, max_length=64, description="Class name"
     )
     confidence: float = Field(ge=0.0, le=1.0, allow_inf_nan=False, description="0..1")
-    id: int | None = Field(default=None, ge=0, description="Track id, when tracked")
+    id: int | None = Field(
+        default=None,
+        ge=0,
+        # Past 2**53 a browser's JSON.parse rounds it: the page would show another id.
+        le=MAX_TRACK_ID,
+        description="Track id, when tracked",
+    )
     bbox: tuple[float, float, float, float] = Field(
         description="[x1, y1, x2, y2] in pixels of the uploaded image, inside it"
     )
@@ -137,7 +145,7 @@ class UploadHeader(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    label: str = Field(description="Label (1..128 printable characters, no '/')")
+    label: str = Field(description="Label (1..128 printable characters, no '/', not '.' or '..')")
     key: str = Field(description="Key under the label (same rules)")
     detection_items: UploadDetections = Field(
         default_factory=list[UploadDetection],

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,7 @@ from pydantic import ValidationError
 
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.frontdoors.live.model import DetectionItem, split_frame_message
-from pytrickle_worker.frontdoors.live.routes import LIVE_SUBPROTOCOL
+from pytrickle_worker.frontdoors.live.routes import LIVE_SUBPROTOCOL, store_down
 from pytrickle_worker.frontdoors.live.schemas import (
     MAX_UPLOAD_DETECTIONS,
     UPLOAD_DETECTIONS,
@@ -56,7 +56,13 @@ from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
 from pytrickle_worker.transport.body_limits import set_route_body_limit
 from pytrickle_worker.transport.http_errors import ApiError, error_response
 
-__all__ = ["MAX_IMAGE_SIDE", "UPLOAD_ROUTE_DOCS", "FrameUploads", "UploadSettings"]
+__all__ = [
+    "MAX_IMAGE_SIDE",
+    "UPLOAD_ROUTE_DOCS",
+    "FrameUploads",
+    "UploadGate",
+    "UploadSettings",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +90,11 @@ _WS_USAGE = (
     'send binary messages: a JSON header {"label", "key", "detection_items"?}, --IMG--, '
     "then the image"
 )
+
+
+#: Asked before each message of an upload socket (the upgrade alone is one request to the
+#: rate limits, the uploads that follow are many): None lets it through, else why not.
+UploadGate = Callable[[web.Request], Awaitable[str | None]]
 
 
 @dataclass(frozen=True)
@@ -124,11 +135,14 @@ def _error(message: str) -> dict[str, str]:
 class FrameUploads:
     """The upload routes over the live writer; :meth:`attach` mounts them on an app."""
 
-    def __init__(self, writer: LiveWriter, settings: UploadSettings) -> None:
+    def __init__(
+        self, writer: LiveWriter, settings: UploadSettings, gate: UploadGate | None = None
+    ) -> None:
         if settings.concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {settings.concurrency}")
         self.writer = writer
         self.settings = settings
+        self.gate = gate
         # Decoding holds up to max_pixels x 3 bytes per upload: only this many at once.
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._sockets: set[web.WebSocketResponse] = set()
@@ -204,7 +218,7 @@ class FrameUploads:
                 source_height=info.height,
             )
         except StoreUnavailableError as exc:
-            raise ApiError(503, f"live store unavailable: {exc}") from None
+            raise ApiError(503, store_down(exc)) from None
         return UploadResponse(message=f"stored {label}/{key}", id=entry_id)
 
     def _check_size(self, info: ImageInfo) -> None:
@@ -363,6 +377,9 @@ class FrameUploads:
         return ws
 
     async def _ws_upload(self, request: web.Request, data: bytes) -> dict[str, Any]:
+        if self.gate is not None and (refused := await self.gate(request)) is not None:
+            self._refused(request, ApiError(429, refused))
+            return _error(refused)
         try:
             try:
                 head, image = split_frame_message(data)
@@ -481,7 +498,9 @@ UPLOAD_ROUTE_DOCS: tuple[RouteDoc, ...] = (
             "`UploadHeader`), the bytes `--IMG--`, then a JPEG or PNG. One JSON reply per "
             'message: `{"status": "ok", ...}` or `{"status": "error", "message": ...}`; the '
             "socket stays open after an error, and closes with 1009 after a message over the "
-            "size limit."
+            "size limit. Every message counts against `rate_limit_uploads`, like a POST; one "
+            'over it is answered `{"status": "error", "message": "rate limit exceeded: ...; '
+            'retry in N s"}` and not stored.'
         ),
         tags=("live",),
         websocket=True,
