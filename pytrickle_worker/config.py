@@ -388,7 +388,7 @@ class WorkerConfig(BaseModel):
         default="60/minute", description="Per client on GET /labels and /labels/{label}/keys"
     )
     rate_limit_uploads: str = Field(
-        default="120/minute", description="Per client on POST /frames and WS /ws/frames"
+        default="600/minute", description="Per client on POST /frames and WS /ws/frames"
     )
     rate_limit_stream_start: str = Field(
         default="30/minute", description="Per client on /api/stream/start and /stream/start"
