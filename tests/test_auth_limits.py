@@ -498,6 +498,34 @@ async def test_websocket_takes_the_token_as_a_subprotocol(start_worker: StartWor
     assert (await worker.get("/version", headers=headers))[0] == 401
 
 
+async def test_a_socket_closes_when_its_jwt_expires(start_worker: StartWorker) -> None:
+    """The token is checked once, at the upgrade; a JWT's exp (plus the leeway verify allows)
+    still ends the socket: close code 4401, on the live view's and the CMS sockets alike. The
+    static token does not expire."""
+    worker = await start_worker(**JWT_CONFIG, jwt_leeway_s=1)
+    for path in ["/ws/stream/d/k", "/"]:
+        expiring = hs256(exp=int(time.time()) + 2)
+        started = time.monotonic()
+        async with worker.http.ws_connect(
+            worker.ws_url(path), protocols=("ptw.live", subprotocol(expiring))
+        ) as ws:
+            while (message := await ws.receive(timeout=15)).type not in (
+                WSMsgType.CLOSE,
+                WSMsgType.CLOSED,
+                WSMsgType.CLOSING,
+            ):
+                pass  # the CMS socket's stateReport
+            assert ws.close_code == 4401, (path, message)
+        assert 1.0 < time.monotonic() - started < 12, path
+    # The static token: still open after the JWT's lifetime would have ended.
+    async with worker.http.ws_connect(
+        worker.ws_url("/ws/stream/d/k"), protocols=("ptw.live", subprotocol(TOKEN))
+    ) as ws:
+        await asyncio.sleep(4)
+        await ws.send_json({"action": "ping"})
+        assert await ws.receive_json(timeout=10) == {"action": "pong"}
+
+
 # --------------------------------------------------------------------------- open routes
 
 

@@ -256,6 +256,11 @@ class JwtVerifier:
             raise JwtRejected(f"no key for {algorithm}")
         raise JwtRejected(f"no kid, and {len(fitting)} keys fit {algorithm}")
 
+    @property
+    def leeway_s(self) -> float:
+        """Clock skew allowed on ``exp``/``nbf``: a token is valid until ``exp + leeway_s``."""
+        return self._leeway_s
+
     def verify(self, token: str) -> dict[str, object]:
         """The token's claims; raises :class:`JwtRejected` when it is not accepted."""
         try:

@@ -67,6 +67,7 @@ from pytrickle_worker.server.errors import error_middleware
 from pytrickle_worker.server.jwtauth import JwtRejected, JwtVerifier, looks_like_jwt
 from pytrickle_worker.server.ratelimit import RateLimiter, route_group
 from pytrickle_worker.transport.body_limits import route_body_limit
+from pytrickle_worker.transport.credentials import CREDENTIALS_EXPIRE_AT
 from pytrickle_worker.transport.http_errors import error_response
 
 logger = logging.getLogger(__name__)
@@ -137,17 +138,25 @@ class AccessPolicy:
 
     def check(self, presented: str) -> str | None:
         """None when ``presented`` is accepted, else why not (for the log)."""
+        return self.verdict(presented)[0]
+
+    def verdict(self, presented: str) -> tuple[str | None, float | None]:
+        """(None when ``presented`` is accepted, else why not; when it stops being valid:
+        a JWT's ``exp``, None for the static token or a JWT without one)."""
         if self.token_digest is not None and hmac.compare_digest(
             _digest(presented), self.token_digest
         ):
-            return None
+            return None, None
         if self.jwt is None or not looks_like_jwt(presented):
-            return "wrong token"
+            return "wrong token", None
         try:
-            self.jwt.verify(presented)
+            claims = self.jwt.verify(presented)
         except JwtRejected as exc:
-            return exc.reason
-        return None
+            return exc.reason, None
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float):
+            return None, None
+        return None, float(exp) + self.jwt.leeway_s  # as long as verify() accepts it
 
 
 def _route_path(request: web.Request) -> str | None:
@@ -207,8 +216,11 @@ def auth_middleware(policy: AccessPolicy) -> Middleware:
             return await handler(request)
         presented, reason = _presented_token(request, route_path)
         if presented is not None:
-            refused = policy.check(presented)
+            refused, expires_at = policy.verdict(presented)
             if refused is None:
+                if expires_at is not None:
+                    # Long-lived sockets close when the token expires (transport/credentials).
+                    request[CREDENTIALS_EXPIRE_AT] = expires_at
                 return await handler(request)
             reason = refused
         log = logger.info if presented is None else logger.warning

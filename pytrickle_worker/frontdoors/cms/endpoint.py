@@ -47,6 +47,7 @@ from pytrickle_worker.processing.registry import (
 from pytrickle_worker.processing.sink import ResultSink
 from pytrickle_worker.sources.hub import CameraHub
 from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
+from pytrickle_worker.transport.credentials import close_when_credentials_expire
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,9 @@ class CmsEndpoint:
         connection = self.registry.add(ws, peer, request.transport)
         logger.info("backend connected: %s", peer)
         connection.send(self.state_report())
+        # A JWT's exp ends the connection (the backend reconnects with a fresh token, within
+        # the disconnect grace period its subscriptions survive).
+        stop_expiry = close_when_credentials_expire(ws, request)
         try:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
@@ -191,6 +195,7 @@ class CmsEndpoint:
                     logger.info("backend %s: websocket error %s", peer, ws.exception())
                     break
         finally:
+            stop_expiry()
             await self.registry.remove(connection)
             logger.info("backend disconnected: %s", peer)
         return ws

@@ -29,6 +29,7 @@ from pytrickle_worker.frontdoors.live.store import StoreUnavailableError
 from pytrickle_worker.frontdoors.live.view import LiveView
 from pytrickle_worker.processing.sink import check_live_name
 from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
+from pytrickle_worker.transport.credentials import close_when_credentials_expire
 from pytrickle_worker.transport.http_errors import error_response
 
 __all__ = ["LIVE_ROUTE_DOCS", "LIVE_SUBPROTOCOL", "WS_UNKNOWN_LABEL", "LiveRoutes", "store_down"]
@@ -107,6 +108,7 @@ class LiveRoutes:
         label = request.match_info["label"]
         ws = await self._open(request)
         self.view.track(ws)
+        stop_expiry = close_when_credentials_expire(ws, request)
         try:
             try:
                 check_live_name(label)
@@ -145,6 +147,7 @@ class LiveRoutes:
                     with contextlib.suppress(asyncio.CancelledError):
                         await reader
         finally:
+            stop_expiry()
             self.view.untrack(ws)
             if not ws.closed:
                 await ws.close()
@@ -160,6 +163,7 @@ class LiveRoutes:
         label, key = request.match_info["label"], request.match_info["key"]
         ws = await self._open(request)
         self.view.track(ws)
+        stop_expiry = close_when_credentials_expire(ws, request)
         try:
             try:
                 check_live_name(label)
@@ -183,6 +187,7 @@ class LiveRoutes:
         except (ConnectionResetError, RuntimeError):
             pass  # the viewer went away mid-answer
         finally:
+            stop_expiry()
             self.view.untrack(ws)
             if not ws.closed:
                 await ws.close()

@@ -54,6 +54,7 @@ from pytrickle_worker.processing import format_validation_error
 from pytrickle_worker.processing.sink import MAX_LIVE_NAME_CHARS, check_live_name
 from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc
 from pytrickle_worker.transport.body_limits import set_route_body_limit
+from pytrickle_worker.transport.credentials import close_when_credentials_expire
 from pytrickle_worker.transport.http_errors import ApiError, error_response
 
 __all__ = [
@@ -359,6 +360,7 @@ class FrameUploads:
         )
         await ws.prepare(request)
         self._sockets.add(ws)
+        stop_expiry = close_when_credentials_expire(ws, request)
         try:
             async for message in ws:
                 if message.type == WSMsgType.BINARY:
@@ -371,6 +373,7 @@ class FrameUploads:
         except ConnectionResetError:
             pass  # the producer went away mid-answer
         finally:
+            stop_expiry()
             self._sockets.discard(ws)
             if not ws.closed:
                 await ws.close()
