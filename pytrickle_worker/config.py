@@ -279,6 +279,21 @@ class WorkerConfig(BaseModel):
         le=300,
         description="While the live store is down, try one write per this many seconds",
     )
+    live_max_viewers: int = Field(
+        default=512,
+        ge=1,
+        le=100_000,
+        description=(
+            "Push and pull sockets open at once; more are refused with 503 (each holds a "
+            "connection, a queue and, for push, a share of the store follower)"
+        ),
+    )
+    live_max_pulls_per_s: float = Field(
+        default=20.0,
+        gt=0,
+        le=1000,
+        description="Pulls one /ws/stream socket may ask per second; faster ones get an error",
+    )
     live_push_queue_size: int = Field(
         default=8,
         ge=1,

@@ -425,3 +425,50 @@ async def test_two_workers_on_one_redis_list_each_others_cameras(
     finally:
         for worker in workers:
             worker.stop()
+
+
+async def test_viewer_sockets_and_pulls_are_bounded(
+    start_worker: WorkerFactory, request: pytest.FixtureRequest
+) -> None:
+    """``live_max_viewers`` sockets at once (more: 503 before the upgrade), and a pull socket
+    asks the store at most ``live_max_pulls_per_s`` times a second (faster: an error, no read,
+    the socket stays open)."""
+    worker = await start_worker(
+        live_key_prefix=_prefix(request), live_max_viewers=2, live_max_pulls_per_s=2.0
+    )
+    http = worker.http
+    url = worker.url("/ws/stream/d/k")
+    async with (
+        http.ws_connect(url, protocols=("ptw.live",)) as first,
+        http.ws_connect(worker.url("/ws/labels/d"), protocols=("ptw.live",)),
+    ):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(url, protocols=("ptw.live",))
+        assert refused.value.status == 503
+        async with http.get(url) as reply:  # the same answer, readable as JSON
+            assert reply.status == 503
+            assert (await reply.json())["message"] == ("too many live viewers (limit 2); try later")
+        no_frame = {"status": "error", "message": "no frame for d/k"}
+        await first.send_json({"action": "pull"})
+        assert await first.receive_json(timeout=10) == no_frame
+        await first.send_json({"action": "pull"})
+        assert await first.receive_json(timeout=10) == {
+            "status": "error",
+            "message": "pulling too fast: at most 2 pulls a second",
+        }
+        await asyncio.sleep(0.6)
+        await first.send_json({"action": "pull"})
+        assert await first.receive_json(timeout=10) == no_frame
+    # Closed sockets free their places.
+    await until(_viewers_below(worker, url), what="a socket place freed")
+
+
+def _viewers_below(worker: Worker, url: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        try:
+            async with worker.http.ws_connect(url, protocols=("ptw.live",)):
+                return True
+        except aiohttp.WSServerHandshakeError:
+            return False
+
+    return check

@@ -148,7 +148,13 @@ def create_app(
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics.handle)  # Prometheus text format (docs/METRICS.md)
     app.router.add_routes(cms.routes())
-    app.router.add_routes(LiveRoutes(live).routes())
+    app.router.add_routes(
+        LiveRoutes(
+            live,
+            max_viewers=config.live_max_viewers,
+            max_pulls_per_s=config.live_max_pulls_per_s,
+        ).routes()
+    )
     uploads.attach(app)
     # Every route mounted here is documented in /openapi.json (tests/test_openapi.py checks).
     document_routes(app, [*HEALTH_DOCS, metrics_route_doc(config.metrics_require_token)])

@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 from typing import Any, cast
 
 from aiohttp import WSMsgType, web
@@ -59,8 +61,13 @@ def store_down(exc: StoreUnavailableError) -> str:
 class LiveRoutes:
     """The handlers; ``routes()`` lists them for ``app.router.add_routes``."""
 
-    def __init__(self, view: LiveView) -> None:
+    def __init__(
+        self, view: LiveView, *, max_viewers: int = 512, max_pulls_per_s: float = 20.0
+    ) -> None:
         self.view = view
+        self.max_viewers = max_viewers
+        #: Shortest time between two pulls of one socket (each is a store read).
+        self.min_pull_interval_s = 1.0 / max_pulls_per_s
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -95,6 +102,18 @@ class LiveRoutes:
 
     # ------------------------------------------------------------------ WebSockets
 
+    def _full(self, request: web.Request) -> web.Response | None:
+        """A 503 when ``live_max_viewers`` sockets are open already, else None."""
+        if self.view.open_sockets < self.max_viewers:
+            return None
+        logger.warning(
+            "live: %s from %s refused: %d sockets open (live_max_viewers)",
+            request.path,
+            request.remote or "?",
+            self.max_viewers,
+        )
+        return error_response(503, f"too many live viewers (limit {self.max_viewers}); try later")
+
     async def _open(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(
             protocols=(LIVE_SUBPROTOCOL,),
@@ -106,6 +125,8 @@ class LiveRoutes:
 
     async def push(self, request: web.Request) -> web.StreamResponse:
         label = request.match_info["label"]
+        if (full := self._full(request)) is not None:
+            return full
         ws = await self._open(request)
         self.view.track(ws)
         stop_expiry = close_when_credentials_expire(ws, request)
@@ -161,6 +182,8 @@ class LiveRoutes:
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         label, key = request.match_info["label"], request.match_info["key"]
+        if (full := self._full(request)) is not None:
+            return full
         ws = await self._open(request)
         self.view.track(ws)
         stop_expiry = close_when_credentials_expire(ws, request)
@@ -172,9 +195,12 @@ class LiveRoutes:
                 await ws.send_json(_error(str(exc)))
                 await ws.close(code=WS_BAD_NAME)
                 return ws
+            pulled_at = -math.inf
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
-                    await self._answer(ws, label, key, cast(str, message.data))
+                    pulled_at = await self._answer(
+                        ws, label, key, cast(str, message.data), pulled_at
+                    )
                 elif message.type == WSMsgType.BINARY:
                     await ws.send_json(
                         _error(
@@ -193,30 +219,39 @@ class LiveRoutes:
                 await ws.close()
         return ws
 
-    async def _answer(self, ws: web.WebSocketResponse, label: str, key: str, text: str) -> None:
+    async def _answer(
+        self, ws: web.WebSocketResponse, label: str, key: str, text: str, pulled_at: float
+    ) -> float:
+        """Answer one text message; returns when the socket last pulled (for the rate bound)."""
         try:
             message: Any = json.loads(text)
         except json.JSONDecodeError as exc:
             await ws.send_json(_error(f"message is not valid JSON: {exc.msg} at {exc.pos}"))
-            return
+            return pulled_at
         except (ValueError, RecursionError) as exc:
             # Well-formed but past the decoder's limits (an integer of thousands of digits,
             # nesting deeper than the recursion limit): a bad message, not a broken socket.
             problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:100]
             await ws.send_json(_error(f"message is not valid JSON: {problem}"))
-            return
+            return pulled_at
         if not isinstance(message, dict):
             await ws.send_json(_error('message must be a JSON object like {"action": "pull"}'))
-            return
+            return pulled_at
         action = cast(dict[str, Any], message).get("action")
         if action == "ping":
             await ws.send_json({"action": "pong"})
         elif action == "pull":
+            now = time.monotonic()
+            if now - pulled_at < self.min_pull_interval_s:
+                rate = 1.0 / self.min_pull_interval_s
+                await ws.send_json(_error(f"pulling too fast: at most {rate:g} pulls a second"))
+                return pulled_at
+            pulled_at = now
             try:
                 stored = await self.view.store.latest(label, key)
             except StoreUnavailableError as exc:
                 await ws.send_json(_error(store_down(exc)))
-                return
+                return pulled_at
             if stored is None:
                 await ws.send_json(_error(f"no frame for {label}/{key}"))
             else:
@@ -226,6 +261,7 @@ class LiveRoutes:
         else:
             shown = json.dumps(action)[:100]
             await ws.send_json(_error(f'unknown action {shown}: expected "pull" or "ping"'))
+        return pulled_at
 
 
 _FRAMING = (

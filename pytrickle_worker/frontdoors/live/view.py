@@ -193,6 +193,11 @@ class LiveView:
         self._sockets.discard(ws)
 
     @property
+    def open_sockets(self) -> int:
+        """Push and pull sockets open now."""
+        return len(self._sockets)
+
+    @property
     def viewers(self) -> int:
         return sum(len(feed.viewers) for feed in self._feeds.values())
 
