@@ -376,9 +376,10 @@ class RedisFrameStore(FrameStore):
 
     async def close(self) -> None:
         await self._client.aclose()
-        with self._blocking_lock:
-            self._blocking_conn = None
-            self._blocking_pool.disconnect()  # closes the sockets: no network wait
+        # Without the writer thread's lock: a call stuck on a dead server must not hold up
+        # the event loop; closing its socket ends that call with an error.
+        self._blocking_conn = None
+        self._blocking_pool.disconnect()  # closes the sockets: no network wait
 
     @property
     def _ttl_ms(self) -> int:
