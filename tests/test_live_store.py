@@ -355,14 +355,18 @@ async def test_a_stopped_redis_raises_store_unavailable(private_redis: RedisProc
         ):
             with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{private_redis.port}"):
                 await call
+    except BaseException:
+        await store.close()
+        raise
+    finally:
         private_redis.start()
+    try:
         # The blocking calls connect again by themselves.
         entry_id = await asyncio.to_thread(store.add_blocking, "d", "k", _entry(frame=b"back"))
         latest = await store.latest("d", "k")
         assert latest is not None and latest.id == entry_id and latest.entry.frame == b"back"
         assert await asyncio.to_thread(store.touch_blocking, "d", "k") is True
     finally:
-        private_redis.start()
         await store.close()
 
 
