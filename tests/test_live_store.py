@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -282,6 +283,45 @@ async def _empty(store: FrameStore) -> bool:
     return await store.labels() == []
 
 
+async def test_blocking_writes_from_a_thread_are_the_same_entries(store: FrameStore) -> None:
+    # The writer's render thread writes with add_blocking/touch_blocking: same ids, trim,
+    # TTL and fields as the async calls the routes and uploads use.
+    ids = [
+        await asyncio.to_thread(store.add_blocking, "d", "k", _entry(frame=bytes([i])))
+        for i in range(4)
+    ]
+    ids.append(await store.add("d", "k", _entry(frame=b"\x04")))  # mixed with the async call
+    kept = await store.entries("d", "k")
+    assert [e.id for e in kept] == ids[-3:]
+    assert [e.entry.frame for e in kept] == [b"\x02", b"\x03", b"\x04"]
+    assert kept[0].entry == LiveEntry(
+        **{**_entry(frame=b"\x02").__dict__, "capture_time": kept[0].entry.capture_time}
+    )
+    for _ in range(4):
+        await asyncio.sleep(0.4)
+        assert await asyncio.to_thread(store.touch_blocking, "d", "k") is True
+    assert await store.latest("d", "k") is not None  # 1.6 s after the write, ttl 1 s
+    assert await asyncio.to_thread(store.touch_blocking, "d", "nope") is False
+    await _eventually(lambda: _empty(store), within=10.0)
+    assert await asyncio.to_thread(store.touch_blocking, "d", "k") is False
+
+
+async def test_a_follower_waiting_on_the_memory_store_wakes_for_a_thread_write() -> None:
+    store = MemoryFrameStore()
+    await store.add("d", "k", _entry(frame=b"old"))
+    cursor = FollowCursor()
+    assert await store.read_new("d", cursor, 0.01) == []  # primed at the newest entry
+    waiting = asyncio.create_task(store.read_new("d", cursor, 60.0))
+    await asyncio.sleep(0.1)  # it waits on the store now
+    await asyncio.to_thread(store.add_blocking, "d", "k", _entry(frame=b"new"))
+    async with asyncio.timeout(30):  # woken by the write, not by its 60 s timeout
+        fresh = await waiting
+    assert [e.entry.frame for e in fresh] == [b"new"]
+    # A follower that timed out leaves nothing behind for the next write to wake.
+    assert await store.read_new("d", cursor, 0.05) == []
+    assert store.add_blocking("d", "k", _entry()) != ""
+
+
 async def test_touch_keeps_a_key_alive(store: FrameStore) -> None:
     await store.add("d", "k", _entry())
     for _ in range(4):
@@ -296,12 +336,20 @@ async def test_redis_entries_have_the_contract_fields_ttl_and_exact_maxlen(
     store = RedisFrameStore(private_redis.url, maxlen=3, ttl_s=30.0, prefix=PREFIX)
     client = aioredis.Redis.from_url(private_redis.url)
     try:
-        for _ in range(7):
+        for _ in range(4):
             await store.add("display-1", "cam-1", _entry())
+        for _ in range(3):  # the writer thread's packed write: the same command
+            await asyncio.to_thread(store.add_blocking, "display-1", "cam-1", _entry())
         name = stream_name(PREFIX, "display-1", "cam-1")
         assert await client.xlen(name) == 3
         assert 0 < await client.pttl(name) <= 30_000
-        [(_, fields)] = await client.xrevrange(name, count=1)
+        [(_, fields)], [(_, async_fields)] = (
+            await client.xrevrange(name, count=1),
+            await client.xrange(name, count=1),
+        )
+        assert {k: v for k, v in fields.items() if k != b"capture_time"} == {
+            k: v for k, v in async_fields.items() if k != b"capture_time"
+        }
         assert set(fields) == {
             b"frame", b"detection_items", b"warnings", b"width", b"height", b"source_width",
             b"source_height", b"capture_time", b"worker", b"online", b"fps", b"origin",
@@ -339,6 +387,7 @@ async def test_following_a_label_sees_new_entries_and_new_keys(store: FrameStore
 async def test_a_stopped_redis_raises_store_unavailable(private_redis: RedisProcess) -> None:
     store = RedisFrameStore(private_redis.url, prefix=PREFIX, timeout_s=1.0)
     await store.add("d", "k", _entry())
+    await asyncio.to_thread(store.add_blocking, "d", "k", _entry())  # connects the thread's
     private_redis.stop()
     try:
         for call in (
@@ -348,11 +397,23 @@ async def test_a_stopped_redis_raises_store_unavailable(private_redis: RedisProc
             store.keys("d"),
             store.touch("d", "k"),
             store.read_new("d", FollowCursor(), 0.1),
+            asyncio.to_thread(store.add_blocking, "d", "k", _entry()),
+            asyncio.to_thread(store.touch_blocking, "d", "k"),
         ):
             with pytest.raises(StoreUnavailableError, match=f"127.0.0.1:{private_redis.port}"):
                 await call
+    except BaseException:
+        await store.close()
+        raise
     finally:
         private_redis.start()
+    try:
+        # The blocking calls connect again by themselves.
+        entry_id = await asyncio.to_thread(store.add_blocking, "d", "k", _entry(frame=b"back"))
+        latest = await store.latest("d", "k")
+        assert latest is not None and latest.id == entry_id and latest.entry.frame == b"back"
+        assert await asyncio.to_thread(store.touch_blocking, "d", "k") is True
+    finally:
         await store.close()
 
 
@@ -413,6 +474,19 @@ async def test_writer_stores_at_most_fps_frames_per_key_and_drops_before_work() 
         assert FrameHeader.model_validate(header).model_dump(mode="json", by_alias=True) == header
     finally:
         await writer.stop()
+
+
+async def test_stop_joins_the_render_thread() -> None:
+    store = MemoryFrameStore()
+    writer = LiveWriter(store, LiveWriterSettings(worker_id="w", fps=100.0))
+    writer.start()
+    writer.offer(SinkFrame("d", "k", _frame(64, 36)))
+    await _eventually(lambda: _has(store, 1))
+    [thread] = [t for t in threading.enumerate() if t is writer._thread]  # pyright: ignore[reportPrivateUsage] - the thread stop() must end
+    await writer.stop()
+    assert not thread.is_alive()
+    writer.offer(SinkFrame("d", "k2", _frame(64, 36)))  # after stop: nothing runs, no error
+    assert writer.queue_depth == 0
 
 
 async def _queue_empty(writer: LiveWriter) -> bool:

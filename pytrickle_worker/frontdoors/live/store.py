@@ -1,7 +1,8 @@
 """Where live frames are kept: in this process (:class:`MemoryFrameStore`, the default) or
 in Redis Streams (:class:`RedisFrameStore`), one bounded stream per (label, key).
 
-Both behave the same for the routes: ``add`` keeps the newest ``maxlen`` entries of a key
+Both behave the same for the routes: ``add`` (or ``add_blocking``, the live writer's
+thread's call) keeps the newest ``maxlen`` entries of a key
 and makes the key expire ``ttl_s`` after its last write (or :meth:`FrameStore.touch`), so
 the frames of a dead worker disappear; ``labels``/``keys``/``latest`` list what is there;
 ``read_new`` follows new entries of a label, picking up keys that appear later.
@@ -14,12 +15,14 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+import redis
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -27,6 +30,7 @@ from redis.retry import Retry
 
 from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.core.logutil import mask_url
+from pytrickle_worker.core.wakeup import resolve_waiter
 from pytrickle_worker.frontdoors.live.model import (
     DEFAULT_KEY_PREFIX,
     LiveEntry,
@@ -98,8 +102,17 @@ class FrameStore(abc.ABC):
         """Append ``entry`` (trim to ``maxlen``, expire in ``ttl_s``); its entry id."""
 
     @abc.abstractmethod
+    def add_blocking(self, label: str, key: str, entry: LiveEntry) -> str:
+        """:meth:`add` from a worker thread (never on the event loop: it may wait on the
+        network); what the live writer's render thread calls."""
+
+    @abc.abstractmethod
     async def touch(self, label: str, key: str) -> bool:
         """Push the key's expiry ``ttl_s`` into the future; False when it does not exist."""
+
+    @abc.abstractmethod
+    def touch_blocking(self, label: str, key: str) -> bool:
+        """:meth:`touch` from a worker thread."""
 
     @abc.abstractmethod
     async def latest(self, label: str, key: str) -> StoredEntry | None:
@@ -137,64 +150,85 @@ class _MemoryStream:
 
 
 class MemoryFrameStore(FrameStore):
-    """The store in this process, with the Redis store's behaviour (ids, maxlen, TTL)."""
+    """The store in this process, with the Redis store's behaviour (ids, maxlen, TTL).
+
+    The writer's thread adds while the event loop reads: one lock guards the streams. A
+    follower waiting in :meth:`read_new` leaves a future that the next ``add`` resolves on the
+    follower's loop; without followers an ``add`` wakes nothing.
+    """
 
     kind = "memory"
 
     def __init__(self, *, maxlen: int = 10, ttl_s: float = 30.0) -> None:
         super().__init__(maxlen=maxlen, ttl_s=ttl_s)
         self._streams: dict[tuple[str, str], _MemoryStream] = {}
-        self._changed = asyncio.Condition()
+        self._lock = threading.Lock()
+        self._waiters: list[asyncio.Future[None]] = []
 
     def _live(self) -> dict[tuple[str, str], _MemoryStream]:
+        """The unexpired streams (the caller holds the lock)."""
         now = time.monotonic()
         expired = [name for name, s in self._streams.items() if s.expires_at <= now]
         for name in expired:
             del self._streams[name]
         return self._streams
 
-    async def add(self, label: str, key: str, entry: LiveEntry) -> str:
-        streams = self._live()
-        stream = streams.get((label, key))
-        if stream is None:
-            stream = streams[(label, key)] = _MemoryStream(deque(maxlen=self.maxlen), 0.0)
-        ms = int(time.time() * 1000)
-        if ms > stream.last_ms:
-            stream.last_ms, stream.last_seq = ms, 0
-        else:
-            stream.last_seq += 1
-        entry_id = f"{stream.last_ms}-{stream.last_seq}"
-        stream.entries.append(StoredEntry(label, key, entry_id, entry))
-        stream.expires_at = time.monotonic() + self.ttl_s
-        async with self._changed:
-            self._changed.notify_all()
+    def add_blocking(self, label: str, key: str, entry: LiveEntry) -> str:
+        with self._lock:
+            streams = self._live()
+            stream = streams.get((label, key))
+            if stream is None:
+                stream = streams[(label, key)] = _MemoryStream(deque(maxlen=self.maxlen), 0.0)
+            ms = int(time.time() * 1000)
+            if ms > stream.last_ms:
+                stream.last_ms, stream.last_seq = ms, 0
+            else:
+                stream.last_seq += 1
+            entry_id = f"{stream.last_ms}-{stream.last_seq}"
+            stream.entries.append(StoredEntry(label, key, entry_id, entry))
+            stream.expires_at = time.monotonic() + self.ttl_s
+            waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            resolve_waiter(waiter)
         return entry_id
 
+    async def add(self, label: str, key: str, entry: LiveEntry) -> str:
+        return self.add_blocking(label, key, entry)  # memory only: it never waits
+
+    def touch_blocking(self, label: str, key: str) -> bool:
+        with self._lock:
+            stream = self._live().get((label, key))
+            if stream is None:
+                return False
+            stream.expires_at = time.monotonic() + self.ttl_s
+            return True
+
     async def touch(self, label: str, key: str) -> bool:
-        stream = self._live().get((label, key))
-        if stream is None:
-            return False
-        stream.expires_at = time.monotonic() + self.ttl_s
-        return True
+        return self.touch_blocking(label, key)
 
     async def latest(self, label: str, key: str) -> StoredEntry | None:
-        stream = self._live().get((label, key))
-        return stream.entries[-1] if stream is not None and stream.entries else None
+        with self._lock:
+            stream = self._live().get((label, key))
+            return stream.entries[-1] if stream is not None and stream.entries else None
 
     async def labels(self) -> list[str]:
-        return sorted({label for label, _ in self._live()})
+        with self._lock:
+            return sorted({label for label, _ in self._live()})
 
     async def keys(self, label: str) -> list[StoredEntry]:
-        found = [
-            s.entries[-1] for (lab, _), s in self._live().items() if lab == label and s.entries
-        ]
+        with self._lock:
+            found = [
+                s.entries[-1] for (lab, _), s in self._live().items() if lab == label and s.entries
+            ]
         return sorted(found, key=lambda e: e.key)
 
     async def entries(self, label: str, key: str) -> list[StoredEntry]:
-        stream = self._live().get((label, key))
-        return list(stream.entries) if stream is not None else []
+        with self._lock:
+            stream = self._live().get((label, key))
+            return list(stream.entries) if stream is not None else []
 
     def _newer(self, label: str, cursor: FollowCursor) -> list[StoredEntry]:
+        """Entries newer than ``cursor`` (the caller holds the lock)."""
         fresh: list[StoredEntry] = []
         streams = self._live()
         for gone in [key for key in cursor.ids if (label, key) not in streams]:
@@ -220,16 +254,23 @@ class MemoryFrameStore(FrameStore):
     async def read_new(
         self, label: str, cursor: FollowCursor, timeout_s: float
     ) -> list[StoredEntry]:
-        fresh = self._newer(label, cursor)
-        if fresh:
-            return fresh
-        async with self._changed:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self._changed.wait()
-            except TimeoutError:
-                return []
-        return self._newer(label, cursor)
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        with self._lock:
+            fresh = self._newer(label, cursor)
+            if fresh:
+                return fresh
+            self._waiters.append(waiter)  # under the lock: no add slips in between
+        try:
+            async with asyncio.timeout(timeout_s):
+                await waiter
+        except TimeoutError:
+            return []
+        finally:
+            with self._lock:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        with self._lock:
+            return self._newer(label, cursor)
 
 
 # ---------------------------------------------------------------------- Redis
@@ -269,11 +310,31 @@ def _streams(reply: object) -> list[tuple[str, list[_Row]]]:
     return found
 
 
+def _resp(*commands: Sequence[bytes | str | int]) -> bytes:
+    """Commands in the Redis protocol (RESP arrays of bulk strings), back to back."""
+    parts: list[bytes] = []
+    for command in commands:
+        parts.append(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                data = arg.encode()
+            elif isinstance(arg, int):
+                data = b"%d" % arg
+            else:
+                data = arg
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+    return b"".join(parts)
+
+
 class RedisFrameStore(FrameStore):
     """Redis Streams: ``XADD MAXLEN = maxlen`` then ``PEXPIRE ttl`` per write (one round trip).
 
     Every command is bounded by ``timeout_s`` and retried by nobody here: a failure raises
     :class:`StoreUnavailableError` at once, so the writer can drop and count.
+
+    Two clients with the same settings: an asyncio one for the routes, uploads and followers,
+    and a blocking one for the writer's thread (``add_blocking``, ``touch_blocking``), which
+    writes without waking the event loop.
     """
 
     kind = "redis"
@@ -298,12 +359,27 @@ class RedisFrameStore(FrameStore):
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self._blocking_pool = redis.ConnectionPool.from_url(  # pyright: ignore[reportUnknownMemberType] - untyped classmethod in redis-py
+            url,
+            socket_connect_timeout=timeout_s,
+            socket_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        #: The writer thread's one connection, kept (never returned to the pool) and used
+        #: under ``_blocking_lock``; None until the first write.
+        self._blocking_conn: redis.Connection | None = None
+        self._blocking_lock = threading.Lock()
 
     def describe(self) -> str:
         return f"redis {mask_url(self.url)}"
 
     async def close(self) -> None:
         await self._client.aclose()
+        # Without the writer thread's lock: a call stuck on a dead server must not hold up
+        # the event loop; closing its socket ends that call with an error.
+        self._blocking_conn = None
+        self._blocking_pool.disconnect()  # closes the sockets: no network wait
 
     @property
     def _ttl_ms(self) -> int:
@@ -331,6 +407,40 @@ class RedisFrameStore(FrameStore):
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._failed("XADD", exc) from None
         return _text(results[0])
+
+    def _blocking_call(self, what: str, packed: bytes, replies: int) -> list[object]:
+        """Send ``packed`` (RESP commands) on the writer's connection and read ``replies``.
+
+        redis-py's pipeline costs twice the write itself in Python per frame (command stack,
+        per-argument encoding, pool checks); the commands here are packed in one join and
+        sent on one kept connection, with redis-py connecting (AUTH, SELECT, TLS) and parsing
+        the replies. Bounded by the socket timeouts (connect, then each send and reply).
+        """
+        with self._blocking_lock:
+            conn = self._blocking_conn
+            try:
+                if conn is None:
+                    conn = self._blocking_conn = self._blocking_pool.get_connection()
+                conn.send_packed_command([packed], check_health=False)
+                return [conn.read_response() for _ in range(replies)]  # pyright: ignore[reportUnknownMemberType] - untyped in redis-py
+            except (RedisError, OSError) as exc:
+                if conn is not None:
+                    conn.disconnect()  # unread replies: reconnect on the next call
+                raise self._failed(what, exc) from None
+
+    def add_blocking(self, label: str, key: str, entry: LiveEntry) -> str:
+        name = stream_name(self.prefix, label, key)
+        fields = entry.redis_fields()
+        xadd: list[bytes | str | int] = ["XADD", name, "MAXLEN", "=", self.maxlen, "*"]
+        for field_name, value in fields.items():
+            xadd += (field_name, value)
+        packed = _resp(xadd, ("PEXPIRE", name, self._ttl_ms))
+        return _text(self._blocking_call("XADD", packed, 2)[0])
+
+    def touch_blocking(self, label: str, key: str) -> bool:
+        name = stream_name(self.prefix, label, key)
+        [reply] = self._blocking_call("PEXPIRE", _resp(("PEXPIRE", name, self._ttl_ms)), 1)
+        return bool(reply)
 
     async def touch(self, label: str, key: str) -> bool:
         name = stream_name(self.prefix, label, key)

@@ -6,26 +6,32 @@ caller's loop turn and without touching pixels, whether the frame is stored:
 * at most ``fps`` frames per (label, key) (the rest are dropped before any work);
 * not while the store is down, except one frame per ``retry_interval_s`` that probes it.
 
-A kept frame goes into a bounded queue (the oldest is dropped when full). One writer task
-takes them in order: on a worker thread it scales the frame to ``max_width`` (aspect kept,
-never up), draws the boxes (class, confidence, track id) and encodes the JPEG, once per
-stored frame whoever watches; then it adds the entry to the store. A store failure drops the
-frame, counts it, and logs one warning per outage (and one line when the store is back).
+A kept frame goes into a bounded queue (the oldest is dropped when full). The writer's one
+render thread takes them in order: it scales the frame to ``max_width`` (aspect kept, never
+up), draws the boxes (class, confidence, track id) and encodes the JPEG, once per stored frame
+whoever watches; then it adds the entry to the store with the store's blocking call
+(:meth:`FrameStore.add_blocking`). After ``offer`` a frame never touches the event loop: the
+loop's wake-ups for a thread's result and for Redis's reply cost as much as the write itself.
+The in-memory store wakes the label feeds that wait on it, and only when there are any.
+A store failure drops the frame, counts it, and logs one warning per outage (and one line
+when the store is back).
 
-The writer also keeps the keys of running streams alive: a camera that is offline sends no
+The same thread keeps the keys of running streams alive: a camera that is offline sends no
 frames, so its last entry (marked offline) is rewritten or its TTL pushed on, every
 ``ttl_s / 3``, until the stream ends.
+
+Uploads (:meth:`LiveWriter.store_upload`) are written from the event loop with the store's
+async call; the outage bookkeeping is shared, under one lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -35,7 +41,7 @@ from av.video.reformatter import VideoReformatter
 from pydantic import ValidationError
 
 from pytrickle_worker.core.queues import DropOldestQueue
-from pytrickle_worker.frontdoors.live.model import DetectionItem, LiveEntry, StoredEntry
+from pytrickle_worker.frontdoors.live.model import DetectionItem, LiveEntry
 from pytrickle_worker.frontdoors.live.store import FrameStore, StoreUnavailableError
 from pytrickle_worker.media.frames import fit_width, yuv420_planes
 from pytrickle_worker.media.jpeg import encode_jpeg_frame, scale_for_jpeg
@@ -62,6 +68,8 @@ DROP_REASONS: tuple[DropReason, ...] = (
 
 #: Distinct invalid (label, key) pairs warned about (then they are only counted).
 _MAX_WARNED_INVALID = 100
+#: How long ``stop`` waits for the render thread (a render, or a store call's timeout).
+_JOIN_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -199,15 +207,17 @@ class LiveWriter:
         self.store = store
         self.settings = settings
         self._interval = 1.0 / settings.fps
+        self._keepalive_period = max(0.2, store.ttl_s / 3)
         self._queue: DropOldestQueue[_Job] = DropOldestQueue(settings.queue_size)
+        #: Guards what ``offer`` (the event loop) and the render thread share: the key
+        #: states, the outage state and the counters.
+        self._lock = threading.Lock()
         self._keys: dict[tuple[str, str], _KeyState] = {}
         self._warned_invalid: set[tuple[str, str]] = set()
-        self._task: asyncio.Task[None] | None = None
-        self._keepalive: asyncio.Task[None] | None = None
         self._reformatter = VideoReformatter()
-        #: The one thread that renders (scale, draw, encode): always the same warm thread,
-        #: where the default executor's hop went to the next idle one of several.
-        self._render_thread: ThreadPoolExecutor | None = None
+        #: The one thread that renders (scale, draw, encode) and writes to the store: a
+        #: frame never comes back to the event loop, whose wake-ups cost as much as the write.
+        self._thread: threading.Thread | None = None
         #: When the store failed: nothing is tried before this (monotonic), but one probe.
         self._down_until: float | None = None
         self._outage_drops = 0
@@ -219,76 +229,76 @@ class LiveWriter:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._render_thread is None:
-            self._render_thread = ThreadPoolExecutor(1, thread_name_prefix="live-render")
-        if self._task is None:
-            self._task = loop.create_task(self._run(), name="live-writer")
-            self._keepalive = loop.create_task(self._keep_alive(), name="live-keepalive")
+        if self._thread is None and not self._queue.closed:
+            self._thread = threading.Thread(target=self._work, name="live-render", daemon=True)
+            self._thread.start()
 
     async def stop(self) -> None:
         """Stop writing: what is queued is dropped (it is a live view, not a record)."""
+        self._queue.clear()
         self._queue.close()
-        for task in (self._task, self._keepalive):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._task = self._keepalive = None
-        if self._render_thread is not None:
-            self._render_thread.shutdown(wait=False, cancel_futures=True)
-            self._render_thread = None
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            # The thread finishes the frame in hand (a render, at worst a store timeout).
+            await asyncio.to_thread(thread.join, _JOIN_TIMEOUT_S)
+            if thread.is_alive():
+                logger.warning("live: the render thread did not stop within %g s", _JOIN_TIMEOUT_S)
 
     # ------------------------------------------------------------------ ResultSink
 
     def offer(self, item: SinkFrame) -> None:
         now = time.monotonic()
-        state = self._keys.get((item.label, item.key))
-        if state is None:
-            try:
-                check_live_name(item.label)
-                check_live_name(item.key, "key")
-            except ValueError as exc:
-                self._drop("invalid")
-                name = (item.label, item.key)
-                if len(self._warned_invalid) < _MAX_WARNED_INVALID and (
-                    name not in self._warned_invalid
-                ):
-                    self._warned_invalid.add(name)
-                    logger.warning("live: frames of %r/%r are not stored: %s", *name, exc)
+        name = (item.label, item.key)
+        with self._lock:
+            state = self._keys.get(name)
+            if state is None:
+                try:
+                    check_live_name(item.label)
+                    check_live_name(item.key, "key")
+                except ValueError as exc:
+                    self.dropped["invalid"] += 1
+                    warn = len(self._warned_invalid) < _MAX_WARNED_INVALID and (
+                        name not in self._warned_invalid
+                    )
+                    if warn:
+                        self._warned_invalid.add(name)
+                        logger.warning("live: frames of %r/%r are not stored: %s", *name, exc)
+                    return
+                state = self._keys[name] = _KeyState()
+            if state.online is False:
+                state.online, state.state_dirty = True, True
+            state.ended = False
+            if now < state.next_due:
+                self.dropped["rate_limit"] += 1
                 return
-            state = self._keys[(item.label, item.key)] = _KeyState()
-        if state.online is False:
-            state.online, state.state_dirty = True, True
-        state.ended = False
-        if now < state.next_due:
-            self._drop("rate_limit")
-            return
-        # On the grid of 1/fps, so arrival jitter does not lower the rate; a stream that
-        # paused starts a new grid.
-        late = now - state.next_due
-        state.next_due = (
-            state.next_due + self._interval if late < self._interval else now + self._interval
-        )
-        if not self._may_try(now):
-            self._drop("store_unavailable")
-            return
+            # On the grid of 1/fps, so arrival jitter does not lower the rate; a stream that
+            # paused starts a new grid.
+            late = now - state.next_due
+            state.next_due = (
+                state.next_due + self._interval if late < self._interval else now + self._interval
+            )
+            if not self._may_try_locked(now):
+                self._drop_locked("store_unavailable")
+                return
         if self._queue.put(item) is not None:
             self._drop("queue_full")
 
     def set_online(self, label: str, key: str, online: bool) -> None:
-        state = self._keys.get((label, key))
-        if state is None or state.online is online:
-            return
-        state.online, state.state_dirty = online, True
-        if not online and state.last is not None:
+        with self._lock:
+            state = self._keys.get((label, key))
+            if state is None or state.online is online:
+                return
+            state.online, state.state_dirty = online, True
+            queue = not online and state.last is not None
+        if queue:
             self._queue_state(label, key)
 
     def end(self, label: str, key: str) -> None:
-        state = self._keys.get((label, key))
-        if state is None:
-            return
-        state.online, state.state_dirty, state.ended = False, True, True
+        with self._lock:
+            state = self._keys.get((label, key))
+            if state is None:
+                return
+            state.online, state.state_dirty, state.ended = False, True, True
         # Behind any frame of the key still queued, so the offline entry is the last one.
         self._queue_state(label, key)
 
@@ -330,14 +340,21 @@ class LiveWriter:
             fps=fps,
             origin="upload",
         )
-        stored = await self._add(label, key, entry)
-        if stored is None:
-            raise StoreUnavailableError(f"the live store ({self.store.describe()}) is unavailable")
-        return stored.id
+        # On the event loop with the store's async client: an upload is a request, and its
+        # answer waits for the write anyway.
+        try:
+            entry_id = await self.store.add(label, key, entry)
+        except StoreUnavailableError as exc:
+            self._store_failed(exc, lost_entry=True)
+            raise StoreUnavailableError(
+                f"the live store ({self.store.describe()}) is unavailable"
+            ) from None
+        self._store_succeeded()
+        return entry_id
 
-    # ------------------------------------------------------------------ writing
+    # ------------------------------------------------------------------ bookkeeping
 
-    def _may_try(self, now: float) -> bool:
+    def _may_try_locked(self, now: float) -> bool:
         down_until = self._down_until
         if down_until is None:
             return True
@@ -346,73 +363,96 @@ class LiveWriter:
         self._down_until = now + self.settings.retry_interval_s  # this frame is the probe
         return True
 
-    def _drop(self, reason: DropReason) -> None:
+    def _drop_locked(self, reason: DropReason) -> None:
         self.dropped[reason] += 1
         if reason == "store_unavailable":
             self._outage_drops += 1
 
-    async def _add(self, label: str, key: str, entry: LiveEntry) -> StoredEntry | None:
-        try:
-            entry_id = await self.store.add(label, key, entry)
-        except StoreUnavailableError as exc:
-            self._drop("store_unavailable")
-            if self._down_until is None:
+    def _drop(self, reason: DropReason) -> None:
+        with self._lock:
+            self._drop_locked(reason)
+
+    def _store_failed(self, exc: StoreUnavailableError, *, lost_entry: bool) -> None:
+        """The store failed a write (``lost_entry``) or a touch: no more tries before the
+        next retry interval, and one warning per outage."""
+        with self._lock:
+            if lost_entry:
+                self._drop_locked("store_unavailable")
+            first = self._down_until is None
+            if first:
                 self.outages += 1
-                logger.warning(
-                    "live: frame store unavailable, dropping frames and retrying every %.1f s: %s",
-                    self.settings.retry_interval_s,
-                    exc,
-                )
-                self._down_until = time.monotonic() + self.settings.retry_interval_s
-            return None
-        if self._down_until is not None:
-            logger.info(
-                "live: frame store is back (%s); %d frame(s) dropped meanwhile",
-                self.store.describe(),
-                self._outage_drops,
+            retry_at = time.monotonic() + self.settings.retry_interval_s
+            self._down_until = max(self._down_until or retry_at, retry_at)
+        if first:
+            logger.warning(
+                "live: frame store unavailable, dropping frames and retrying every %.1f s: %s",
+                self.settings.retry_interval_s,
+                exc,
             )
-            self._down_until = None
-            self._outage_drops = 0
-        self.stored += 1
-        return StoredEntry(label, key, entry_id, entry)
 
-    async def _run(self) -> None:
-        while True:
-            job = await self._queue.get()
-            if job is None:
+    def _store_succeeded(self) -> None:
+        with self._lock:
+            self.stored += 1
+            if self._down_until is None:
                 return
-            try:
-                if isinstance(job, SinkFrame):
-                    await self._write_frame(job)
-                else:
-                    await self._write_state(job.label, job.key)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # a bug: lose the frame, keep the writer
-                self._drop("error")
-                logger.exception("live: writing a frame failed")
+            dropped, self._down_until, self._outage_drops = self._outage_drops, None, 0
+        logger.info(
+            "live: frame store is back (%s); %d frame(s) dropped meanwhile",
+            self.store.describe(),
+            dropped,
+        )
 
-    async def _write_frame(self, item: SinkFrame) -> None:
+    # ------------------------------------------------------------------ the render thread
+
+    def _work(self) -> None:
+        """The render thread: frames and state changes in order, and the keep-alive."""
+        next_keepalive = time.monotonic() + self._keepalive_period
+        while True:
+            job = self._queue.get_blocking(max(0.0, next_keepalive - time.monotonic()))
+            if self._queue.closed:
+                return
+            if job is not None:
+                try:
+                    if isinstance(job, SinkFrame):
+                        self._write_frame(job)
+                    else:
+                        self._write_state(job.label, job.key)
+                except Exception:  # a bug: lose the frame, keep the writer
+                    self._drop("error")
+                    logger.exception("live: writing a frame failed")
+            if time.monotonic() >= next_keepalive:
+                try:
+                    self._keep_alive()
+                except Exception:
+                    logger.exception("live: keeping the live keys alive failed")
+                next_keepalive = time.monotonic() + self._keepalive_period
+
+    def _add(self, label: str, key: str, entry: LiveEntry) -> bool:
+        try:
+            self.store.add_blocking(label, key, entry)
+        except StoreUnavailableError as exc:
+            self._store_failed(exc, lost_entry=True)
+            return False
+        self._store_succeeded()
+        return True
+
+    def _write_frame(self, item: SinkFrame) -> None:
         started = time.perf_counter()
         settings = self.settings
-
-        def render() -> tuple[bytes, int, int, list[DetectionItem]]:
-            # ``frame.rgb`` inside the render thread: a decoded (lazy) frame converts there,
-            # never on the event loop.
-            return render_frame(
-                item.frame.rgb,
-                item.records,
-                item.annotations,
-                max_width=settings.max_width,
-                quality=settings.jpeg_quality,
-                reformatter=self._reformatter,
-            )
-
-        loop = asyncio.get_running_loop()
-        jpeg, width, height, items = await loop.run_in_executor(self._render_thread, render)
+        # ``frame.rgb`` here: a decoded (lazy) frame converts on this thread, never on the
+        # event loop.
+        jpeg, width, height, items = render_frame(
+            item.frame.rgb,
+            item.records,
+            item.annotations,
+            max_width=settings.max_width,
+            quality=settings.jpeg_quality,
+            reformatter=self._reformatter,
+        )
         self.encode_seconds += time.perf_counter() - started
-        state = self._keys.get((item.label, item.key))
-        online = state.online if state is not None else item.online
+        with self._lock:
+            state = self._keys.get((item.label, item.key))
+            online = state.online if state is not None else item.online
         capture = item.frame.capture_time
         entry = LiveEntry(
             frame=jpeg,
@@ -427,48 +467,60 @@ class LiveWriter:
             fps=round(item.fps, 3),
             origin=item.origin,
         )
-        stored = await self._add(item.label, item.key, entry)
-        if state is not None and stored is not None:
-            state.last, state.last_write = entry, time.monotonic()
-            state.state_dirty = state.online is not online
+        if self._add(item.label, item.key, entry) and state is not None:
+            with self._lock:
+                state.last, state.last_write = entry, time.monotonic()
+                state.state_dirty = state.online is not online
 
-    async def _write_state(self, label: str, key: str) -> None:
+    def _write_state(self, label: str, key: str) -> None:
         """Store the key's last frame again with its current online state."""
-        state = self._keys.get((label, key))
-        if state is None:
-            return
-        if state.last is None:
-            if state.ended:
-                del self._keys[(label, key)]
-            return
-        entry = state.last.with_online(state.online)
-        stored = await self._add(label, key, entry)
-        if stored is not None:
-            state.last, state.last_write, state.state_dirty = entry, time.monotonic(), False
-        if state.ended and self._keys.get((label, key)) is state:
-            del self._keys[(label, key)]
+        name = (label, key)
+        with self._lock:
+            state = self._keys.get(name)
+            if state is None:
+                return
+            if state.last is None:
+                if state.ended:
+                    del self._keys[name]
+                return
+            entry = state.last.with_online(state.online)
+        written = self._add(label, key, entry)
+        with self._lock:
+            if written:
+                state.last, state.last_write = entry, time.monotonic()
+                state.state_dirty = state.online is not entry.online
+            if state.ended and self._keys.get(name) is state:
+                del self._keys[name]
 
-    async def _keep_alive(self) -> None:
-        period = max(0.2, self.store.ttl_s / 3)
-        while True:
-            await asyncio.sleep(period)
-            now = time.monotonic()
-            for (label, key), state in list(self._keys.items()):
-                if self._down_until is not None and now < self._down_until:
-                    continue
-                if state.ended:  # its offline entry was lost (queue full, outage): again
-                    if now - state.last_write >= period:
-                        await self._write_state(label, key)  # forgets the key once written
-                    continue
-                if state.last is None or now - state.last_write < period:
-                    continue
-                try:
-                    if state.state_dirty or not await self.store.touch(label, key):
-                        await self._write_state(label, key)
-                    else:
-                        state.last_write = now
-                except StoreUnavailableError:
-                    continue
+    def _keep_alive(self) -> None:
+        """Push on the TTL of every running key that was not written for a period (or write
+        its entry again when its state changed or it expired)."""
+        period = self._keepalive_period
+        now = time.monotonic()
+        with self._lock:
+            keys = list(self._keys.items())
+        for (label, key), state in keys:
+            down_until = self._down_until
+            if down_until is not None and time.monotonic() < down_until:
+                return  # the store is down (or failed in this pass): after the retry interval
+            if state.ended:  # its offline entry was lost (queue full, outage): again
+                if now - state.last_write >= period:
+                    self._write_state(label, key)  # forgets the key once written
+                continue
+            if state.last is None or now - state.last_write < period:
+                continue
+            if state.state_dirty:
+                self._write_state(label, key)
+                continue
+            try:
+                alive = self.store.touch_blocking(label, key)
+            except StoreUnavailableError as exc:
+                self._store_failed(exc, lost_entry=False)
+                return
+            if alive:
+                state.last_write = now
+            else:
+                self._write_state(label, key)
 
     # ------------------------------------------------------------------ status
 
