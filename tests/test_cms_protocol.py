@@ -554,7 +554,7 @@ def thread_names() -> Counter[str]:
 
 #: Threads that live as long as the worker, not a subscription: the pools, and the live
 #: view's render thread (one per worker, started with the first stored frame).
-POOL_THREADS = ("inference_", "ingest-convert_", "asyncio_", "live-render_")
+POOL_THREADS = ("inference_", "ingest-convert_", "asyncio_", "live-render")
 
 
 async def test_backend_disconnect_grace_period_then_everything_is_released(
