@@ -588,3 +588,24 @@ async def test_writer_outage_one_warning_counted_drops_and_resumes(
     finally:
         await writer.stop()
         await store.close()
+
+
+async def test_an_unreadable_entry_is_skipped_and_logged_once_per_stream(
+    private_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another producer under the same prefix (the reference backend's own fields, say)
+    writes entries this store cannot read: reads skip them, the newest readable one still
+    answers, and the warning is logged once for the stream, not at every read."""
+    store = RedisFrameStore(private_redis.url, prefix=PREFIX)
+    client = aioredis.Redis.from_url(private_redis.url)
+    try:
+        await store.add("d", "k", _entry(frame=b"good"))
+        await client.xadd(stream_name(PREFIX, "d", "k"), {"frame": b"x", "width": b"wide"})
+        with caplog.at_level("WARNING", logger="pytrickle_worker.frontdoors.live.store"):
+            for _ in range(3):
+                assert [e.entry.frame for e in await store.entries("d", "k")] == [b"good"]
+        warnings = [r for r in caplog.records if "unreadable entry in d/k" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    finally:
+        await client.aclose()
+        await store.close()

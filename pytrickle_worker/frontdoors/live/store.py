@@ -326,6 +326,10 @@ def _resp(*commands: Sequence[bytes | str | int]) -> bytes:
     return b"".join(parts)
 
 
+#: Streams remembered as logged for an unreadable entry (see RedisFrameStore._stored).
+MAX_UNREADABLE_LOGGED = 1024
+
+
 class RedisFrameStore(FrameStore):
     """Redis Streams: ``XADD MAXLEN = maxlen`` then ``PEXPIRE ttl`` per write (one round trip).
 
@@ -370,6 +374,9 @@ class RedisFrameStore(FrameStore):
         #: under ``_blocking_lock``; None until the first write.
         self._blocking_conn: redis.Connection | None = None
         self._blocking_lock = threading.Lock()
+        #: Streams with an entry this store cannot read (another producer under the same
+        #: prefix): logged once each, not at every read. Bounded: cleared when full.
+        self._unreadable_logged: set[tuple[str, str]] = set()
 
     def describe(self) -> str:
         return f"redis {mask_url(self.url)}"
@@ -456,7 +463,17 @@ class RedisFrameStore(FrameStore):
         try:
             return StoredEntry(label, key, entry_id, LiveEntry.from_redis_fields(fields))
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            logger.warning("live: unreadable entry in %s/%s skipped: %s", label, key, exc)
+            if (label, key) not in self._unreadable_logged:
+                if len(self._unreadable_logged) >= MAX_UNREADABLE_LOGGED:
+                    self._unreadable_logged.clear()
+                self._unreadable_logged.add((label, key))
+                logger.warning(
+                    "live: unreadable entry in %s/%s skipped (not logged again for this "
+                    "stream): %s",
+                    label,
+                    key,
+                    exc,
+                )
             return None
 
     async def latest(self, label: str, key: str) -> StoredEntry | None:
