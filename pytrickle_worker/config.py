@@ -263,6 +263,13 @@ class WorkerConfig(BaseModel):
         le=86400,
         description="A (label, key) nobody writes disappears after this many seconds",
     )
+    live_enabled: bool = Field(
+        default=True,
+        description=(
+            "Store the doors' analysed frames for the live view; off: no frame is scaled, "
+            "drawn, encoded or stored (the live routes stay, empty unless a producer uploads)"
+        ),
+    )
     live_fps: float = Field(
         default=2.0, gt=0, le=30, description="Frames stored per second per (label, key)"
     )

@@ -472,3 +472,27 @@ def _viewers_below(worker: Worker, url: str) -> Callable[[], Awaitable[bool]]:
             return False
 
     return check
+
+
+async def test_live_disabled_stores_nothing_and_detections_go_on(
+    camera: RtspServer,
+    model_server: ModelServer,
+    start_worker: WorkerFactory,
+    redis_server: RedisProcess,
+    request: pytest.FixtureRequest,
+) -> None:
+    """``live_enabled=false``: the CMS door analyses and reports as ever; nothing reaches the
+    live store (no Redis stream, no label), and /metrics counts no stored frame."""
+    prefix = _prefix(request)
+    worker = await start_worker(live_key_prefix=prefix, live_enabled=False, live_fps=10.0)
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        backend = await _subscribe(worker, camera, model_server)
+        await backend.detections(IDENTIFIER, 1)
+        await asyncio.sleep(1.5)  # ~15 frames the live view would have stored at 10 fps
+        assert await client.keys(f"{prefix}*") == []
+        assert await _get(worker, "/labels") == (200, {"labels": []})
+        async with worker.http.get(worker.url("/metrics")) as response:
+            assert _metric(await response.text(), "ptw_live_frames_stored_total") == 0
+    finally:
+        await client.aclose()

@@ -93,9 +93,13 @@ class LiveView:
         *,
         push_queue_size: int = 8,
         ws_heartbeat_s: float = 10.0,
+        doors_feed: bool = True,
     ) -> None:
         self.store = store
         self.writer = writer
+        #: False (``live_enabled`` off): the doors render and store nothing; the routes stay
+        #: (empty, unless a producer uploads).
+        self.doors_feed = doors_feed
         self.push_queue_size = push_queue_size
         self.ws_heartbeat_s = ws_heartbeat_s
         self._feeds: dict[str, LabelFeed] = {}
@@ -132,14 +136,20 @@ class LiveView:
             writer,
             push_queue_size=config.live_push_queue_size,
             ws_heartbeat_s=config.ws_ping_interval_s,
+            doors_feed=config.live_enabled,
         )
 
     @property
     def sinks(self) -> tuple[ResultSink, ...]:
-        """What the doors feed: the writer."""
-        return (self.writer,)
+        """What the doors feed: the writer (nothing when ``live_enabled`` is off)."""
+        return (self.writer,) if self.doors_feed else ()
 
     def describe(self) -> str:
+        if not self.doors_feed:
+            return (
+                f"live view: {self.store.describe()} store, the doors' frames not stored "
+                "(PTW_LIVE_ENABLED=false; uploads only)"
+            )
         return (
             f"live view: {self.store.describe()} store, {self.writer.settings.fps:g} fps per "
             f"key, worker {self.writer.settings.worker_id!r}"
