@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from fractions import Fraction
 
+import av
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
@@ -43,6 +44,7 @@ from pytrickle_worker.frontdoors.live.store import (
 )
 from pytrickle_worker.frontdoors.live.writer import LiveWriter, LiveWriterSettings, render_frame
 from pytrickle_worker.processing.sink import SinkFrame, check_live_name
+from pytrickle_worker.sources.frame import DecodedFrame
 from tests.helpers import RedisProcess
 from tests.test_cms_protocol import decode_jpeg
 
@@ -442,6 +444,29 @@ def test_render_scales_to_max_width_draws_and_encodes_once() -> None:
     # The box is drawn in the class colour on the grey frame, at the scaled place.
     assert np.abs(image[250, 200].astype(int) - 60).sum() > 100
     assert np.abs(image[250, 400].astype(int) - 60).sum() < 30  # inside: untouched
+
+
+def test_render_takes_a_decoded_frame_without_making_its_rgb() -> None:
+    """A camera's decoded frame is scaled from the decoder's pixels: the same picture as from
+    its RGB, and the full-resolution RGB is never converted for the live view."""
+    rgb = np.zeros((720, 1280, 3), np.uint8)
+    rgb[:, :640] = (200, 40, 40)
+    rgb[:, 640:] = (40, 40, 200)
+    conversions: list[int] = []
+    decoded = DecodedFrame(
+        0,
+        time.time(),
+        None,
+        av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p"),
+        on_convert=lambda: conversions.append(1),
+    )
+    from_decoded = render_frame(decoded, [CAR], (), max_width=960, quality=90)
+    from_rgb = render_frame(rgb, [CAR], (), max_width=960, quality=90)
+    assert conversions == []
+    assert from_decoded[1:] == from_rgb[1:]  # size and detection items
+    a, b = decode_jpeg(from_decoded[0]).astype(int), decode_jpeg(from_rgb[0]).astype(int)
+    assert np.abs(a - b).mean() < 3.0, np.abs(a - b).mean()  # 4:2:0 on the way, not RGB
+    assert a[100, 100, 0] > 150 and a[100, 900, 2] > 150  # the colours where they were
 
 
 def test_render_never_upscales() -> None:

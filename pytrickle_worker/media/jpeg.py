@@ -50,25 +50,27 @@ def encode_jpeg(
 
 
 def scale_for_jpeg(
-    frame: npt.NDArray[np.uint8],
+    frame: npt.NDArray[np.uint8] | av.VideoFrame,
     width: int,
     height: int,
     *,
     reformatter: VideoReformatter | None = None,
 ) -> av.VideoFrame:
-    """An RGB frame scaled to ``width`` × ``height`` and converted for
-    :func:`encode_jpeg_frame`, in one swscale pass (area averaging when it shrinks).
+    """An RGB frame, or a decoder's frame as it is (no RGB made on the way), scaled to
+    ``width`` × ``height`` and converted for :func:`encode_jpeg_frame`, in one swscale pass
+    (area averaging when it shrinks).
 
     Scaling and converting together costs about what the conversion alone does; the planes
     of the new frame may be drawn on (``media.frames.yuv420_planes``) before encoding. One
     swscale thread: callers already run this off the event loop, and swscale's own slice
     threads (its default) cost a quarter more CPU for the same pixels (bench/bench_live.py).
     """
-    image = check_rgb_frame(frame)
+    is_decoded = isinstance(frame, av.VideoFrame)
+    source = frame if is_decoded else wrap_rgb_frame(check_rgb_frame(frame))
     worker = reformatter if reformatter is not None else VideoReformatter()
-    same_size = (int(image.shape[1]), int(image.shape[0])) == (width, height)
+    same_size = (source.width, source.height) == (width, height)
     return worker.reformat(
-        wrap_rgb_frame(image),
+        source,
         width=width,
         height=height,
         format=JPEG_PIX_FMT,

@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import WSMsgType, web
@@ -114,22 +115,34 @@ class LiveRoutes:
         )
         return error_response(503, f"too many live viewers (limit {self.max_viewers}); try later")
 
-    async def _open(self, request: web.Request) -> web.WebSocketResponse:
+    async def _open(
+        self, request: web.Request
+    ) -> tuple[web.WebSocketResponse, Callable[[], None]] | web.Response:
+        """The upgraded socket, tracked, with the function that stops its token-expiry close;
+        or the 503 when ``live_max_viewers`` sockets are open already."""
+        if (full := self._full(request)) is not None:
+            return full
         ws = web.WebSocketResponse(
             protocols=(LIVE_SUBPROTOCOL,),
             heartbeat=self.view.ws_heartbeat_s,
             max_msg_size=MAX_WS_MESSAGE_BYTES,
         )
         await ws.prepare(request)
-        return ws
+        self.view.track(ws)
+        return ws, close_when_credentials_expire(ws, request)
+
+    async def _release(self, ws: web.WebSocketResponse, stop_expiry: Callable[[], None]) -> None:
+        stop_expiry()
+        self.view.untrack(ws)
+        if not ws.closed:
+            await ws.close()
 
     async def push(self, request: web.Request) -> web.StreamResponse:
         label = request.match_info["label"]
-        if (full := self._full(request)) is not None:
-            return full
-        ws = await self._open(request)
-        self.view.track(ws)
-        stop_expiry = close_when_credentials_expire(ws, request)
+        opened = await self._open(request)
+        if isinstance(opened, web.Response):
+            return opened
+        ws, stop_expiry = opened
         try:
             try:
                 check_live_name(label)
@@ -168,10 +181,7 @@ class LiveRoutes:
                     with contextlib.suppress(asyncio.CancelledError):
                         await reader
         finally:
-            stop_expiry()
-            self.view.untrack(ws)
-            if not ws.closed:
-                await ws.close()
+            await self._release(ws, stop_expiry)
         return ws
 
     @staticmethod
@@ -182,11 +192,10 @@ class LiveRoutes:
 
     async def pull(self, request: web.Request) -> web.StreamResponse:
         label, key = request.match_info["label"], request.match_info["key"]
-        if (full := self._full(request)) is not None:
-            return full
-        ws = await self._open(request)
-        self.view.track(ws)
-        stop_expiry = close_when_credentials_expire(ws, request)
+        opened = await self._open(request)
+        if isinstance(opened, web.Response):
+            return opened
+        ws, stop_expiry = opened
         try:
             try:
                 check_live_name(label)
@@ -213,10 +222,7 @@ class LiveRoutes:
         except (ConnectionResetError, RuntimeError):
             pass  # the viewer went away mid-answer
         finally:
-            stop_expiry()
-            self.view.untrack(ws)
-            if not ws.closed:
-                await ws.close()
+            await self._release(ws, stop_expiry)
         return ws
 
     async def _answer(

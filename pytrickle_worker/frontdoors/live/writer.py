@@ -35,11 +35,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import av
 import numpy as np
 import numpy.typing as npt
 from av.video.reformatter import VideoReformatter
 from pydantic import ValidationError
 
+from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.frontdoors.live.model import DetectionItem, LiveEntry
 from pytrickle_worker.frontdoors.live.store import FrameStore, StoreUnavailableError
@@ -150,8 +152,25 @@ def _label(item: DetectionItem) -> str:
     return text if item.id is None else f"{text} #{item.id}"
 
 
+def _scaled(
+    source: npt.NDArray[np.uint8] | FramePixels,
+    width: int,
+    height: int,
+    reformatter: VideoReformatter | None,
+) -> av.VideoFrame:
+    """``source`` in the encoder's 4:2:0 at ``width`` × ``height``: a camera's decoded frame
+    straight from the decoder's pixels (its full-resolution RGB is never made for the live
+    view), an RGB array as it is."""
+    if not isinstance(source, np.ndarray):
+        with source.decoded() as decoded:
+            if decoded is not None:
+                return scale_for_jpeg(decoded, width, height, reformatter=reformatter)
+        source = source.to_rgb()  # the source let go of its decoder frame
+    return scale_for_jpeg(source, width, height, reformatter=reformatter)
+
+
 def render_frame(
-    rgb: npt.NDArray[np.uint8],
+    source: npt.NDArray[np.uint8] | FramePixels,
     records: Sequence[dict[str, Any]],
     annotations: Sequence[Annotation],
     *,
@@ -161,15 +180,19 @@ def render_frame(
 ) -> tuple[bytes, int, int, list[DetectionItem]]:
     """Scale, draw and encode one frame (blocking: run it on a worker thread).
 
-    Returns ``(jpeg, width, height, detection items in stored pixels)``. The processor's
-    annotations are drawn when it gave any (their labels are its own), else the detections.
+    ``source``: an RGB array, or a decoded frame (``VideoFrame.image``). Returns ``(jpeg,
+    width, height, detection items in stored pixels)``. The processor's annotations are drawn
+    when it gave any (their labels are its own), else the detections.
     """
-    source_h, source_w = int(rgb.shape[0]), int(rgb.shape[1])
+    if isinstance(source, np.ndarray):
+        source_h, source_w = int(source.shape[0]), int(source.shape[1])
+    else:
+        source_h, source_w = source.height, source.width
     width, height = fit_width(source_w, source_h, max_width)
     scale = width / source_w
     # One swscale pass scales and converts to the encoder's 4:2:0, and the boxes are drawn on
     # those planes: scaling in RGB, drawing and converting after took twice a bare encode.
-    image = scale_for_jpeg(rgb, width, height, reformatter=reformatter)  # a new frame
+    image = _scaled(source, width, height, reformatter)  # a new frame
     items = detection_items(records, scale, width, height)
     if annotations:
         marks = [
@@ -439,10 +462,11 @@ class LiveWriter:
     def _write_frame(self, item: SinkFrame) -> None:
         started = time.perf_counter()
         settings = self.settings
-        # ``frame.rgb`` here: a decoded (lazy) frame converts on this thread, never on the
-        # event loop.
+        # The frame's image as it is: a camera's decoded frame is scaled from the decoder's
+        # pixels on this thread (no full-resolution RGB for the live view, and never on the
+        # event loop).
         jpeg, width, height, items = render_frame(
-            item.frame.rgb,
+            item.frame.image,
             item.records,
             item.annotations,
             max_width=settings.max_width,
