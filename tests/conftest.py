@@ -1,9 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
 
 from pytrickle_worker.devtools.assets import DemoAssets, build_demo_assets
 from tests.helpers import RedisProcess
@@ -39,3 +41,24 @@ def private_redis(tmp_path: Path) -> Iterator[RedisProcess]:
     server.start()
     yield server
     server.stop()
+
+
+ServeApp = Callable[[web.Application], Awaitable[tuple[TestServer, ClientSession]]]
+
+
+@pytest.fixture
+async def serve_app() -> AsyncIterator[ServeApp]:
+    """``server, http = await serve_app(app)``: the app served on 127.0.0.1 with a client
+    session; both closed after the test."""
+    served: list[tuple[TestServer, ClientSession]] = []
+
+    async def serve(app: web.Application) -> tuple[TestServer, ClientSession]:
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        served.append((server, ClientSession()))
+        return served[-1]
+
+    yield serve
+    for server, http in served:
+        await http.close()
+        await server.close()

@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ from pytrickle_worker.media.jpeg import encode_jpeg
 from pytrickle_worker.server.app import LIVE_KEY, create_app
 from pytrickle_worker.server.jwtauth import JwtVerifier
 from pytrickle_worker.server.security import AccessPolicy
+from tests.conftest import ServeApp
 from tests.helpers import RedisProcess
 
 TOKEN = "static-Tok3n-0123456789abcdef"
@@ -107,26 +108,18 @@ StartWorker = Callable[..., Awaitable[Worker]]
 
 
 @pytest.fixture
-async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
+async def start_worker(tmp_path: Path, serve_app: ServeApp) -> StartWorker:
     """``await start_worker(**config_overrides)``: the real app (plus stand-ins for routes
     it does not have yet) on 127.0.0.1."""
-    workers: list[Worker] = []
 
     async def start(**overrides: Any) -> Worker:
         config = WorkerConfig(cache_dir=tmp_path / "cache", **{**BASE_CONFIG, **overrides})
         app = create_app(config)
         for method, path, handler in STAND_INS:
             app.router.add_route(method, path, handler)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        worker = Worker(app, server, ClientSession())
-        workers.append(worker)
-        return worker
+        return Worker(app, *await serve_app(app))
 
-    yield start
-    for worker in workers:
-        await worker.http.close()
-        await worker.server.close()
+    return start
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from pytrickle_worker.server.openapi import (
     find_swagger_ui,
 )
 from pytrickle_worker.transport.apidoc import Body, Reply, RouteDoc, documented_routes
+from tests.conftest import ServeApp
 
 TOKEN = "openapi-test-token-0123456789"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -77,22 +78,13 @@ StartWorker = Callable[..., Awaitable[Worker]]
 
 
 @pytest.fixture
-async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
-    workers: list[Worker] = []
-
+async def start_worker(tmp_path: Path, serve_app: ServeApp) -> StartWorker:
     async def start(**overrides: Any) -> Worker:
         config = WorkerConfig(cache_dir=tmp_path / "cache", **{**BASE_CONFIG, **overrides})
         app = create_app(config)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        worker = Worker(app, server, ClientSession())
-        workers.append(worker)
-        return worker
+        return Worker(app, *await serve_app(app))
 
-    yield start
-    for worker in workers:
-        await worker.http.close()
-        await worker.server.close()
+    return start
 
 
 @pytest.fixture

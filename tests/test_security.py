@@ -28,6 +28,7 @@ from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.core.logutil import mask_text, setup_logging
 from pytrickle_worker.server.app import create_app
 from pytrickle_worker.server.security import OPEN_PATHS
+from tests.conftest import ServeApp
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -78,23 +79,15 @@ StartWorker = Callable[..., Awaitable[Worker]]
 
 
 @pytest.fixture
-async def start_worker(tmp_path: Path) -> AsyncIterator[StartWorker]:
+async def start_worker(tmp_path: Path, serve_app: ServeApp) -> StartWorker:
     """``await start_worker(**config_overrides)``: the real app on 127.0.0.1."""
-    workers: list[Worker] = []
 
     async def start(**overrides: Any) -> Worker:
         config = WorkerConfig(cache_dir=tmp_path / "cache", **{**BASE_CONFIG, **overrides})
         app = create_app(config)
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server()
-        worker = Worker(app, server, ClientSession())
-        workers.append(worker)
-        return worker
+        return Worker(app, *await serve_app(app))
 
-    yield start
-    for worker in workers:
-        await worker.http.close()
-        await worker.server.close()
+    return start
 
 
 @pytest.fixture
