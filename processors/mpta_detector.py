@@ -67,7 +67,7 @@ from pytrickle_worker.processing import (
     StreamContext,
     VideoFrame,
 )
-from pytrickle_worker.processing.annotate import Annotation, class_colour
+from pytrickle_worker.processing.annotate import Annotation, class_colour, detection_label
 
 if TYPE_CHECKING:
     from pytrickle_worker.processing.registry import ProcessorDeps
@@ -552,11 +552,7 @@ def _annotations(result: PipelineResult) -> tuple[Annotation, ...]:
     classes = [node.class_name for node in result.nodes if node.class_name is not None]
     root_class = classes[0] if classes else str(result.detection["class"])
     chain = "/".join(dict.fromkeys(classes)) or root_class
-    confidence = result.detection.get("confidence")
-    label = chain if confidence is None else f"{chain} {float(confidence):.2f}"
-    track_id = result.detection.get("id")
-    if track_id is not None:
-        label = f"{label} #{track_id}"
+    label = detection_label(chain, result.detection.get("confidence"), result.detection.get("id"))
     return (Annotation(result.bbox, label, class_colour(root_class)),)
 
 

@@ -17,6 +17,7 @@ from pytrickle_worker.processing.annotate import (
     Annotation,
     box_thickness,
     class_colour,
+    detection_label,
     draw_annotations,
     draw_annotations_yuv420,
     draw_box,
@@ -233,3 +234,11 @@ def test_yuv420_drawing_of_any_boxes_matches_rgb_luma(
     annotations = [Annotation(box, text, colour) for box, text, colour in marks]
     _, via_rgb, on_planes = draw_both_ways(height, width, annotations)
     assert np.abs(via_rgb[0].astype(int) - on_planes[0]).max() <= 2
+
+
+def test_detection_label_names_class_confidence_and_track() -> None:
+    """The one tag format the MPTA processor and the live view draw."""
+    assert detection_label("car", 0.8749, 12) == "car 0.87 #12"
+    assert detection_label("car/sedan", 1, None) == "car/sedan 1.00"
+    assert detection_label("car", None, 3) == "car #3"
+    assert detection_label("car", None) == "car"

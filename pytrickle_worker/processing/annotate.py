@@ -28,6 +28,7 @@ __all__ = [
     "Annotation",
     "box_thickness",
     "class_colour",
+    "detection_label",
     "draw_annotations",
     "draw_annotations_yuv420",
     "draw_box",
@@ -140,6 +141,12 @@ class Annotation:
     bbox: BBox
     label: str
     colour: RGB
+
+
+def detection_label(name: str, confidence: float | None, track_id: object = None) -> str:
+    """A box's tag: ``name 0.87 #12`` (the confidence and track id when there are any)."""
+    text = name if confidence is None else f"{name} {float(confidence):.2f}"
+    return text if track_id is None else f"{text} #{track_id}"
 
 
 def class_colour(name: str) -> RGB:

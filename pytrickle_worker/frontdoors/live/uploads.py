@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, WSMsgType, hdrs, web
 from pydantic import ValidationError
@@ -416,32 +416,31 @@ def _name(form: dict[str, bytes], field: str) -> str:
         raise ApiError(422, str(exc)) from None
 
 
-def _is_json_syntax(exc: ValidationError) -> bool:
-    return any(error["type"] == "json_invalid" for error in exc.errors())
+_T = TypeVar("_T")
+
+
+def _validated_json(validate: Callable[[bytes], _T], raw: bytes, what: str) -> _T:
+    """``validate(raw)``; a 400 naming ``what`` when it is not JSON at all, a 422 naming the
+    field when the JSON does not fit."""
+    try:
+        return validate(raw)
+    except ValidationError as exc:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            message = exc.errors()[0]["msg"].removeprefix("Invalid JSON: ")
+            raise ApiError(400, f"{what} is not valid JSON: {message}") from None
+        raise ApiError(422, format_validation_error(exc, what)) from None
 
 
 def _detections(raw: bytes) -> list[UploadDetection]:
     if not raw.strip():
         return []
-    try:
-        return UPLOAD_DETECTIONS.validate_json(raw)
-    except ValidationError as exc:
-        if _is_json_syntax(exc):
-            message = exc.errors()[0]["msg"].removeprefix("Invalid JSON: ")
-            raise ApiError(400, f"detections is not valid JSON: {message}") from None
-        raise ApiError(422, format_validation_error(exc, "detections")) from None
+    return _validated_json(UPLOAD_DETECTIONS.validate_json, raw, "detections")
 
 
 def _header(head: bytes) -> UploadHeader:
     if not head.strip():
         raise ApiError(400, f"header is empty; {_WS_USAGE}")
-    try:
-        return UploadHeader.model_validate_json(head)
-    except ValidationError as exc:
-        if _is_json_syntax(exc):
-            message = exc.errors()[0]["msg"].removeprefix("Invalid JSON: ")
-            raise ApiError(400, f"header is not valid JSON: {message}") from None
-        raise ApiError(422, format_validation_error(exc, "header")) from None
+    return _validated_json(UploadHeader.model_validate_json, head, "header")
 
 
 def _content_type(part: BodyPartReader) -> str:

@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import av
 import numpy as np
@@ -50,6 +50,7 @@ from pytrickle_worker.media.jpeg import encode_jpeg_frame, scale_for_jpeg
 from pytrickle_worker.processing.annotate import (
     Annotation,
     class_colour,
+    detection_label,
     draw_annotations_yuv420,
 )
 from pytrickle_worker.processing.sink import SinkFrame, check_live_name
@@ -59,13 +60,7 @@ __all__ = ["DropReason", "LiveWriter", "LiveWriterSettings", "render_frame"]
 logger = logging.getLogger(__name__)
 
 DropReason = Literal["rate_limit", "queue_full", "store_unavailable", "invalid", "error"]
-DROP_REASONS: tuple[DropReason, ...] = (
-    "rate_limit",
-    "queue_full",
-    "store_unavailable",
-    "invalid",
-    "error",
-)
+DROP_REASONS: tuple[DropReason, ...] = get_args(DropReason)
 
 
 #: Distinct invalid (label, key) pairs warned about (then they are only counted).
@@ -147,11 +142,6 @@ def _clamp(value: int, limit: int) -> int:
     return max(0, min(limit, value))
 
 
-def _label(item: DetectionItem) -> str:
-    text = f"{item.class_name} {item.confidence:.2f}"
-    return text if item.id is None else f"{text} #{item.id}"
-
-
 def _scaled(
     source: npt.NDArray[np.uint8] | FramePixels,
     width: int,
@@ -212,7 +202,7 @@ def render_frame(
         marks = [
             Annotation(
                 (int(i.bbox[0]), int(i.bbox[1]), int(i.bbox[2]), int(i.bbox[3])),
-                _label(i),
+                detection_label(i.class_name, i.confidence, i.id),
                 class_colour(i.class_name),
             )
             for i in items
