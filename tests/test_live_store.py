@@ -278,7 +278,7 @@ async def test_store_keeps_maxlen_entries_and_forgets_a_key_after_its_ttl(
     assert await store.latest("display-1", "nope") is None
     # Nobody writes: everything expires after ttl_s.
     await _eventually(lambda: _empty(store), within=10.0)
-    assert await store.touch("display-1", "cam 1") is False
+    assert await asyncio.to_thread(store.touch_blocking, "display-1", "cam 1") is False
 
 
 async def _empty(store: FrameStore) -> bool:
@@ -328,7 +328,7 @@ async def test_touch_keeps_a_key_alive(store: FrameStore) -> None:
     await store.add("d", "k", _entry())
     for _ in range(4):
         await asyncio.sleep(0.4)
-        assert await store.touch("d", "k") is True
+        assert await asyncio.to_thread(store.touch_blocking, "d", "k") is True
     assert await store.latest("d", "k") is not None  # 1.6 s after the write, ttl 1 s
 
 
@@ -397,7 +397,6 @@ async def test_a_stopped_redis_raises_store_unavailable(private_redis: RedisProc
             store.latest("d", "k"),
             store.labels(),
             store.keys("d"),
-            store.touch("d", "k"),
             store.read_new("d", FollowCursor(), 0.1),
             asyncio.to_thread(store.add_blocking, "d", "k", _entry()),
             asyncio.to_thread(store.touch_blocking, "d", "k"),

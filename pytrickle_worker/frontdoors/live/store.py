@@ -3,7 +3,8 @@ in Redis Streams (:class:`RedisFrameStore`), one bounded stream per (label, key)
 
 Both behave the same for the routes: ``add`` (or ``add_blocking``, the live writer's
 thread's call) keeps the newest ``maxlen`` entries of a key
-and makes the key expire ``ttl_s`` after its last write (or :meth:`FrameStore.touch`), so
+and makes the key expire ``ttl_s`` after its last write (or
+:meth:`FrameStore.touch_blocking`), so
 the frames of a dead worker disappear; ``labels``/``keys``/``latest`` list what is there;
 ``read_new`` follows new entries of a label, picking up keys that appear later.
 
@@ -107,12 +108,9 @@ class FrameStore(abc.ABC):
         network); what the live writer's render thread calls."""
 
     @abc.abstractmethod
-    async def touch(self, label: str, key: str) -> bool:
-        """Push the key's expiry ``ttl_s`` into the future; False when it does not exist."""
-
-    @abc.abstractmethod
     def touch_blocking(self, label: str, key: str) -> bool:
-        """:meth:`touch` from a worker thread."""
+        """Push the key's expiry ``ttl_s`` into the future; False when it does not exist.
+        From a worker thread (the live writer's keep-alive)."""
 
     @abc.abstractmethod
     async def latest(self, label: str, key: str) -> StoredEntry | None:
@@ -202,9 +200,6 @@ class MemoryFrameStore(FrameStore):
                 return False
             stream.expires_at = time.monotonic() + self.ttl_s
             return True
-
-    async def touch(self, label: str, key: str) -> bool:
-        return self.touch_blocking(label, key)
 
     async def latest(self, label: str, key: str) -> StoredEntry | None:
         with self._lock:
@@ -448,14 +443,6 @@ class RedisFrameStore(FrameStore):
         name = stream_name(self.prefix, label, key)
         [reply] = self._blocking_call("PEXPIRE", _resp(("PEXPIRE", name, self._ttl_ms)), 1)
         return bool(reply)
-
-    async def touch(self, label: str, key: str) -> bool:
-        name = stream_name(self.prefix, label, key)
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                return bool(await self._client.pexpire(name, self._ttl_ms))
-        except (RedisError, OSError, TimeoutError) as exc:
-            raise self._failed("PEXPIRE", exc) from None
 
     def _stored(
         self, label: str, key: str, entry_id: str, fields: dict[bytes, bytes]
