@@ -361,3 +361,46 @@ async def test_demo_camera_without_the_demo_pipeline_says_so_and_starts(
     finally:
         assert worker.stop() == 0, worker.log()
     assert "--demo-camera needs the demo pipeline" in worker.log()
+
+
+async def test_a_failing_local_subscription_is_logged_and_the_worker_serves_on(
+    tmp_path: Path, demo_assets: DemoAssets, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local subscription (the demo camera) has no backend to tell: its error is a log
+    line naming it, and the worker keeps serving."""
+    from aiohttp.test_utils import TestServer  # noqa: PLC0415
+
+    from pytrickle_worker.frontdoors.cms.protocol import SubscribePayload  # noqa: PLC0415
+    from pytrickle_worker.server.app import create_app  # noqa: PLC0415
+
+    missing = tmp_path / "missing.mpta"
+    payload = SubscribePayload.model_validate(
+        {
+            "subscriptionIdentifier": "demo;sample",
+            "rtspUrl": str(demo_assets.video_path),
+            "modelUrl": str(missing),
+            "modelId": 1,
+        }
+    )
+    config = WorkerConfig(
+        cache_dir=tmp_path / "cache", execution_provider="cpu", allow_local_models=True
+    )
+    server = TestServer(create_app(config, local_subscriptions=[payload]), host="127.0.0.1")
+    with caplog.at_level("WARNING", logger="pytrickle_worker.frontdoors.cms.endpoint"):
+        await server.start_server()
+        try:
+            deadline = time.monotonic() + 30
+            while not any(
+                "local subscription demo;sample" in r.getMessage() for r in caplog.records
+            ):
+                assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+                await asyncio.sleep(0.1)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(str(server.make_url("/health"))) as reply,
+            ):
+                assert reply.status == 200
+        finally:
+            await server.close()
+    [line] = [r.getMessage() for r in caplog.records if "local subscription" in r.getMessage()]
+    assert str(missing) in line or "not found" in line, line

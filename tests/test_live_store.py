@@ -5,10 +5,11 @@ own), real PyAV encode; nothing mocked."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from fractions import Fraction
 
@@ -466,6 +467,28 @@ def test_render_takes_a_decoded_frame_without_making_its_rgb() -> None:
     a, b = decode_jpeg(from_decoded[0]).astype(int), decode_jpeg(from_rgb[0]).astype(int)
     assert np.abs(a - b).mean() < 3.0, np.abs(a - b).mean()  # 4:2:0 on the way, not RGB
     assert a[100, 100, 0] > 150 and a[100, 900, 2] > 150  # the colours where they were
+
+
+class _ReleasedPixels:
+    """A FramePixels whose source no longer holds the decoder's frame (the protocol allows
+    it): the renderer falls back to the RGB."""
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.rgb = rgb
+        self.width, self.height = int(rgb.shape[1]), int(rgb.shape[0])
+
+    def to_rgb(self) -> np.ndarray:
+        return self.rgb
+
+    @contextlib.contextmanager
+    def decoded(self) -> Iterator[None]:
+        yield None
+
+
+def test_render_falls_back_to_rgb_when_the_decoded_frame_is_gone() -> None:
+    rgb = _frame().rgb
+    released = render_frame(_ReleasedPixels(rgb), [CAR], (), max_width=960, quality=80)
+    assert released == render_frame(rgb, [CAR], (), max_width=960, quality=80)
 
 
 def test_render_never_upscales() -> None:
