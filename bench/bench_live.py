@@ -72,6 +72,7 @@ from pytrickle_worker.frontdoors.live.writer import LiveWriter, LiveWriterSettin
 from pytrickle_worker.media.frames import fit_width
 from pytrickle_worker.media.jpeg import jpeg_qscale
 from pytrickle_worker.processing.sink import SinkFrame
+from pytrickle_worker.sources.frame import DecodedFrame
 
 CLIP_FPS = 30
 #: swscale threads of the floor: one, as the worker's JPEG path uses (its default, one per
@@ -86,21 +87,23 @@ DROP_OFFERS = 20_000
 WRITE_TIMEOUT_S = 30.0
 
 Rgb = npt.NDArray[np.uint8]
+Source = Rgb | DecodedFrame
 
 
 # ------------------------------------------------------------------------------ input
 
 
-def decoded_frames(clip: Path, count: int) -> list[tuple[Rgb, list[dict[str, Any]]]]:
-    """The clip's first ``count`` frames as RGB, each with its scene's detections."""
-    frames: list[tuple[Rgb, list[dict[str, Any]]]] = []
+def decoded_frames(clip: Path, count: int, kind: str) -> list[tuple[Source, list[dict[str, Any]]]]:
+    """The clip's first ``count`` frames, each with its scene's detections: as RGB arrays
+    (``kind`` "rgb": what the trickle door and an RGB source hand over), or as the decoder's
+    frames (``kind`` "decoded": what a camera reader hands the CMS door, ``DecodedFrame``)."""
+    frames: list[tuple[Source, list[dict[str, Any]]]] = []
     with av.open(str(clip)) as container:
         stream = container.streams.video[0]
         for index, frame in enumerate(container.decode(stream)):
             if index >= count:
                 break
-            rgb = frame.to_ndarray(format="rgb24")
-            height, width = int(rgb.shape[0]), int(rgb.shape[1])
+            width, height = frame.width, frame.height
             records: list[dict[str, Any]] = []
             for track_id, obj in enumerate(moving_objects(index, width, height, CLIP_FPS), 1):
                 nominal = 1.0 if obj.class_name == "car" else MOVING_TRUCK_CONFIDENCE
@@ -116,8 +119,19 @@ def decoded_frames(clip: Path, count: int) -> list[tuple[Rgb, list[dict[str, Any
                         "bbox": list(obj.box),
                     }
                 )
-            frames.append((rgb, records))
+            source: Source = (
+                cast("Rgb", frame.to_ndarray(format="rgb24"))
+                if kind == "rgb"
+                else DecodedFrame(index, time.time(), None, frame)
+            )
+            frames.append((source, records))
     return frames
+
+
+def source_size(source: Source) -> tuple[int, int]:
+    if isinstance(source, np.ndarray):
+        return int(source.shape[1]), int(source.shape[0])
+    return source.width, source.height
 
 
 # ------------------------------------------------------------------------------ floor
@@ -131,8 +145,13 @@ class BareEncoder:
         self.qscale = jpeg_qscale(quality)
         self.reformatter = VideoReformatter()
 
-    def encode(self, rgb: Rgb) -> bytes:
-        source = av.VideoFrame.from_numpy_buffer(rgb, format="rgb24")
+    def encode(self, frame: Source) -> bytes:
+        if isinstance(frame, np.ndarray):
+            source = av.VideoFrame.from_numpy_buffer(frame, format="rgb24")
+        else:
+            with frame.decoded() as decoded:
+                assert decoded is not None
+                source = decoded
         width, height = fit_width(source.width, source.height, self.max_width)
         yuv = self.reformatter.reformat(
             source,
@@ -184,24 +203,51 @@ def _settings(fps: float, max_width: int, quality: int) -> LiveWriterSettings:
     return LiveWriterSettings(worker_id="bench", fps=fps, max_width=max_width, jpeg_quality=quality)
 
 
-def writer_frame(
-    writer: LiveWriter, store: _Signalled, rgb: Rgb, records: list[dict[str, Any]], index: int
-) -> float:
-    """CPU seconds from ``offer`` until the store holds the frame.
+class WriterCpu:
+    """The CPU the worker spends on one writer's frames, and nothing of the bench's.
 
-    The event loop's thread waits blocked (no CPU) on the store's signal: after ``offer`` the
-    writer needs nothing from the loop, so nothing of the loop's is counted or left out."""
-    frame = VideoFrame(rgb, index, Fraction(1, CLIP_FPS), capture_time=time.time())
-    item = SinkFrame("display-1", "camera-1", frame, records, (), "cms", float(CLIP_FPS))
-    store.added.clear()
-    started = time.process_time()
-    writer.offer(item)
-    if not store.added.wait(WRITE_TIMEOUT_S):
-        raise RuntimeError(f"the writer stored nothing in {WRITE_TIMEOUT_S} s: {writer.snapshot()}")
-    return time.process_time() - started
+    Per frame: the caller's ``offer`` (this thread's CPU clock: the name check, the rate
+    decision, the queue and the render thread's wake-up), plus the writer's render thread
+    from this frame's ``offer`` to the next one's (its own CPU clock, read from here: its
+    wake-up, the render, the entry, the store and whatever it does after the store returns).
+    The bench's thread waits for the store's signal between the two; that wait and its own
+    wake-up are the bench's, not the worker's (in the worker nobody waits for a frame to be
+    stored), so they are not counted.
+    """
+
+    def __init__(self, writer: LiveWriter, store: _Signalled) -> None:
+        thread = writer.render_thread
+        if thread is None or thread.ident is None:
+            raise RuntimeError("start the writer first")
+        self.writer = writer
+        self.store = store
+        self.clock = time.pthread_getcpuclockid(thread.ident)
+        self.offers: list[float] = []
+        self.marks: list[float] = []
+
+    def frame(self, rgb: Source, records: list[dict[str, Any]], index: int) -> None:
+        frame = VideoFrame(rgb, index, Fraction(1, CLIP_FPS), capture_time=time.time())
+        item = SinkFrame("display-1", "camera-1", frame, records, (), "cms", float(CLIP_FPS))
+        self.store.added.clear()
+        self.marks.append(time.clock_gettime(self.clock))
+        started = time.thread_time()
+        self.writer.offer(item)
+        self.offers.append(time.thread_time() - started)
+        if not self.store.added.wait(WRITE_TIMEOUT_S):
+            raise RuntimeError(
+                f"the writer stored nothing in {WRITE_TIMEOUT_S} s: {self.writer.snapshot()}"
+            )
+
+    def per_frame(self) -> list[float]:
+        """CPU seconds of each frame (call once the writer is idle after the last)."""
+        marks = [*self.marks, time.clock_gettime(self.clock)]
+        return [
+            offer + after - before
+            for offer, before, after in zip(self.offers, marks, marks[1:], strict=False)
+        ]
 
 
-def drop_cost(rgb: Rgb, records: list[dict[str, Any]]) -> float:
+def drop_cost(rgb: Source, records: list[dict[str, Any]]) -> float:
     """CPU seconds of one ``offer`` that the per-key rate limit drops."""
     writer = LiveWriter(MemoryFrameStore(), _settings(STORED_FPS, 960, 80))
     frame = VideoFrame(rgb, 0, Fraction(1, CLIP_FPS))
@@ -270,7 +316,8 @@ def ms(seconds: float) -> float:
 
 
 async def measure_size(
-    frames: Sequence[tuple[Rgb, list[dict[str, Any]]]],
+    frames: Sequence[tuple[Source, list[dict[str, Any]]]],
+    kind: str,
     server: RedisServer,
     args: argparse.Namespace,
 ) -> dict[str, Any]:
@@ -283,14 +330,18 @@ async def measure_size(
     redis_writer.start()
     memory_writer.start()
     render_reformatter = VideoReformatter()
-    times: dict[str, list[float]] = {"floor": [], "render": [], "redis": [], "memory": []}
+    meters = {
+        "redis": WriterCpu(redis_writer, redis_store),
+        "memory": WriterCpu(memory_writer, memory_store),
+    }
+    times: dict[str, list[float]] = {"floor": [], "render": []}
     floor_bytes: list[int] = []
     # Only the redis path talks to the server while the frames run.
     redis_before = server.cpu_s()
     try:
         for index, (rgb, records) in enumerate(frames):
             paths: list[tuple[str, Callable[[], Any]]] = [
-                ("floor", lambda rgb=rgb: bare.encode(rgb)),
+                ("floor", lambda rgb=rgb: floor_bytes.append(len(bare.encode(rgb)))),
                 (
                     "render",
                     lambda rgb=rgb, records=records: render_frame(
@@ -302,34 +353,29 @@ async def measure_size(
                         reformatter=render_reformatter,
                     ),
                 ),
-                (
-                    "redis",
-                    lambda rgb=rgb, records=records, index=index: writer_frame(
-                        redis_writer, redis_store, rgb, records, index
-                    ),
-                ),
-                (
-                    "memory",
-                    lambda rgb=rgb, records=records, index=index: writer_frame(
-                        memory_writer, memory_store, rgb, records, index
-                    ),
+                *(
+                    (
+                        name,
+                        lambda m=meter, rgb=rgb, records=records, index=index: m.frame(
+                            rgb, records, index
+                        ),
+                    )
+                    for name, meter in meters.items()
                 ),
             ]
             shift = index % len(paths)
             for name, run in paths[shift:] + paths[:shift]:
-                if name == "floor":
-                    started = time.process_time()
-                    jpeg = run()
-                    spent = time.process_time() - started
-                    floor_bytes.append(len(jpeg))
-                elif name == "render":
-                    started = time.process_time()
-                    run()
-                    spent = time.process_time() - started
-                else:
-                    spent = run()
+                if name in meters:
+                    run()  # timed by its meter
+                    continue
+                # One thread (one swscale thread, one codec thread): its own CPU clock.
+                started = time.thread_time()
+                run()
                 if index >= WARMUP:
-                    times[name].append(spent)
+                    times[name].append(time.thread_time() - started)
+        await asyncio.sleep(0.2)  # the writers finish their last frame's bookkeeping
+        for name, meter in meters.items():
+            times[name] = meter.per_frame()[WARMUP:]
         redis_cpu = server.cpu_s() - redis_before
     finally:
         await redis_writer.stop()
@@ -338,7 +384,7 @@ async def measure_size(
     measured = len(frames) - WARMUP
     assert redis_writer.stored == len(frames), redis_writer.snapshot()
     assert memory_writer.stored == len(frames), memory_writer.snapshot()
-    source_h, source_w = (int(v) for v in frames[0][0].shape[:2])
+    source_w, source_h = source_size(frames[0][0])
     width, height = fit_width(source_w, source_h, args.max_width)
     floor = statistics.median(times["floor"])
     medians = {name: statistics.median(values) for name, values in times.items()}
@@ -346,6 +392,7 @@ async def measure_size(
     dropped_per_s = max(0.0, args.analysed_fps - STORED_FPS)
     return {
         "input": f"{source_w}x{source_h}",
+        "kind": kind,
         "stored": f"{width}x{height}",
         "frames": measured,
         "floor_ms": ms(floor),
@@ -372,6 +419,11 @@ def main() -> int:
     )
     parser.add_argument("--frames", type=int, default=150, help="stored frames per size")
     parser.add_argument("--sizes", default="1920x1080,1280x720")
+    parser.add_argument(
+        "--inputs",
+        default="rgb,decoded",
+        help="rgb (RGB arrays: the trickle door), decoded (the decoder's frames: cameras)",
+    )
     parser.add_argument("--max-width", type=int, default=960)
     parser.add_argument("--quality", type=int, default=80)
     parser.add_argument(
@@ -397,8 +449,12 @@ def main() -> int:
                     fps=CLIP_FPS,
                     seconds=args.frames / CLIP_FPS,
                 )
-                frames = decoded_frames(clip, args.frames)
-                rows.append(asyncio.run(measure_size(frames, server, args)))
+                for kind in args.inputs.split(","):
+                    if kind not in ("rgb", "decoded"):
+                        parser.error(f"--inputs: unknown input {kind!r}")
+                    frames = decoded_frames(clip, args.frames, kind)
+                    rows.append(asyncio.run(measure_size(frames, kind, server, args)))
+                    del frames
         finally:
             server.stop()
     if args.json:
@@ -411,7 +467,8 @@ def main() -> int:
     )
     for row in rows:
         print(
-            f"{row['input']:>9} -> {row['stored']:<8} floor {row['floor_ms']:6.2f}  "
+            f"{row['input']:>9} {row['kind']:<7} -> {row['stored']:<8} "
+            f"floor {row['floor_ms']:6.2f}  "
             f"render {row['render_ms']:6.2f} (x{row['render_ratio']:.3f})  "
             f"redis {row['redis_ms']:6.2f} (x{row['redis_ratio']:.3f})  "
             f"memory {row['memory_ms']:6.2f} (x{row['memory_ratio']:.3f})  "

@@ -16,6 +16,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
+import redis
 import redis.asyncio as aioredis
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -656,3 +657,56 @@ async def test_an_unreadable_entry_is_skipped_and_logged_once_per_stream(
     finally:
         await client.aclose()
         await store.close()
+
+
+@given(
+    label=names,
+    key=names,
+    frame=st.binary(max_size=64),
+    worker=st.text(max_size=40),
+    cls=names,
+    online=st.booleans(),
+    fps=st.floats(0, 1000, allow_nan=False),
+)
+@example(  # RESP's own delimiters in every value
+    label="\r\n$3",
+    key="*2\r\n",
+    frame=b"\r\n$-1\r\n",
+    worker="$5\r\n",
+    cls="$3 *2",
+    online=False,
+    fps=0.0,
+)
+def test_the_writers_packed_xadd_stores_what_redis_py_would(
+    redis_server: RedisProcess,
+    label: str,
+    key: str,
+    frame: bytes,
+    worker: str,
+    cls: str,
+    online: bool,
+    fps: float,
+) -> None:
+    """The render thread packs its XADD itself (per (label, key) once, then the values):
+    whatever the names and values, the entry reads back as what redis-py's own XADD of
+    the same fields stores."""
+    item = DetectionItem.model_validate(
+        {"class": cls, "confidence": 0.25, "id": 3, "bbox": [0, 1, 2, 3]}
+    )
+    entry = replace(
+        _entry(frame=frame, online=online), worker=worker, fps=fps, detection_items=(item,)
+    )
+    store = RedisFrameStore(redis_server.url, maxlen=2, ttl_s=5.0, prefix="packed:")
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        packed_id = store.add_blocking(label, key, entry)
+        name = stream_name("packed:", label, key)
+        reference_id = client.xadd(name, entry.redis_fields())  # pyright: ignore[reportArgumentType] - bytes values
+        stored = dict(client.xrange(name))  # pyright: ignore[reportUnknownArgumentType]
+        assert stored[packed_id.encode()] == stored[reference_id]  # pyright: ignore[reportUnknownMemberType]
+        assert LiveEntry.from_redis_fields(stored[packed_id.encode()]) == entry  # pyright: ignore[reportUnknownArgumentType]
+        assert 0 < client.pttl(name) <= 5000  # pyright: ignore[reportOperatorIssue]
+        client.delete(name)
+    finally:
+        client.close()
+        asyncio.run(store.close())

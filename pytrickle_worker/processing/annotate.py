@@ -14,6 +14,7 @@ Everything here is plain, blocking numpy: call it from a worker thread for big f
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -125,13 +126,6 @@ def _glyph(rows: tuple[int, ...]) -> npt.NDArray[np.bool_]:
 
 
 _GLYPHS: dict[str, npt.NDArray[np.bool_]] = {ch: _glyph(rows) for ch, rows in _FONT_ROWS.items()}
-#: Every glyph with its one-column spacer, side by side: a text is one gather from here
-#: (a label costs a handful of numpy calls, not two per character).
-_ATLAS_INDEX: dict[str, int] = {ch: i for i, ch in enumerate(_GLYPHS)}
-_ATLAS: npt.NDArray[np.bool_] = np.concatenate(
-    [np.pad(glyph, ((0, 0), (0, 1))) for glyph in _GLYPHS.values()], axis=1
-)
-_UNKNOWN_INDEX = _ATLAS_INDEX["?"]
 
 
 @dataclass(frozen=True)
@@ -170,18 +164,20 @@ def text_mask(text: str, scale: int = 1) -> npt.NDArray[np.bool_]:
         raise ValueError(f"scale must be >= 1, got {scale}")
     if not text:
         return np.zeros((GLYPH_HEIGHT * scale, 0), dtype=np.bool_)
-    step = GLYPH_WIDTH + 1
-    upper = text.upper()
-    starts = np.fromiter(
-        (_ATLAS_INDEX.get(char, _UNKNOWN_INDEX) * step for char in upper),
-        dtype=np.intp,
-        count=len(upper),
-    )
-    columns = (starts[:, None] + np.arange(step)).ravel()[:-1]  # no spacer after the last
-    if scale > 1:
-        columns = columns.repeat(scale)
-        return _ATLAS[:, columns].repeat(scale, axis=0)
-    return _ATLAS[:, columns]
+    glyphs = _scaled_glyphs(scale)
+    unknown = glyphs["?"]
+    mask = np.hstack([glyphs.get(char, unknown) for char in text.upper()])
+    return mask[:, : mask.shape[1] - scale]  # no spacer after the last
+
+
+@functools.lru_cache(maxsize=16)
+def _scaled_glyphs(scale: int) -> dict[str, npt.NDArray[np.bool_]]:
+    """Every glyph with its one-column spacer, blown up to ``scale``: a text is one
+    ``hstack`` of these (a label costs a few numpy calls, not a few per character)."""
+    return {
+        char: np.pad(glyph, ((0, 0), (0, 1))).repeat(scale, axis=0).repeat(scale, axis=1)
+        for char, glyph in _GLYPHS.items()
+    }
 
 
 def _clip_box(bbox: BBox, height: int, width: int) -> BBox | None:
@@ -299,16 +295,20 @@ def _chroma_box(bbox: BBox) -> BBox:
     return (x1 // 2, y1 // 2, (x2 + 1) // 2, (y2 + 1) // 2)
 
 
-def _outline(plane: Plane, bbox: BBox, value: int, thickness: int) -> None:
-    clipped = _clip_box(bbox, int(plane.shape[0]), int(plane.shape[1]))
-    if clipped is None:
-        return
-    x1, y1, x2, y2 = clipped
-    t = max(1, thickness)
-    plane[y1 : min(y2, y1 + t), x1:x2] = value
-    plane[max(y1, y2 - t) : y2, x1:x2] = value
-    plane[y1:y2, x1 : min(x2, x1 + t)] = value
-    plane[y1:y2, max(x1, x2 - t) : x2] = value
+@functools.lru_cache(maxsize=64)
+def _tag_ycbcr(colour: RGB) -> tuple[RGB, RGB]:
+    """A tag colour and its text's ink in JPEG's Y, Cb, Cr (a palette: worth keeping)."""
+    return jpeg_ycbcr(colour), jpeg_ycbcr(_text_colour(colour))
+
+
+def _outline(plane: Plane, box: BBox, value: int, thickness: int) -> None:
+    """A rectangle outline ``thickness`` pixels inward from ``box``'s edges (inside the
+    plane: see :func:`_clip_box`)."""
+    x1, y1, x2, y2 = box
+    plane[y1 : min(y2, y1 + thickness), x1:x2] = value
+    plane[max(y1, y2 - thickness) : y2, x1:x2] = value
+    plane[y1:y2, x1 : min(x2, x1 + thickness)] = value
+    plane[y1:y2, max(x1, x2 - thickness) : x2] = value
 
 
 def _pool_2x2(mask: npt.NDArray[np.bool_], top: int, left: int) -> npt.NDArray[np.bool_]:
@@ -337,8 +337,7 @@ def _label_yuv420(
     if tag is None:
         return
     left, top, right, bottom = tag
-    luma, cb, cr = jpeg_ycbcr(colour)
-    ink_luma, ink_cb, ink_cr = jpeg_ycbcr(_text_colour(colour))
+    (luma, cb, cr), (ink_luma, ink_cb, ink_cr) = _tag_ycbcr(colour)
     y_plane[top:bottom, left:right] = luma
     cx1, cy1, cx2, cy2 = _chroma_box(tag)
     u_plane[cy1:cy2, cx1:cx2] = cb
@@ -351,8 +350,12 @@ def _label_yuv420(
         visible
     ] = ink_luma
     # Chroma has half the resolution: a sample under any dot of the text takes the ink's
-    # (grey: black or white) so the dots do not keep the tag's tint.
-    pooled = _pool_2x2(visible, ink_top, ink_left)
+    # (grey: black or white) so the dots do not keep the tag's tint. With even dots on even
+    # rows and columns every 2 x 2 block is all ink or none: every other dot is the answer.
+    if scale % 2 == 0 and ink_top % 2 == 0 and ink_left % 2 == 0:
+        pooled = visible[::2, ::2]
+    else:
+        pooled = _pool_2x2(visible, ink_top, ink_left)
     ct, cl = ink_top // 2, ink_left // 2
     pooled = pooled[: int(u_plane.shape[0]) - ct, : int(u_plane.shape[1]) - cl]
     u_plane[ct : ct + pooled.shape[0], cl : cl + pooled.shape[1]][pooled] = ink_cb
@@ -378,10 +381,16 @@ def draw_annotations_yuv420(
     chroma_thickness = (thickness + 1) // 2
     scale = font_scale(height, width)
     for item in annotations:
-        luma, cb, cr = jpeg_ycbcr(item.colour)
-        _outline(y_plane, item.bbox, luma, thickness)
-        _outline(u_plane, _chroma_box(item.bbox), cb, chroma_thickness)
-        _outline(v_plane, _chroma_box(item.bbox), cr, chroma_thickness)
+        # Clipped to the frame first: the chroma box of the clipped box is the clipped
+        # chroma box (the chroma planes are the luma's halves, rounded up).
+        box = _clip_box(item.bbox, height, width)
+        if box is None:
+            continue
+        (luma, cb, cr), _ = _tag_ycbcr(item.colour)
+        _outline(y_plane, box, luma, thickness)
+        chroma_box = _chroma_box(box)
+        _outline(u_plane, chroma_box, cb, chroma_thickness)
+        _outline(v_plane, chroma_box, cr, chroma_thickness)
     for item in annotations:
         if item.label:
             _label_yuv420(planes, item.label, item.bbox, item.colour, scale)

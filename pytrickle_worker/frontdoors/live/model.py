@@ -24,6 +24,7 @@ from pytrickle_worker.processing.sink import Origin, check_live_name
 __all__ = [
     "DEFAULT_KEY_PREFIX",
     "FRAME_DELIMITER",
+    "REDIS_FIELD_NAMES",
     "DetectionItem",
     "LiveEntry",
     "StoredEntry",
@@ -97,6 +98,23 @@ def items_json(items: Sequence[DetectionItem]) -> str:
     return json.dumps([item.wire() for item in items], separators=(",", ":"))
 
 
+#: The fields of a stored entry, in the order the writer sends them.
+REDIS_FIELD_NAMES = (
+    "frame",
+    "detection_items",
+    "warnings",
+    "width",
+    "height",
+    "source_width",
+    "source_height",
+    "capture_time",
+    "worker",
+    "online",
+    "fps",
+    "origin",
+)
+
+
 @dataclass(frozen=True)
 class LiveEntry:
     """One stored frame with its metadata (the fields of one stream entry)."""
@@ -117,21 +135,25 @@ class LiveEntry:
     def with_online(self, online: bool) -> LiveEntry:
         return replace(self, online=online, fps=self.fps if online else 0.0)
 
-    def redis_fields(self) -> dict[str, bytes | str]:
-        return {
-            "frame": self.frame,
-            "detection_items": items_json(self.detection_items),
-            "warnings": self.warnings,
-            "width": str(self.width),
-            "height": str(self.height),
-            "source_width": str(self.source_width),
-            "source_height": str(self.source_height),
-            "capture_time": repr(float(self.capture_time)),
-            "worker": self.worker,
-            "online": "1" if self.online else "0",
-            "fps": repr(float(self.fps)),
-            "origin": self.origin,
-        }
+    def redis_values(self) -> tuple[bytes, ...]:
+        """The entry's field values in the order of :data:`REDIS_FIELD_NAMES`."""
+        return (
+            self.frame,
+            items_json(self.detection_items).encode(),
+            self.warnings.encode(),
+            b"%d" % self.width,
+            b"%d" % self.height,
+            b"%d" % self.source_width,
+            b"%d" % self.source_height,
+            repr(float(self.capture_time)).encode(),
+            self.worker.encode(),
+            b"1" if self.online else b"0",
+            repr(float(self.fps)).encode(),
+            self.origin.encode(),
+        )
+
+    def redis_fields(self) -> dict[str, bytes]:
+        return dict(zip(REDIS_FIELD_NAMES, self.redis_values(), strict=True))
 
     @classmethod
     def from_redis_fields(cls, fields: Mapping[bytes, bytes]) -> LiveEntry:

@@ -34,6 +34,7 @@ from pytrickle_worker.core.logutil import mask_url
 from pytrickle_worker.core.wakeup import resolve_waiter
 from pytrickle_worker.frontdoors.live.model import (
     DEFAULT_KEY_PREFIX,
+    REDIS_FIELD_NAMES,
     LiveEntry,
     StoredEntry,
     entry_id_order,
@@ -321,6 +322,11 @@ def _resp(*commands: Sequence[bytes | str | int]) -> bytes:
     return b"".join(parts)
 
 
+#: An entry's field names as RESP bulk strings, in :data:`REDIS_FIELD_NAMES` order.
+_FIELD_HEADS = tuple(_resp((name,)).partition(b"\r\n")[2] for name in REDIS_FIELD_NAMES)
+#: (label, key)s whose packed commands a store keeps (forgotten all at once past this).
+_MAX_PACKED = 4096
+
 #: Streams remembered as logged for an unreadable entry (see RedisFrameStore._stored).
 MAX_UNREADABLE_LOGGED = 1024
 
@@ -369,6 +375,9 @@ class RedisFrameStore(FrameStore):
         #: under ``_blocking_lock``; None until the first write.
         self._blocking_conn: redis.Connection | None = None
         self._blocking_lock = threading.Lock()
+        #: ``_commands_of``'s packed commands per (label, key), bounded (the writer thread's
+        #: alone, like the connection).
+        self._packed: dict[tuple[str, str], tuple[bytes, bytes]] = {}
         #: Streams with an entry this store cannot read (another producer under the same
         #: prefix): logged once each, not at every read. Bounded: cleared when full.
         self._unreadable_logged: set[tuple[str, str]] = set()
@@ -431,13 +440,27 @@ class RedisFrameStore(FrameStore):
                 raise self._failed(what, exc) from None
 
     def add_blocking(self, label: str, key: str, entry: LiveEntry) -> str:
-        name = stream_name(self.prefix, label, key)
-        fields = entry.redis_fields()
-        xadd: list[bytes | str | int] = ["XADD", name, "MAXLEN", "=", self.maxlen, "*"]
-        for field_name, value in fields.items():
-            xadd += (field_name, value)
-        packed = _resp(xadd, ("PEXPIRE", name, self._ttl_ms))
-        return _text(self._blocking_call("XADD", packed, 2)[0])
+        head, pexpire = self._commands_of(label, key)
+        parts = [head]
+        for field_head, value in zip(_FIELD_HEADS, entry.redis_values(), strict=True):
+            parts += (field_head, b"$%d\r\n" % len(value), value, b"\r\n")
+        parts.append(pexpire)
+        return _text(self._blocking_call("XADD", b"".join(parts), 2)[0])
+
+    def _commands_of(self, label: str, key: str) -> tuple[bytes, bytes]:
+        """The start of a (label, key)'s ``XADD`` up to its fields, and its ``PEXPIRE``, in
+        the Redis protocol: the same for every frame of a camera, so packed once."""
+        found = self._packed.get((label, key))
+        if found is None:
+            if len(self._packed) >= _MAX_PACKED:
+                self._packed.clear()
+            name = stream_name(self.prefix, label, key)
+            head = (
+                b"*%d\r\n" % (6 + 2 * len(_FIELD_HEADS))
+                + _resp(("XADD", name, "MAXLEN", "=", self.maxlen, "*")).partition(b"\r\n")[2]
+            )  # the arguments without their own array header
+            found = self._packed[(label, key)] = (head, _resp(("PEXPIRE", name, self._ttl_ms)))
+        return found
 
     def touch_blocking(self, label: str, key: str) -> bool:
         name = stream_name(self.prefix, label, key)

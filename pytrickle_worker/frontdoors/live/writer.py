@@ -547,6 +547,11 @@ class LiveWriter:
         return self._down_until is None
 
     @property
+    def render_thread(self) -> threading.Thread | None:
+        """The thread that renders and writes (None before :meth:`start`)."""
+        return self._thread
+
+    @property
     def keys_tracked(self) -> int:
         return len(self._keys)
 
