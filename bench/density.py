@@ -23,7 +23,8 @@ N whose slowest stream falls below the target (``SLOWEST_TOLERANCE``: a 20 s win
 whole frames) or at ``--max-n``. The max N is the last N that held.
 
 The floor, from the same machine in the same run: the CPU it takes to decode one frame of
-the clip (PyAV, threaded, as a camera reader decodes) and the best throughput of a bare
+the clip (bare PyAV, the cheaper of FFmpeg's frame+slice threads and one thread, median of
+three each) and the best throughput of a bare
 ``session.run`` of the same model, over one single-thread session per core or one session
 with every core, at batch 1 and at the worker's batch size. What the cores have left after
 decoding every frame of N cameras, and after the camera process, runs inference at that
@@ -103,6 +104,7 @@ class Floor:
     best: str  # which layout and batch gave it
     uses_cpu_for_inference: bool
     layouts: dict[str, float] = field(default_factory=dict[str, float])
+    decode_modes: dict[str, float] = field(default_factory=dict[str, float])  # CPU s/frame
 
     def fps(self, cameras: int, target: float, camera_cores: float) -> float:
         """The most analysed fps N cameras can give on this machine."""
@@ -140,7 +142,13 @@ def throughput(
 
 
 def measure_floor(clip: Path, model: Path, args: argparse.Namespace, cores: int) -> Floor:
-    decode_cpu = decode_cpu_per_frame(clip)
+    # The best bare decode, as for session.run: FFmpeg's threads or one thread per camera
+    # (the worker's choice from as many cameras as cores), median of three each.
+    decode_modes = {
+        mode: statistics.median(decode_cpu_per_frame(clip, threads) for _ in range(3))
+        for mode, threads in (("frame+slice threads", 0), ("1 thread", 1))
+    }
+    decode_cpu = min(decode_modes.values())
     with av.open(str(clip)) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
     one = letterbox(frame, (args.imgsz, args.imgsz))[0].copy()
@@ -163,7 +171,9 @@ def measure_floor(clip: Path, model: Path, args: argparse.Namespace, cores: int)
                 model, args.provider, tensor, threads=1, parallel=2
             )
     best = max(layouts, key=lambda k: layouts[k])
-    return Floor(cores, decode_cpu, layouts[best], best, args.provider == "cpu", layouts)
+    return Floor(
+        cores, decode_cpu, layouts[best], best, args.provider == "cpu", layouts, decode_modes
+    )
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -570,6 +580,7 @@ def report(
         "floor_max_n": floor_max_n,
         "floor": {
             "decode_cpu_ms": floor.decode_cpu_s * 1000,
+            "decode_modes_ms": {k: v * 1000 for k, v in floor.decode_modes.items()},
             "runs_per_s": floor.runs_per_s,
             "best": floor.best,
             "layouts": floor.layouts,
@@ -588,7 +599,11 @@ def report(
         f"{args.imgsz} on {args.provider}; target {args.target_fps:g} fps per stream"
     )
     layouts = "; ".join(f"{k}: {v:.1f}/s" for k, v in floor.layouts.items())
-    print(f"floor: decode {floor.decode_cpu_s * 1000:.2f} ms CPU/frame; session.run {layouts}")
+    modes = ", ".join(f"{k} {v * 1000:.2f}" for k, v in floor.decode_modes.items())
+    print(
+        f"floor: decode {floor.decode_cpu_s * 1000:.2f} ms CPU/frame (best of {modes}); "
+        f"session.run {layouts}"
+    )
     print(f"max N: worker {max_n}, floor {floor_max_n}")
     if held:
         s = held[-1]

@@ -206,7 +206,10 @@ class WorkerConfig(BaseModel):
         default=0,
         ge=0,
         le=64,
-        description="Software decoder threads per camera; 0 = FFmpeg's choice (one per core)",
+        description=(
+            "Software decoder threads per camera; 0 = automatic: one once the worker runs as "
+            "many cameras as it has cores, FFmpeg's frame+slice threads below that"
+        ),
     )
     stream_processor: str = Field(
         default="mpta",
@@ -279,6 +282,15 @@ class WorkerConfig(BaseModel):
     live_jpeg_quality: int = Field(default=80, ge=1, le=100, description="Stored JPEG quality")
     live_queue_size: int = Field(
         default=32, ge=1, le=4096, description="Frames waiting for the live writer (oldest dropped)"
+    )
+    live_render_niceness: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description=(
+            "Niceness added to the live view's render thread, so that where the cores are "
+            "short its JPEGs give way to decoding and inference (0: same priority)"
+        ),
     )
     live_retry_interval_s: float = Field(
         default=2.0,

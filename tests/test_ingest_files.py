@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -81,6 +82,12 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def clip(media_dir: Path) -> Path:
     """320x240, 15 fps, 2 s of H.264 in MP4."""
     return encode_h264(media_dir / "clip.mp4", frames=2 * FPS)
+
+
+@pytest.fixture(scope="module")
+def second_clip(clip: Path, media_dir: Path) -> Path:
+    """The same clip under another name: another camera."""
+    return Path(shutil.copy(clip, media_dir / "second.mp4"))
 
 
 @pytest.fixture(scope="module")
@@ -508,3 +515,46 @@ async def test_no_thread_or_fd_leak_after_100_cycles(hub: CameraHub, clip: Path)
     assert len(pool) <= (hub.config.convert_threads or min(4, os.cpu_count() or 1))
     assert _open_fds() <= fds_before
     assert hub.statuses() == []
+
+
+def frame_threads() -> list[str]:
+    """FFmpeg's H.264 frame-threading workers in this process (it names them av:h264:df<n>)."""
+    names: list[str] = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+        except OSError:  # the thread ended meanwhile
+            continue
+    return [name for name in names if name.startswith("av:h264:df")]
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
+async def test_decoders_take_one_thread_each_once_cameras_fill_the_cores(
+    clip: Path, second_clip: Path
+) -> None:
+    """Frame threading costs more CPU per frame than one thread; once there is a camera per
+    core the cores are busy anyway, so each decoder gets one thread."""
+    config = IngestConfig.model_validate(FAST)
+    async with CameraHub(config, cores=2) as hub:
+        assert hub.decoder_threads() == 0  # no camera: FFmpeg's choice
+        first = hub.subscribe(SourceConfig(url=str(clip), loop=True), target_fps=30)
+        assert hub.decoder_threads() == 0  # one camera on two cores
+        other = hub.subscribe(SourceConfig(url=str(second_clip), loop=True), target_fps=30)
+        assert hub.decoder_threads() == 1
+        await other.close()
+        assert hub.decoder_threads() == 0
+        await first.close()
+    async with CameraHub(config, cores=1) as hub:
+        sub = hub.subscribe(SourceConfig(url=str(clip), loop=True), target_fps=30)
+        assert len(await collect(sub, 1.0)) >= 8
+        assert frame_threads() == []  # the session decodes on the reader's thread alone
+        await sub.close()
+    if (os.cpu_count() or 1) > 1:  # FFmpeg's own choice is one thread on one CPU
+        async with CameraHub(config, cores=64) as hub:
+            sub = hub.subscribe(SourceConfig(url=str(clip), loop=True), target_fps=30)
+            assert len(await collect(sub, 1.0)) >= 8
+            assert frame_threads() != []
+            await sub.close()
+    pinned = IngestConfig.model_validate({**FAST, "decoder_threads": 3})
+    async with CameraHub(pinned, cores=1) as hub:
+        assert hub.decoder_threads() == 3  # a configured count wins

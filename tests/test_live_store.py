@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -710,3 +712,27 @@ def test_the_writers_packed_xadd_stores_what_redis_py_would(
     finally:
         client.close()
         asyncio.run(store.close())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+@pytest.mark.parametrize("niceness", [0, 7])
+async def test_the_render_thread_gives_way_by_its_niceness(niceness: int) -> None:
+    """Where the cores are short the live view's JPEGs must not slow decoding and
+    inference: its render thread runs ``render_niceness`` nicer than the worker."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    writer = LiveWriter(
+        MemoryFrameStore(), LiveWriterSettings(worker_id="w", render_niceness=niceness)
+    )
+    writer.start()
+    try:
+        thread = writer.render_thread
+        assert thread is not None and thread.native_id is not None
+        expected = min(19, own + niceness)
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, thread.native_id) != expected:
+            assert time.monotonic() < deadline, os.getpriority(os.PRIO_PROCESS, thread.native_id)
+            await asyncio.sleep(0.01)
+        # The worker's own threads keep theirs.
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    finally:
+        await writer.stop()

@@ -52,7 +52,12 @@ class IngestConfig(BaseModel):
         ),
     )
     decoder_threads: int = Field(
-        default=0, ge=0, description="Software decoder threads per source; 0 = FFmpeg's choice"
+        default=0,
+        ge=0,
+        description=(
+            "Software decoder threads per camera; 0 = automatic: one once the hub runs as "
+            "many cameras as the process has cores, FFmpeg's choice below that"
+        ),
     )
     snapshot_timeout_s: float = Field(default=10.0, gt=0, description="One snapshot HTTP GET")
     convert_threads: int = Field(

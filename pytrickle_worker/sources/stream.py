@@ -1,13 +1,13 @@
 """StreamReader: one thread per video source (RTSP, HTTP MPEG-TS/MJPEG/HLS, local file).
 
 The thread opens the source with PyAV (RTSP over TCP by default, socket timeouts, an
-open/read timeout that installs PyAV's interrupt callback), decodes with frame+slice threads
-(or NVDEC), and replaces the source's latest-frame slot with every decoded frame: nothing is
-queued, so a slow subscriber only ever misses frames. A watchdog ends the session when no
-frame was decoded for ``stall_timeout_s``; every failed or ended session is followed by a
-reconnect after an exponential, jittered backoff, until ``max_retries`` consecutive
-failures. All of it runs on the reader's thread; the event loop only reads the slot and the
-status.
+open/read timeout that installs PyAV's interrupt callback), decodes in software with the
+threads the hub gives it (one, or FFmpeg's frame+slice threads) or with NVDEC, and
+replaces the source's latest-frame slot with every decoded frame: nothing is queued, so a
+slow subscriber only ever misses frames. A watchdog ends the session when no frame was
+decoded for ``stall_timeout_s``; every failed or ended session is followed by a reconnect
+after an exponential, jittered backoff, until ``max_retries`` consecutive failures. All of
+it runs on the reader's thread; the event loop only reads the slot and the status.
 """
 
 from __future__ import annotations
@@ -100,8 +100,12 @@ class StreamReader(SourceReader):
         *,
         try_nvdec: bool = False,
         rng: random.Random | None = None,
+        decoder_threads: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(source, config, notify, rng)
+        #: Software decoder threads for a session opening now (0: FFmpeg's choice); asked at
+        #: every (re)connect, so the hub can size it from the cameras it runs then.
+        self._decoder_threads = decoder_threads or (lambda: config.decoder_threads)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -252,7 +256,7 @@ class StreamReader(SourceReader):
         decoder = VideoDecoder(
             stream,
             try_nvdec=self._try_nvdec and not self._nvdec_failed,
-            threads=self.config.decoder_threads,
+            threads=self._decoder_threads(),
             on_fallback=self._on_nvdec_fallback,
         )
         decoder_name = decoder.name

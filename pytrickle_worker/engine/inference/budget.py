@@ -1,7 +1,8 @@
 """The thread budget: how many inference runs at once, and how many threads each.
 
-The rule is one pure function, :func:`thread_budget`; :func:`usable_cores` says how many
-cores the process may use (the CPU affinity mask, capped by a container's cgroup CPU quota).
+The rule is one pure function, :func:`thread_budget`; ``core.cpus.host_cores`` says how
+many cores the process may use (the CPU affinity mask, capped by a container's cgroup CPU
+quota).
 
 The rule (``PTW_INFERENCE_WORKERS`` and ``PTW_INTRA_OP_THREADS``, 0 = auto):
 
@@ -22,11 +23,11 @@ The rule (``PTW_INFERENCE_WORKERS`` and ``PTW_INTRA_OP_THREADS``, 0 = auto):
 from __future__ import annotations
 
 import logging
-import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
+
+# Re-exported: callers size their budget from the same count of usable cores.
+from pytrickle_worker.core.cpus import cgroup_cpu_limit, host_cores, usable_cores
 
 __all__ = [
     "GPU_INFERENCE_WORKERS",
@@ -43,9 +44,6 @@ logger = logging.getLogger(__name__)
 GPU_INFERENCE_WORKERS: Final = 2
 #: One core in this many is left to decoding, conversion and encoding.
 _DECODE_SHARE: Final = 4
-
-_CGROUP_ROOT: Final = Path("/sys/fs/cgroup")
-_PROC_CGROUP: Final = Path("/proc/self/cgroup")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,96 +119,3 @@ def thread_budget(
         workers_configured=inference_workers > 0,
         intra_configured=intra_op_threads > 0,
     )
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
-def _quota_v2(text: str | None) -> float | None:
-    """``cpu.max``: ``"max 100000"`` (no limit) or ``"200000 100000"`` (2 CPUs)."""
-    if not text:
-        return None
-    parts = text.split()
-    if len(parts) != 2 or parts[0] == "max":
-        return None
-    try:
-        quota, period = int(parts[0]), int(parts[1])
-    except ValueError:
-        return None
-    return quota / period if quota > 0 and period > 0 else None
-
-
-def _quota_v1(quota_text: str | None, period_text: str | None) -> float | None:
-    """``cpu.cfs_quota_us`` (-1: no limit) over ``cpu.cfs_period_us``."""
-    if not quota_text or not period_text:
-        return None
-    try:
-        quota, period = int(quota_text), int(period_text)
-    except ValueError:
-        return None
-    return quota / period if quota > 0 and period > 0 else None
-
-
-def _own_cgroup_dirs(root: Path, proc_cgroup: Path) -> list[Path]:
-    """The process's cgroup v2 directory and its parents up to ``root`` (nearest first)."""
-    text = _read(proc_cgroup) or ""
-    for line in text.splitlines():
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hierarchy == "0" and controllers == "" and path.startswith("/"):
-            dirs: list[Path] = []
-            current = Path(path)
-            while True:
-                dirs.append(root / current.relative_to("/"))
-                if current == current.parent:
-                    break
-                current = current.parent
-            return dirs
-    return [root]
-
-
-def cgroup_cpu_limit(root: Path = _CGROUP_ROOT, proc_cgroup: Path = _PROC_CGROUP) -> float | None:
-    """The cgroup CPU quota in CPUs (``2.5``), or ``None`` when there is none.
-
-    cgroup v2: the smallest ``cpu.max`` of the process's cgroup and its parents (inside a
-    container the process's cgroup is the mount's root). cgroup v1:
-    ``cpu.cfs_quota_us / cpu.cfs_period_us`` under ``cpu/`` or ``cpu,cpuacct/``.
-    """
-    limits: list[float] = []
-    for directory in _own_cgroup_dirs(root, proc_cgroup):
-        limit = _quota_v2(_read(directory / "cpu.max"))
-        if limit is not None:
-            limits.append(limit)
-    for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-        directory = root / name
-        limit = _quota_v1(
-            _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
-        )
-        if limit is not None:
-            limits.append(limit)
-    return min(limits) if limits else None
-
-
-def usable_cores(affinity: int, quota: float | None) -> int:
-    """Cores this process may use: ``affinity`` CPUs, capped by a cgroup CPU ``quota``.
-
-    A fractional quota is rounded down (a budget above the quota is throttled), to at
-    least 1.
-    """
-    cores = max(1, affinity)
-    if quota is not None:
-        cores = min(cores, max(1, math.floor(quota)))
-    return cores
-
-
-def host_cores() -> int:
-    """:func:`usable_cores` of this process: its affinity mask and its cgroup CPU quota."""
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        affinity = os.cpu_count() or 1
-    return usable_cores(affinity, cgroup_cpu_limit())

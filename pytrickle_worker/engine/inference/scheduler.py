@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Final, ParamSpec, TypedDict, TypeVar
 
+from pytrickle_worker.core.threads import lower_thread_priority
 from pytrickle_worker.engine.inference.batching import BatchCoordinator
 from pytrickle_worker.engine.inference.budget import ThreadBudget
 
@@ -53,16 +53,6 @@ _PENDING_PER_WORKER: Final = 16
 #: Niceness added to the loading threads: when the cores are short, a load (graph
 #: optimisation, an engine build) gives way to the inference threads instead of sharing.
 LOAD_NICENESS: Final = 10
-
-
-def _lower_thread_priority(niceness: int) -> None:
-    """Raise the calling thread's niceness (Linux: per thread); a no-op where unsupported."""
-    try:
-        tid = threading.get_native_id()
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + niceness))
-    except (AttributeError, OSError) as exc:
-        logger.debug("model-loading thread keeps its priority: %s", exc)
 
 
 class SchedulerStats(TypedDict):
@@ -138,8 +128,8 @@ class InferenceScheduler:
         self._loads = ThreadPoolExecutor(
             max_workers=self.load_workers,
             thread_name_prefix="inference_load",
-            initializer=_lower_thread_priority,
-            initargs=(self.load_niceness,),
+            initializer=lower_thread_priority,
+            initargs=(self.load_niceness, "a model-loading thread"),
         )
         self._slots = None  # bound to the loop of the first run
         logger.info(

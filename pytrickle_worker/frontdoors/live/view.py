@@ -129,6 +129,7 @@ class LiveView:
                 jpeg_quality=config.live_jpeg_quality,
                 queue_size=config.live_queue_size,
                 retry_interval_s=config.live_retry_interval_s,
+                render_niceness=config.live_render_niceness,
             ),
         )
         return cls(

@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.core.queues import DropOldestQueue
+from pytrickle_worker.core.threads import lower_thread_priority
 from pytrickle_worker.frontdoors.live.model import DetectionItem, LiveEntry
 from pytrickle_worker.frontdoors.live.store import FrameStore, StoreUnavailableError
 from pytrickle_worker.media.frames import fit_width, yuv420_planes
@@ -79,6 +80,9 @@ class LiveWriterSettings:
     jpeg_quality: int = 80
     queue_size: int = 32
     retry_interval_s: float = 2.0
+    #: Added to the render thread's niceness: where the cores are short, the live view's
+    #: JPEGs give way to decoding and inference (its queue drops the oldest frames).
+    render_niceness: int = 10
 
 
 @dataclass
@@ -419,6 +423,7 @@ class LiveWriter:
 
     def _work(self) -> None:
         """The render thread: frames and state changes in order, and the keep-alive."""
+        lower_thread_priority(self.settings.render_niceness, "the live render thread")
         next_keepalive = time.monotonic() + self._keepalive_period
         while True:
             job = self._queue.get_blocking(max(0.0, next_keepalive - time.monotonic()))
