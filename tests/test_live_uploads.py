@@ -769,9 +769,14 @@ async def test_a_store_outage_answers_503_and_uploads_resume(
             assert (
                 "redis://" not in body["message"] and str(private_redis.port) not in body["message"]
             )
-            private_redis.start()  # answers PING when it returns: the next upload is stored
-            status, body = await upload()
-            assert status == 200, body
+            private_redis.start()  # answers PING when it returns
+            # Uploads are refused without a try until the retry interval (0.2 s) is over;
+            # the first one after it probes the store and is stored.
+            deadline = asyncio.get_running_loop().time() + 10
+            while (result := await upload())[0] == 503:
+                assert asyncio.get_running_loop().time() < deadline, result
+                await asyncio.sleep(0.05)
+            assert result[0] == 200, result
             assert await app[LIVE_KEY].store.entries("lobby", "cam-1") != []
             ws = await http.ws_connect(str(server.make_url("/ws/frames")))
             await ws.send_bytes(_message(_HEADER))
@@ -779,6 +784,51 @@ async def test_a_store_outage_answers_503_and_uploads_resume(
             await ws.close()
     finally:
         await server.close()
+
+
+async def test_uploads_do_not_each_wait_out_a_hanging_store(tmp_path: Path) -> None:
+    """A Redis that accepts connections and never answers (a partition, a stuck server):
+    the first upload waits for the store's timeout and gets 503; the next ones, within the
+    retry interval, get 503 without the store being tried (nothing more reaches it)."""
+    received = bytearray()
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while chunk := await reader.read(65536):
+            received.extend(chunk)
+        writer.close()
+
+    black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = black_hole.sockets[0].getsockname()[1]
+    config = WorkerConfig(
+        cache_dir=tmp_path / "cache",
+        execution_provider="cpu",
+        hw_decode="off",
+        live_redis_url=f"redis://127.0.0.1:{port}/0",
+        live_retry_interval_s=300,
+    )
+    app = create_app(config)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession() as http:
+            url = str(server.make_url("/frames"))
+            headers = {"Content-Type": MULTIPART}
+            async with http.post(url, data=good_form(), headers=headers) as response:
+                assert response.status == 503, await response.text()
+            assert received  # that upload reached the store and timed out
+            tried = len(received)
+            for _ in range(5):
+                async with http.post(url, data=good_form(), headers=headers) as response:
+                    body = await response.json()
+                    assert response.status == 503, body
+                    assert body["message"].startswith("live store unavailable"), body
+            await asyncio.sleep(0.2)
+            assert len(received) == tried  # none of them was sent to the store
+            assert app[LIVE_KEY].writer.dropped["store_unavailable"] == 6
+    finally:
+        await server.close()
+        black_hole.close()
+        await black_hole.wait_closed()
 
 
 # --------------------------------------------------------------------------- access control

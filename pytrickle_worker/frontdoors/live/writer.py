@@ -342,8 +342,19 @@ class LiveWriter:
         """Store an uploaded JPEG as it is (validated by the caller); its entry id.
 
         Raises :class:`StoreUnavailableError` when the store cannot be reached (the caller
-        answers 503); counted like the doors' frames.
+        answers 503); counted like the doors' frames. While the store is down an upload is
+        refused at once, as the doors' frames are, but for one probe per retry interval: a
+        store that hangs would otherwise hold every upload for its timeout.
         """
+        with self._lock:
+            may_try = self._may_try_locked(time.monotonic())
+            if not may_try:
+                self._drop_locked("store_unavailable")
+        if not may_try:
+            raise StoreUnavailableError(
+                f"the live store ({self.store.describe()}) is down; "
+                f"retrying every {self.settings.retry_interval_s:g} s"
+            )
         entry = LiveEntry(
             frame=jpeg,
             detection_items=tuple(items),
