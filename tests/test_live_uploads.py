@@ -10,6 +10,7 @@ status and a message naming the problem, and leave the store exactly as it was.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import struct
@@ -739,51 +740,60 @@ async def test_a_message_over_the_limit_closes_the_socket_with_1009(worker: Work
     assert await worker.stored() == {}
 
 
-async def test_a_store_outage_answers_503_and_uploads_resume(
-    tmp_path: Path, private_redis: RedisProcess
-) -> None:
+@contextlib.asynccontextmanager
+async def worker_on_store(
+    tmp_path: Path, redis_url: str, *, retry_interval_s: float
+) -> AsyncIterator[tuple[web.Application, TestServer]]:
+    """A worker whose live store is the Redis at ``redis_url``, served on a free port."""
     config = WorkerConfig(
         cache_dir=tmp_path / "cache",
         execution_provider="cpu",
         hw_decode="off",
-        live_redis_url=private_redis.url,
-        live_retry_interval_s=0.2,
+        live_redis_url=redis_url,
+        live_retry_interval_s=retry_interval_s,
     )
     app = create_app(config)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        async with ClientSession() as http:
-            url = str(server.make_url("/frames"))
-
-            async def upload() -> tuple[int, dict[str, Any]]:
-                headers = {"Content-Type": MULTIPART}
-                async with http.post(url, data=good_form(), headers=headers) as response:
-                    return response.status, await response.json()
-
-            assert (await upload())[0] == 200
-            private_redis.stop()
-            status, body = await upload()
-            assert status == 503 and body["message"].startswith("live store unavailable"), body
-            # Not the store's address or Redis's error text: they name the deployment's insides.
-            assert (
-                "redis://" not in body["message"] and str(private_redis.port) not in body["message"]
-            )
-            private_redis.start()  # answers PING when it returns
-            # Uploads are refused without a try until the retry interval (0.2 s) is over;
-            # the first one after it probes the store and is stored.
-            deadline = asyncio.get_running_loop().time() + 10
-            while (result := await upload())[0] == 503:
-                assert asyncio.get_running_loop().time() < deadline, result
-                await asyncio.sleep(0.05)
-            assert result[0] == 200, result
-            assert await app[LIVE_KEY].store.entries("lobby", "cam-1") != []
-            ws = await http.ws_connect(str(server.make_url("/ws/frames")))
-            await ws.send_bytes(_message(_HEADER))
-            assert (await reply(ws))["status"] == "ok"
-            await ws.close()
+        yield app, server
     finally:
         await server.close()
+
+
+async def test_a_store_outage_answers_503_and_uploads_resume(
+    tmp_path: Path, private_redis: RedisProcess
+) -> None:
+    async with (
+        worker_on_store(tmp_path, private_redis.url, retry_interval_s=0.2) as (app, server),
+        ClientSession() as http,
+    ):
+        url = str(server.make_url("/frames"))
+
+        async def upload() -> tuple[int, dict[str, Any]]:
+            headers = {"Content-Type": MULTIPART}
+            async with http.post(url, data=good_form(), headers=headers) as response:
+                return response.status, await response.json()
+
+        assert (await upload())[0] == 200
+        private_redis.stop()
+        status, body = await upload()
+        assert status == 503 and body["message"].startswith("live store unavailable"), body
+        # Not the store's address or Redis's error text: they name the deployment's insides.
+        assert "redis://" not in body["message"] and str(private_redis.port) not in body["message"]
+        private_redis.start()  # answers PING when it returns
+        # Uploads are refused without a try until the retry interval (0.2 s) is over;
+        # the first one after it probes the store and is stored.
+        deadline = asyncio.get_running_loop().time() + 10
+        while (result := await upload())[0] == 503:
+            assert asyncio.get_running_loop().time() < deadline, result
+            await asyncio.sleep(0.05)
+        assert result[0] == 200, result
+        assert await app[LIVE_KEY].store.entries("lobby", "cam-1") != []
+        ws = await http.ws_connect(str(server.make_url("/ws/frames")))
+        await ws.send_bytes(_message(_HEADER))
+        assert (await reply(ws))["status"] == "ok"
+        await ws.close()
 
 
 async def test_uploads_do_not_each_wait_out_a_hanging_store(tmp_path: Path) -> None:
@@ -799,18 +809,14 @@ async def test_uploads_do_not_each_wait_out_a_hanging_store(tmp_path: Path) -> N
 
     black_hole = await asyncio.start_server(swallow, "127.0.0.1", 0)
     port = black_hole.sockets[0].getsockname()[1]
-    config = WorkerConfig(
-        cache_dir=tmp_path / "cache",
-        execution_provider="cpu",
-        hw_decode="off",
-        live_redis_url=f"redis://127.0.0.1:{port}/0",
-        live_retry_interval_s=300,
-    )
-    app = create_app(config)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
     try:
-        async with ClientSession() as http:
+        async with (
+            worker_on_store(tmp_path, f"redis://127.0.0.1:{port}/0", retry_interval_s=300) as (
+                app,
+                server,
+            ),
+            ClientSession() as http,
+        ):
             url = str(server.make_url("/frames"))
             headers = {"Content-Type": MULTIPART}
             async with http.post(url, data=good_form(), headers=headers) as response:
@@ -826,7 +832,6 @@ async def test_uploads_do_not_each_wait_out_a_hanging_store(tmp_path: Path) -> N
             assert len(received) == tried  # none of them was sent to the store
             assert app[LIVE_KEY].writer.dropped["store_unavailable"] == 6
     finally:
-        await server.close()
         black_hole.close()
         await black_hole.wait_closed()
 
