@@ -409,7 +409,7 @@ class RedisFrameStore(FrameStore):
                 async with self._client.pipeline(transaction=False) as pipe:
                     pipe.xadd(
                         name,
-                        entry.redis_fields(),  # pyright: ignore[reportArgumentType] - str|bytes values are what redis-py encodes
+                        entry.redis_fields(),  # pyright: ignore[reportArgumentType] - bytes values, which redis-py sends as they are
                         maxlen=self.maxlen,
                         approximate=False,
                     )
