@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 
 __all__ = ["lower_thread_priority"]
@@ -23,6 +24,11 @@ def lower_thread_priority(niceness: int, what: str) -> None:
     then gives way to the others instead of sharing with them; where they are not, it runs
     as fast as before."""
     if niceness <= 0:
+        return
+    if not sys.platform.startswith("linux"):
+        # Elsewhere PRIO_PROCESS takes a process id: a thread id there could name another
+        # process.
+        logger.debug("%s keeps its priority: per-thread niceness is Linux's", what)
         return
     try:
         tid = threading.get_native_id()
