@@ -201,6 +201,42 @@ def test_yuv420_labels_keep_their_ink_grey() -> None:
     assert np.abs(u.astype(int) - 128).max() <= 1
 
 
+@given(
+    size=st.sampled_from([(180, 320), (540, 960), (1080, 1920)]),  # font scale 1, 2, 4
+    x1=st.integers(0, 120),
+    y1=st.integers(0, 120),
+    text=st.text(alphabet="ABCXYZ0189 .#%", min_size=1, max_size=10),
+)
+def test_yuv420_ink_chroma_is_grey_exactly_under_the_dots(
+    size: tuple[int, int], x1: int, y1: int, text: str
+) -> None:
+    """Every chroma sample under a dot of the text is the ink's grey; every other sample of
+    the tag keeps the tag's colour. Even and odd tag positions, odd and even font scales
+    (an even scale at an even origin takes every other dot instead of pooling)."""
+    height, width = size
+    colour = (128, 0, 255)  # white ink
+    y_plane = np.full((height, width), 80, np.uint8)
+    u_plane = np.full(((height + 1) // 2, (width + 1) // 2), 128, np.uint8)
+    v_plane = u_plane.copy()
+    box = (x1, y1 + 60, x1 + 300, y1 + 160)
+    draw_annotations_yuv420((y_plane, u_plane, v_plane), [Annotation(box, text, colour)])
+    scale = font_scale(height, width)
+    mask = text_mask(text, scale)
+    pad = scale
+    top, left = box[1] - (mask.shape[0] + 2 * pad), x1  # above the box: there is room
+    ink = np.zeros((height, width), np.bool_)
+    ink[top + pad : top + pad + mask.shape[0], left + pad : left + pad + mask.shape[1]] = mask
+    under_ink = ink.reshape(height // 2, 2, width // 2, 2).any(axis=(1, 3))
+    _, tag_cb, _ = jpeg_ycbcr(colour)
+    tag = np.zeros_like(under_ink)
+    tag[
+        top // 2 : (top + mask.shape[0] + 2 * pad + 1) // 2,
+        left // 2 : (left + mask.shape[1] + 2 * pad + 1) // 2,
+    ] = True
+    assert (np.abs(u_plane[under_ink].astype(int) - 128) <= 1).all()
+    assert (np.abs(u_plane[tag & ~under_ink].astype(int) - tag_cb) <= 1).all()
+
+
 def test_yuv420_drawing_without_annotations_changes_nothing() -> None:
     untouched, _, on_planes = draw_both_ways(9, 11, [])
     for before, after in zip(untouched, on_planes, strict=True):
