@@ -14,7 +14,8 @@ frame, and the median over the frames:
 * ``floor``: bare PyAV, one thread: wrap the RGB frame, one swscale call that scales it to
   ``--max-width`` (area averaging, aspect kept) straight into ``yuvj420p``, and FFmpeg's mjpeg
   encoder with exactly the worker's settings (``media/jpeg.py``: fixed qscale from
-  ``--quality``, default Huffman tables, one thread). No boxes, no store;
+  ``--quality``, default Huffman tables, one thread), opened once for the run as the
+  worker's writer keeps its encoder. No boxes, no store;
 * ``redis``: the worker's :class:`LiveWriter` whole path: ``offer`` (name check, per-key rate
   decision, queue), the wake-up of the writer's render thread, scale, boxes and labels,
   encode, the entry, and ``XADD MAXLEN`` + ``PEXPIRE`` on a real redis-server this bench
@@ -70,7 +71,7 @@ from pytrickle_worker.frontdoors.live.model import LiveEntry
 from pytrickle_worker.frontdoors.live.store import FrameStore, MemoryFrameStore, RedisFrameStore
 from pytrickle_worker.frontdoors.live.writer import LiveWriter, LiveWriterSettings, render_frame
 from pytrickle_worker.media.frames import fit_width
-from pytrickle_worker.media.jpeg import jpeg_qscale
+from pytrickle_worker.media.jpeg import JpegEncoder, jpeg_qscale
 from pytrickle_worker.processing.sink import SinkFrame
 from pytrickle_worker.sources.frame import DecodedFrame
 
@@ -144,6 +145,8 @@ class BareEncoder:
         self.max_width = max_width
         self.qscale = jpeg_qscale(quality)
         self.reformatter = VideoReformatter()
+        self.codec: av.VideoCodecContext | None = None
+        self.pts = 0
 
     def encode(self, frame: Source) -> bytes:
         if isinstance(frame, np.ndarray):
@@ -161,14 +164,18 @@ class BareEncoder:
             interpolation=Interpolation.AREA,
             threads=SWS_THREADS,
         )
-        codec = av.CodecContext.create("mjpeg", "w")
-        codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
-        codec.time_base = Fraction(1, 25)
-        codec.qmin = codec.qmax = self.qscale
-        codec.thread_count = 1
-        codec.options = {"huffman": "default"}
-        packets = cast("list[Packet[Any]]", codec.encode(yuv))
-        packets += cast("list[Packet[Any]]", codec.encode(None))
+        if self.codec is None or (self.codec.width, self.codec.height) != (width, height):
+            # One encoder for the run, as the worker's writer keeps one: opening it costs a
+            # sixth of an encode at 960x540.
+            codec = self.codec = av.CodecContext.create("mjpeg", "w")
+            codec.width, codec.height, codec.pix_fmt = width, height, "yuvj420p"
+            codec.time_base = Fraction(1, 25)
+            codec.qmin = codec.qmax = self.qscale
+            codec.thread_count = 1
+            codec.options = {"huffman": "default"}
+        yuv.pts = self.pts
+        self.pts += 1
+        packets = cast("list[Packet[Any]]", self.codec.encode(yuv))
         return b"".join(bytes(packet) for packet in packets)
 
 
@@ -330,6 +337,7 @@ async def measure_size(
     redis_writer.start()
     memory_writer.start()
     render_reformatter = VideoReformatter()
+    render_encoder = JpegEncoder()
     meters = {
         "redis": WriterCpu(redis_writer, redis_store),
         "memory": WriterCpu(memory_writer, memory_store),
@@ -351,6 +359,7 @@ async def measure_size(
                         max_width=args.max_width,
                         quality=args.quality,
                         reformatter=render_reformatter,
+                        encoder=render_encoder,
                     ),
                 ),
                 *(

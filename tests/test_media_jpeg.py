@@ -8,7 +8,13 @@ import numpy.typing as npt
 import pytest
 
 from pytrickle_worker.media.frames import resize_rgb, yuv420_planes
-from pytrickle_worker.media.jpeg import encode_jpeg, encode_jpeg_frame, jpeg_qscale, scale_for_jpeg
+from pytrickle_worker.media.jpeg import (
+    JpegEncoder,
+    encode_jpeg,
+    encode_jpeg_frame,
+    jpeg_qscale,
+    scale_for_jpeg,
+)
 from tests.test_inference_imageops import smooth_image
 
 
@@ -108,3 +114,25 @@ def test_yuv420_planes_are_writable_views_of_the_frame(height: int, width: int) 
 def test_yuv420_planes_rejects_other_formats() -> None:
     with pytest.raises(ValueError, match="expected a yuv420p or yuvj420p frame, got rgb24"):
         yuv420_planes(av.VideoFrame(8, 8, "rgb24"))
+
+
+def test_a_kept_encoder_gives_the_bytes_of_a_fresh_one_and_follows_size_and_quality() -> None:
+    """The live writer keeps one JpegEncoder: frame after frame its JPEGs are exactly what
+    a freshly opened encoder makes; a new size or quality takes effect at once."""
+    encoder = JpegEncoder()
+    sizes = [(240, 320), (240, 320), (121, 163), (240, 320)]
+    for index, (height, width) in enumerate(sizes):
+        image = np.roll(smooth_image(height, width), index * 7, axis=1)  # a new picture
+        frame = scale_for_jpeg(image, width, height)
+        quality = 90 if index < 3 else 40
+        fresh = encode_jpeg_frame(scale_for_jpeg(image, width, height), quality)
+        kept = encoder.encode(frame, quality)
+        assert kept == fresh, index
+        assert decode_jpeg(kept).shape == (height, width, 3)
+    with pytest.raises(ValueError, match="yuvj420p"):
+        encoder.encode(av.VideoFrame(16, 16, "yuv420p"), 90)
+    assert decode_jpeg(encoder.encode(scale_for_jpeg(smooth_image(8, 8), 8, 8), 90)).shape == (
+        8,
+        8,
+        3,
+    )

@@ -47,7 +47,7 @@ from pytrickle_worker.core.threads import lower_thread_priority
 from pytrickle_worker.frontdoors.live.model import DetectionItem, LiveEntry
 from pytrickle_worker.frontdoors.live.store import FrameStore, StoreUnavailableError
 from pytrickle_worker.media.frames import fit_width, yuv420_planes
-from pytrickle_worker.media.jpeg import encode_jpeg_frame, scale_for_jpeg
+from pytrickle_worker.media.jpeg import JpegEncoder, scale_for_jpeg
 from pytrickle_worker.processing.annotate import (
     Annotation,
     class_colour,
@@ -171,6 +171,7 @@ def render_frame(
     max_width: int,
     quality: int,
     reformatter: VideoReformatter | None = None,
+    encoder: JpegEncoder | None = None,
 ) -> tuple[bytes, int, int, list[DetectionItem]]:
     """Scale, draw and encode one frame (blocking: run it on a worker thread).
 
@@ -212,7 +213,8 @@ def render_frame(
             for i in items
         ]
     draw_annotations_yuv420(yuv420_planes(image), marks)
-    return encode_jpeg_frame(image, quality), width, height, items
+    jpeg = (encoder if encoder is not None else JpegEncoder()).encode(image, quality)
+    return jpeg, width, height, items
 
 
 class LiveWriter:
@@ -232,6 +234,8 @@ class LiveWriter:
         self._keys: dict[tuple[str, str], _KeyState] = {}
         self._warned_invalid: set[tuple[str, str]] = set()
         self._reformatter = VideoReformatter()
+        #: The render thread's JPEG encoder, kept open between frames of one size.
+        self._jpeg = JpegEncoder()
         #: The one thread that renders (scale, draw, encode) and writes to the store: a
         #: frame never comes back to the event loop, whose wake-ups cost as much as the write.
         self._thread: threading.Thread | None = None
@@ -478,6 +482,7 @@ class LiveWriter:
             max_width=settings.max_width,
             quality=settings.jpeg_quality,
             reformatter=self._reformatter,
+            encoder=self._jpeg,
         )
         self.encode_seconds += time.perf_counter() - started
         with self._lock:
