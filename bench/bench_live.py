@@ -173,7 +173,7 @@ class BareEncoder:
             codec.qmin = codec.qmax = self.qscale
             codec.thread_count = 1
             codec.options = {"huffman": "default"}
-        yuv.pts = self.pts
+        yuv.pts, yuv.time_base = self.pts, Fraction(1, 25)
         self.pts += 1
         packets = cast("list[Packet[Any]]", self.codec.encode(yuv))
         return b"".join(bytes(packet) for packet in packets)

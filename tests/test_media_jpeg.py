@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import av
 import numpy as np
 import numpy.typing as npt
@@ -124,6 +126,9 @@ def test_a_kept_encoder_gives_the_bytes_of_a_fresh_one_and_follows_size_and_qual
     for index, (height, width) in enumerate(sizes):
         image = np.roll(smooth_image(height, width), index * 7, axis=1)  # a new picture
         frame = scale_for_jpeg(image, width, height)
+        # As a decoder's frame carries them (a 90 kHz clock): the kept encoder must not
+        # rescale them onto one another.
+        frame.pts, frame.time_base = 3000 * index, Fraction(1, 90_000)
         quality = 90 if index < 3 else 40
         fresh = encode_jpeg_frame(scale_for_jpeg(image, width, height), quality)
         kept = encoder.encode(frame, quality)

@@ -17,6 +17,8 @@ __all__ = ["JpegEncoder", "encode_jpeg", "encode_jpeg_frame", "jpeg_qscale", "sc
 
 #: The pixel format FFmpeg's mjpeg encoder takes: 4:2:0, full range (JPEG's).
 JPEG_PIX_FMT = "yuvj420p"
+#: The encoder's time base (a JPEG has no timing; the encoder wants increasing pts).
+_TIME_BASE = Fraction(1, 25)
 
 
 def jpeg_qscale(quality: int) -> int:
@@ -91,8 +93,8 @@ class JpegEncoder:
     Opening the encoder costs about a sixth of encoding a 960×540 frame (2.14 → 1.80 ms
     with it kept, bench/RESULTS.md); its JPEGs are byte-identical either way (each is a
     whole intra picture). A new size or quality opens a new encoder. Not thread-safe: one
-    per thread. It numbers the frames it is given (``pts``), which the encoder requires to
-    increase.
+    per thread. It numbers the frames it is given (their ``pts`` and ``time_base`` are
+    overwritten), which the encoder requires to increase.
     """
 
     def __init__(self) -> None:
@@ -108,7 +110,9 @@ class JpegEncoder:
         if codec is None or key != self._key:
             codec = self._codec = _open_encoder(frame.width, frame.height, quality)
             self._key, self._pts = key, 0
-        frame.pts = self._pts
+        # Numbered in the encoder's own time base: PyAV rescales a frame's pts from the time
+        # base it carries (a decoder's), which could map consecutive numbers onto one.
+        frame.pts, frame.time_base = self._pts, _TIME_BASE
         self._pts += 1
         try:
             packets = cast("list[Packet[Any]]", codec.encode(frame))
@@ -127,7 +131,7 @@ def _open_encoder(width: int, height: int, quality: int) -> av.VideoCodecContext
     codec.width = width
     codec.height = height
     codec.pix_fmt = JPEG_PIX_FMT
-    codec.time_base = Fraction(1, 25)
+    codec.time_base = _TIME_BASE
     # A fixed quantiser: rate control pinned between qmin and qmax.
     codec.qmin = qscale
     codec.qmax = qscale
