@@ -324,9 +324,10 @@ class CameraHub:
         else one as soon as the hub runs as many sources as the process has cores (below
         that, 0: FFmpeg's frame+slice threads, so a lone camera may use several cores).
 
-        One thread per camera costs 10-17% less CPU per frame than frame threading
-        (bench/RESULTS.md, "Decoder threads"); with a camera per core the cores are used
-        anyway. Called from reader threads: ``len`` of the sources is one atomic read.
+        One thread per camera costs 5-20% less CPU per frame than frame threading
+        (bench/RESULTS.md, "Decoder threads and priorities"); with a camera per core the
+        cores are used anyway. Called from reader threads: ``len`` of the sources is one
+        atomic read.
         """
         if self.config.decoder_threads > 0:
             return self.config.decoder_threads
