@@ -820,5 +820,6 @@ JSON_HEADER = st.fixed_dictionaries(
 )
 def test_arbitrary_tokens_are_refused_with_a_reason(verifier: JwtVerifier, token: str) -> None:
     policy = AccessPolicy(token_digest=None, jwt=verifier)
-    reason = policy.check(token)
+    reason, expires_at = policy.verdict(token)
     assert isinstance(reason, str) and reason
+    assert expires_at is None

@@ -136,10 +136,6 @@ class AccessPolicy:
             return True
         return route_path == METRICS_PATH and not self.metrics_require_token
 
-    def check(self, presented: str) -> str | None:
-        """None when ``presented`` is accepted, else why not (for the log)."""
-        return self.verdict(presented)[0]
-
     def verdict(self, presented: str) -> tuple[str | None, float | None]:
         """(None when ``presented`` is accepted, else why not; when it stops being valid:
         a JWT's ``exp``, None for the static token or a JWT without one)."""
