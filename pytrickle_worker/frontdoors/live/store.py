@@ -306,24 +306,28 @@ def _streams(reply: object) -> list[tuple[str, list[_Row]]]:
     return found
 
 
+def _bulk(arg: bytes | str | int) -> bytes:
+    """One argument as a RESP bulk string."""
+    if isinstance(arg, str):
+        data = arg.encode()
+    elif isinstance(arg, int):
+        data = b"%d" % arg
+    else:
+        data = arg
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
 def _resp(*commands: Sequence[bytes | str | int]) -> bytes:
     """Commands in the Redis protocol (RESP arrays of bulk strings), back to back."""
     parts: list[bytes] = []
     for command in commands:
         parts.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, str):
-                data = arg.encode()
-            elif isinstance(arg, int):
-                data = b"%d" % arg
-            else:
-                data = arg
-            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        parts += (_bulk(arg) for arg in command)
     return b"".join(parts)
 
 
 #: An entry's field names as RESP bulk strings, in :data:`REDIS_FIELD_NAMES` order.
-_FIELD_HEADS = tuple(_resp((name,)).partition(b"\r\n")[2] for name in REDIS_FIELD_NAMES)
+_FIELD_HEADS = tuple(_bulk(name) for name in REDIS_FIELD_NAMES)
 #: (label, key)s whose packed commands a store keeps (forgotten all at once past this).
 _MAX_PACKED = 4096
 
@@ -455,16 +459,14 @@ class RedisFrameStore(FrameStore):
             if len(self._packed) >= _MAX_PACKED:
                 self._packed.clear()
             name = stream_name(self.prefix, label, key)
-            head = (
-                b"*%d\r\n" % (6 + 2 * len(_FIELD_HEADS))
-                + _resp(("XADD", name, "MAXLEN", "=", self.maxlen, "*")).partition(b"\r\n")[2]
-            )  # the arguments without their own array header
+            xadd = ("XADD", name, "MAXLEN", "=", self.maxlen, "*")
+            head = b"*%d\r\n" % (len(xadd) + 2 * len(_FIELD_HEADS)) + b"".join(map(_bulk, xadd))
             found = self._packed[(label, key)] = (head, _resp(("PEXPIRE", name, self._ttl_ms)))
         return found
 
     def touch_blocking(self, label: str, key: str) -> bool:
-        name = stream_name(self.prefix, label, key)
-        [reply] = self._blocking_call("PEXPIRE", _resp(("PEXPIRE", name, self._ttl_ms)), 1)
+        _, pexpire = self._commands_of(label, key)
+        [reply] = self._blocking_call("PEXPIRE", pexpire, 1)
         return bool(reply)
 
     def _stored(
