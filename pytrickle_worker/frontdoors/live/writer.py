@@ -299,7 +299,6 @@ class LiveWriter:
                 state.next_due + self._interval if late < self._interval else now + self._interval
             )
             if not self._may_try_locked(now):
-                self._drop_locked("store_unavailable")
                 return
         if self._queue.put(item) is not None:
             self._drop("queue_full")
@@ -352,8 +351,6 @@ class LiveWriter:
         """
         with self._lock:
             may_try = self._may_try_locked(time.monotonic())
-            if not may_try:
-                self._drop_locked("store_unavailable")
         if not may_try:
             raise StoreUnavailableError(
                 f"the live store ({self.store.describe()}) is down; "
@@ -387,10 +384,13 @@ class LiveWriter:
     # ------------------------------------------------------------------ bookkeeping
 
     def _may_try_locked(self, now: float) -> bool:
+        """Whether a frame or an upload may go to the store now; one that may not is
+        counted as dropped (``store_unavailable``)."""
         down_until = self._down_until
         if down_until is None:
             return True
         if now < down_until:
+            self._drop_locked("store_unavailable")
             return False
         self._down_until = now + self.settings.retry_interval_s  # this frame is the probe
         return True
