@@ -161,11 +161,17 @@ async def test_scheduler_threads_lifecycle_and_bounded_queue(cpu: ProviderChoice
     def niceness() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
+    def os_name() -> str:
+        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    # top -H, perf and /proc tell the pools apart by their OS names.
+    assert await scheduler.run(os_name) == "ptw-inference"
+    assert await scheduler.load(os_name) == "ptw-model-load"
     # Loads give way to runs on the CPU: their threads are niced, the inference ones not.
     run_nice, load_nice = await scheduler.run(niceness), await scheduler.load(niceness)
     assert load_nice == min(19, run_nice + LOAD_NICENESS) > run_nice
     stats = scheduler.stats()
-    assert stats["inference_done"] == 5 and stats["loads_done"] == 2
+    assert stats["inference_done"] == 6 and stats["loads_done"] == 3
     assert stats["inference_pending"] == 0 and stats["loads_pending"] == 0
     await scheduler.stop()
     assert not scheduler.running

@@ -517,15 +517,20 @@ async def test_no_thread_or_fd_leak_after_100_cycles(hub: CameraHub, clip: Path)
     assert hub.statuses() == []
 
 
-def frame_threads() -> list[str]:
-    """FFmpeg's H.264 frame-threading workers in this process (it names them av:h264:df<n>)."""
+def os_thread_names() -> list[str]:
+    """The OS names of this process's threads (``/proc/self/task/*/comm``)."""
     names: list[str] = []
     for tid in os.listdir("/proc/self/task"):
         try:
             names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
         except OSError:  # the thread ended meanwhile
             continue
-    return [name for name in names if name.startswith("av:h264:df")]
+    return names
+
+
+def frame_threads() -> list[str]:
+    """FFmpeg's H.264 frame-threading workers in this process (it names them av:h264:df<n>)."""
+    return [name for name in os_thread_names() if name.startswith("av:h264:df")]
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc")
@@ -548,6 +553,8 @@ async def test_decoders_take_one_thread_each_once_cameras_fill_the_cores(
         sub = hub.subscribe(SourceConfig(url=str(clip), loop=True), target_fps=30)
         assert len(await collect(sub, 1.0)) >= 8
         assert frame_threads() == []  # the session decodes on the reader's thread alone
+        # The reader is named by its role for top -H and perf, never by the camera's URL.
+        assert "ptw-ingest" in os_thread_names()
         await sub.close()
     if (os.cpu_count() or 1) > 1:  # FFmpeg's own choice is one thread on one CPU
         async with CameraHub(config, cores=64) as hub:

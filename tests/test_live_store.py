@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -714,6 +715,10 @@ def test_the_writers_packed_xadd_stores_what_redis_py_would(
         asyncio.run(store.close())
 
 
+def os_thread_name(native_id: int) -> str:
+    return Path(f"/proc/self/task/{native_id}/comm").read_text().strip()
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
 @pytest.mark.parametrize("niceness", [0, 7])
 async def test_the_render_thread_gives_way_by_its_niceness(niceness: int) -> None:
@@ -734,5 +739,9 @@ async def test_the_render_thread_gives_way_by_its_niceness(niceness: int) -> Non
             await asyncio.sleep(0.01)
         # The worker's own threads keep theirs.
         assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+        # And top -H / perf tell it apart from the other threads.
+        while (name := os_thread_name(thread.native_id)) != "ptw-live-render":
+            assert time.monotonic() < deadline, name
+            await asyncio.sleep(0.01)
     finally:
         await writer.stop()

@@ -36,6 +36,7 @@ from pytrickle_worker.core.fps import FpsMeter
 from pytrickle_worker.core.frame import VideoFrame
 from pytrickle_worker.core.queues import DropOldestQueue
 from pytrickle_worker.core.rate import RateSampler
+from pytrickle_worker.core.threads import name_os_thread
 from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.media.frames import RgbArray
 from pytrickle_worker.media.mpegts import (
@@ -272,6 +273,7 @@ class SegmentDecoder:
 
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
+        name_os_thread("ptw-seg-decode")
         try:
             self._run_containers()
         except Exception as exc:  # a bug, not bad input: never leave the consumer hanging

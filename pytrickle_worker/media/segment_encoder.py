@@ -37,6 +37,7 @@ from av.video.stream import VideoStream
 
 from pytrickle_worker.core.fps import FpsMeter
 from pytrickle_worker.core.queues import DropOldestQueue
+from pytrickle_worker.core.threads import name_os_thread
 from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.media.frames import RgbArray, wrap_rgb_frame
 from pytrickle_worker.media.mpegts import (
@@ -503,6 +504,7 @@ class SegmentEncoder:
             self.segments.put(segment)
 
     def _run(self) -> None:
+        name_os_thread("ptw-seg-encode")
         failures: deque[float] = deque()
         core = self._core
         try:

@@ -21,6 +21,7 @@ from types import TracebackType
 
 from pytrickle_worker.core.cpus import host_cores
 from pytrickle_worker.core.rate import RateSampler
+from pytrickle_worker.core.threads import name_os_thread
 from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.media.nvdec import resolve_nvdec
 from pytrickle_worker.sources.config import IngestConfig
@@ -340,7 +341,12 @@ class CameraHub:
             return
         loop = asyncio.get_running_loop()
         workers = self.config.convert_threads or min(4, os.cpu_count() or 1)
-        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest-convert")
+        executor = ThreadPoolExecutor(
+            max_workers=workers,
+            thread_name_prefix="ingest-convert",
+            initializer=name_os_thread,
+            initargs=("ptw-convert",),
+        )
         mode = self.config.hw_decode
         if mode == "off":
             self._nvdec = False

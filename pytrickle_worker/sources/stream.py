@@ -26,6 +26,7 @@ import av.container
 from av.error import ExitError, FFmpegError, InvalidDataError
 
 from pytrickle_worker.core.logutil import mask_text
+from pytrickle_worker.core.threads import name_os_thread
 from pytrickle_worker.core.wakeup import call_on_loop
 from pytrickle_worker.media.nvdec import VideoDecoder
 from pytrickle_worker.media.options import format_hint, needs_sniff, open_options, sniff_format
@@ -157,6 +158,7 @@ class StreamReader(SourceReader):
 
     # ------------------------------------------------------------------ reader thread
     def _run(self) -> None:
+        name_os_thread("ptw-ingest")  # a role, not the camera's URL
         try:
             self._read_loop()
         except Exception as exc:  # a reader must never die silently

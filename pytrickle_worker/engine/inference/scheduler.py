@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from typing import Final, ParamSpec, TypedDict, TypeVar
 
-from pytrickle_worker.core.threads import lower_thread_priority
+from pytrickle_worker.core.threads import lower_thread_priority, name_os_thread
 from pytrickle_worker.engine.inference.batching import BatchCoordinator
 from pytrickle_worker.engine.inference.budget import ThreadBudget
 
@@ -53,6 +53,12 @@ _PENDING_PER_WORKER: Final = 16
 #: Niceness added to the loading threads: when the cores are short, a load (graph
 #: optimisation, an engine build) gives way to the inference threads instead of sharing.
 LOAD_NICENESS: Final = 10
+
+
+def _start_load_thread(niceness: int) -> None:
+    """A model-loading thread: named for the OS, and below the frame path's priority."""
+    name_os_thread("ptw-model-load")
+    lower_thread_priority(niceness, "a model-loading thread")
 
 
 class SchedulerStats(TypedDict):
@@ -123,13 +129,16 @@ class InferenceScheduler:
             return
         budget = self.budget
         self._inference = ThreadPoolExecutor(
-            max_workers=self.pipeline_threads, thread_name_prefix="inference"
+            max_workers=self.pipeline_threads,
+            thread_name_prefix="inference",
+            initializer=name_os_thread,
+            initargs=("ptw-inference",),
         )
         self._loads = ThreadPoolExecutor(
             max_workers=self.load_workers,
             thread_name_prefix="inference_load",
-            initializer=lower_thread_priority,
-            initargs=(self.load_niceness, "a model-loading thread"),
+            initializer=_start_load_thread,
+            initargs=(self.load_niceness,),
         )
         self._slots = None  # bound to the loop of the first run
         logger.info(

@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.core.queues import DropOldestQueue
-from pytrickle_worker.core.threads import lower_thread_priority
+from pytrickle_worker.core.threads import lower_thread_priority, name_os_thread
 from pytrickle_worker.frontdoors.live.model import DetectionItem, LiveEntry
 from pytrickle_worker.frontdoors.live.store import FrameStore, StoreUnavailableError
 from pytrickle_worker.media.frames import fit_width, yuv420_planes
@@ -438,6 +438,7 @@ class LiveWriter:
 
     def _work(self) -> None:
         """The render thread: frames and state changes in order, and the keep-alive."""
+        name_os_thread("ptw-live-render")
         lower_thread_priority(self.settings.render_niceness, "the live render thread")
         next_keepalive = time.monotonic() + self._keepalive_period
         while True:
