@@ -87,6 +87,8 @@ from pytrickle_worker.transport.trickle import TricklePublisher
 CLIP_FPS = 30
 #: Frames each live decode of the floor times (5 s of the camera).
 LIVE_DECODE_FRAMES = 150
+#: The floor's decoder settings: (name, threads), 0 being FFmpeg's frame+slice threads.
+DECODE_MODES = (("frame+slice threads", 0), ("1 thread", 1))
 #: The slowest stream "holds" at this fraction of the target: a window of 20 s at 5 fps is
 #: 100 frames, and where the window cuts a frame interval costs up to one frame.
 SLOWEST_TOLERANCE = 0.97
@@ -173,18 +175,18 @@ def measure_floor(
     # The best bare decode, as for session.run: FFmpeg's threads or one thread per camera
     # (the worker's choice from as many cameras as cores), each median of three. Of the
     # camera's live stream, as the worker receives it: reading the socket and demuxing
-    # MPEG-TS are part of decoding a camera (8-16% more than decoding the clip's file). The
-    # file's figures are printed beside them.
+    # MPEG-TS are part of decoding a camera (10-30% more than decoding the clip's file).
+    # The file's figures are printed beside them.
     decode_modes = {
         f"live {mode}": statistics.median(
-            live_decode_cpu_per_frame(f"{camera_url}&floor={mode[0]}{i}", threads) for i in range(3)
+            live_decode_cpu_per_frame(camera_url, threads) for _ in range(3)
         )
-        for mode, threads in (("frame+slice threads", 0), ("1 thread", 1))
+        for mode, threads in DECODE_MODES
     }
     decode_cpu = min(decode_modes.values())
     decode_modes.update(
         (f"file {mode}", statistics.median(decode_cpu_per_frame(clip, threads) for _ in range(3)))
-        for mode, threads in (("frame+slice threads", 0), ("1 thread", 1))
+        for mode, threads in DECODE_MODES
     )
     with av.open(str(clip)) as container:
         frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
