@@ -25,6 +25,11 @@ async def collect(sub: Subscription, seconds: float) -> list[CameraFrame]:
     return frames
 
 
+def os_thread_name(native_id: int) -> str:
+    """The OS name (Linux ``comm``) of one of this process's threads; OSError once it ended."""
+    return Path(f"/proc/self/task/{native_id}/comm").read_text().rstrip("\n")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

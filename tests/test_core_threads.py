@@ -6,19 +6,15 @@ from __future__ import annotations
 
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from pytrickle_worker.core.threads import OS_NAME_MAX_BYTES, name_os_thread
+from tests.helpers import os_thread_name
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="OS thread names are read from Linux's /proc"
 )
-
-
-def os_name(native_id: int) -> str:
-    return Path(f"/proc/self/task/{native_id}/comm").read_text().rstrip("\n")
 
 
 def named_in_a_thread(name: str) -> tuple[str, str]:
@@ -27,16 +23,16 @@ def named_in_a_thread(name: str) -> tuple[str, str]:
 
     def run() -> None:
         name_os_thread(name)
-        seen.append(os_name(threading.get_native_id()))
+        seen.append(os_thread_name(threading.get_native_id()))
 
     thread = threading.Thread(target=run)
     thread.start()
     thread.join(10)
-    return seen[0], os_name(threading.get_native_id())
+    return seen[0], os_thread_name(threading.get_native_id())
 
 
 def test_a_thread_names_itself_and_only_itself() -> None:
-    caller = os_name(threading.get_native_id())
+    caller = os_thread_name(threading.get_native_id())
     named, caller_after = named_in_a_thread("ptw-test")
     assert named == "ptw-test"
     assert caller_after == caller

@@ -35,6 +35,7 @@ from pytrickle_worker.engine.mpta.loader import LoadedPipeline
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.engine.tracking.bytetrack import TrackerState
 from pytrickle_worker.processing import VideoFrame
+from tests.helpers import os_thread_name
 
 Frame = npt.NDArray[np.uint8]
 TB = Fraction(1, 90_000)
@@ -162,7 +163,7 @@ async def test_scheduler_threads_lifecycle_and_bounded_queue(cpu: ProviderChoice
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
     def os_name() -> str:
-        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+        return os_thread_name(threading.get_native_id())
 
     # top -H, perf and /proc tell the pools apart by their OS names.
     assert await scheduler.run(os_name) == "ptw-inference"

@@ -28,7 +28,7 @@ from pytrickle_worker.sources import (
     IngestError,
     SourceConfig,
 )
-from tests.helpers import collect
+from tests.helpers import collect, os_thread_name
 
 FPS = 15
 
@@ -522,7 +522,7 @@ def os_thread_names() -> list[str]:
     names: list[str] = []
     for tid in os.listdir("/proc/self/task"):
         try:
-            names.append(Path(f"/proc/self/task/{tid}/comm").read_text().strip())
+            names.append(os_thread_name(int(tid)))
         except OSError:  # the thread ended meanwhile
             continue
     return names

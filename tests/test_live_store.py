@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
@@ -50,7 +49,7 @@ from pytrickle_worker.frontdoors.live.store import (
 from pytrickle_worker.frontdoors.live.writer import LiveWriter, LiveWriterSettings, render_frame
 from pytrickle_worker.processing.sink import SinkFrame, check_live_name
 from pytrickle_worker.sources.frame import DecodedFrame
-from tests.helpers import RedisProcess
+from tests.helpers import RedisProcess, os_thread_name
 from tests.test_cms_protocol import decode_jpeg
 
 PREFIX = "test_frame:"
@@ -713,10 +712,6 @@ def test_the_writers_packed_xadd_stores_what_redis_py_would(
     finally:
         client.close()
         asyncio.run(store.close())
-
-
-def os_thread_name(native_id: int) -> str:
-    return Path(f"/proc/self/task/{native_id}/comm").read_text().strip()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
