@@ -183,6 +183,42 @@ async def test_scheduler_threads_lifecycle_and_bounded_queue(cpu: ProviderChoice
     await scheduler.stop()
 
 
+def thread_niceness(native_id: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, native_id)
+
+
+def process_thread_ids() -> set[int]:
+    return {int(tid) for tid in os.listdir("/proc/self/task")}
+
+
+async def test_onnxruntime_pool_threads_of_a_loaded_model_run_at_inference_priority(
+    demo_assets: DemoAssets, cpu: ProviderChoice
+) -> None:
+    """onnxruntime starts a session's intra-op threads while the session is built, on the
+    loading thread, and a Linux thread inherits its creator's niceness: with 2 intra-op
+    threads, a niced load would leave every later run's second thread niced."""
+    scheduler = InferenceScheduler(thread_budget(2, inference_workers=1, intra_op_threads=2))
+    scheduler.start()
+    try:
+        run_nice = await scheduler.run(lambda: thread_niceness(threading.get_native_id()))
+        loader = await scheduler.load(threading.get_native_id)
+        before = process_thread_ids()
+        model = await scheduler.load(
+            OnnxModel, demo_assets.detector_path, cpu.with_intra_op_threads(2)
+        )
+        # (A new thread also inherits its creator's OS name: tell them apart by id.)
+        pool = process_thread_ids() - before - {loader}
+        # onnxruntime's pool for 2 intra-op threads: the caller and one of its own.
+        # onnxruntime's helper for the second intra-op thread, and the load's swscale
+        # threads (the warm-up's preprocessing).
+        assert len(pool) >= 1
+        assert {thread_niceness(tid) for tid in pool} == {run_nice}
+        assert scheduler.load_niceness == 0
+        model.close()
+    finally:
+        await scheduler.stop()
+
+
 async def test_at_most_max_pending_jobs_are_queued_further_callers_wait() -> None:
     scheduler = InferenceScheduler(thread_budget(1), max_pending=2)
     scheduler.start()

@@ -102,7 +102,12 @@ class InferenceScheduler:
         #: A frame's whole pipeline runs on one of these; a batch needs one per image.
         self.pipeline_threads = budget.inference_workers * max_batch
         self.load_workers = load_workers
-        self.load_niceness = load_niceness
+        #: onnxruntime starts a session's intra-op threads inside its constructor, on the
+        #: loading thread, and a Linux thread inherits its creator's niceness; an
+        #: unprivileged thread cannot take it back. With more than one intra-op thread a
+        #: niced load would leave every later run's helper threads niced, so loads then run
+        #: at the inference threads' priority.
+        self.load_niceness = load_niceness if budget.intra_op_threads <= 1 else 0
         self.max_pending = max_pending or max(
             budget.inference_workers * _PENDING_PER_WORKER, self.pipeline_threads
         )
@@ -141,6 +146,12 @@ class InferenceScheduler:
             initargs=(self.load_niceness,),
         )
         self._slots = None  # bound to the loop of the first run
+        if self.load_niceness == 0 and budget.intra_op_threads > 1:
+            logger.info(
+                "model loads run at normal priority: onnxruntime's %d intra-op threads per "
+                "session start on the loading thread and would inherit a lowered one",
+                budget.intra_op_threads,
+            )
         logger.info(
             "inference scheduler: %s; batches of up to %d (max wait %.0f ms) on %d pipeline "
             "thread(s); %d model-loading thread(s)",
