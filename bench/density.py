@@ -51,7 +51,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from math import ceil
 from pathlib import Path
 from typing import Any
@@ -73,8 +74,11 @@ from bench_cms_saturation import (
     wait_http,
 )
 from bench_ingest import encode_clip
+from bench_live import BareEncoder
 from bench_trickle import make_segments
 
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.devtools.assets import build_mpta
 from pytrickle_worker.devtools.models import build_yolov8n_like
 from pytrickle_worker.devtools.trickle_server import TrickleServer
@@ -82,11 +86,15 @@ from pytrickle_worker.engine.inference.imageops import letterbox
 from pytrickle_worker.media.mpegts import TS_TIME_BASE
 from pytrickle_worker.media.segment_encoder import EncoderSettings, encode_segments
 from pytrickle_worker.processing import VideoFrame
+from pytrickle_worker.sources.frame import DecodedFrame
 from pytrickle_worker.transport.trickle import TricklePublisher
 
 CLIP_FPS = 30
 #: Frames each live decode of the floor times (5 s of the camera).
 LIVE_DECODE_FRAMES = 150
+#: Clip frames the floor's live-view JPEG cost is the median of, after the first few.
+LIVE_JPEG_FRAMES = 45
+LIVE_JPEG_WARMUP = 5
 #: The floor's decoder settings: (name, threads), 0 being FFmpeg's frame+slice threads.
 DECODE_MODES = (("frame+slice threads", 0), ("1 thread", 1))
 #: The slowest stream "holds" at this fraction of the target: a window of 20 s at 5 fps is
@@ -112,24 +120,59 @@ class Floor:
     uses_cpu_for_inference: bool
     layouts: dict[str, float] = field(default_factory=dict[str, float])
     decode_modes: dict[str, float] = field(default_factory=dict[str, float])  # CPU s/frame
+    #: The live view's frames (0 fps: the worker's live view is off): per camera this many
+    #: a second, each a bare scale + JPEG costing ``live_cpu_s``.
+    live_fps: float = 0.0
+    live_cpu_s: float = 0.0
+
+    def live_cores(self, cameras: int, analysed_per_camera: float) -> float:
+        """The cores the floor spends on N cameras' live-view JPEGs (a camera stores at most
+        one a frame it analyses)."""
+        return cameras * min(self.live_fps, analysed_per_camera) * self.live_cpu_s
 
     def fps(self, cameras: int, target: float, camera_cores: float) -> float:
         """The most analysed fps N cameras can give on this machine."""
         wanted = cameras * target
         decode = cameras * CLIP_FPS * self.decode_cpu_s
-        spare = max(0.0, self.cores - decode - camera_cores)
+        # The live view's cost at the target rate: where N cameras get less than their
+        # target, a camera under 2 analysed fps stores fewer, and the floor counts more
+        # than it would spend there (in the worker's disfavour).
+        other = decode + camera_cores + self.live_cores(cameras, target)
+        spare = max(0.0, self.cores - other)
         if self.uses_cpu_for_inference:
             return min(wanted, spare * self.runs_per_s / self.cores)
         # A GPU runs inference; the cores must still decode every frame.
-        decodable = 1.0 if decode <= self.cores - camera_cores else spare / max(decode, 1e-9)
+        decodable = 1.0 if other <= self.cores else spare / max(decode, 1e-9)
         return min(wanted * decodable, self.runs_per_s)
 
     def cpu_cores(self, cameras: int, analysed_fps: float) -> float:
-        """The cores the floor spends on N cameras' decoding and ``analysed_fps`` runs."""
+        """The cores the floor spends on N cameras' decoding, their live-view JPEGs and
+        ``analysed_fps`` runs."""
         decode = cameras * CLIP_FPS * self.decode_cpu_s
+        decode += self.live_cores(cameras, analysed_fps / max(cameras, 1))
         if not self.uses_cpu_for_inference:
             return decode
         return decode + analysed_fps * self.cores / self.runs_per_s
+
+    def averaged(self, other: Floor) -> Floor:
+        """The mean of two measurements of the floor (before and after the ramp)."""
+
+        def mean(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+            return {k: (v + b.get(k, v)) / 2 for k, v in a.items()}
+
+        layouts = mean(self.layouts, other.layouts)
+        best = max(layouts, key=lambda k: layouts[k])
+        return Floor(
+            self.cores,
+            (self.decode_cpu_s + other.decode_cpu_s) / 2,
+            layouts[best],
+            best,
+            self.uses_cpu_for_inference,
+            layouts,
+            mean(self.decode_modes, other.decode_modes),
+            self.live_fps,
+            (self.live_cpu_s + other.live_cpu_s) / 2,
+        )
 
     def max_n(self, target: float, camera_cores_per_camera: float) -> int:
         n = 0
@@ -169,8 +212,29 @@ def live_decode_cpu_per_frame(url: str, threads: int, frames: int = LIVE_DECODE_
     return (time.process_time() - started) / frames
 
 
+def live_jpeg_cpu_per_frame(clip: Path, max_width: int, quality: int) -> float:
+    """CPU seconds of a bare scale + JPEG (bench_live's floor: one swscale pass into the
+    encoder's format, FFmpeg's mjpeg with the worker's settings) of one decoded clip frame,
+    as a camera's reader hands it over: the median over ``LIVE_JPEG_FRAMES`` frames."""
+    encoder = BareEncoder(max_width, quality)
+    costs: list[float] = []
+    with av.open(str(clip)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index >= LIVE_JPEG_FRAMES:
+                break
+            started = time.thread_time()
+            encoder.encode(DecodedFrame(index, time.time(), None, frame))
+            costs.append(time.thread_time() - started)
+    return statistics.median(costs[LIVE_JPEG_WARMUP:])
+
+
 def measure_floor(
-    clip: Path, camera_url: str, model: Path, args: argparse.Namespace, cores: int
+    clip: Path,
+    camera_url: str,
+    model: Path,
+    args: argparse.Namespace,
+    cores: int,
+    live: WorkerConfig,
 ) -> Floor:
     # The best bare decode, as for session.run: FFmpeg's threads or one thread per camera
     # (the worker's choice from as many cameras as cores), each median of three. Of the
@@ -210,9 +274,17 @@ def measure_floor(
                 model, args.provider, tensor, threads=1, parallel=2
             )
     best = max(layouts, key=lambda k: layouts[k])
-    return Floor(
+    floor = Floor(
         cores, decode_cpu, layouts[best], best, args.provider == "cpu", layouts, decode_modes
     )
+    if live.live_enabled:
+        # The worker's live view stores this many frames a second per camera: the same work
+        # done bare belongs to the floor (bench_live.py prices the worker's against it).
+        floor.live_fps = live.live_fps
+        floor.live_cpu_s = live_jpeg_cpu_per_frame(
+            clip, live.live_max_width, live.live_jpeg_quality
+        )
+    return floor
 
 
 # ----------------------------------------------------------------------------- the worker
@@ -235,15 +307,31 @@ class Step:
     latency_p95_ms: float
     worker_cores: float
     camera_cores: float
-    floor_fps: float
-    floor_cores: float
-    worker_over_floor_fps: float
-    worker_over_floor_cpu: float
     holds: bool
     #: The worker's mean session.run (from /metrics) vs the floor's, both per image.
     run_ms: float = 0.0
-    floor_run_ms: float = 0.0
     gpu: dict[str, float] | None = None
+    # Against the floor (``scored``).
+    floor_fps: float = 0.0
+    floor_cores: float = 0.0
+    worker_over_floor_fps: float = 0.0
+    worker_over_floor_cpu: float = 0.0
+    floor_run_ms: float = 0.0
+
+
+def scored(step: Step, floor: Floor, target: float) -> Step:
+    """``step`` with its floor figures from ``floor``."""
+    n, total = step.cameras, step.fps_total
+    floor_fps = floor.fps(n, target, step.camera_cores)
+    floor_cores = floor.cpu_cores(n, total)
+    return replace(
+        step,
+        floor_fps=floor_fps,
+        floor_cores=floor_cores,
+        worker_over_floor_fps=total / floor_fps if floor_fps else float("nan"),
+        worker_over_floor_cpu=step.worker_cores / floor_cores if floor_cores else 0.0,
+        floor_run_ms=1000 * floor.cores / floor.runs_per_s,
+    )
 
 
 class Backend:
@@ -373,26 +461,22 @@ async def ramp(
                 worker_cores = (cpu_seconds(worker_ps) - before[0]) / (end - before[2])
                 camera_cores = (cpu_seconds(camera_ps) - before[1]) / (end - before[2])
                 fps, latencies = backend.window(before[2], end, n)
-                total = sum(fps)
-                floor_fps = floor.fps(n, args.target_fps, camera_cores)
-                floor_cores = floor.cpu_cores(n, total)
-                step = Step(
-                    cameras=n,
-                    fps_min=min(fps),
-                    fps_median=statistics.median(fps),
-                    fps_total=total,
-                    latency_p50_ms=percentile(latencies, 0.5) * 1000,
-                    latency_p95_ms=percentile(latencies, 0.95) * 1000,
-                    worker_cores=worker_cores,
-                    camera_cores=camera_cores,
-                    floor_fps=floor_fps,
-                    floor_cores=floor_cores,
-                    worker_over_floor_fps=total / floor_fps if floor_fps else float("nan"),
-                    worker_over_floor_cpu=worker_cores / floor_cores if floor_cores else 0.0,
-                    holds=min(fps) >= args.target_fps * SLOWEST_TOLERANCE,
-                    run_ms=run_ms,
-                    floor_run_ms=1000 * floor.cores / floor.runs_per_s,
-                    gpu=gpu,
+                step = scored(
+                    Step(
+                        cameras=n,
+                        fps_min=min(fps),
+                        fps_median=statistics.median(fps),
+                        fps_total=sum(fps),
+                        latency_p50_ms=percentile(latencies, 0.5) * 1000,
+                        latency_p95_ms=percentile(latencies, 0.95) * 1000,
+                        worker_cores=worker_cores,
+                        camera_cores=camera_cores,
+                        holds=min(fps) >= args.target_fps * SLOWEST_TOLERANCE,
+                        run_ms=run_ms,
+                        gpu=gpu,
+                    ),
+                    floor,
+                    args.target_fps,
                 )
                 steps.append(step)
                 print(progress(step, args), file=sys.stderr if args.json else sys.stdout)
@@ -483,7 +567,9 @@ async def trickle_door(
         with contextlib.suppress(Exception):
             worker.wait(30)
         await server.stop()
-    per_frame = floor.decode_cpu_s + encode_cpu + (floor.cores / floor.runs_per_s)
+    # Its live view stores live_fps of the 30 analysed frames a second.
+    live = floor.live_cpu_s * min(floor.live_fps, CLIP_FPS) / CLIP_FPS
+    per_frame = floor.decode_cpu_s + encode_cpu + live + (floor.cores / floor.runs_per_s)
     floor_fps = min(float(CLIP_FPS), floor.cores / per_frame)
     fps = statistics.median(samples)
     return {
@@ -586,19 +672,41 @@ async def main() -> None:
             PTW_CACHE_DIR=str(tmp / "cache"),
             PYTHONUNBUFFERED="1",
         )
+        try:
+            settings = WorkerConfig.load(None, env)
+        except WorkerError as exc:
+            raise SystemExit(f"--worker-env: {exc}") from exc
         camera_port = free_port()
         camera = spawn_camera(camera_port, clip, env, tmp / "camera.log")
         try:
             await wait_http(f"http://127.0.0.1:{camera_port}/health")
             camera_url = f"http://127.0.0.1:{camera_port}/stream.ts?camera=floor"
-            floor = await asyncio.to_thread(measure_floor, clip, camera_url, model, args, cores)
-            steps = await ramp(args, floor, mpta, camera, camera_port, env, tmp)
+            measure = partial(measure_floor, clip, camera_url, model, args, cores, settings)
+            # The floor before and after the ramp, its figures the mean of the two: the
+            # machine's speed drifts between runs as much as the gaps measured here.
+            before = await asyncio.to_thread(measure)
+            steps = await ramp(args, before, mpta, camera, camera_port, env, tmp)
+            after = await asyncio.to_thread(measure)
+            floor = before.averaged(after)
+            steps = [scored(step, floor, args.target_fps) for step in steps]
         finally:
             camera.terminate()
             with contextlib.suppress(Exception):
                 camera.wait(30)
         trickle = await trickle_door(args, floor, mpta, env, tmp) if args.trickle else None
-    report(args, floor, steps, trickle, (width, height))
+    report(args, floor, steps, trickle, (width, height), (before, after))
+
+
+def floor_summary(floor: Floor) -> dict[str, Any]:
+    return {
+        "decode_cpu_ms": floor.decode_cpu_s * 1000,
+        "decode_modes_ms": {k: v * 1000 for k, v in floor.decode_modes.items()},
+        "runs_per_s": floor.runs_per_s,
+        "best": floor.best,
+        "layouts": floor.layouts,
+        "live_fps": floor.live_fps,
+        "live_jpeg_cpu_ms": floor.live_cpu_s * 1000,
+    }
 
 
 def report(
@@ -607,6 +715,7 @@ def report(
     steps: list[Step],
     trickle: dict[str, float] | None,
     size: tuple[int, int],
+    measured: tuple[Floor, Floor],
 ) -> None:
     # The ramp's steps, before the overload step: the max N is the last that held.
     ramp_steps = [
@@ -629,13 +738,9 @@ def report(
         "target_fps": args.target_fps,
         "max_n": max_n,
         "floor_max_n": floor_max_n,
-        "floor": {
-            "decode_cpu_ms": floor.decode_cpu_s * 1000,
-            "decode_modes_ms": {k: v * 1000 for k, v in floor.decode_modes.items()},
-            "runs_per_s": floor.runs_per_s,
-            "best": floor.best,
-            "layouts": floor.layouts,
-        },
+        "floor": floor_summary(floor),
+        "floor_before": floor_summary(measured[0]),
+        "floor_after": floor_summary(measured[1]),
         "steps": [asdict(s) for s in steps],
         "at_max_n": asdict(held[-1]) if held else None,
         "overload": asdict(overload) if overload else None,
@@ -652,10 +757,21 @@ def report(
     layouts = "; ".join(f"{k}: {v:.1f}/s" for k, v in floor.layouts.items())
     modes = ", ".join(f"{k} {v * 1000:.2f}" for k, v in floor.decode_modes.items())
     print(
-        f"floor: decode {floor.decode_cpu_s * 1000:.2f} ms CPU/frame, the cheaper live mode "
-        f"({modes}); "
-        f"session.run {layouts}"
+        f"floor (mean of before and after the ramp): decode {floor.decode_cpu_s * 1000:.2f} ms "
+        f"CPU/frame, the cheaper live mode ({modes}); session.run {layouts}"
     )
+    if floor.live_fps:
+        print(
+            f"floor: the live view's {floor.live_fps:g} JPEGs/s per camera at "
+            f"{floor.live_cpu_s * 1000:.2f} ms CPU each (bare scale + encode)"
+        )
+    for when, one in zip(("before", "after"), measured, strict=True):
+        print(
+            f"floor {when} the ramp: decode {one.decode_cpu_s * 1000:.2f} ms, session.run "
+            f"{one.runs_per_s:.1f}/s ({one.best}), live JPEG {one.live_cpu_s * 1000:.2f} ms"
+        )
+    for step in steps:
+        print(progress(step, args))
     print(f"max N: worker {max_n}, floor {floor_max_n}")
     if held:
         s = held[-1]
