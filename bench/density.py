@@ -33,7 +33,18 @@ decoding every frame of N cameras, and after the camera process, runs inference 
 rate: ``floor fps(N) = min(N × target, spare cores × best runs per core-second)``. From it:
 the floor's max N, and at every step the worker's total analysed fps / the floor's (the
 figure that counts under overload), and the worker's CPU / the floor's CPU for the same
-frames (the figure that counts below saturation).
+frames (the figure that counts below saturation). The floor is measured before and after
+the ramp, its figures the mean of the two.
+
+A step below the target is also judged against the floor's parts **run together** at its
+N (``--rounds`` pairs): the worker's cameras stop, N bare PyAV readers of the same camera
+and the best bare ``session.run`` layout run at once in this process for ``--seconds`` (with
+the live view on, each reader also makes the bare JPEGs the worker would store), the
+cameras start again and the worker's next window follows. The parts added up assume that a
+run costs what it costs with the machine to itself; run together, decoding and inference
+share caches and the scheduler, which moves a run's CPU either way (measured here: a
+single-thread run is cheaper next to decoders than next to a second run). Pairing the two
+halves a minute apart keeps the machine's drift out of the ratio.
 
 ``--trickle``: one stream through the StreamServer door, input at 30 fps real time, every
 frame analysed: its processing fps against a floor of decode + ``session.run`` + encode.
@@ -50,7 +61,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from math import ceil
@@ -69,6 +82,7 @@ from bench_cms_saturation import (
     decode_cpu_per_frame,
     free_port,
     inferences_per_second,
+    session,
     spawn_camera,
     spawn_worker,
     wait_http,
@@ -119,6 +133,8 @@ class Floor:
     best: str  # which layout and batch gave it
     uses_cpu_for_inference: bool
     layouts: dict[str, float] = field(default_factory=dict[str, float])
+    #: Each layout's (intra-op threads, sessions, batch).
+    shapes: dict[str, tuple[int, int, int]] = field(default_factory=dict[str, tuple[int, int, int]])
     decode_modes: dict[str, float] = field(default_factory=dict[str, float])  # CPU s/frame
     #: The live view's frames (0 fps: the worker's live view is off): per camera this many
     #: a second, each a bare scale + JPEG costing ``live_cpu_s``.
@@ -169,10 +185,20 @@ class Floor:
             best,
             self.uses_cpu_for_inference,
             layouts,
+            self.shapes,
             mean(self.decode_modes, other.decode_modes),
             self.live_fps,
             (self.live_cpu_s + other.live_cpu_s) / 2,
         )
+
+    @property
+    def decode_threads(self) -> int:
+        """The cheaper live decoder setting's thread count (0: FFmpeg's choice)."""
+        cheaper = min(
+            (mode for mode in DECODE_MODES if f"live {mode[0]}" in self.decode_modes),
+            key=lambda mode: self.decode_modes[f"live {mode[0]}"],
+        )
+        return cheaper[1]
 
     def max_n(self, target: float, camera_cores_per_camera: float) -> int:
         n = 0
@@ -228,6 +254,124 @@ def live_jpeg_cpu_per_frame(clip: Path, max_width: int, quality: int) -> float:
     return statistics.median(costs[LIVE_JPEG_WARMUP:])
 
 
+def input_tensor(clip: Path, imgsz: int) -> np.ndarray:
+    """The model's batch-1 input made from the clip's first frame."""
+    with av.open(str(clip)) as container:
+        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    return letterbox(frame, (imgsz, imgsz))[0].copy()
+
+
+@dataclass
+class Together:
+    """The floor's parts run at once: N bare live decoders and bare ``session.run`` loops."""
+
+    cameras: int
+    runs_per_s: float  # images/s the sessions completed while the cameras were decoded
+    decoded_fps_min: float  # the slowest camera's decoded frames/s (30: it kept up)
+    cores: float  # this process's CPU over the window
+    run_cpu_ms: float  # the sessions' CPU per image (their threads' clocks)
+    #: The rest of the process's CPU per decoded frame: decoding (on FFmpeg's threads
+    #: too), the readers' JPEGs and Python.
+    decode_cpu_ms: float
+
+
+def together_floor(
+    camera_url: str,
+    model: Path,
+    provider: str,
+    tensor: np.ndarray,
+    floor: Floor,
+    cameras: int,
+    analysed_per_camera: float,
+    live: WorkerConfig,
+    seconds: float,
+    warmup: float = 5.0,
+) -> Together:
+    """Runs ``cameras`` bare PyAV readers of the demo camera (the floor's cheaper decoder
+    setting; with the live view on, each also makes a bare JPEG at the rate the worker
+    stores) next to the floor's best ``session.run`` layout looping back to back, all in
+    this process, and measures the runs the sessions complete in ``seconds``.
+
+    This is what bare PyAV and bare ONNX Runtime achieve together on this machine, so the
+    cost of sharing it (caches, memory bandwidth, the scheduler's slices) is in it; the
+    parts measured one at a time leave that out (``Floor.fps``)."""
+    threads, parallel, batch = floor.shapes[floor.best]
+    batch_tensor = np.repeat(tensor, batch, axis=0)
+    sessions = [session(model, threads, PROVIDERS[provider]) for _ in range(parallel)]
+    name = sessions[0].get_inputs()[0].name
+    for s in sessions:
+        s.run(None, {name: batch_tensor})
+    stop = threading.Event()
+    started = threading.Barrier(cameras + 1)
+    decoded = [0] * cameras
+    measuring = threading.Event()
+    completions: list[float] = []
+    run_cpu: list[float] = []
+    errors: list[BaseException] = []
+    live_rate = min(live.live_fps, analysed_per_camera) if live.live_enabled else 0.0
+    jpeg_every = max(1, round(CLIP_FPS / live_rate)) if live_rate else 0
+
+    def read(index: int) -> None:
+        encoder = BareEncoder(live.live_max_width, live.live_jpeg_quality) if jpeg_every else None
+        try:
+            with av.open(camera_url, timeout=30) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                if floor.decode_threads:
+                    stream.codec_context.thread_count = floor.decode_threads
+                for count, frame in enumerate(container.decode(stream)):
+                    if count == 0:
+                        started.wait()
+                    if stop.is_set():
+                        return
+                    if measuring.is_set():
+                        decoded[index] += 1
+                    if encoder is not None and count % jpeg_every == 0:
+                        encoder.encode(DecodedFrame(count, time.time(), None, frame))
+        except Exception as exc:  # reported by the caller
+            errors.append(exc)
+            stop.set()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                started.abort()
+
+    def infer(s: Any) -> None:
+        while not stop.is_set():
+            clock = time.thread_time()
+            s.run(None, {name: batch_tensor})
+            completions.append(time.monotonic())
+            if measuring.is_set():
+                run_cpu.append(time.thread_time() - clock)
+
+    readers = [threading.Thread(target=read, args=(i,), daemon=True) for i in range(cameras)]
+    for thread in readers:
+        thread.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        started.wait(timeout=60)
+    runners = [threading.Thread(target=infer, args=(s,), daemon=True) for s in sessions]
+    for thread in runners:
+        thread.start()
+    time.sleep(warmup)
+    measuring.set()
+    begin, cpu_begin = time.monotonic(), time.process_time()
+    time.sleep(seconds)
+    end, cpu_end = time.monotonic(), time.process_time()
+    measuring.clear()
+    stop.set()
+    for thread in [*runners, *readers]:
+        thread.join(60)
+    if errors:
+        raise SystemExit(f"the together floor's camera read failed: {errors[0]!r}")
+    runs = sum(1 for t in completions if begin <= t < end)
+    return Together(
+        cameras,
+        runs * batch / (end - begin),
+        min(decoded) / (end - begin),
+        (cpu_end - cpu_begin) / (end - begin),
+        1000 * statistics.median(run_cpu) / batch,
+        1000 * (cpu_end - cpu_begin - sum(run_cpu)) / max(1, sum(decoded)),
+    )
+
+
 def measure_floor(
     clip: Path,
     camera_url: str,
@@ -252,30 +396,30 @@ def measure_floor(
         (f"file {mode}", statistics.median(decode_cpu_per_frame(clip, threads) for _ in range(3)))
         for mode, threads in DECODE_MODES
     )
-    with av.open(str(clip)) as container:
-        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    one = letterbox(frame, (args.imgsz, args.imgsz))[0].copy()
+    one = input_tensor(clip, args.imgsz)
     batches = sorted({1, args.max_batch or (16 if args.provider != "cpu" else 4)})
-    layouts: dict[str, float] = {}
+    shapes: dict[str, tuple[int, int, int]] = {}
     for batch in batches:
-        tensor = np.repeat(one, batch, axis=0)
         if args.provider == "cpu":
-            layouts[f"{cores}x1 thread, batch {batch}"] = throughput(
-                model, "cpu", tensor, threads=1, parallel=cores
-            )
-            layouts[f"1x{cores} threads, batch {batch}"] = throughput(
-                model, "cpu", tensor, threads=cores, parallel=1
-            )
+            shapes[f"{cores}x1 thread, batch {batch}"] = (1, cores, batch)
+            shapes[f"1x{cores} threads, batch {batch}"] = (cores, 1, batch)
         else:
-            layouts[f"1 session, batch {batch}"] = throughput(
-                model, args.provider, tensor, threads=1, parallel=1
-            )
-            layouts[f"2 sessions, batch {batch}"] = throughput(
-                model, args.provider, tensor, threads=1, parallel=2
-            )
+            shapes[f"1 session, batch {batch}"] = (1, 1, batch)
+            shapes[f"2 sessions, batch {batch}"] = (1, 2, batch)
+    layouts = {
+        name: throughput(model, args.provider, np.repeat(one, batch, axis=0), threads, parallel)
+        for name, (threads, parallel, batch) in shapes.items()
+    }
     best = max(layouts, key=lambda k: layouts[k])
     floor = Floor(
-        cores, decode_cpu, layouts[best], best, args.provider == "cpu", layouts, decode_modes
+        cores,
+        decode_cpu,
+        layouts[best],
+        best,
+        args.provider == "cpu",
+        layouts,
+        shapes,
+        decode_modes,
     )
     if live.live_enabled:
         # The worker's live view stores this many frames a second per camera: the same work
@@ -317,6 +461,23 @@ class Step:
     worker_over_floor_fps: float = 0.0
     worker_over_floor_cpu: float = 0.0
     floor_run_ms: float = 0.0
+    # The overload step against the floor's parts run together at its N
+    # (``together_floor``), in rounds that alternate with the worker's windows.
+    together_rounds: list[dict[str, float]] = field(default_factory=list[dict[str, float]])
+    together_fps: float = 0.0  # the rounds' median
+    worker_over_together_fps: float = 0.0  # the median of the rounds' ratios
+
+
+def with_together(step: Step, rounds: list[dict[str, float]]) -> Step:
+    """``step`` with its paired rounds against the floor's parts run together."""
+    return replace(
+        step,
+        together_rounds=rounds,
+        together_fps=statistics.median(r["together_fps"] for r in rounds),
+        worker_over_together_fps=statistics.median(
+            r["worker_fps"] / r["together_fps"] for r in rounds
+        ),
+    )
 
 
 def scored(step: Step, floor: Floor, target: float) -> Step:
@@ -351,6 +512,8 @@ class Backend:
             data = json.loads(message.data)
             kind = data.get("type")
             if kind == "imageDetection":
+                if data["subscriptionIdentifier"] not in self.ids:
+                    continue  # sent before its unsubscribe arrived
                 camera = self.ids.index(data["subscriptionIdentifier"])
                 latency = capture_latency(data, time.time())
                 self.detections.append(Detection(camera, time.monotonic(), latency))
@@ -371,9 +534,40 @@ class Backend:
             }
             await self.ws.send_json({"type": "subscribe", "payload": payload})
 
-    async def wait_all_running(self, count: int, within: float = 180.0) -> None:
+    async def unsubscribe_all(self) -> None:
+        for identifier in self.ids:
+            payload = {"subscriptionIdentifier": identifier}
+            await self.ws.send_json({"type": "unsubscribe", "payload": payload})
+        self.ids.clear()
+
+    async def wait_quiet(self, within: float = 30.0) -> None:
+        """Until no detection has arrived for a second (every camera stopped)."""
         deadline = time.monotonic() + within
-        while len({d.camera for d in self.detections if d.camera < count}) < count:
+        while time.monotonic() < deadline:
+            last = self.detections[-1].received if self.detections else 0.0
+            if time.monotonic() - last > 1.0:
+                return
+            await asyncio.sleep(0.2)
+        raise SystemExit("the worker kept sending detections after every unsubscribe")
+
+    async def wait_idle(self, process: psutil.Process, within: float = 60.0) -> None:
+        """Until ``process`` uses under a tenth of a core over a second (its cameras
+        closed, nothing left from them), so that a floor measured next finds the machine
+        to itself."""
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            before = cpu_seconds(process)
+            await asyncio.sleep(1.0)
+            if cpu_seconds(process) - before < 0.1:
+                return
+        raise SystemExit("the worker stayed busy after every camera was unsubscribed")
+
+    async def wait_all_running(self, count: int, within: float = 180.0, since: float = 0.0) -> None:
+        deadline = time.monotonic() + within
+        while (
+            len({d.camera for d in self.detections if d.camera < count and d.received > since})
+            < count
+        ):
             if self.errors:
                 raise SystemExit(f"worker error: {self.errors[0]}")
             if time.monotonic() > deadline:
@@ -432,52 +626,30 @@ async def ramp(
     camera_port: int,
     env: dict[str, str],
     tmp: Path,
+    together: Callable[[int, float], Together],
 ) -> list[Step]:
     worker_port = free_port()
     worker = spawn_worker(worker_port, env, tmp / "worker.log")
     steps: list[Step] = []
     try:
         await wait_http(f"http://127.0.0.1:{worker_port}/health/live")
-        worker_ps, camera_ps = psutil.Process(worker.pid), psutil.Process(camera.pid)
+        processes = (psutil.Process(worker.pid), psutil.Process(camera.pid))
         async with (
             aiohttp.ClientSession() as http,
             http.ws_connect(f"ws://127.0.0.1:{worker_port}/", max_msg_size=0) as ws,
         ):
             backend = Backend(ws)
+            window = partial(measure_window, args, backend, http, worker_port, processes)
             n = args.start_n
             overload_n: int | None = None
             while n <= args.max_n:
+                subscribed = time.monotonic()
                 await backend.subscribe(camera_port, mpta, n)
-                await backend.wait_all_running(n)
-                await asyncio.sleep(args.warmup)
-                runs_before = await inference_totals(http, worker_port)
-                before = (cpu_seconds(worker_ps), cpu_seconds(camera_ps), time.monotonic())
-                await asyncio.sleep(args.seconds)
-                end = time.monotonic()
-                runs_after = await inference_totals(http, worker_port)
-                runs = runs_after[1] - runs_before[1]
-                run_ms = (runs_after[0] - runs_before[0]) / runs * 1000 if runs else 0.0
-                gpu = gpu_sample()
-                worker_cores = (cpu_seconds(worker_ps) - before[0]) / (end - before[2])
-                camera_cores = (cpu_seconds(camera_ps) - before[1]) / (end - before[2])
-                fps, latencies = backend.window(before[2], end, n)
-                step = scored(
-                    Step(
-                        cameras=n,
-                        fps_min=min(fps),
-                        fps_median=statistics.median(fps),
-                        fps_total=sum(fps),
-                        latency_p50_ms=percentile(latencies, 0.5) * 1000,
-                        latency_p95_ms=percentile(latencies, 0.95) * 1000,
-                        worker_cores=worker_cores,
-                        camera_cores=camera_cores,
-                        holds=min(fps) >= args.target_fps * SLOWEST_TOLERANCE,
-                        run_ms=run_ms,
-                        gpu=gpu,
-                    ),
-                    floor,
-                    args.target_fps,
-                )
+                await backend.wait_all_running(n, since=subscribed)
+                step = scored(await window(n), floor, args.target_fps)
+                if not step.holds and args.rounds:
+                    rounds = partial(paired_rounds, args, backend, camera_port, mpta)
+                    step = await rounds(step, window, together, processes[0])
                 steps.append(step)
                 print(progress(step, args), file=sys.stderr if args.json else sys.stdout)
                 if n == overload_n:
@@ -496,6 +668,87 @@ async def ramp(
         with contextlib.suppress(Exception):
             worker.wait(30)
     return steps
+
+
+async def measure_window(
+    args: argparse.Namespace,
+    backend: Backend,
+    http: aiohttp.ClientSession,
+    worker_port: int,
+    processes: tuple[psutil.Process, psutil.Process],
+    n: int,
+) -> Step:
+    """The worker's figures over one window of ``args.seconds`` with ``n`` cameras running."""
+    worker_ps, camera_ps = processes
+    await asyncio.sleep(args.warmup)
+    runs_before = await inference_totals(http, worker_port)
+    before = (cpu_seconds(worker_ps), cpu_seconds(camera_ps), time.monotonic())
+    await asyncio.sleep(args.seconds)
+    end = time.monotonic()
+    runs_after = await inference_totals(http, worker_port)
+    runs = runs_after[1] - runs_before[1]
+    fps, latencies = backend.window(before[2], end, n)
+    return Step(
+        cameras=n,
+        fps_min=min(fps),
+        fps_median=statistics.median(fps),
+        fps_total=sum(fps),
+        latency_p50_ms=percentile(latencies, 0.5) * 1000,
+        latency_p95_ms=percentile(latencies, 0.95) * 1000,
+        worker_cores=(cpu_seconds(worker_ps) - before[0]) / (end - before[2]),
+        camera_cores=(cpu_seconds(camera_ps) - before[1]) / (end - before[2]),
+        holds=min(fps) >= args.target_fps * SLOWEST_TOLERANCE,
+        run_ms=(runs_after[0] - runs_before[0]) / runs * 1000 if runs else 0.0,
+        gpu=gpu_sample(),
+    )
+
+
+async def paired_rounds(
+    args: argparse.Namespace,
+    backend: Backend,
+    camera_port: int,
+    mpta: Path,
+    step: Step,
+    window: Callable[[int], Awaitable[Step]],
+    together: Callable[[int, float], Together],
+    worker: psutil.Process,
+) -> Step:
+    """A step past the max N against the floor's parts run together at its N, in
+    ``args.rounds`` pairs: the worker's cameras stop, the bare parts run, the cameras start
+    again and the worker's next window follows. Each pair's two halves are a minute apart
+    at most, so the machine's drift (its speed moved 10-20% between runs here) falls on
+    both sides of each ratio alike."""
+    n = step.cameras
+    rounds: list[dict[str, float]] = []
+    worker_fps = step.fps_total
+    for index in range(args.rounds):
+        await backend.unsubscribe_all()
+        await backend.wait_quiet()
+        await backend.wait_idle(worker)
+        bare = await asyncio.to_thread(together, n, step.fps_median)
+        fps = min(n * args.target_fps, bare.runs_per_s)
+        rounds.append(
+            {
+                "worker_fps": worker_fps,
+                "together_fps": fps,
+                "together_run_cpu_ms": bare.run_cpu_ms,
+                "together_decode_cpu_ms": bare.decode_cpu_ms,
+                "together_decoded_fps_min": bare.decoded_fps_min,
+            }
+        )
+        print(
+            f"  N={n} round {index + 1}: worker {worker_fps:.1f} fps, the floor's parts run "
+            f"together {fps:.1f} (run {bare.run_cpu_ms:.1f} ms CPU, decode "
+            f"{bare.decode_cpu_ms:.2f} ms CPU a frame, slowest camera "
+            f"{bare.decoded_fps_min:.1f} fps) -> x{worker_fps / fps:.3f}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+        if index + 1 < args.rounds:
+            resumed = time.monotonic()
+            await backend.subscribe(camera_port, mpta, n)
+            await backend.wait_all_running(n, since=resumed)
+            worker_fps = (await window(n)).fps_total
+    return with_together(step, rounds)
 
 
 def progress(step: Step, args: argparse.Namespace) -> str:
@@ -619,6 +872,12 @@ def parse_args() -> argparse.Namespace:
         default=1.5,
         help="after the ramp, one step at this many times the floor's max N",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="steps below the target: pairs of (worker window, the floor's parts run together)",
+    )
     parser.add_argument("--trickle", action="store_true", help="also measure the stream door")
     parser.add_argument(
         "--worker-env",
@@ -685,7 +944,17 @@ async def main() -> None:
             # The floor before and after the ramp, its figures the mean of the two: the
             # machine's speed drifts between runs as much as the gaps measured here.
             before = await asyncio.to_thread(measure)
-            steps = await ramp(args, before, mpta, camera, camera_port, env, tmp)
+            together = partial(
+                together_floor,
+                camera_url,
+                model,
+                args.provider,
+                input_tensor(clip, args.imgsz),
+                before,
+                live=settings,
+                seconds=args.seconds,
+            )
+            steps = await ramp(args, before, mpta, camera, camera_port, env, tmp, together)
             after = await asyncio.to_thread(measure)
             floor = before.averaged(after)
             steps = [scored(step, floor, args.target_fps) for step in steps]
@@ -779,10 +1048,22 @@ def report(
             f"at N={s.cameras}: per-stream fps min {s.fps_min:.2f} median {s.fps_median:.2f}; "
             f"capture->detection p50 {s.latency_p50_ms:.0f} ms p95 {s.latency_p95_ms:.0f} ms"
         )
+    for step in steps:
+        if step.together_rounds:
+            ratios = ", ".join(
+                f"{r['worker_fps'] / r['together_fps']:.3f}" for r in step.together_rounds
+            )
+            print(
+                f"N={step.cameras} against the floor's parts run together, "
+                f"{len(step.together_rounds)} paired rounds: x{ratios}; median "
+                f"x{step.worker_over_together_fps:.3f}"
+            )
     if overload:
         print(
             f"overload N={overload.cameras}: worker {overload.fps_total:.1f} fps vs floor "
-            f"{overload.floor_fps:.1f} -> x{overload.worker_over_floor_fps:.3f}; slowest "
+            f"{overload.floor_fps:.1f} -> x{overload.worker_over_floor_fps:.3f}, vs the parts "
+            f"run together {overload.together_fps:.1f} (median of rounds) -> "
+            f"x{overload.worker_over_together_fps:.3f}; slowest "
             f"{overload.fps_min:.2f} vs median {overload.fps_median:.2f}"
         )
     if below:
