@@ -223,10 +223,7 @@ def live_decode_cpu_per_frame(url: str, threads: int, frames: int = LIVE_DECODE_
     (``threads`` 0) or that many threads. The first second is skipped (connection, probing,
     the decoder's start)."""
     with av.open(url, timeout=30) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
+        stream = video_stream(container, threads)
         started, count = 0.0, 0
         for count, _ in enumerate(container.decode(stream), 1):
             if count == CLIP_FPS:
@@ -236,6 +233,16 @@ def live_decode_cpu_per_frame(url: str, threads: int, frames: int = LIVE_DECODE_
         else:
             raise SystemExit(f"the camera at {url} ended after {count} frames")
     return (time.process_time() - started) / frames
+
+
+def video_stream(container: av.container.InputContainer, threads: int) -> av.VideoStream:
+    """The container's video stream, decoded with FFmpeg's frame+slice threads
+    (``threads`` 0) or that many threads."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    if threads:
+        stream.codec_context.thread_count = threads
+    return stream
 
 
 def live_jpeg_cpu_per_frame(clip: Path, max_width: int, quality: int) -> float:
@@ -265,10 +272,8 @@ def input_tensor(clip: Path, imgsz: int) -> np.ndarray:
 class Together:
     """The floor's parts run at once: N bare live decoders and bare ``session.run`` loops."""
 
-    cameras: int
     runs_per_s: float  # images/s the sessions completed while the cameras were decoded
     decoded_fps_min: float  # the slowest camera's decoded frames/s (30: it kept up)
-    cores: float  # this process's CPU over the window
     run_cpu_ms: float  # the sessions' CPU per image (their threads' clocks)
     #: The rest of the process's CPU per decoded frame: decoding (on FFmpeg's threads
     #: too), the readers' JPEGs and Python.
@@ -315,10 +320,7 @@ def together_floor(
         encoder = BareEncoder(live.live_max_width, live.live_jpeg_quality) if jpeg_every else None
         try:
             with av.open(camera_url, timeout=30) as container:
-                stream = container.streams.video[0]
-                stream.thread_type = "AUTO"
-                if floor.decode_threads:
-                    stream.codec_context.thread_count = floor.decode_threads
+                stream = video_stream(container, floor.decode_threads)
                 for count, frame in enumerate(container.decode(stream)):
                     if count == 0:
                         started.wait()
@@ -347,6 +349,10 @@ def together_floor(
         thread.start()
     with contextlib.suppress(threading.BrokenBarrierError):
         started.wait(timeout=60)
+    if errors or started.broken:
+        stop.set()
+        reason = repr(errors[0]) if errors else "no first frame within 60 s"
+        raise SystemExit(f"the together floor's camera read failed: {reason}")
     runners = [threading.Thread(target=infer, args=(s,), daemon=True) for s in sessions]
     for thread in runners:
         thread.start()
@@ -363,11 +369,9 @@ def together_floor(
         raise SystemExit(f"the together floor's camera read failed: {errors[0]!r}")
     runs = sum(1 for t in completions if begin <= t < end)
     return Together(
-        cameras,
         runs * batch / (end - begin),
         min(decoded) / (end - begin),
-        (cpu_end - cpu_begin) / (end - begin),
-        1000 * statistics.median(run_cpu) / batch,
+        1000 * statistics.median(run_cpu) / batch if run_cpu else float("nan"),
         1000 * (cpu_end - cpu_begin - sum(run_cpu)) / max(1, sum(decoded)),
     )
 
