@@ -391,13 +391,18 @@ def measure_floor(
     # The file's figures are printed beside them.
     decode_modes = {
         f"live {mode}": statistics.median(
-            live_decode_cpu_per_frame(camera_url, threads) for _ in range(3)
+            live_decode_cpu_per_frame(camera_url, threads) for _ in range(args.floor_repeats)
         )
         for mode, threads in DECODE_MODES
     }
     decode_cpu = min(decode_modes.values())
     decode_modes.update(
-        (f"file {mode}", statistics.median(decode_cpu_per_frame(clip, threads) for _ in range(3)))
+        (
+            f"file {mode}",
+            statistics.median(
+                decode_cpu_per_frame(clip, threads) for _ in range(args.floor_repeats)
+            ),
+        )
         for mode, threads in DECODE_MODES
     )
     one = input_tensor(clip, args.imgsz)
@@ -633,7 +638,7 @@ async def ramp(
     together: Callable[[int, float], Together],
 ) -> list[Step]:
     worker_port = free_port()
-    worker = spawn_worker(worker_port, env, tmp / "worker.log")
+    worker = spawn_worker(worker_port, env, (args.log_dir or tmp) / "worker.log")
     steps: list[Step] = []
     try:
         await wait_http(f"http://127.0.0.1:{worker_port}/health/live")
@@ -787,7 +792,7 @@ async def trickle_door(
     for name in ("density", "density-out"):
         server.create_channel(name, "video/MP2T")
     worker_port = free_port()
-    worker = spawn_worker(worker_port, env, tmp / "worker-trickle.log")
+    worker = spawn_worker(worker_port, env, (args.log_dir or tmp) / "worker-trickle.log")
     try:
         await wait_http(f"http://127.0.0.1:{worker_port}/health/live")
         start = {
@@ -859,7 +864,7 @@ def resolution(text: str) -> tuple[int, int]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu")
-    parser.add_argument("--hw-decode", action="store_true", help="NVDEC (PTW_HW_DECODE=on)")
+    parser.add_argument("--hw-decode", action="store_true", help="NVDEC (PTW_HW_DECODE=nvdec)")
     parser.add_argument("--model", type=Path, help="an ONNX detector (default: generated)")
     parser.add_argument("--imgsz", type=int, default=320, help="the generated model's size")
     parser.add_argument("--resolution", default="720p", help="720p, 1080p or WxH")
@@ -890,6 +895,13 @@ def parse_args() -> argparse.Namespace:
         metavar="PTW_X=VALUE",
         help="a setting for the worker (repeatable); the bench's own PTW_* settings win",
     )
+    parser.add_argument(
+        "--floor-repeats",
+        type=int,
+        default=3,
+        help="each floor decode figure is the median of this many measurements",
+    )
+    parser.add_argument("--log-dir", type=Path, help="keep the worker's and the camera's logs here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     return parser.parse_args()
 
@@ -928,19 +940,19 @@ async def main() -> None:
             PTW_POLL_INTERVAL_MS="0",
             PTW_EMISSION="every_frame",
             PTW_MAX_STREAMS=str(max(16, args.max_n)),
-            PTW_HW_DECODE="on" if args.hw_decode else "off",
+            PTW_HW_DECODE="nvdec" if args.hw_decode else "off",
             PTW_MAX_BATCH=str(args.max_batch),
             PTW_ALLOW_LOCAL_MODELS="true",
-            PTW_LOG_LEVEL="WARNING",
             PTW_CACHE_DIR=str(tmp / "cache"),
             PYTHONUNBUFFERED="1",
         )
+        env.setdefault("PTW_LOG_LEVEL", "WARNING")  # --worker-env PTW_LOG_LEVEL=INFO wins
         try:
             settings = WorkerConfig.load(None, env)
         except WorkerError as exc:
             raise SystemExit(f"--worker-env: {exc}") from exc
         camera_port = free_port()
-        camera = spawn_camera(camera_port, clip, env, tmp / "camera.log")
+        camera = spawn_camera(camera_port, clip, env, (args.log_dir or tmp) / "camera.log")
         try:
             await wait_http(f"http://127.0.0.1:{camera_port}/health")
             camera_url = f"http://127.0.0.1:{camera_port}/stream.ts?camera=floor"

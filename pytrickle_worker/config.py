@@ -128,6 +128,14 @@ class WorkerConfig(BaseModel):
         default=True,
         description="TensorRT builds fp16 engines (detection accuracy holds; about 2x the speed)",
     )
+    cudnn_conv_algo_search: Literal["heuristic", "exhaustive", "default"] = Field(
+        default="heuristic",
+        description=(
+            "How the CUDA provider picks each convolution's cuDNN algorithm. exhaustive "
+            "benchmarks them at every new input shape, which stalls the first run of each "
+            "batch size the scheduler forms; heuristic asks cuDNN's heuristics"
+        ),
+    )
     io_binding: Literal["auto", "on", "off"] = Field(
         default="auto",
         description=(

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.core.errors import ModelError, WorkerError
 from pytrickle_worker.devtools.models import build_colour_classifier, build_colour_detector
 from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
 from pytrickle_worker.engine.inference.batching import BatchCoordinator
@@ -84,6 +85,27 @@ def test_io_binding_setting_is_checked() -> None:
     assert select_providers("cpu", io_binding="on").io_binding is True
     with pytest.raises(ProviderUnavailableError, match="io_binding"):
         select_providers("cpu", io_binding="yes")
+
+
+def test_cuda_conv_algo_search_setting() -> None:
+    def cuda_options(**kwargs: str) -> dict[str, object]:
+        chain = select_providers("cuda", available=[CUDA, CPU], gpu_count=1, **kwargs)
+        [cuda] = [spec for spec in chain.providers if not isinstance(spec, str)]
+        assert cuda[0] == CUDA
+        return cuda[1]
+
+    # Continuous batching forms every batch size: no exhaustive benchmark per new shape.
+    assert cuda_options()["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert cuda_options(cudnn_conv_algo_search="Exhaustive")["cudnn_conv_algo_search"] == (
+        "EXHAUSTIVE"
+    )
+    with pytest.raises(ProviderUnavailableError, match=r"cudnn_conv_algo_search.*'fastest'"):
+        select_providers(
+            "cuda", available=[CUDA, CPU], gpu_count=1, cudnn_conv_algo_search="fastest"
+        )
+    with pytest.raises(WorkerError, match="cudnn_conv_algo_search"):
+        WorkerConfig.load(None, {"PTW_CUDNN_CONV_ALGO_SEARCH": "fastest"})
+    assert WorkerConfig.load(None, {}).cudnn_conv_algo_search == "heuristic"
 
 
 def gpu_chain(fp16: bool = True) -> ProviderChoice:

@@ -26,6 +26,7 @@ from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.core.hardware import count_gpus
 
 __all__ = [
+    "CONV_ALGO_SEARCHES",
     "CPU",
     "CUDA",
     "PREFERENCES",
@@ -50,6 +51,11 @@ CPU: Final = "CPUExecutionProvider"
 
 Preference = Literal["auto", "tensorrt", "cuda", "cpu"]
 PREFERENCES: Final[tuple[str, ...]] = ("auto", "tensorrt", "cuda", "cpu")
+#: The CUDA provider's ``cudnn_conv_algo_search`` settings. The worker's default is
+#: ``heuristic``: ``exhaustive`` (onnxruntime's default) benchmarks every convolution's
+#: algorithms at each new input shape, and continuous batching forms every batch size from
+#: 1 to max_batch, so a live stream would stall on the first run of each.
+CONV_ALGO_SEARCHES: Final[tuple[str, ...]] = ("heuristic", "exhaustive", "default")
 
 #: A provider as onnxruntime's ``providers=`` argument takes it: a name, or (name, options).
 ProviderSpec = str | tuple[str, dict[str, object]]
@@ -245,8 +251,8 @@ def _tensorrt_spec(cache_dir: Path, device_id: int, fp16: bool) -> ProviderSpec:
     )
 
 
-def _cuda_spec(device_id: int) -> ProviderSpec:
-    return (CUDA, {"device_id": device_id})
+def _cuda_spec(device_id: int, conv_algo_search: str) -> ProviderSpec:
+    return (CUDA, {"device_id": device_id, "cudnn_conv_algo_search": conv_algo_search.upper()})
 
 
 def select_providers(
@@ -256,6 +262,7 @@ def select_providers(
     device_id: int = 0,
     trt_cache_dir: str | Path | None = None,
     trt_fp16: bool = False,
+    cudnn_conv_algo_search: str = "heuristic",
     allow_spinning: bool = True,
     available: Sequence[str] | None = None,
     gpu_count: int | None = None,
@@ -278,6 +285,12 @@ def select_providers(
             f"unknown execution provider {preference!r}: expected one of {', '.join(PREFERENCES)}"
         )
     offered = tuple(available if available is not None else available_providers())
+    conv_search = cudnn_conv_algo_search.strip().lower()
+    if conv_search not in CONV_ALGO_SEARCHES:
+        raise ProviderUnavailableError(
+            f"cudnn_conv_algo_search must be one of {', '.join(CONV_ALGO_SEARCHES)}, "
+            f"not {cudnn_conv_algo_search!r}"
+        )
     threads = intra_op_threads if intra_op_threads else default_intra_op_threads()
     if threads < 0:
         raise ProviderUnavailableError(f"intra-op threads must be >= 0, not {threads}")
@@ -314,7 +327,7 @@ def select_providers(
             )
         chain = [_tensorrt_spec(cache_dir, device_id, trt_fp16)] if pref == "tensorrt" else []
         if CUDA in offered:
-            chain.append(_cuda_spec(device_id))
+            chain.append(_cuda_spec(device_id, conv_search))
         chain.append(CPU)
         reason, strict = "requested", True
     else:
@@ -326,7 +339,7 @@ def select_providers(
             if TENSORRT in gpu_providers:
                 chain.append(_tensorrt_spec(cache_dir, device_id, trt_fp16))
             if CUDA in gpu_providers:
-                chain.append(_cuda_spec(device_id))
+                chain.append(_cuda_spec(device_id, conv_search))
             chain.append(CPU)
             reason = f"auto: NVML reports {gpus} GPU{'s' if gpus != 1 else ''}"
         elif gpu_providers:

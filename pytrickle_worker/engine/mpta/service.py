@@ -66,6 +66,8 @@ class EngineConfig(Protocol):
     @property
     def trt_fp16(self) -> bool: ...
     @property
+    def cudnn_conv_algo_search(self) -> str: ...
+    @property
     def io_binding(self) -> str: ...
     @property
     def batch_max_wait_ms(self) -> float: ...
@@ -119,6 +121,7 @@ def _budget_and_providers(
         intra_op_threads=budget.intra_op_threads,
         trt_cache_dir=config.cache_dir / "tensorrt",
         trt_fp16=config.trt_fp16,
+        cudnn_conv_algo_search=config.cudnn_conv_algo_search,
         allow_spinning=config.ort_allow_spinning,
         io_binding=config.io_binding,
     )
