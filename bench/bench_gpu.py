@@ -101,12 +101,17 @@ def run_rates(model: Path, imgsz: int, batches: list[int], seconds: float) -> li
             ("plain", lambda t=tensor: session.run(None, {name: t})),
             ("bound", lambda t=tensor: bound.run(t)),
         ):
-            first, latencies = timed_runs(call, seconds)
+            try:
+                first, latencies = timed_runs(call, seconds)
+            except Exception as exc:  # a failing path is a finding: record it, go on
+                row[f"{label}_error"] = repr(exc)
+                continue
             row[f"{label}_first_ms"] = first * 1000
             row[f"{label}_img_s"] = batch * len(latencies) / sum(latencies)
             row[f"{label}_ms"] = statistics.median(latencies) * 1000
         row.update(gpu_state())
         rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
     # onnxruntime's default search, at the smallest and largest batch: the first run's stall
     # and the steady rate, against the worker's HEURISTIC above.
     exhaustive = cuda_session(model, "EXHAUSTIVE")
@@ -226,8 +231,6 @@ def main() -> None:
         model = tmp / "detector.onnx"
         build_yolov8n_like(model, imgsz=args.imgsz, batch=None)
         runs = run_rates(model, args.imgsz, [int(b) for b in args.batches.split(",")], args.seconds)
-        for row in runs:
-            print(json.dumps(row), file=sys.stderr)
         clip = tmp / "clip.mp4"
         encode_clip(clip, width, height, seconds=10)
         decodes = decode_rates(clip, [int(k) for k in args.parallel.split(",")], args.loops)
@@ -238,6 +241,7 @@ def main() -> None:
     print(f"onnxruntime {ort.__version__}, CUDA, YOLOv8n-sized at {args.imgsz}")
     for row in runs:
         bound = f", IO binding {row['bound_img_s']:.0f} img/s" if "bound_img_s" in row else ""
+        bound += f", IO binding failed: {row['bound_error']}" if "bound_error" in row else ""
         sessions = f" x{row['sessions']} sessions" if "sessions" in row else ""
         search = f" {row['search']}" if "search" in row else ""
         first = f", first run {row['plain_first_ms']:.0f} ms" if "plain_first_ms" in row else ""
