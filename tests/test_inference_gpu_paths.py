@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from pytrickle_worker.config import WorkerConfig
@@ -16,6 +17,7 @@ from pytrickle_worker.core.errors import ModelError, WorkerError
 from pytrickle_worker.devtools.models import build_colour_classifier, build_colour_detector
 from pytrickle_worker.devtools.synthetic import moving_objects, render_scene
 from pytrickle_worker.engine.inference.batching import BatchCoordinator
+from pytrickle_worker.engine.inference.binding import BoundRunner
 from pytrickle_worker.engine.inference.model import OnnxModel, dynamic_batch_input
 from pytrickle_worker.engine.inference.providers import (
     CPU,
@@ -78,6 +80,24 @@ def test_io_binding_keeps_one_buffer_set_per_run_in_flight(tmp_path: Path) -> No
     assert bound is not None
     # At most two runs at once, of sizes 1..3 (and the warm-up's): a handful of sets.
     assert 1 <= bound.allocated <= 2 * 3 + 1, bound.allocated
+
+
+def test_a_bound_result_is_not_overwritten_by_the_next_run(tmp_path: Path) -> None:
+    """The buffers are reused: a result handed out must not be a view of them."""
+    path = build_colour_detector(tmp_path / "det.onnx", "v8", imgsz=(256, 256), batch=None)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name, output = session.get_inputs()[0].name, session.get_outputs()[0]
+    tail = tuple(int(d) for d in output.shape[1:])
+    runner = BoundRunner(session, name, output.name, tail, device="cpu")
+    rng = np.random.default_rng(0)
+    first_input, second_input = (rng.random((1, 3, 256, 256), dtype=np.float32) for _ in "ab")
+    first = runner.run(first_input)
+    kept = first.copy()
+    second = runner.run(second_input)
+    assert runner.allocated == 1  # the second run reused the first's buffers
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_allclose(first, session.run(None, {name: first_input})[0], atol=1e-5)
 
 
 def test_io_binding_setting_is_checked() -> None:
