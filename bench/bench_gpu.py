@@ -69,6 +69,13 @@ def timed_runs(call: Any, seconds: float) -> tuple[float, list[float]]:
     return first, latencies
 
 
+def emit(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
+    """Keeps ``row`` and prints it at once (stderr), so a run stopped by a timeout still
+    leaves every figure measured before it."""
+    rows.append(row)
+    print(json.dumps(row), file=sys.stderr, flush=True)
+
+
 def gpu_state() -> dict[str, float]:
     """NVML's utilisation and memory of GPU 0 (empty without NVML)."""
     try:
@@ -109,23 +116,22 @@ def run_rates(model: Path, imgsz: int, batches: list[int], seconds: float) -> li
             row[f"{label}_first_ms"] = first * 1000
             row[f"{label}_img_s"] = batch * len(latencies) / sum(latencies)
             row[f"{label}_ms"] = statistics.median(latencies) * 1000
-        row.update(gpu_state())
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
+        emit(rows, row | gpu_state())
     # onnxruntime's default search, at the smallest and largest batch: the first run's stall
     # and the steady rate, against the worker's HEURISTIC above.
     exhaustive = cuda_session(model, "EXHAUSTIVE")
     for batch in (batches[0], batches[-1]):
         tensor = rng.random((batch, 3, imgsz, imgsz), dtype=np.float32)
         first, latencies = timed_runs(lambda t=tensor: exhaustive.run(None, {name: t}), seconds)
-        rows.append(
+        emit(
+            rows,
             {
                 "batch": batch,
                 "search": "EXHAUSTIVE",
                 "plain_first_ms": first * 1000,
                 "plain_img_s": batch * len(latencies) / sum(latencies),
                 "plain_ms": statistics.median(latencies) * 1000,
-            }
+            },
         )
     # Two sessions (two runs in flight) at the largest batch: does the card take more?
     batch = batches[-1]
@@ -149,13 +155,14 @@ def run_rates(model: Path, imgsz: int, batches: list[int], seconds: float) -> li
     stop.set()
     for t in threads:
         t.join()
-    rows.append(
+    emit(
+        rows,
         {
             "batch": batch,
             "sessions": 2,
             "plain_img_s": batch * sum(counts) / (time.perf_counter() - started),
         }
-        | gpu_state()
+        | gpu_state(),
     )
     return rows
 
@@ -204,8 +211,7 @@ def decode_rates(clip: Path, parallel: list[int], loops: int) -> list[dict[str, 
     rows: list[dict[str, Any]] = []
     for nvdec in (True, False):
         for k in parallel:
-            rows.append(decode_together(clip, nvdec, k, loops))
-            print(json.dumps(rows[-1]), file=sys.stderr)
+            emit(rows, decode_together(clip, nvdec, k, loops))
     return rows
 
 

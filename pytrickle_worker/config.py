@@ -137,7 +137,10 @@ class WorkerConfig(BaseModel):
         ),
     )
     io_binding: Literal["auto", "on", "off"] = Field(
-        default="auto",
+        # Off until it measures faster: on an H200 host (bench/RESULTS.md, "GPU") plain
+        # session.run gave 1.2-2.5x the images/s of the bound runs, before a redundant host
+        # copy of the outputs was removed; the fixed path has not been measured on a GPU yet.
+        default="off",
         description=(
             "Run models through ONNX Runtime IO binding with input/output buffers preallocated "
             "on the device per batch size; auto = on for CUDA/TensorRT"
