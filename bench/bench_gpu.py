@@ -1,5 +1,6 @@
 """GPU floors: bare ``session.run`` on CUDA per batch size (plain and through the worker's IO
-binding), and bare PyAV decode of a 1080p clip with NVDEC (``h264_cuvid``) and in software,
+binding), and bare PyAV decode of a 1080p clip with NVDEC (through ``h264_cuvid``, a CUDA
+context per decoder, and through FFmpeg's hwaccel on the primary context) and in software,
 one decoder and many at once.
 
 These are the parts the density benchmark's GPU figures are judged against: what ONNX
@@ -167,26 +168,32 @@ def run_rates(model: Path, imgsz: int, batches: list[int], seconds: float) -> li
     return rows
 
 
-def decode_clip(clip: Path, nvdec: bool, loops: int, fallbacks: list[str]) -> int:
-    """Decodes ``clip`` ``loops`` times (NVDEC or software, FFmpeg's threads); frames."""
+def decode_clip(clip: Path, api: str | None, loops: int, fallbacks: list[str]) -> int:
+    """Decodes ``clip`` ``loops`` times (NVDEC through ``api``, or software with FFmpeg's
+    threads when ``api`` is None); frames."""
     frames = 0
     for _ in range(loops):
         with av.open(str(clip)) as container:
             stream = container.streams.video[0]
-            decoder = VideoDecoder(stream, try_nvdec=nvdec, on_fallback=fallbacks.append)
+            decoder = VideoDecoder(
+                stream,
+                try_nvdec=api is not None,
+                on_fallback=fallbacks.append,
+                api="hwaccel" if api == "hwaccel" else "cuvid",
+            )
             for packet in container.demux(stream):
                 if packet.size:
                     frames += len(decoder.decode(packet))
     return frames
 
 
-def decode_together(clip: Path, nvdec: bool, k: int, loops: int) -> dict[str, Any]:
+def decode_together(clip: Path, api: str | None, k: int, loops: int) -> dict[str, Any]:
     """Frames/s and process CPU per frame of ``k`` decoders at once."""
     fallbacks: list[str] = []
     counts = [0] * k
 
     def work(i: int) -> None:
-        counts[i] = decode_clip(clip, nvdec, loops, fallbacks)
+        counts[i] = decode_clip(clip, api, loops, fallbacks)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(k)]
     cpu, wall = time.process_time(), time.perf_counter()
@@ -197,7 +204,7 @@ def decode_together(clip: Path, nvdec: bool, k: int, loops: int) -> dict[str, An
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     frames = sum(counts)
     return {
-        "decoder": "nvdec" if nvdec else "software",
+        "decoder": f"nvdec {api}" if api else "software",
         "parallel": k,
         "fps": frames / wall,
         "streams_at_30fps": frames / wall / 30,
@@ -207,11 +214,12 @@ def decode_together(clip: Path, nvdec: bool, k: int, loops: int) -> dict[str, An
 
 
 def decode_rates(clip: Path, parallel: list[int], loops: int) -> list[dict[str, Any]]:
-    """``decode_together`` for each count of decoders, NVDEC then software."""
+    """``decode_together`` for each count of decoders: NVDEC through cuvid (a CUDA context
+    per decoder), through the hwaccel (the primary context), then software."""
     rows: list[dict[str, Any]] = []
-    for nvdec in (True, False):
+    for api in ("cuvid", "hwaccel", None):
         for k in parallel:
-            emit(rows, decode_together(clip, nvdec, k, loops))
+            emit(rows, decode_together(clip, api, k, loops))
     return rows
 
 

@@ -213,6 +213,13 @@ class WorkerConfig(BaseModel):
         default=10.0, gt=0, description="No frame for this long: reconnect"
     )
     hw_decode: Literal["auto", "nvdec", "off"] = "auto"
+    nvdec_api: Literal["cuvid", "hwaccel"] = Field(
+        default="cuvid",
+        description=(
+            "How NVDEC is reached: cuvid (a CUDA context per decoder) or hwaccel (the primary "
+            "CUDA context, shared with inference; not yet measured on a GPU)"
+        ),
+    )
     decoder_threads: int = Field(
         default=0,
         ge=0,
@@ -713,6 +720,7 @@ class WorkerConfig(BaseModel):
             max_retries=self.max_retries,
             stall_timeout_s=self.stall_timeout_s,
             hw_decode=self.hw_decode,
+            nvdec_api=self.nvdec_api,
             decoder_threads=self.decoder_threads,
         )
 

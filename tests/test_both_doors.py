@@ -39,7 +39,7 @@ MID = "doors-1"
 WAIT_S = 60.0
 
 
-# --------------------------------------------------------------------------- PTW_HW_DECODE
+# ------------------------------------------------------------ PTW_HW_DECODE, PTW_NVDEC_API
 
 
 @pytest.fixture
@@ -62,7 +62,8 @@ async def test_hw_decode_nvdec_reaches_trickle_streams_and_cms_cameras(
         "--no-demo",
         "--pipeline",
         str(demo_assets.mpta_path),
-        env={"PTW_HW_DECODE": "nvdec", "PTW_LOG_LEVEL": "INFO"},
+        # The hwaccel API (the primary CUDA context): its setting must reach both doors.
+        env={"PTW_HW_DECODE": "nvdec", "PTW_NVDEC_API": "hwaccel", "PTW_LOG_LEVEL": "INFO"},
     ).start()
     try:
         await worker.wait_status("/health/ready", 200, within_s=WAIT_S)
@@ -107,12 +108,13 @@ async def test_hw_decode_nvdec_reaches_trickle_streams_and_cms_cameras(
     log = worker.log()
     assert code == 0, log
     if count_gpus() == 0:
-        # No GPU: the cuvid decoder cannot work; the stream says so and decodes in software.
+        # No GPU: NVDEC cannot work; the stream says so and decodes in software.
         assert session["hw_decoder"] is False, session
         assert session["video_decoder"] == "h264", session
-        assert session["nvdec_fallback"], session
-        assert f"{MID}: NVDEC is not usable" in log, log
-        assert f"{demo_assets.video_path}: NVDEC is not usable" in log, log
+        assert "NVDEC hwaccel for h264" in session["nvdec_fallback"], session
+        why = "NVDEC is not usable (NVDEC hwaccel for h264 cannot be created"
+        assert f"{MID}: {why}" in log, log
+        assert f"{demo_assets.video_path}: {why}" in log, log
     else:  # a GPU: NVDEC decodes, or the fallback is reported
         assert session["hw_decoder"] or session["nvdec_fallback"], session
 

@@ -383,13 +383,17 @@ async def test_a_cancelled_next_frame_is_cancelled_even_when_a_frame_wakes_it(
         await sub.close()
 
 
+@pytest.mark.parametrize(
+    ("api", "reason"),
+    [("cuvid", "h264_cuvid"), ("hwaccel", "NVDEC hwaccel for h264 cannot be created")],
+)
 async def test_forced_nvdec_falls_back_to_software(
-    clip: Path, caplog: pytest.LogCaptureFixture
+    clip: Path, caplog: pytest.LogCaptureFixture, api: str, reason: str
 ) -> None:
     if nvml_gpu_count() > 0:
         pytest.skip("this host has a GPU: the fallback path is not exercised")
     caplog.set_level(logging.INFO, logger="pytrickle_worker.sources")
-    config = IngestConfig.model_validate({**FAST, "hw_decode": "nvdec"})
+    config = IngestConfig.model_validate({**FAST, "hw_decode": "nvdec", "nvdec_api": api})
     async with CameraHub(config) as hub:
         assert hub.nvdec
         sub = hub.subscribe(SourceConfig(url=str(clip), realtime=False, loop=True), target_fps=30)
@@ -401,6 +405,7 @@ async def test_forced_nvdec_falls_back_to_software(
         await sub.close()
     fallbacks = [r for r in caplog.records if "NVDEC is not usable" in r.message]
     assert len(fallbacks) == 1 and fallbacks[0].levelno == logging.INFO
+    assert reason in fallbacks[0].getMessage()
 
 
 async def test_auto_hw_decode_never_tries_nvdec_on_cpu_host(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import av
+from av.codec.hwaccel import HWAccel
 from av.error import FFmpegError, InvalidDataError
 from av.packet import Packet
 from av.video.codeccontext import VideoCodecContext
@@ -23,6 +24,7 @@ from pytrickle_worker.core.hardware import count_gpus
 __all__ = [
     "NVDEC_DECODERS",
     "HwDecode",
+    "NvdecApi",
     "VideoDecoder",
     "nvdec_decoder_name",
     "resolve_nvdec",
@@ -33,6 +35,14 @@ logger = logging.getLogger(__name__)
 #: The hardware-decode setting: ``auto`` (NVDEC when a GPU and a cuvid decoder are there),
 #: ``nvdec`` (always try it) or ``off``.
 HwDecode = Literal["auto", "nvdec", "off"]
+
+#: How NVDEC is reached (``PTW_NVDEC_API``). ``cuvid``: FFmpeg's ``h264_cuvid``/``hevc_cuvid``
+#: decoders, each creating a CUDA context of its own. ``hwaccel``: the stream's own decoder
+#: with FFmpeg's NVDEC hwaccel on the device's primary CUDA context, the one onnxruntime's
+#: CUDA provider uses, so decoders and inference share one context instead of the GPU
+#: time-slicing between one per camera (bench/RESULTS.md, "GPU": runs 10x slower than bare
+#: with 32 cuvid cameras). ``cuvid`` stays the default until ``hwaccel`` is measured on a GPU.
+NvdecApi = Literal["cuvid", "hwaccel"]
 
 #: Software codec name -> PyAV/FFmpeg NVDEC (cuvid) decoder.
 NVDEC_DECODERS: dict[str, str] = {"h264": "h264_cuvid", "hevc": "hevc_cuvid"}
@@ -72,6 +82,7 @@ class VideoDecoder:
         try_nvdec: bool,
         threads: int = 0,
         on_fallback: Callable[[str], None] | None = None,
+        api: NvdecApi = "cuvid",
     ) -> None:
         self._stream = stream
         self._software: VideoCodecContext = stream.codec_context
@@ -83,8 +94,29 @@ class VideoDecoder:
         self._hw_frames = 0
         self._await_keyframe = False
         self.codec = self._software.name
+        self._api: NvdecApi = api
         if try_nvdec and self.codec in NVDEC_DECODERS:
-            self._hardware = self._create_nvdec()
+            self._hardware = self._create_nvdec() if api == "cuvid" else self._create_hwaccel()
+
+    def _create_hwaccel(self) -> VideoCodecContext | None:
+        """The stream's codec with FFmpeg's NVDEC hwaccel on the primary CUDA context;
+        frames come back in host memory (NV12), as from a cuvid decoder."""
+        accel = HWAccel("cuda", allow_software_fallback=False, options={"primary_ctx": "1"})
+        try:
+            context = av.CodecContext.create(self.codec, "r", hwaccel=accel)
+        except (FFmpegError, ValueError, NotImplementedError) as exc:
+            self._fall_back(f"NVDEC hwaccel for {self.codec} cannot be created: {exc}")
+            return None
+        # A property in PyAV 18, a method in its stubs and in earlier releases.
+        flag: Any = getattr(context, "is_hwaccel", False)
+        accelerated = bool(flag() if callable(flag) else flag)
+        if not isinstance(context, VideoCodecContext) or not accelerated:
+            self._fall_back(f"this FFmpeg has no CUDA hwaccel for {self.codec}")
+            return None
+        extradata = self._software.extradata
+        if extradata:
+            context.extradata = extradata
+        return context
 
     def _create_nvdec(self) -> VideoCodecContext | None:
         name = nvdec_decoder_name(self.codec)
@@ -111,8 +143,10 @@ class VideoDecoder:
 
     @property
     def name(self) -> str:
-        """The decoder in use (``h264_cuvid``, ``h264``, …)."""
-        return self._hardware.name if self._hardware is not None else self._software.name
+        """The decoder in use (``h264_cuvid``, ``h264/nvdec`` for the hwaccel, ``h264``, …)."""
+        if self._hardware is None:
+            return self._software.name
+        return self._hardware.name if self._api == "cuvid" else f"{self.codec}/nvdec"
 
     @property
     def hardware(self) -> bool:

@@ -46,7 +46,7 @@ from pytrickle_worker.media.mpegts import (
     SegmentInputBuffer,
     detached_audio_template,
 )
-from pytrickle_worker.media.nvdec import VideoDecoder
+from pytrickle_worker.media.nvdec import NvdecApi, VideoDecoder
 
 __all__ = ["DecodedVideoFrame", "SegmentDecoder", "VideoInfo"]
 
@@ -134,6 +134,7 @@ class SegmentDecoder:
         audio_backlog: int = 256,
         max_fps: float | None = None,
         try_nvdec: bool = False,
+        nvdec_api: NvdecApi = "cuvid",
         decoder_threads: int = 0,
         max_restarts: int = 3,
         output_size: tuple[int, int] | None = None,
@@ -169,6 +170,7 @@ class SegmentDecoder:
         self.hw_decoder = False
         self._input = SegmentInputBuffer(max_buffer_bytes)
         self._try_nvdec = try_nvdec
+        self._nvdec_api: NvdecApi = nvdec_api
         self._threads = decoder_threads
         self._frame_sink = frame_sink
         self._audio_lock = threading.Lock()
@@ -335,6 +337,7 @@ class SegmentDecoder:
                 try_nvdec=self._try_nvdec and self.nvdec_fallback is None,
                 threads=self._threads,
                 on_fallback=self._on_nvdec_fallback,
+                api=self._nvdec_api,
             )
             self.video_decoder, self.hw_decoder = decoder.name, decoder.hardware
             rate = video.average_rate or video.guessed_rate

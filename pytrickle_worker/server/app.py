@@ -108,7 +108,9 @@ def create_app(
     def session_factory(request: StartRequest, processor: FrameProcessor) -> StreamSession:
         # hw_decode as the hub resolved it at start (NVML is asked once): trickle streams
         # decode with NVDEC exactly when camera readers do, with the same software fallback.
-        tuned = session_config.model_copy(update={"try_nvdec": hub.nvdec})
+        tuned = session_config.model_copy(
+            update={"try_nvdec": hub.nvdec, "nvdec_api": hub.config.nvdec_api}
+        )
         label, key = config.live_stream_names(request.gateway_request_id)
         sinks = StreamSinks(live.sinks, label, key, "stream")
         return StreamSession(request, processor, config=tuned, sinks=sinks)

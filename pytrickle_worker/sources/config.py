@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pytrickle_worker.media.nvdec import HwDecode
+from pytrickle_worker.media.nvdec import HwDecode, NvdecApi
 
 __all__ = ["HwDecode", "IngestConfig", "RtspTransport"]
 
@@ -49,6 +49,14 @@ class IngestConfig(BaseModel):
         description=(
             "auto: NVDEC for H.264/HEVC when NVML reports a GPU and PyAV has the cuvid "
             "decoder; nvdec: always try it (falls back to software); off: software only"
+        ),
+    )
+    nvdec_api: NvdecApi = Field(
+        default="cuvid",
+        description=(
+            "How NVDEC is reached: cuvid (FFmpeg's h264_cuvid/hevc_cuvid, a CUDA context per "
+            "decoder) or hwaccel (FFmpeg's NVDEC hwaccel on the primary CUDA context, shared "
+            "with inference); media/nvdec.py"
         ),
     )
     decoder_threads: int = Field(

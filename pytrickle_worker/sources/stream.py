@@ -260,6 +260,7 @@ class StreamReader(SourceReader):
             try_nvdec=self._try_nvdec and not self._nvdec_failed,
             threads=self._decoder_threads(),
             on_fallback=self._on_nvdec_fallback,
+            api=self.config.nvdec_api,
         )
         decoder_name = decoder.name
         self.tracker.decoder_info(decoder.codec, decoder_name, decoder.hardware)

@@ -103,6 +103,7 @@ class TrickleReader(TaskReader):
             frame_queue_size=1,
             pass_audio=False,
             try_nvdec=self._try_nvdec,
+            nvdec_api=self.config.nvdec_api,
             decoder_threads=self.config.decoder_threads,
             frame_sink=sink,
             name=self.label,

@@ -50,6 +50,7 @@ from pytrickle_worker.frontdoors.streamserver.schemas import (
     split_params_update,
 )
 from pytrickle_worker.frontdoors.streamserver.stats import Dimensions, StreamStats
+from pytrickle_worker.media.nvdec import NvdecApi
 from pytrickle_worker.media.segment_decoder import SegmentDecoder
 from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder
 from pytrickle_worker.processing import FrameProcessor, ProcessResult, VideoFrame
@@ -91,6 +92,9 @@ class StreamSessionConfig(BaseModel):
             "Decode H.264/HEVC input with NVDEC, software when it is not usable (the worker "
             "sets it from hw_decode as the camera hub resolved it)"
         ),
+    )
+    nvdec_api: NvdecApi = Field(
+        default="cuvid", description="How NVDEC is reached (the camera hub's nvdec_api)"
     )
 
     preset: str = "superfast"
@@ -273,6 +277,7 @@ class StreamSession:
                 pass_audio=config.pass_audio and request.publish_url is not None,
                 max_fps=self._max_framerate,
                 try_nvdec=config.try_nvdec,
+                nvdec_api=config.nvdec_api,
                 output_size=(size.width, size.height)
                 if size.width is not None and size.height is not None
                 else None,
