@@ -29,6 +29,7 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import encode_clip
+from density import gpu_sample
 
 from pytrickle_worker.devtools.models import build_yolov8n_like
 from pytrickle_worker.engine.inference.binding import BoundRunner
@@ -79,16 +80,7 @@ def emit(rows: list[dict[str, Any]], row: dict[str, Any]) -> None:
 
 def gpu_state() -> dict[str, float]:
     """NVML's utilisation and memory of GPU 0 (empty without NVML)."""
-    try:
-        import pynvml  # noqa: PLC0415
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-        util = pynvml.nvmlDeviceGetUtilizationRates(handle)
-        memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-        return {"gpu_util": float(util.gpu), "gpu_mem_mib": memory.used / 2**20}
-    except Exception:  # a missing NVML only loses the column
-        return {}
+    return gpu_sample() or {}
 
 
 def run_rates(model: Path, imgsz: int, batches: list[int], seconds: float) -> list[dict[str, Any]]:

@@ -113,10 +113,7 @@ class VideoDecoder:
         if not isinstance(context, VideoCodecContext) or not accelerated:
             self._fall_back(f"this FFmpeg has no CUDA hwaccel for {self.codec}")
             return None
-        extradata = self._software.extradata
-        if extradata:
-            context.extradata = extradata
-        return context
+        return self._with_extradata(context)
 
     def _create_nvdec(self) -> VideoCodecContext | None:
         name = nvdec_decoder_name(self.codec)
@@ -131,6 +128,10 @@ class VideoDecoder:
         if not isinstance(context, VideoCodecContext):
             self._fall_back(f"{name} is not a video decoder")
             return None
+        return self._with_extradata(context)
+
+    def _with_extradata(self, context: VideoCodecContext) -> VideoCodecContext:
+        """``context`` given the stream's extradata (SPS/PPS, avcC/hvcC), if any."""
         extradata = self._software.extradata
         if extradata:
             context.extradata = extradata
