@@ -10,6 +10,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from av.codec.hwaccel import hwdevices_available
 from av.error import HTTPUnauthorizedError
 from pydantic import ValidationError
 
@@ -214,6 +215,10 @@ def test_resolve_nvdec() -> None:
     assert resolve_nvdec("auto", lambda: gpus(0)) is False
     cuvid = "h264_cuvid" in av.codecs_available or "hevc_cuvid" in av.codecs_available
     assert resolve_nvdec("auto", lambda: gpus(1)) is cuvid
+    # The hwaccel needs FFmpeg's CUDA hardware device, not the cuvid decoders.
+    cuda = "cuda" in hwdevices_available()
+    assert resolve_nvdec("auto", lambda: gpus(1), api="hwaccel") is cuda
+    assert resolve_nvdec("auto", lambda: gpus(0), api="hwaccel") is False
 
 
 def test_auto_on_this_host_does_not_pick_nvdec_without_gpu() -> None:

@@ -1,9 +1,11 @@
-"""NVDEC decoding through PyAV's cuvid decoders, with automatic fallback to software.
+"""NVDEC decoding through PyAV (cuvid decoders or FFmpeg's NVDEC hwaccel), with automatic
+fallback to software.
 
-``auto`` uses NVDEC only when NVML reports a GPU *and* PyAV's FFmpeg has the codec's cuvid
-decoder, so a CPU host never tries it (and never logs about it). ``nvdec`` always tries; if
-the cuvid decoder cannot be opened or fails to decode, :class:`VideoDecoder` switches to the
-software decoder and reports it once through ``on_fallback``.
+``auto`` uses NVDEC only when NVML reports a GPU *and* PyAV's FFmpeg can reach it (the
+codec's cuvid decoder, or the CUDA hardware device for the hwaccel), so a CPU host never
+tries it (and never logs about it). ``nvdec`` always tries; if the hardware decoder cannot
+be opened or fails to decode, :class:`VideoDecoder` switches to the software decoder and
+reports it once through ``on_fallback``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import av
-from av.codec.hwaccel import HWAccel
+from av.codec.hwaccel import HWAccel, hwdevices_available
 from av.error import FFmpegError, InvalidDataError
 from av.packet import Packet
 from av.video.codeccontext import VideoCodecContext
@@ -27,6 +29,7 @@ __all__ = [
     "NvdecApi",
     "VideoDecoder",
     "nvdec_decoder_name",
+    "nvdec_in_ffmpeg",
     "resolve_nvdec",
 ]
 
@@ -54,13 +57,23 @@ def nvdec_decoder_name(codec: str) -> str | None:
     return name if name is not None and name in av.codecs_available else None
 
 
-def resolve_nvdec(mode: HwDecode, gpu_count: Callable[[], int] = count_gpus) -> bool:
+def nvdec_in_ffmpeg(api: NvdecApi) -> bool:
+    """Whether PyAV's FFmpeg can reach NVDEC through ``api``: a cuvid decoder, or the CUDA
+    hardware device the hwaccel needs."""
+    if api == "hwaccel":
+        return "cuda" in hwdevices_available()
+    return any(name in av.codecs_available for name in NVDEC_DECODERS.values())
+
+
+def resolve_nvdec(
+    mode: HwDecode, gpu_count: Callable[[], int] = count_gpus, api: NvdecApi = "cuvid"
+) -> bool:
     """Whether readers should try NVDEC. Blocking (NVML): call it once, off the event loop."""
     if mode == "off":
         return False
     if mode == "nvdec":
         return True
-    if not any(name in av.codecs_available for name in NVDEC_DECODERS.values()):
+    if not nvdec_in_ffmpeg(api):
         return False
     return gpu_count() > 0
 

@@ -47,8 +47,9 @@ class IngestConfig(BaseModel):
     hw_decode: HwDecode = Field(
         default="auto",
         description=(
-            "auto: NVDEC for H.264/HEVC when NVML reports a GPU and PyAV has the cuvid "
-            "decoder; nvdec: always try it (falls back to software); off: software only"
+            "auto: NVDEC for H.264/HEVC when NVML reports a GPU and PyAV's FFmpeg can reach "
+            "it (the cuvid decoder, or the CUDA device for nvdec_api=hwaccel); nvdec: always "
+            "try it (falls back to software); off: software only"
         ),
     )
     nvdec_api: NvdecApi = Field(

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from types import TracebackType
 
 from pytrickle_worker.core.cpus import host_cores
@@ -351,7 +352,8 @@ class CameraHub:
         if mode == "off":
             self._nvdec = False
         else:
-            self._nvdec = await loop.run_in_executor(executor, resolve_nvdec, mode)
+            resolve = partial(resolve_nvdec, mode, api=self.config.nvdec_api)
+            self._nvdec = await loop.run_in_executor(executor, resolve)
         self._loop, self._executor = loop, executor
         logger.info(
             "camera hub started: %s decoding, %d conversion threads",
