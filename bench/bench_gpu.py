@@ -26,6 +26,7 @@ from typing import Any
 import av
 import numpy as np
 import onnxruntime as ort
+from av.codec.hwaccel import HWAccel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ingest import encode_clip
@@ -162,7 +163,10 @@ def run_rates(model: Path, imgsz: int, batches: list[int], seconds: float) -> li
 
 def decode_clip(clip: Path, api: str | None, loops: int, fallbacks: list[str]) -> int:
     """Decodes ``clip`` ``loops`` times (NVDEC through ``api``, or software with FFmpeg's
-    threads when ``api`` is None); frames."""
+    threads when ``api`` is None); frames. ``api`` ``on-gpu``: the hwaccel with the frames
+    left on the GPU (PyAV's ``is_hw_owned``), what NVDEC gives without a copy per frame."""
+    if api == "on-gpu":
+        return decode_on_gpu(clip, loops, fallbacks)
     frames = 0
     for _ in range(loops):
         with av.open(str(clip)) as container:
@@ -176,6 +180,28 @@ def decode_clip(clip: Path, api: str | None, loops: int, fallbacks: list[str]) -
             for packet in container.demux(stream):
                 if packet.size:
                     frames += len(decoder.decode(packet))
+    return frames
+
+
+def decode_on_gpu(clip: Path, loops: int, fallbacks: list[str]) -> int:
+    """``decode_clip`` with NVDEC's frames kept on the GPU (none is downloaded)."""
+    frames = 0
+    for _ in range(loops):
+        accel = HWAccel("cuda", allow_software_fallback=False, is_hw_owned=True)
+        try:
+            container = av.open(str(clip), hwaccel=accel)
+        except av.FFmpegError as exc:
+            fallbacks.append(f"no CUDA hwaccel: {exc}")
+            container = av.open(str(clip))
+        with container:
+            stream = container.streams.video[0]
+            flag: Any = stream.codec_context.is_hwaccel
+            if not (flag() if callable(flag) else flag):
+                fallbacks.append("decoded in software")
+            try:
+                frames += sum(1 for _ in container.decode(stream))
+            except av.FFmpegError as exc:
+                fallbacks.append(f"decode failed: {exc}")
     return frames
 
 
@@ -207,9 +233,10 @@ def decode_together(clip: Path, api: str | None, k: int, loops: int) -> dict[str
 
 def decode_rates(clip: Path, parallel: list[int], loops: int) -> list[dict[str, Any]]:
     """``decode_together`` for each count of decoders: NVDEC through cuvid (a CUDA context
-    per decoder), through the hwaccel (the primary context), then software."""
+    per decoder), through the hwaccel (the primary context), the hwaccel with the frames
+    left on the GPU, then software."""
     rows: list[dict[str, Any]] = []
-    for api in ("cuvid", "hwaccel", None):
+    for api in ("cuvid", "hwaccel", "on-gpu", None):
         for k in parallel:
             emit(rows, decode_together(clip, api, k, loops))
     return rows

@@ -63,7 +63,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from math import ceil
@@ -98,6 +98,7 @@ from pytrickle_worker.devtools.models import build_yolov8n_like
 from pytrickle_worker.devtools.trickle_server import TrickleServer
 from pytrickle_worker.engine.inference.imageops import letterbox
 from pytrickle_worker.media.mpegts import TS_TIME_BASE
+from pytrickle_worker.media.nvdec import NvdecApi, VideoDecoder
 from pytrickle_worker.media.segment_encoder import EncoderSettings, encode_segments
 from pytrickle_worker.processing import VideoFrame
 from pytrickle_worker.sources.frame import DecodedFrame
@@ -140,6 +141,9 @@ class Floor:
     #: a second, each a bare scale + JPEG costing ``live_cpu_s``.
     live_fps: float = 0.0
     live_cpu_s: float = 0.0
+    #: With ``--hw-decode``, the floor decodes as the worker's readers do: NVDEC through
+    #: this API (its CPU cost; NVDEC's own throughput is not modelled: bench_gpu.py).
+    nvdec_api: NvdecApi | None = None
 
     def live_cores(self, cameras: int, analysed_per_camera: float) -> float:
         """The cores the floor spends on N cameras' live-view JPEGs (a camera stores at most
@@ -189,6 +193,7 @@ class Floor:
             mean(self.decode_modes, other.decode_modes),
             self.live_fps,
             (self.live_cpu_s + other.live_cpu_s) / 2,
+            self.nvdec_api,
         )
 
     @property
@@ -217,15 +222,15 @@ def throughput(
     return inferences_per_second(model, tensor, threads, parallel, PROVIDERS[provider])
 
 
-def live_decode_cpu_per_frame(url: str, threads: int, frames: int = LIVE_DECODE_FRAMES) -> float:
+def live_decode_cpu_per_frame(
+    url: str, threads: int, nvdec_api: NvdecApi | None, frames: int = LIVE_DECODE_FRAMES
+) -> float:
     """CPU seconds per frame for bare PyAV to read ``url`` (the demo camera's live MPEG-TS over
-    HTTP, as a worker's reader gets it) and decode it: FFmpeg's frame+slice threads
-    (``threads`` 0) or that many threads. The first second is skipped (connection, probing,
-    the decoder's start)."""
+    HTTP, as a worker's reader gets it) and decode it (``decoded_frames``). The first second
+    is skipped (connection, probing, the decoder's start)."""
     with av.open(url, timeout=30) as container:
-        stream = video_stream(container, threads)
         started, count = 0.0, 0
-        for count, _ in enumerate(container.decode(stream), 1):
+        for count, _ in enumerate(decoded_frames(container, threads, nvdec_api), 1):
             if count == CLIP_FPS:
                 started = time.process_time()
             elif count == CLIP_FPS + frames:
@@ -233,6 +238,22 @@ def live_decode_cpu_per_frame(url: str, threads: int, frames: int = LIVE_DECODE_
         else:
             raise SystemExit(f"the camera at {url} ended after {count} frames")
     return (time.process_time() - started) / frames
+
+
+def decoded_frames(
+    container: av.container.InputContainer, threads: int, nvdec_api: NvdecApi | None
+) -> Iterator[av.VideoFrame]:
+    """The container's video frames, in software (FFmpeg's frame+slice threads for
+    ``threads`` 0, else that many) or, with ``nvdec_api``, through NVDEC as the worker's
+    readers decode (``VideoDecoder``, software when NVDEC is not usable)."""
+    stream = video_stream(container, threads)
+    if nvdec_api is None:
+        yield from container.decode(stream)
+        return
+    decoder = VideoDecoder(stream, try_nvdec=True, threads=threads, api=nvdec_api)
+    for packet in container.demux(stream):
+        if packet.size:
+            yield from decoder.decode(packet)
 
 
 def video_stream(container: av.container.InputContainer, threads: int) -> av.VideoStream:
@@ -320,8 +341,8 @@ def together_floor(
         encoder = BareEncoder(live.live_max_width, live.live_jpeg_quality) if jpeg_every else None
         try:
             with av.open(camera_url, timeout=30) as container:
-                stream = video_stream(container, floor.decode_threads)
-                for count, frame in enumerate(container.decode(stream)):
+                frames = decoded_frames(container, floor.decode_threads, floor.nvdec_api)
+                for count, frame in enumerate(frames):
                     if count == 0:
                         started.wait()
                     if stop.is_set():
@@ -385,13 +406,16 @@ def measure_floor(
     live: WorkerConfig,
 ) -> Floor:
     # The best bare decode, as for session.run: FFmpeg's threads or one thread per camera
-    # (the worker's choice from as many cameras as cores), each median of three. Of the
-    # camera's live stream, as the worker receives it: reading the socket and demuxing
-    # MPEG-TS are part of decoding a camera (10-30% more than decoding the clip's file).
+    # (the worker's choice from as many cameras as cores), each the median of
+    # --floor-repeats. Of the camera's live stream, as the worker receives it: reading the
+    # socket and demuxing MPEG-TS are part of decoding a camera (10-30% more than decoding
+    # the clip's file).
     # The file's figures are printed beside them.
+    nvdec_api = live.nvdec_api if args.hw_decode else None
     decode_modes = {
         f"live {mode}": statistics.median(
-            live_decode_cpu_per_frame(camera_url, threads) for _ in range(args.floor_repeats)
+            live_decode_cpu_per_frame(camera_url, threads, nvdec_api)
+            for _ in range(args.floor_repeats)
         )
         for mode, threads in DECODE_MODES
     }
@@ -429,6 +453,7 @@ def measure_floor(
         layouts,
         shapes,
         decode_modes,
+        nvdec_api=nvdec_api,
     )
     if live.live_enabled:
         # The worker's live view stores this many frames a second per camera: the same work
@@ -986,6 +1011,7 @@ def floor_summary(floor: Floor) -> dict[str, Any]:
     return {
         "decode_cpu_ms": floor.decode_cpu_s * 1000,
         "decode_modes_ms": {k: v * 1000 for k, v in floor.decode_modes.items()},
+        "nvdec_api": floor.nvdec_api,
         "runs_per_s": floor.runs_per_s,
         "best": floor.best,
         "layouts": floor.layouts,
@@ -1041,6 +1067,8 @@ def report(
     )
     layouts = "; ".join(f"{k}: {v:.1f}/s" for k, v in floor.layouts.items())
     modes = ", ".join(f"{k} {v * 1000:.2f}" for k, v in floor.decode_modes.items())
+    if floor.nvdec_api:
+        modes += f"; the live modes through NVDEC ({floor.nvdec_api}) where usable"
     print(
         f"floor (mean of before and after the ramp): decode {floor.decode_cpu_s * 1000:.2f} ms "
         f"CPU/frame, the cheaper live mode ({modes}); session.run {layouts}"
