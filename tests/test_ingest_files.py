@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
+from pytrickle_worker.core.cpus import host_cores
 from pytrickle_worker.core.hardware import count_gpus as nvml_gpu_count
 from pytrickle_worker.sources import (
     CameraHub,
@@ -517,7 +518,7 @@ async def test_no_thread_or_fd_leak_after_100_cycles(hub: CameraHub, clip: Path)
     # the hub's conversion pool may grow up to its bound; nothing else may appear
     assert [name for name in new if not name.startswith("ingest-convert")] == []
     pool = [t for t in threading.enumerate() if t.name.startswith("ingest-convert")]
-    assert len(pool) <= (hub.config.convert_threads or min(4, os.cpu_count() or 1))
+    assert len(pool) <= (hub.config.convert_threads or min(4, host_cores()))
     assert _open_fds() <= fds_before
     assert hub.statuses() == []
 

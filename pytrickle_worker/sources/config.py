@@ -72,5 +72,8 @@ class IngestConfig(BaseModel):
     convert_threads: int = Field(
         default=0,
         ge=0,
-        description="Worker threads for RGB conversion and image decoding; 0 = min(4, CPUs)",
+        description=(
+            "Worker threads for RGB conversion and image decoding; 0 = min(4, the cores "
+            "this process may use: affinity and cgroup CPU quota)"
+        ),
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -341,7 +340,7 @@ class CameraHub:
         if self._loop is not None:
             return
         loop = asyncio.get_running_loop()
-        workers = self.config.convert_threads or min(4, os.cpu_count() or 1)
+        workers = self.config.convert_threads or min(4, host_cores())
         executor = ThreadPoolExecutor(
             max_workers=workers,
             thread_name_prefix="ingest-convert",
