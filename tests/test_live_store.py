@@ -390,6 +390,50 @@ async def test_following_a_label_sees_new_entries_and_new_keys(store: FrameStore
     assert all(e.label == "d" for e in collected)
 
 
+async def test_redis_streams_are_listed_from_the_index_without_a_scan(
+    private_redis: RedisProcess,
+) -> None:
+    """In a Redis shared with other data, listing reads the store's index, never SCANs the
+    keyspace; a stream written without the index is not listed; an expired stream is not
+    listed although the index still names it, and later writes trim it from the index."""
+    store = RedisFrameStore(private_redis.url, maxlen=3, ttl_s=1.0, prefix=PREFIX)
+    raw = aioredis.Redis.from_url(private_redis.url)  # pyright: ignore[reportUnknownMemberType] - untyped classmethod in redis-py
+    try:
+        async with raw.pipeline(transaction=False) as pipe:
+            for i in range(2000):
+                pipe.set(f"unrelated:{i}", "x")
+            await pipe.execute()
+        foreign = stream_name(PREFIX, "old", "cam")
+        await raw.xadd(foreign, {"frame": b"x"})  # another producer, no index entry
+        await raw.execute_command("CONFIG", "RESETSTAT")
+        await asyncio.to_thread(store.add_blocking, "d", "k1", _entry())
+        await store.add("d", "k2", _entry())
+        assert await store.labels() == ["d"]
+        assert [e.key for e in await store.keys("d")] == ["k1", "k2"]
+        cursor = FollowCursor()
+        await store.read_new("d", cursor, 0.1)
+        assert set(cursor.ids) == {"k1", "k2"}
+        stats = await raw.info("commandstats")
+        assert "cmdstat_scan" not in stats and "cmdstat_keys" not in stats, stats
+        indexed = {n.decode() for n in await raw.zrange(store.index_key, 0, -1)}
+        assert indexed == {stream_name(PREFIX, "d", "k1"), stream_name(PREFIX, "d", "k2")}
+        window_ms = 1000 + round(store.index_refresh_s * 1000)
+        assert 0 < await raw.pttl(store.index_key) <= window_ms
+        # The streams expire (TTL 1 s): listed no more, though the index still names them.
+        await _eventually(lambda: _empty(store), within=10.0)
+        assert await raw.zcard(store.index_key) == 2
+        # Past the window, a write of another stream trims their names.
+        await asyncio.sleep(store.index_refresh_s + 0.1)
+        await asyncio.to_thread(store.add_blocking, "e", "k3", _entry())
+        assert [n.decode() for n in await raw.zrange(store.index_key, 0, -1)] == [
+            stream_name(PREFIX, "e", "k3")
+        ]
+        assert await store.labels() == ["e"]
+    finally:
+        await raw.aclose()
+        await store.close()
+
+
 async def test_a_stopped_redis_raises_store_unavailable(private_redis: RedisProcess) -> None:
     store = RedisFrameStore(private_redis.url, prefix=PREFIX, timeout_s=1.0)
     await store.add("d", "k", _entry())
@@ -417,6 +461,9 @@ async def test_a_stopped_redis_raises_store_unavailable(private_redis: RedisProc
         entry_id = await asyncio.to_thread(store.add_blocking, "d", "k", _entry(frame=b"back"))
         latest = await store.latest("d", "k")
         assert latest is not None and latest.id == entry_id and latest.entry.frame == b"back"
+        # The restarted Redis lost the index; the first write after the failure wrote it
+        # again (not up to index_refresh_s later).
+        assert [e.key for e in await store.keys("d")] == ["k"]
         assert await asyncio.to_thread(store.touch_blocking, "d", "k") is True
     finally:
         await store.close()

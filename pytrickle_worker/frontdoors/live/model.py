@@ -32,7 +32,6 @@ __all__ = [
     "decode_b64_name",
     "entry_id_order",
     "frame_message",
-    "label_match_pattern",
     "parse_detection_items",
     "parse_stream_name",
     "split_frame_message",
@@ -301,17 +300,6 @@ def parse_stream_name(prefix: str, name: str) -> tuple[str, str] | None:
     except ValueError:
         return None
     return label, key
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
-
-
-def label_match_pattern(prefix: str, label: str | None = None) -> str:
-    """A SCAN MATCH pattern for every stream under ``prefix`` (of one label, if given)."""
-    if label is None:
-        return _glob_escape(prefix) + "*"
-    return _glob_escape(prefix + b64_name(label) + "|") + "*"
 
 
 def entry_id_order(entry_id: str) -> tuple[int, int]:

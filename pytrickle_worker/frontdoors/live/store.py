@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -38,7 +38,6 @@ from pytrickle_worker.frontdoors.live.model import (
     LiveEntry,
     StoredEntry,
     entry_id_order,
-    label_match_pattern,
     parse_stream_name,
     stream_name,
 )
@@ -53,10 +52,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: How often a follower looks for new keys under its label (Redis: a SCAN).
+#: How often a follower looks for new keys under its label (Redis: a read of the index).
 KEY_SCAN_INTERVAL_S = 1.0
-#: Redis SCAN page size.
-_SCAN_COUNT = 500
+#: The most often a writer refreshes one stream's index entry (seconds; a quarter of the TTL
+#: when that is shorter).
+INDEX_REFRESH_S = 5.0
 
 
 class StoreUnavailableError(WorkerError):
@@ -338,6 +338,15 @@ MAX_UNREADABLE_LOGGED = 1024
 class RedisFrameStore(FrameStore):
     """Redis Streams: ``XADD MAXLEN = maxlen`` then ``PEXPIRE ttl`` per write (one round trip).
 
+    The streams are found through an index, a sorted set ``<prefix>index`` of stream names
+    scored by their last write (milliseconds), not by SCAN: a SCAN walks every key of the
+    database, which in a Redis shared with other data is thousands of round trips per
+    second per viewer. A writer refreshes a stream's score at most every ``index_refresh_s``
+    (in the same round trip as a write), trims names older than ``ttl + index_refresh_s``
+    and keeps the index's own TTL there; readers take the names scored within that window
+    and keep those whose stream still exists. Streams written without the index (by a
+    worker older than it) are not listed.
+
     Every command is bounded by ``timeout_s`` and retried by nobody here: a failure raises
     :class:`StoreUnavailableError` at once, so the writer can drop and count.
 
@@ -382,6 +391,11 @@ class RedisFrameStore(FrameStore):
         #: ``_commands_of``'s packed commands per (label, key), bounded (the writer thread's
         #: alone, like the connection).
         self._packed: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+        self.index_key = f"{prefix}index"
+        self.index_refresh_s = min(INDEX_REFRESH_S, max(ttl_s / 4, 0.05))
+        #: When the writer thread last indexed each (label, key) (monotonic seconds);
+        #: forgotten on a failed write (Redis may have lost the index), bounded like _packed.
+        self._indexed: dict[tuple[str, str], float] = {}
         #: Streams with an entry this store cannot read (another producer under the same
         #: prefix): logged once each, not at every read. Bounded: cleared when full.
         self._unreadable_logged: set[tuple[str, str]] = set()
@@ -399,6 +413,33 @@ class RedisFrameStore(FrameStore):
     @property
     def _ttl_ms(self) -> int:
         return max(1, round(self.ttl_s * 1000))
+
+    @property
+    def _index_window_ms(self) -> int:
+        """How far back an index score still names a live stream: its TTL, plus the longest
+        a writer waits between two refreshes of it."""
+        return self._ttl_ms + max(1, round(self.index_refresh_s * 1000))
+
+    def _index_commands(self, name: str) -> tuple[tuple[bytes | str | int, ...], ...]:
+        """Score ``name`` now, drop names past the window, and keep the index's TTL."""
+        now_ms = round(time.time() * 1000)
+        window = self._index_window_ms
+        return (
+            ("ZADD", self.index_key, now_ms, name),
+            ("ZREMRANGEBYSCORE", self.index_key, "-inf", f"({now_ms - window}"),
+            ("PEXPIRE", self.index_key, window),
+        )
+
+    def _index_due(self, label: str, key: str) -> bool:
+        """Whether the writer thread should refresh (label, key)'s index entry now."""
+        now = time.monotonic()
+        last = self._indexed.get((label, key))
+        if last is not None and now - last < self.index_refresh_s:
+            return False
+        if len(self._indexed) >= _MAX_PACKED:
+            self._indexed.clear()
+        self._indexed[(label, key)] = now
+        return True
 
     def _failed(self, what: str, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(f"{what} on {mask_url(self.url)} failed: {exc}")
@@ -418,6 +459,8 @@ class RedisFrameStore(FrameStore):
                         approximate=False,
                     )
                     pipe.pexpire(name, self._ttl_ms)
+                    for command in self._index_commands(name):  # uploads: rare, always
+                        pipe.execute_command(*command)
                     results: list[object] = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
             raise self._failed("XADD", exc) from None
@@ -441,6 +484,7 @@ class RedisFrameStore(FrameStore):
             except (RedisError, OSError) as exc:
                 if conn is not None:
                     conn.disconnect()  # unread replies: reconnect on the next call
+                self._indexed.clear()  # a restarted Redis has lost the index: write it again
                 raise self._failed(what, exc) from None
 
     def add_blocking(self, label: str, key: str, entry: LiveEntry) -> str:
@@ -449,7 +493,12 @@ class RedisFrameStore(FrameStore):
         for field_head, value in zip(_FIELD_HEADS, entry.redis_values(), strict=True):
             parts += (field_head, b"$%d\r\n" % len(value), value, b"\r\n")
         parts.append(pexpire)
-        return _text(self._blocking_call("XADD", b"".join(parts), 2)[0])
+        replies = 2
+        if self._index_due(label, key):
+            index = self._index_commands(stream_name(self.prefix, label, key))
+            parts.append(_resp(*index))
+            replies += len(index)
+        return _text(self._blocking_call("XADD", b"".join(parts), replies)[0])
 
     def _commands_of(self, label: str, key: str) -> tuple[bytes, bytes]:
         """The start of a (label, key)'s ``XADD`` up to its fields, and its ``PEXPIRE``, in
@@ -466,8 +515,12 @@ class RedisFrameStore(FrameStore):
 
     def touch_blocking(self, label: str, key: str) -> bool:
         _, pexpire = self._commands_of(label, key)
-        [reply] = self._blocking_call("PEXPIRE", pexpire, 1)
-        return bool(reply)
+        if not self._index_due(label, key):
+            [reply] = self._blocking_call("PEXPIRE", pexpire, 1)
+            return bool(reply)
+        index = self._index_commands(stream_name(self.prefix, label, key))
+        replies = self._blocking_call("PEXPIRE", pexpire + _resp(*index), 1 + len(index))
+        return bool(replies[0])
 
     def _stored(
         self, label: str, key: str, entry_id: str, fields: dict[bytes, bytes]
@@ -510,23 +563,30 @@ class RedisFrameStore(FrameStore):
         return [e for e in found if e is not None]
 
     async def _scan(self, label: str | None) -> list[tuple[str, str, str]]:
-        """``(stream name, label, key)`` of every stream (of ``label``) under the prefix."""
-        pattern = label_match_pattern(self.prefix, label)
-        found: dict[str, tuple[str, str, str]] = {}
+        """``(stream name, label, key)`` of every stream (of ``label``) under the prefix that
+        exists: the index's names within its window, checked with EXISTS."""
+        since = round(time.time() * 1000) - self._index_window_ms
         try:
-            async with asyncio.timeout(self.timeout_s * 4):
-                names = cast(
-                    "AsyncIterator[object]",
-                    self._client.scan_iter(match=pattern, count=_SCAN_COUNT, _type="stream"),
+            async with asyncio.timeout(self.timeout_s):
+                raw = cast(
+                    "object", await self._client.zrangebyscore(self.index_key, since, "+inf")
                 )
-                async for raw in names:
-                    name = _text(raw)
+                names = cast("Sequence[object]", raw) if isinstance(raw, list | tuple) else ()
+                candidates: list[tuple[str, str, str]] = []
+                for item in names:
+                    name = _text(item)
                     parsed = parse_stream_name(self.prefix, name)
                     if parsed is not None and (label is None or parsed[0] == label):
-                        found[name] = (name, *parsed)
+                        candidates.append((name, *parsed))
+                if not candidates:
+                    return []
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for name, _, _ in candidates:
+                        pipe.exists(name)
+                    exists: list[object] = await pipe.execute()
         except (RedisError, OSError, TimeoutError) as exc:
-            raise self._failed("SCAN", exc) from None
-        return list(found.values())
+            raise self._failed("ZRANGEBYSCORE", exc) from None
+        return [row for row, alive in zip(candidates, exists, strict=True) if alive]
 
     async def labels(self) -> list[str]:
         return sorted({label for _, label, _ in await self._scan(None)})
