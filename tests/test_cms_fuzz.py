@@ -39,7 +39,14 @@ from tests.cms_harness import (
     subscribe_payload,
 )
 from tests.hypothesis_profiles import heavy
-from tests.test_cms_ordering import listed, open_fds, other_threads, running_pipelines, settle
+from tests.test_cms_ordering import (
+    listed,
+    open_fds,
+    other_threads,
+    running_pipelines,
+    settle,
+    steady_fds,
+)
 
 IDS = ("display-1;cam-1", "display-1;cam-2", "display-2;cam-1")
 FUZZ_ID = "fuzz;cam"
@@ -178,7 +185,7 @@ async def fuzz(
     await backends[0].ws.send_str(_message("unsubscribe", {"subscriptionIdentifier": IDS[0]}))
     await settle(worker, backends)
     fixture.baseline = {
-        "fds": open_fds(worker),
+        "fds": await steady_fds(worker),
         "threads": other_threads(),
         "models": worker.service.registry.loaded_count,
     }

@@ -69,6 +69,21 @@ def open_fds(worker: Worker) -> Counter[str]:
     return kinds
 
 
+async def steady_fds(worker: Worker, within_s: float = 10.0) -> Counter[str]:
+    """``open_fds`` once two readings 0.2 s apart agree: a baseline taken while another
+    thread briefly holds a descriptor (a socket being closed, a package's metadata file being
+    read) would name one that is gone by the check, and fail it although nothing leaked."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    reading = open_fds(worker)
+    while True:
+        await asyncio.sleep(0.2)
+        again = open_fds(worker)
+        if again == reading or loop.time() > deadline:
+            return again
+        reading = again
+
+
 def other_threads() -> Counter[str]:
     return Counter(t.name for t in threading.enumerate() if not t.name.startswith(POOL_THREADS))
 
@@ -138,7 +153,7 @@ async def test_a_hundred_subscribe_unsubscribe_pairs_leave_nothing_running(
     backend = await worker.connect()
     await backend.wait_for(is_state)
     await warm_up(worker, backend, camera, model_server.url())
-    fds, threads = open_fds(worker), other_threads()
+    fds, threads = await steady_fds(worker), other_threads()
     loaded = worker.service.registry.loaded_count
 
     identifier = "display-1;cam-1"
@@ -159,7 +174,7 @@ async def test_interleaved_pairs_over_three_connections_leave_nothing_running(
     for backend in backends:
         await backend.wait_for(is_state)
     await warm_up(worker, backends[0], camera, model_server.url())
-    fds, threads = open_fds(worker), other_threads()
+    fds, threads = await steady_fds(worker), other_threads()
     loaded = worker.service.registry.loaded_count
     identifiers = [f"display-{n};cam-{n}" for n in range(5)]
     rng = random.Random(7)
