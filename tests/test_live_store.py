@@ -11,6 +11,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from fractions import Fraction
@@ -432,6 +433,19 @@ async def test_redis_streams_are_listed_from_the_index_without_a_scan(
     finally:
         await raw.aclose()
         await store.close()
+
+
+async def test_a_redis_store_warns_nothing(private_redis: RedisProcess) -> None:
+    # redis-py warns (UserWarning, in the worker's log at every start) when its asyncio
+    # client is given the blocking client's Retry.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        store = RedisFrameStore(private_redis.url, prefix=PREFIX, timeout_s=1.0)
+        try:
+            await store.add("d", "k", _entry())
+            assert [e.key for e in await store.keys("d")] == ["k"]
+        finally:
+            await store.close()
 
 
 async def test_a_stopped_redis_raises_store_unavailable(private_redis: RedisProcess) -> None:

@@ -25,6 +25,7 @@ from typing import cast
 
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -374,7 +375,9 @@ class RedisFrameStore(FrameStore):
             url,
             socket_connect_timeout=timeout_s,
             socket_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
+            # The asyncio client's own Retry: given redis-py's blocking one it warns at
+            # every store (a UserWarning in the worker's log) and converts it.
+            retry=AsyncRetry(NoBackoff(), 0),
             health_check_interval=0,
         )
         self._blocking_pool = redis.ConnectionPool.from_url(  # pyright: ignore[reportUnknownMemberType] - untyped classmethod in redis-py
