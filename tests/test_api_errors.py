@@ -255,7 +255,7 @@ MALFORMED: list[tuple[str, bytes, dict[str, str], int, str]] = [
     [case[1:] for case in MALFORMED],
     ids=[case[0] for case in MALFORMED],
 )
-@pytest.mark.parametrize("path", ["/api/stream/start", "/stream/params", "/stream/stop"])
+@pytest.mark.parametrize("path", ["/api/stream/start", "/stream/params"])
 async def test_malformed_bodies_are_4xx_and_change_no_state(
     worker: Worker, path: str, body: bytes, headers: dict[str, str], code: int, fragment: str
 ) -> None:
@@ -264,13 +264,32 @@ async def test_malformed_bodies_are_4xx_and_change_no_state(
     reply = await worker.call("POST", path, headers={**AUTH, **headers}, data=body)
     assert 400 <= reply.status < 500, reply
     message = reply.error().message
-    # The body is read before anything else on every route; the fields are validated by
-    # start (params and stop answer "no active stream" first).
+    # The body is read before anything else on these routes; the fields are validated by
+    # start (params answers "no active stream" first).
     if path.endswith("/start") or "control characters" not in fragment:
         assert reply.status == code, reply
         assert fragment.lower() in message.lower(), message
     assert await worker.health() == before
     assert (await worker.call("GET", "/health/live")).status == 200
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"stream ended", b"", b"{}", b"\xff\xfe not json", b'{"reason": "gateway gone"}'],
+    ids=["go-livepeer-text", "empty", "pytrickle-json", "binary", "json-object"],
+)
+async def test_stop_stops_whatever_its_body(demo_worker: Worker, body: bytes) -> None:
+    # go-livepeer's orchestrator forwards the gateway's reason as a plain-text body; a stop
+    # refused for its body would leave the stream running.
+    worker = demo_worker
+    reply = await worker.call("POST", "/stream/start", data=b'{"gateway_request_id": "held"}')
+    assert reply.status == 200, reply
+    headers = {**AUTH, "Content-Type": "text/plain"}
+    reply = await worker.call("POST", "/stream/stop", headers=headers, data=body)
+    assert reply.status == 200, reply
+    assert '"IDLE"' in (await worker.health())[1]
+    reply = await worker.call("POST", "/api/stream/stop", headers=headers, data=body)
+    assert reply.status == 400 and "No active stream to stop" in reply.error().message, reply
 
 
 async def test_a_rejected_params_update_leaves_the_running_stream_alone(

@@ -86,7 +86,9 @@ def create_api(manager: StreamManager) -> list[web.RouteDef]:
 
     @_guarded
     async def stop(request: web.Request) -> web.StreamResponse:
-        await read_json(request, empty_ok=True)  # pytrickle sends {} or nothing
+        # The body is not read: pytrickle sends {} or nothing, and go-livepeer's
+        # orchestrator forwards the gateway's reason as plain text ("stream ended"). A stop
+        # refused for its body would leave the stream running.
         return web.json_response(await manager.stop())
 
     @_guarded
@@ -202,12 +204,15 @@ def route_docs() -> list[RouteDoc]:
                 f"{prefix}/stream/stop",
                 "Stop the stream (the output channel gets its DELETE)",
                 tags=_STREAM,
-                request=Body(schema={"type": "object"}, description="`{}` or nothing"),
+                request=Body(
+                    schema={},
+                    description="ignored: pytrickle sends `{}` or nothing, go-livepeer's "
+                    "orchestrator the gateway's reason as plain text",
+                ),
                 request_required=False,
                 replies=(Reply(200, "stopped", Body(StreamStopped)),),
                 errors={
-                    **_BODY_ERRORS,
-                    400: "no active stream, or the body is not JSON",
+                    400: "no active stream",
                     500: "the session or the processor failed to stop",
                 },
             ),
