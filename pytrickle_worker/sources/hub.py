@@ -210,12 +210,13 @@ class Subscription:
         slot = self._entry.reader.slot.latest
         return slot if slot is not None and slot.seq > self._last_seq else None
 
-    async def latest(self) -> CameraFrame | None:
-        """The source's newest frame (cropped), without affecting :meth:`next_frame`."""
+    async def latest(self, *, cropped: bool = True) -> CameraFrame | None:
+        """The source's newest frame (cropped unless ``cropped`` is False), without
+        affecting :meth:`next_frame`."""
         slot = self._entry.reader.slot.latest
         if slot is None or self._closed:
             return None
-        return await self._to_camera_frame(slot)
+        return await self._to_camera_frame(slot, cropped=cropped)
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -227,11 +228,11 @@ class Subscription:
             return
 
     async def _to_camera_frame(
-        self, slot: DecodedFrame, *, convert: bool = True
+        self, slot: DecodedFrame, *, convert: bool = True, cropped: bool = True
     ) -> CameraFrame | None:
         width, height = slot.width, slot.height
         x1, y1, x2, y2 = 0, 0, width, height
-        if self.crop is not None:
+        if self.crop is not None and cropped:
             try:
                 rect, clipped = clip_crop(self.crop, width, height)
             except CropError as exc:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import WSCloseCode, web
 
@@ -30,6 +30,16 @@ from pytrickle_worker.frontdoors.cms.protocol import (
 logger = logging.getLogger(__name__)
 
 MAX_PENDING_PATCHES = 256
+#: The fields of worker.md's ``DisplayPersistentData.currentCar``: a ``patchSession``'s data
+#: must be a partial ``DisplayPersistentData``, which the backend deep-merges into its own.
+CURRENT_CAR_FIELDS = (
+    "carModel",
+    "carBrand",
+    "carYear",
+    "bodyType",
+    "licensePlateText",
+    "licensePlateType",
+)
 
 
 class BackendConnection:
@@ -198,7 +208,13 @@ class BackendRegistry:
         detection = data.get("detection")  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType] - JSON
         if not isinstance(detection, dict):
             return
-        self.pending_patches[session_id] = {"currentCar": dict(detection)}  # pyright: ignore[reportUnknownArgumentType] - JSON
+        # Only currentCar's own fields: a detection's other keys (class, confidence, id)
+        # would be merged into the display's car by the backend. None of them, no patch.
+        fields = cast("dict[str, object]", detection)
+        car = {name: fields[name] for name in CURRENT_CAR_FIELDS if fields.get(name) is not None}
+        if not car:
+            return
+        self.pending_patches[session_id] = {"currentCar": car}
         self.pending_patches.move_to_end(session_id)
         while len(self.pending_patches) > MAX_PENDING_PATCHES:
             self.pending_patches.popitem(last=False)

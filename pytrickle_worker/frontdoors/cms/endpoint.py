@@ -303,7 +303,9 @@ class CmsEndpoint:
                 {"status": "error", "message": f"camera {identifier!r} is not subscribed"},
                 status=404,
             )
-        frame = await subscription.camera.latest()
+        # The camera's whole frame, as the original worker served it ("the latest JPEG image
+        # from the camera stream"), not the subscription's crop: a CMS draws the crop on it.
+        frame = await subscription.camera.latest(cropped=False)
         if frame is None:
             return web.json_response(
                 {"status": "error", "message": f"no frame available yet for camera {identifier!r}"},

@@ -224,7 +224,9 @@ class RequestStateMessage(BaseModel):
 class SetSessionIdPayload(BaseModel):
     model_config = _INBOUND
     displayIdentifier: WireStr = Field(min_length=1, max_length=512)
-    sessionId: InboundId | None
+    #: Absent means null (no session), as the original worker read it: a backend in
+    #: JavaScript that sets it to ``undefined`` drops the key from its JSON.
+    sessionId: InboundId | None = None
 
 
 class SetSessionIdMessage(BaseModel):
