@@ -150,8 +150,14 @@ def events_of(reader: Reader, kind: str) -> list[dict[str, Any]]:
 
 
 def jsonl(data: bytes) -> list[dict[str, Any]]:
+    """The records of a data segment: one line, a JSON array of strings (pytrickle's
+    format: it queues strings), each a record's JSON text."""
     assert data.endswith(b"\n")
-    return [record for line in data.splitlines() for record in json.loads(line)]
+    lines = data.splitlines()
+    assert len(lines) == 1, data[:200]
+    items = json.loads(lines[0])
+    assert isinstance(items, list) and all(isinstance(item, str) for item in items), data[:200]
+    return [json.loads(item) for item in items]
 
 
 def decoded_output(segments: list[bytes]) -> list[av.VideoFrame]:

@@ -9,8 +9,10 @@ queue is bounded (the oldest entry goes first).
 * :class:`EventsChannel`: one JSON object per segment, ``{"event": {...},
   "queue_event_type": "..."}``, from a drop-oldest queue.
 * :class:`DataChannel`: every ``interval_s`` the records taken from the processor are
-  published as one ``application/jsonl`` segment, ``json.dumps(list) + "\\n"``; ``[]\\n``
-  after ``keepalive_s`` of silence.
+  published as one ``application/jsonl`` segment, a JSON array of strings, each one record's
+  JSON text, then ``"\\n"``: pytrickle queues strings (``publish_data(str)``) and sends
+  ``json.dumps(list) + "\\n"``, so its readers decode each item again. ``[]\\n`` after
+  ``keepalive_s`` of silence.
 * :class:`ControlChannel`: one JSON object per segment; ``{"keep": "alive"}`` is ignored and
   everything else is handed to a callback.
 """
@@ -259,7 +261,8 @@ class DataChannel:
                 batch: list[dict[str, Any]] = []
             else:
                 batch = list(self._pending)
-            payload = (_dumps(batch) + "\n").encode()
+            # Items are JSON text, as pytrickle's are: readers written for it decode each.
+            payload = (_dumps([_dumps(record) for record in batch]) + "\n").encode()
             try:
                 ok = await self._publisher.publish(payload)
             except (TrickleError, aiohttp.ClientError, OSError) as exc:
