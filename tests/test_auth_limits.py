@@ -245,7 +245,7 @@ async def test_hs256_jwt_and_the_static_token_both_open_rest_routes(
     start_worker: StartWorker,
 ) -> None:
     worker = await start_worker(**JWT_CONFIG)
-    for token in [hs256(), TOKEN]:
+    for token in [hs256(), hs256(type="access"), TOKEN]:
         for path in ["/version", "/api/stream/status", "/labels"]:
             status, _, _ = await worker.get(path, headers=bearer(token))
             assert status == 200, (path, token)
@@ -288,6 +288,8 @@ BAD_HS256: list[tuple[str, Callable[[], str], str]] = [
         lambda: jwt.encode(claims(), SECRET * 2, algorithm="HS512"),
         "JWT algorithm 'HS512' not allowed",
     ),
+    ("refresh token", lambda: hs256(type="refresh"), "JWT type 'refresh' is not an access token"),
+    ("typed oddly", lambda: hs256(type=1), "JWT type 'int' is not an access token"),
     ("garbage with dots", lambda: "not.a.jwt", "malformed JWT"),
     ("garbage", lambda: "garbage", "wrong token"),
 ]

@@ -278,7 +278,7 @@ class JwtVerifier:
             "verify_iss": self._issuer is not None,
         }
         try:
-            return jwt.decode(
+            claims: dict[str, object] = jwt.decode(
                 token,
                 key,
                 algorithms=[algorithm],
@@ -289,6 +289,14 @@ class JwtVerifier:
             )
         except jwt.PyJWTError as exc:
             raise JwtRejected(_describe(exc)) from None
+        # Issuers that sign access and refresh tokens with one key mark them (fastapi-jwt,
+        # which the streaming web backend uses, in "type"): a refresh token, long-lived and
+        # meant only for the issuer, must not open the worker.
+        kind = claims.get("type")
+        if kind is not None and kind != "access":
+            shown = kind[:16] if isinstance(kind, str) else type(kind).__name__
+            raise JwtRejected(f"JWT type {shown!r} is not an access token")
+        return claims
 
 
 def _describe(exc: Exception) -> str:
