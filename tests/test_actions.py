@@ -51,6 +51,36 @@ def test_render_template_leaves_json_braces_alone() -> None:
     assert json.loads(rendered) == {"class": "car", "confidence": 0.5, "id": None, "x": {"y": 1}}
 
 
+@pytest.mark.parametrize(
+    ("template", "rendered"),
+    [
+        # str.format templates, as archives written for the original worker escape braces.
+        ('{{"event":"new","class":"{class}"}}', '{"event":"new","class":"car"}'),
+        ('{{"conf":{confidence:.2f},"id":{id}}}', '{"conf":0.88,"id":3}'),
+        ("{class!r} at {confidence:>7.3f}", "'car' at   0.876"),
+        ("x{{y}}z", "x{y}z"),
+        # Plain placeholders read the same either way; values are spelled JSON-style.
+        ("frame:{class}:{id}:{none}:{flag}", "frame:car:3:null:true"),
+        # Unescaped JSON (the original's docs' example, on which its str.format raised).
+        ('{"event":{"class":"{class}","id":{id}}}', '{"event":{"class":"car","id":3}}'),
+        # Never a reach into a value, nor positional fields: left as written.
+        ("{class.__class__}:{0}:{}", "{class.__class__}:{0}:{}"),
+        ("a}b{class}", "a}bcar"),
+    ],
+)
+def test_render_template_reads_format_strings_and_plain_json(template: str, rendered: str) -> None:
+    context = {"class": "car", "confidence": 0.876, "id": 3, "none": None, "flag": True}
+    assert render_template(template, context) == rendered
+
+
+def test_render_template_a_spec_that_does_not_fit_names_it() -> None:
+    with pytest.raises(TemplateError, match=r"\{class\}.*format spec '\.2f'") as info:
+        render_template("{class:.2f}", {"class": "car"})
+    assert info.value.key == "class"
+    with pytest.raises(TemplateError, match=r"\{plate\}"):
+        render_template("{{ {plate} }}", {"class": "car"})
+
+
 def test_render_template_unknown_placeholder_names_the_key() -> None:
     with pytest.raises(TemplateError, match=r"\{plate\}") as info:
         render_template("det:{class}:{plate}", {"class": "car"})

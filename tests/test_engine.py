@@ -22,6 +22,7 @@ from pytrickle_worker.devtools.models import (
     build_model_with_output_shape,
 )
 from pytrickle_worker.devtools.synthetic import (
+    BADGE_COLOURS,
     SceneObject,
     colour_for_confidence,
     moving_objects,
@@ -264,6 +265,75 @@ async def test_branch_for_other_class_does_not_run(
     result = await service.process(pipeline, scene(CAR, TRUCK))
     assert result.detection is not None and result.detection["class"] == "truck"
     assert len(result.nodes) == 1
+
+
+@pytest.fixture(scope="session")
+def badge_detector(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """A detector whose classes are badge colours: the kind of model that sits under a
+    vehicle detector (a plate or badge finder), with none of its parent's classes."""
+    out = tmp_path_factory.mktemp("badge")
+    names = ("white", "yellow")
+    path = build_colour_detector(
+        out / "badges.onnx", "v8", names=names, colours={n: BADGE_COLOURS[n] for n in names}
+    )
+    return path.read_bytes()
+
+
+async def test_a_branch_detector_triggered_by_its_parents_class_detects_its_own_classes(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes], badge_detector: bytes
+) -> None:
+    # triggerClasses ["car"] says when the branch runs; it names none of the badge model's
+    # classes, so that model is not restricted (the original worker's reading), where
+    # restricting it to "car" would find nothing.
+    files = {**model_files, "badges.onnx": badge_detector}
+    tree = node(
+        "det",
+        "detector.onnx",
+        ["car"],
+        branches=[node("badges", "badges.onnx", ["car"], crop=True)],
+    )
+    pipeline = await service.load(make_mpta(tmp_path / "p.mpta", tree, files))
+    result = await service.process(pipeline, scene(CAR))
+    assert result.detection is not None and result.detection["class"] == "yellow"
+    assert [(n.model_id, n.class_name) for n in result.nodes] == [
+        ("det", "car"),
+        ("badges", "yellow"),
+    ]
+    # Where triggerClasses do name some of the model's classes, they restrict it.
+    tree["branches"][0]["triggerClasses"] = ["car", "white"]
+    pipeline = await service.load(make_mpta(tmp_path / "q.mpta", tree, files))
+    result = await service.process(pipeline, scene(CAR))
+    assert result.detection is not None and result.detection["class"] == "car"
+    assert [(n.model_id, n.class_name) for n in result.nodes] == [
+        ("det", "car"),
+        ("badges", None),
+    ]
+
+
+async def test_when_a_branch_finds_nothing_the_next_matching_branch_runs(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes], badge_detector: bytes
+) -> None:
+    # As the original's run_pipeline: the branches are tried in order until one finds
+    # something. The first finds no white badge on the yellow-badged car.
+    files = {**model_files, "badges.onnx": badge_detector}
+    tree = node(
+        "det",
+        "detector.onnx",
+        ["car"],
+        branches=[
+            node("white-badges", "badges.onnx", ["car", "white"], crop=True),
+            node("colour", "classifier.onnx", ["car"], crop=True),
+        ],
+    )
+    pipeline = await service.load(make_mpta(tmp_path / "p.mpta", tree, files))
+    result = await service.process(pipeline, scene(CAR))
+    assert result.detection is not None and result.detection["class"] == "yellow"
+    assert [(n.model_id, n.class_name) for n in result.nodes] == [
+        ("det", "car"),
+        ("white-badges", None),
+        ("colour", "yellow"),
+    ]
+    assert result.action_node is not None and result.action_node.spec.model_id == "colour"
 
 
 async def test_track_ids_are_stable_while_moving_and_separate_per_stream(

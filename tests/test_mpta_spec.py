@@ -163,8 +163,13 @@ def test_expire_seconds_integral_float_accepted_fraction_rejected() -> None:
     bad = copy.deepcopy(doc)
     bad["pipeline"]["actions"][0]["expire_seconds"] = 1.5
     assert "pipeline.actions[0].expire_seconds" in _error(bad)
-    bad["pipeline"]["actions"][0]["expire_seconds"] = 0
+    bad["pipeline"]["actions"][0]["expire_seconds"] = -5
     assert "pipeline.actions[0].expire_seconds" in _error(bad)
+    # 0 is "no expiry", as the original worker read it (it set EX only when truthy).
+    zero = copy.deepcopy(doc)
+    zero["pipeline"]["actions"][0]["expire_seconds"] = 0
+    action = parse_pipeline_json(json.dumps(zero)).pipeline.actions[0]
+    assert isinstance(action, RedisSaveImageAction) and action.expire_seconds is None
 
 
 def test_error_names_nested_min_confidence() -> None:
@@ -178,9 +183,30 @@ def test_error_names_nested_min_confidence() -> None:
 
 def test_error_names_deep_missing_field() -> None:
     doc = _tree()
-    del doc["pipeline"]["branches"][0]["branches"][0]["triggerClasses"]
+    del doc["pipeline"]["branches"][0]["branches"][0]["modelFile"]
     message = _error(doc)
-    assert "pipeline.branches[0].branches[0].triggerClasses: required field is missing" in message
+    assert "pipeline.branches[0].branches[0].modelFile: required field is missing" in message
+
+
+def test_optional_keys_read_as_the_original_read_them() -> None:
+    # The original worker read these with .get(key, default) and took any modelId: archives
+    # written for it must load.
+    doc = _tree()
+    del doc["pipeline"]["triggerClasses"]
+    doc["pipeline"]["modelId"] = 101
+    doc["pipeline"]["branches"][0]["crop"] = None
+    doc["pipeline"]["branches"][0]["actions"] = None
+    doc["pipeline"]["branches"][1]["branches"] = None
+    doc["pipeline"]["branches"][1]["modelId"] = 7.5
+    spec = parse_pipeline_json(json.dumps(doc))
+    assert spec.pipeline.trigger_classes == []
+    assert spec.pipeline.model_id == "101"
+    assert spec.pipeline.branches[0].crop is False
+    assert spec.pipeline.branches[0].actions == []
+    assert spec.pipeline.branches[1].branches == []
+    assert spec.pipeline.branches[1].model_id == "7.5"
+    doc["pipeline"]["modelId"] = True  # not a number: still refused
+    assert "pipeline.modelId" in _error(doc)
 
 
 def test_min_confidence_is_required() -> None:
@@ -204,16 +230,24 @@ def test_numeric_strings_are_accepted_but_words_are_not() -> None:
     assert "redis.port" in message
 
 
-def test_unknown_action_type() -> None:
+def test_unknown_action_types_are_set_aside_not_refused() -> None:
+    # The original worker skipped action types it did not know (postgresql_update_combined
+    # in the archives of its time); the loader logs them.
     doc = _tree()
     doc["pipeline"]["actions"] = [
         {"type": "redis_publish", "channel": "c", "message": "m"},
         {"type": "send_email", "to": "x"},
+        {"type": "postgresql_update_combined", "table": "car_frontal_info", "fields": {}},
     ]
-    message = _error(doc)
-    assert "pipeline.actions[1]: unknown action type 'send_email'" in message
-    for allowed in ACTION_TYPES:
-        assert allowed in message
+    spec = parse_pipeline_json(json.dumps(doc))
+    assert [a.type for a in spec.pipeline.actions] == ["redis_publish"]
+    assert spec.pipeline.ignored_action_types == ["send_email", "postgresql_update_combined"]
+    assert "ignoredActionTypes" not in spec.pipeline.model_dump(by_alias=True)
+    # A known type with a bad field is still an error naming it.
+    doc["pipeline"]["actions"][0]["channel"] = ""
+    assert "pipeline.actions[0].channel" in _error(doc)
+    for kind in ACTION_TYPES:
+        assert kind in {"redis_save_image", "redis_publish"}
 
 
 def test_action_without_type_and_field_error_inside_action() -> None:

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import re
+import string
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -37,13 +39,19 @@ _PLACEHOLDER_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 class TemplateError(ValueError):
-    """A template names a placeholder that the action context does not have."""
+    """A template names a placeholder that the action context does not have, or formats a
+    value with a spec that does not fit it."""
 
-    def __init__(self, template: str, key: str, available: Sequence[str]) -> None:
-        super().__init__(
-            f"unknown placeholder {{{key}}} in template {template!r}; "
-            f"available: {', '.join(sorted(available))}"
-        )
+    def __init__(
+        self, template: str, key: str, available: Sequence[str], problem: str | None = None
+    ) -> None:
+        if problem is None:
+            super().__init__(
+                f"unknown placeholder {{{key}}} in template {template!r}; "
+                f"available: {', '.join(sorted(available))}"
+            )
+        else:
+            super().__init__(f"placeholder {{{key}}} in template {template!r}: {problem}")
         self.key = key
 
 
@@ -60,21 +68,78 @@ def _render_value(value: object) -> str:
     return str(value)
 
 
+_CONVERSIONS: dict[str, Callable[[object], str]] = {"r": repr, "s": str, "a": ascii}
+_FORMATTER = string.Formatter()
+
+#: (literal, field, format spec, conversion) parts of a template.
+_Parts = tuple[tuple[str, str | None, str, str | None], ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _format_parts(template: str) -> _Parts | None:
+    """``template`` read as ``str.format`` reads it, when every field is a plain name; None
+    when it is not a format string of that kind (literal JSON braces, ``{0}``, ``{a.b}``)."""
+    try:
+        parsed = list(_FORMATTER.parse(template))
+    except ValueError:  # a lone brace
+        return None
+    parts: list[tuple[str, str | None, str, str | None]] = []
+    for literal, field_name, spec, conversion in parsed:
+        if field_name is not None and (
+            not field_name.isidentifier()
+            or "{" in (spec or "")
+            or conversion not in (None, *_CONVERSIONS)
+        ):
+            return None
+        parts.append((literal, field_name, spec or "", conversion))
+    return tuple(parts)
+
+
+def _value(template: str, context: Mapping[str, object], key: str) -> object:
+    if key not in context:
+        raise TemplateError(template, key, list(context))
+    return context[key]
+
+
 def render_template(template: str, context: Mapping[str, object]) -> str:
-    """Substitute ``{identifier}`` placeholders; every other brace is left as written.
+    """Fill a key or message template from the action context.
 
-    Unlike ``str.format`` (which the original detector worker used), literal JSON braces in
-    a message template need
-    no escaping: ``{"class":"{class}"}`` renders as expected.
+    Two readings, so both kinds of archive work:
+
+    * a ``str.format`` template, as the original detector worker read it
+      (``{{"class":"{class}","conf":"{confidence:.2f}"}}``): escaped braces, format specs and
+      ``!r``/``!s``/``!a``;
+    * anything ``str.format`` cannot read that way, such as JSON written without escaping
+      (``{"class":"{class}"}``, the example of the original's own docs, on which its
+      ``str.format`` raised): only ``{identifier}`` placeholders are filled, every other brace
+      is left as written.
+
+    A value without a format spec is spelled JSON-style (``None`` → ``null``, ``true``).
+    Fields are names only: ``{a.b}`` and ``{a[0]}`` never reach into a value.
     """
-
-    def _substitute(match: re.Match[str]) -> str:
-        key = match.group(1)
-        if key not in context:
-            raise TemplateError(template, key, list(context))
-        return _render_value(context[key])
-
-    return _PLACEHOLDER_RE.sub(_substitute, template)
+    parts = _format_parts(template)
+    if parts is None:
+        return _PLACEHOLDER_RE.sub(
+            lambda match: _render_value(_value(template, context, match.group(1))), template
+        )
+    out: list[str] = []
+    for literal, field_name, spec, conversion in parts:
+        out.append(literal)
+        if field_name is None:
+            continue
+        value = _value(template, context, field_name)
+        if conversion is not None:
+            value = _CONVERSIONS[conversion](value)
+        elif not spec:
+            out.append(_render_value(value))
+            continue
+        try:
+            out.append(format(value, spec))
+        except (ValueError, TypeError) as exc:
+            raise TemplateError(
+                template, field_name, list(context), f"format spec {spec!r}: {exc}"
+            ) from None
+    return "".join(out)
 
 
 def redis_target_url(config: RedisConfig) -> str:

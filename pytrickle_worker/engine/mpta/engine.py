@@ -266,6 +266,8 @@ class PipelineRunner:
         )
         own = _Found(node, class_name, confidence, track_id, bbox, image)
 
+        # Every branch that the detection triggers is tried in order until one finds
+        # something, as the original worker's run_pipeline did; none: this detection.
         for branch in node.branches:
             if class_name not in branch.spec.trigger_classes:
                 continue
@@ -276,7 +278,7 @@ class PipelineRunner:
                 local = dets.boxes[best]
                 cropped = crop(_rgb(image), local)
                 if cropped is None:
-                    break
+                    continue
                 sub_image = cropped
                 sub_offset = (
                     offset[0] + max(0, int(local[0])),
@@ -286,5 +288,4 @@ class PipelineRunner:
             if deeper is not None:
                 deeper.bbox = bbox
                 return deeper
-            break
         return own

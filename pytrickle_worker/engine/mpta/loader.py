@@ -12,7 +12,7 @@ from pytrickle_worker.core.errors import ModelError
 from pytrickle_worker.engine.inference.model import OnnxModel
 from pytrickle_worker.engine.inference.postprocess import OutputContract
 from pytrickle_worker.engine.inference.registry import ModelRegistry
-from pytrickle_worker.engine.mpta.spec import PipelineNode, PipelineSpec, RedisConfig
+from pytrickle_worker.engine.mpta.spec import ACTION_TYPES, PipelineNode, PipelineSpec, RedisConfig
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +64,34 @@ class LoadedPipeline:
 
 
 def _trigger_indices(model: OnnxModel, path: str, trigger_classes: list[str]) -> np.ndarray | None:
+    """The model's class indices named in ``triggerClasses``; None (every class) when it
+    names none of them.
+
+    A branch's ``triggerClasses`` usually names its *parent's* classes (a plate detector
+    under ``["car"]``): they say when the branch runs, and restrict its own model only where
+    they name its classes. The original worker read them the same way.
+    """
     if not trigger_classes:
         return None
     names = model.info.names
     wanted = [i for i, name in enumerate(names) if name in trigger_classes]
+    shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+    if not wanted:
+        logger.info(
+            "%s.triggerClasses (%s) names none of the model's classes (%s): every class is "
+            "detected",
+            path,
+            ", ".join(trigger_classes[:20]),
+            shown,
+        )
+        return None
     unknown = sorted(set(trigger_classes) - set(names))
     if unknown:
         logger.warning(
             "%s.triggerClasses names classes the model does not have: %s (model classes: %s)",
             path,
             ", ".join(unknown),
-            ", ".join(names[:20]) + (" …" if len(names) > 20 else ""),
+            shown,
         )
     return np.asarray(wanted, dtype=np.int64)
 
@@ -96,6 +113,15 @@ def load_pipeline_tree(
         except ModelError as exc:
             raise ModelError(f"{path} ({node_spec.model_id}): {exc}") from exc
         acquired.append(model)
+        if node_spec.ignored_action_types:
+            logger.warning(
+                "%s (%s): actions of type %s are not supported and are skipped (the original "
+                "worker skipped them too); supported: %s",
+                path,
+                node_spec.model_id,
+                ", ".join(repr(kind) for kind in node_spec.ignored_action_types),
+                ", ".join(ACTION_TYPES),
+            )
         is_classifier = model.info.contract is OutputContract.CLASSIFY
         indices = (
             None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 from pydantic import (
     BaseModel,
@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_core import ErrorDetails
 
@@ -76,7 +77,10 @@ class RedisSaveImageAction(BaseModel):
     def _integral_float(cls, value: object) -> object:
         # 3600.0 is accepted as 3600; 1.5 is left alone and rejected by the int check.
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        # 0 is "no expiry", as the original worker read it (it set EX only when truthy).
+        if value == 0 and not isinstance(value, bool):
+            return None
         return value
 
 
@@ -121,10 +125,46 @@ class PipelineNode(BaseModel):
     model_id: str = Field(alias="modelId", min_length=1)
     model_file: str = Field(alias="modelFile")
     min_confidence: float = Field(alias="minConfidence", ge=0.0, le=1.0)
-    trigger_classes: list[str] = Field(alias="triggerClasses")
+    #: Missing or empty: every class of the model (at the root; a branch with none is
+    #: never triggered), as the original worker read it.
+    trigger_classes: list[str] = Field(alias="triggerClasses", default_factory=list[str])
     crop: bool = False
     branches: list[PipelineNode] = Field(default_factory=list["PipelineNode"])
     actions: list[Action] = Field(default_factory=list[Action])
+    #: The ``type`` of each action this worker does not know, dropped from ``actions`` at
+    #: load (the original worker skipped them too, e.g. ``postgresql_update_combined``).
+    ignored_action_types: list[str] = Field(
+        alias="ignoredActionTypes", default_factory=list[str], exclude=True
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _as_the_original_read_it(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        node = dict(cast("dict[str, object]", data))
+        # null is "not given" for the optional keys, as the original's .get(key, default).
+        for key in ("crop", "branches", "actions", "triggerClasses"):
+            if key in node and node[key] is None:
+                del node[key]
+        # A numeric modelId (the original took any value) is its decimal text.
+        model_id = node.get("modelId")
+        if isinstance(model_id, int | float) and not isinstance(model_id, bool):
+            node["modelId"] = str(model_id)
+        actions = node.get("actions")
+        if isinstance(actions, list):
+            known: list[object] = []
+            ignored: list[str] = []
+            for action in cast("list[object]", actions):
+                fields = cast("dict[str, object]", action) if isinstance(action, dict) else {}
+                kind = fields.get("type")
+                if isinstance(kind, str) and kind not in ACTION_TYPES:
+                    ignored.append(kind[:64])
+                else:
+                    known.append(cast("object", action))
+            node["actions"] = known
+            node["ignoredActionTypes"] = ignored
+        return node
 
     @field_validator("model_file")
     @classmethod
