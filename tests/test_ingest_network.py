@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from pytrickle_worker.media.jpeg import encode_jpeg
 from pytrickle_worker.media.options import sniff_format
 from pytrickle_worker.sources import (
     CameraHub,
@@ -326,6 +327,40 @@ async def test_snapshot_errors_go_offline_and_give_up(media_http: MediaHttpServe
         assert media_http.requests["/auth/snapshot.jpg"] == 2
         assert "bad-pw" not in str(status)
         assert await sub.next_frame(timeout=0.1) is None
+
+
+async def test_a_snapshot_sent_in_pieces_is_read_whole(tmp_path: Path) -> None:
+    # A camera's HTTP server writes a 1080p JPEG in pieces; the reader must wait for all of
+    # it (a read of "up to N bytes" returns the first piece, which still decodes, grey below).
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)  # noise: a large JPEG
+    rgb[-120:] = (220, 30, 30)
+    jpeg = encode_jpeg(rgb, 95)
+    assert len(jpeg) > 500_000
+
+    async def pieces(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.content_length = len(jpeg)
+        await response.prepare(request)
+        for start in range(0, len(jpeg), 64 * 1024):
+            await response.write(jpeg[start : start + 64 * 1024])
+            await asyncio.sleep(0.005)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/snap.jpg", pieces)
+    async with serve(app) as base, hub_with() as hub:
+        sub = hub.subscribe(
+            SourceConfig(snapshot_url=f"{base}/snap.jpg", snapshot_interval_ms=500), target_fps=5
+        )
+        try:
+            frame = await sub.next_frame(timeout=10)
+            assert frame is not None and frame.rgb.shape == (1080, 1920, 3)
+            bottom = frame.rgb[-100:].reshape(-1, 3).mean(axis=0)
+            assert bottom[0] > 180 and bottom[1] < 80 and bottom[2] < 80, bottom
+        finally:
+            await sub.close()
 
 
 # -- sources served by the test itself: broken MJPEG, HLS -------------------------------------

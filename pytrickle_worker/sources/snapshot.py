@@ -51,6 +51,23 @@ def decode_image(data: bytes) -> tuple[av.VideoFrame, str]:
     raise SnapshotError("the snapshot holds no image")
 
 
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """The whole body, up to :data:`MAX_SNAPSHOT_BYTES`.
+
+    Not ``content.read(n)``: that returns what has arrived so far, and a camera writes a
+    large JPEG in pieces; the first piece still decodes, as an image grey below it. A body
+    cut short of its Content-Length raises (aiohttp's ``ClientPayloadError``).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > MAX_SNAPSHOT_BYTES:
+            raise SnapshotError(f"the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class SnapshotReader(TaskReader):
     """Polls ``snapshot_url`` every ``snapshot_interval_ms`` on the event loop."""
 
@@ -78,15 +95,18 @@ class SnapshotReader(TaskReader):
             async with session.get(self.source.target_url) as response:
                 if response.status >= 400:
                     raise SnapshotError(f"HTTP {response.status} {response.reason or ''}".strip())
-                body = await response.content.read(MAX_SNAPSHOT_BYTES + 1)
+                declared = response.content_length
+                if declared is not None and declared > MAX_SNAPSHOT_BYTES:
+                    raise SnapshotError(
+                        f"the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes ({declared})"
+                    )
+                body = await _read_body(response)
         except TimeoutError as exc:
             raise SnapshotError(
                 f"timed out after {self.config.snapshot_timeout_s:g} s fetching the snapshot"
             ) from exc
         except aiohttp.ClientError as exc:
             raise SnapshotError(mask_text(f"{type(exc).__name__}: {exc}")) from exc
-        if len(body) > MAX_SNAPSHOT_BYTES:
-            raise SnapshotError(f"the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes")
         if not body:
             raise SnapshotError("the snapshot is empty")
         return body
