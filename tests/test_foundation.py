@@ -26,6 +26,20 @@ from pytrickle_worker.server.app import create_app
         ("rtsp://cam/live", "rtsp://cam/live"),
         ("/local/path.mpta", "/local/path.mpta"),
         ("rtsp://admin:p@ss@cam/x", "rtsp://admin:***@cam/x"),  # '@' in the password
+        # Camera firmwares' query spellings (XMEye, Dahua-style CGI).
+        (
+            "rtsp://cam:554/user=admin&password=s3cret&channel=1.sdp?x=1&pass=s3cret",
+            "rtsp://cam:554/user=admin&password=***&channel=1.sdp?x=1&pass=***",
+        ),
+        (
+            "http://cam/cgi?loginuse=admin&loginpas=s3cret",
+            "http://cam/cgi?loginuse=admin&loginpas=***",
+        ),
+        ("http://cam/snap.jpg?usr=a&pw=s3cret&PSW=x", "http://cam/snap.jpg?usr=a&pw=***&PSW=***"),
+        (
+            "http://cam/live?passenger=1&pass_through=2",
+            "http://cam/live?passenger=1&pass_through=2",
+        ),
         (
             "https://b.s3.amazonaws.com/m.mpta?X-Amz-Credential=AK&X-Amz-Signature=f00",
             "https://b.s3.amazonaws.com/m.mpta?X-Amz-Credential=***&X-Amz-Signature=***",

@@ -20,9 +20,11 @@ LogFormat = Literal["text", "json"]
 #: The userinfo runs to the *last* ``@`` before the path: a password may contain ``@``
 #: (FFmpeg accepts ``rtsp://admin:p@ss@cam/``), and all of it is secret.
 _USERINFO_RE = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s]+)@")
-#: Secret query values, including pre-signed URL signatures (S3, GCS, Azure SAS).
+#: Secret query values, including pre-signed URL signatures (S3, GCS, Azure SAS) and the
+#: spellings of camera firmwares (XMEye ``pass``/``loginpas``, ``pw``, ``psw``).
 _SECRET_QUERY_RE = re.compile(
-    r"(?P<key>[?&](?:password|passwd|pwd|token|access_token|api_key|apikey|key|secret|auth"
+    r"(?P<key>[?&](?:password|passwd|pwd|pass|pw|psw|loginpas|passphrase|token|access_token"
+    r"|private_token|api_key|apikey|key|secret|client_secret|auth"
     r"|sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token"
     r"|x-goog-signature|x-goog-credential)=)[^&#\s]*",
     re.IGNORECASE,
