@@ -363,6 +363,42 @@ async def test_a_snapshot_sent_in_pieces_is_read_whole(tmp_path: Path) -> None:
             await sub.close()
 
 
+async def test_a_reader_that_gave_up_starts_again_for_a_new_subscriber() -> None:
+    # max_retries reached: the reader gives up. A new subscriber asks for the camera again;
+    # the old subscriber, still there, gets the new reader's frames too.
+    jpeg = encode_jpeg(np.full((120, 160, 3), 90, dtype=np.uint8), 90)
+    broken = True
+
+    async def snapshot(request: web.Request) -> web.Response:
+        if broken:
+            return web.Response(status=503, text="camera rebooting")
+        return web.Response(body=jpeg, content_type="image/jpeg")
+
+    app = web.Application()
+    app.router.add_get("/snap.jpg", snapshot)
+    async with serve(app) as base, hub_with(max_retries=1) as hub:
+        source = SourceConfig(snapshot_url=f"{base}/snap.jpg", snapshot_interval_ms=100)
+        first = hub.subscribe(source, target_fps=10)
+        try:
+            await wait_until(lambda: first.status.gave_up, within=5)
+            assert "503" in (first.status.last_error or "")
+            broken = False
+            await asyncio.sleep(0.3)
+            assert await first.next_frame(timeout=0.2) is None  # given up: nobody fetches
+            second = hub.subscribe(source, target_fps=10)
+            try:
+                for sub in (second, first):
+                    frame = await sub.next_frame(timeout=5)
+                    assert frame is not None and frame.rgb.shape == (120, 160, 3)
+                    assert sub.status.online and not sub.status.gave_up
+                assert len(hub.statuses()) == 1  # one reader for the camera
+            finally:
+                await second.close()
+        finally:
+            await first.close()
+        assert hub.statuses() == []
+
+
 # -- sources served by the test itself: broken MJPEG, HLS -------------------------------------
 
 

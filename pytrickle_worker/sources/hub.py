@@ -118,6 +118,11 @@ class Subscription:
     def closed(self) -> bool:
         return self._closed
 
+    def move_to(self, entry: _Source) -> None:
+        """Hub use: follow the new reader of this source (its frames number from 1 again)."""
+        self._entry = entry
+        self._last_seq = 0
+
     @property
     def status(self) -> SourceStatus:
         """The shared source's status (online, last error, fps, size, decoder, …)."""
@@ -413,6 +418,8 @@ class CameraHub:
             validate_crop(crop)
         key = source.key
         entry = self._sources.get(key)
+        if entry is not None and entry.status().gave_up:
+            entry = self._restart(entry, loop)
         if entry is None:
             entry = self._create_source(key, source, loop)
         else:
@@ -431,6 +438,28 @@ class CameraHub:
         subscription = Subscription(self, entry, source, target_fps, crop)
         entry.subscriptions.add(subscription)
         return subscription
+
+    def _restart(self, dead: _Source, loop: asyncio.AbstractEventLoop) -> _Source:
+        """A new reader for a source whose reader gave up (``max_retries``), taking over its
+        subscriptions: a new subscriber asks for the camera again, and the ones already there
+        would otherwise wait on a dead reader until every one of them left."""
+        status = dead.status()
+        logger.warning(
+            "%s: its reader gave up after %d consecutive failures (%s); a new subscriber "
+            "starts it again",
+            dead.reader.label,
+            status.consecutive_failures,
+            status.last_error,
+        )
+        del self._sources[dead.key]
+        dead.reader.request_stop()  # it has returned already; this only closes what is left
+        entry = self._create_source(dead.key, dead.reader.source, loop)
+        for subscription in dead.subscriptions:
+            subscription.move_to(entry)
+            entry.subscriptions.add(subscription)
+        dead.subscriptions.clear()
+        dead.signal.fire()  # its waiters wake and wait on the new reader
+        return entry
 
     def _create_source(
         self, key: str, source: SourceConfig, loop: asyncio.AbstractEventLoop
