@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
@@ -397,6 +398,59 @@ async def test_a_reader_that_gave_up_starts_again_for_a_new_subscriber() -> None
         finally:
             await first.close()
         assert hub.statuses() == []
+
+
+def _digest_ok(header: str, method: str, user: str, password: str, realm: str, nonce: str) -> bool:
+    """Check an RFC 7616 ``Authorization: Digest`` header (MD5, qop=auth), as a camera does."""
+    if not header.lower().startswith("digest "):
+        return False
+    fields = dict(
+        (name.strip(), value.strip().strip('"'))
+        for name, _, value in (part.partition("=") for part in header[7:].split(","))
+    )
+    if fields.get("username") != user or fields.get("nonce") != nonce:
+        return False
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()  # RFC 7616 MD5, as cameras use
+
+    ha1 = md5(f"{user}:{realm}:{password}")
+    ha2 = md5(f"{method}:{fields.get('uri', '')}")
+    expected = md5(f"{ha1}:{nonce}:{fields.get('nc', '')}:{fields.get('cnonce', '')}:auth:{ha2}")
+    return fields.get("response") == expected
+
+
+async def test_a_snapshot_camera_that_asks_for_digest_auth_gets_it() -> None:
+    # Hikvision ISAPI, Dahua snapshot.cgi and Axis cameras answer Basic auth with a Digest
+    # challenge; the credentials of the URL then go as Digest.
+    jpeg = encode_jpeg(np.full((90, 120, 3), 150, dtype=np.uint8), 90)
+    realm, nonce = "IP Camera", "5f1e0a9b3c"
+    seen: list[str] = []
+
+    async def snapshot(request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization", "")
+        seen.append(header.split(" ", 1)[0])
+        if _digest_ok(header, request.method, "admin", "p@ss:w0rd", realm, nonce):
+            return web.Response(body=jpeg, content_type="image/jpeg")
+        challenge = f'Digest realm="{realm}", nonce="{nonce}", qop="auth", algorithm=MD5'
+        return web.Response(status=401, headers={"WWW-Authenticate": challenge})
+
+    app = web.Application()
+    app.router.add_get("/ISAPI/Streaming/channels/101/picture", snapshot)
+    async with serve(app) as base, hub_with() as hub:
+        host = base.removeprefix("http://")
+        url = f"http://admin:p%40ss%3Aw0rd@{host}/ISAPI/Streaming/channels/101/picture"
+        sub = hub.subscribe(SourceConfig(snapshot_url=url, snapshot_interval_ms=100), target_fps=10)
+        try:
+            for _ in range(3):
+                frame = await sub.next_frame(timeout=5)
+                assert frame is not None and frame.rgb.shape == (90, 120, 3)
+            assert sub.status.online and sub.status.last_error is None
+        finally:
+            await sub.close()
+    assert seen[0] == "Basic" and "Digest" in seen
+    # Digest from then on: one challenge, not one per snapshot.
+    assert seen.count("Basic") == 1 and seen.count("") <= 1, seen
 
 
 # -- sources served by the test itself: broken MJPEG, HLS -------------------------------------

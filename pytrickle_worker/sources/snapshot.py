@@ -4,6 +4,10 @@ One fetch per interval whatever the number of subscribers; every subscriber gets
 decoded image. Failures (refused, timeouts, HTTP errors, undecodable bodies) mark the source
 offline and are retried at the interval, or later when the backoff is longer, until
 ``max_retries`` consecutive failures.
+
+Credentials in the URL (``http://user:pass@cam/snapshot.jpg``) go as Basic auth; a camera
+that answers 401 with a Digest challenge (Hikvision ISAPI, Dahua ``snapshot.cgi``, Axis by
+default) is asked again at once with Digest auth, which the reader then keeps using.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import random
 from collections.abc import Callable
 from concurrent.futures import Executor
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import av
@@ -68,6 +73,20 @@ async def _read_body(response: aiohttp.ClientResponse) -> bytes:
     return b"".join(chunks)
 
 
+async def _body(response: aiohttp.ClientResponse) -> bytes:
+    """A snapshot response's image bytes; :class:`SnapshotError` for an HTTP error, an empty
+    body or one over the limit."""
+    if response.status >= 400:
+        raise SnapshotError(f"HTTP {response.status} {response.reason or ''}".strip())
+    declared = response.content_length
+    if declared is not None and declared > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError(f"the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes ({declared})")
+    body = await _read_body(response)
+    if not body:
+        raise SnapshotError("the snapshot is empty")
+    return body
+
+
 class SnapshotReader(TaskReader):
     """Polls ``snapshot_url`` every ``snapshot_interval_ms`` on the event loop."""
 
@@ -85,31 +104,54 @@ class SnapshotReader(TaskReader):
         super().__init__(source, config, notify, rng)
         self._executor = executor
         self._previous_error: str | None = None
+        #: The URL without its credentials and a session that answers Digest challenges
+        #: with them, once the camera asked for Digest; None while Basic (or nothing) works.
+        self._digest: tuple[str, aiohttp.ClientSession] | None = None
 
     @property
     def stop_timeout_s(self) -> float:
         return 5.0
 
+    def _digest_session(
+        self, response: aiohttp.ClientResponse
+    ) -> tuple[str, aiohttp.ClientSession] | None:
+        """The URL and session for Digest auth when ``response`` is a Digest challenge to a
+        URL that carries credentials; else None."""
+        challenge = response.headers.get("WWW-Authenticate", "")
+        if response.status != 401 or not challenge.lower().lstrip().startswith("digest"):
+            return None
+        parts = urlsplit(self.source.target_url)
+        if parts.username is None:
+            return None
+        login, password = unquote(parts.username), unquote(parts.password or "")
+        netloc = parts.netloc.rpartition("@")[2]
+        bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, ""))
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.config.snapshot_timeout_s),
+            middlewares=(aiohttp.DigestAuthMiddleware(login, password),),
+        )
+        logger.info("%s: the camera asks for Digest auth; using it", self.label)
+        return bare, session
+
     async def _fetch(self, session: aiohttp.ClientSession) -> bytes:
         try:
+            if self._digest is not None:
+                async with self._digest[1].get(self._digest[0]) as response:
+                    return await _body(response)
             async with session.get(self.source.target_url) as response:
-                if response.status >= 400:
-                    raise SnapshotError(f"HTTP {response.status} {response.reason or ''}".strip())
-                declared = response.content_length
-                if declared is not None and declared > MAX_SNAPSHOT_BYTES:
-                    raise SnapshotError(
-                        f"the snapshot is larger than {MAX_SNAPSHOT_BYTES} bytes ({declared})"
-                    )
-                body = await _read_body(response)
+                digest = self._digest_session(response)
+                if digest is None:
+                    return await _body(response)
+            # Asked again at once (the 401 released first), with Digest from now on.
+            self._digest = digest
+            async with digest[1].get(digest[0]) as response:
+                return await _body(response)
         except TimeoutError as exc:
             raise SnapshotError(
                 f"timed out after {self.config.snapshot_timeout_s:g} s fetching the snapshot"
             ) from exc
         except aiohttp.ClientError as exc:
             raise SnapshotError(mask_text(f"{type(exc).__name__}: {exc}")) from exc
-        if not body:
-            raise SnapshotError("the snapshot is empty")
-        return body
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -123,6 +165,9 @@ class SnapshotReader(TaskReader):
                         return
                     await asyncio.sleep(max(0.0, started + wait - loop.time()))
         finally:
+            if self._digest is not None:
+                await self._digest[1].close()
+                self._digest = None
             self.tracker.stopped()
 
     async def _poll_once(self, session: aiohttp.ClientSession) -> float | None:
