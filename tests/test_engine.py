@@ -481,6 +481,100 @@ async def test_actions_of_the_final_node_reach_redis(
         await client.aclose()
 
 
+async def test_actions_along_the_path_and_only_for_confirmed_tracks(
+    tmp_path: Path,
+    model_files: dict[str, bytes],
+    badge_detector: bytes,
+    redis_server: RedisProcess,
+) -> None:
+    # root (car) -> badges (a detector, with an action) -> colour (a classifier, with an
+    # action): as the original ran them, both branches' actions run, with the final
+    # detection; the root's does not. And with tracking, a detection whose track is not
+    # confirmed yet runs none (the original's tracker returned confirmed tracks only).
+    def publish(channel: str) -> dict[str, Any]:
+        return {"type": "redis_publish", "channel": channel, "message": "{class}:{id}"}
+
+    tree = node(
+        "det",
+        "detector.onnx",
+        ["car"],
+        actions=[publish("root")],
+        branches=[
+            node(
+                "badges",
+                "badges.onnx",
+                ["car"],
+                crop=True,
+                actions=[publish("badges")],
+                branches=[
+                    node(
+                        "colour",
+                        "classifier.onnx",
+                        ["yellow"],
+                        crop=True,
+                        actions=[publish("colour")],
+                    )
+                ],
+            )
+        ],
+    )
+    files = {**model_files, "badges.onnx": badge_detector}
+    source = make_mpta(
+        tmp_path / "p.mpta", tree, files, redis={"host": "127.0.0.1", "port": redis_server.port}
+    )
+    client = aioredis.Redis(port=redis_server.port)
+    pubsub = client.pubsub()
+    await pubsub.subscribe("root", "badges", "colour")
+    for _ in range(3):
+        await pubsub.get_message(timeout=1)
+
+    async def published() -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        while (
+            m := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3)
+        ) is not None:
+            out.append((m["channel"].decode(), m["data"].decode()))
+        return sorted(out)
+
+    config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
+    try:
+        async with PipelineService(config) as svc:
+            pipeline = await svc.load(source)
+            result = await svc.process(pipeline, scene(CAR, PERSON), TrackerState(frame_rate=5))
+            assert result.detection is not None and result.detection["class"] == "yellow"
+            track_id = result.detection["id"]
+            assert track_id is not None  # the badge's track (its tracker's first frame)
+            assert await svc.actions.drain(5)
+            expected = f"yellow:{track_id}"
+            assert await published() == [("badges", expected), ("colour", expected)]
+            await svc.release(pipeline)
+            # The root alone, with its action: the car appears on the tracker's second frame,
+            # unconfirmed (no id) there, confirmed on the next.
+            del tree["branches"]
+            pipeline = await svc.load(
+                make_mpta(
+                    tmp_path / "root.mpta",
+                    tree,
+                    files,
+                    redis={"host": "127.0.0.1", "port": redis_server.port},
+                )
+            )
+            tracker = TrackerState(frame_rate=5)
+            await svc.process(pipeline, scene(PERSON), tracker)  # the tracker's first frame
+            result = await svc.process(pipeline, scene(CAR, PERSON), tracker)
+            assert result.detection is not None and result.detection["id"] is None
+            assert await svc.actions.drain(5)
+            assert await published() == []  # not confirmed: no event
+            result = await svc.process(pipeline, scene(CAR, PERSON), tracker)
+            assert result.detection is not None and result.detection["id"] == 1
+            assert await svc.actions.drain(5)
+            assert await published() == [("root", "car:1")]
+            await svc.release(pipeline)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
 async def test_concurrent_frames_of_many_streams(
     service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:

@@ -4,8 +4,9 @@ Semantics follow the original detector worker's final ``run_pipeline`` (pympta.p
 
 * a detection node detects (restricted to its triggerClasses), drops detections below its
   minConfidence and keeps the most confident one;
-* the first branch whose triggerClasses holds that class and whose minConfidence is at or below
-  its confidence runs, on the bbox region when the branch sets ``crop``, else on the full frame;
+* the branches whose triggerClasses hold that class and whose minConfidence is at or below its
+  confidence run in order until one finds something, each on the bbox region when it sets
+  ``crop``, else on the full frame;
 * a classification node returns its top-1 class and confidence;
 * the final result is the deepest result found, with the bbox of the root detection; when no
   branch matches, or the branch finds nothing, the parent's detection is the result.
@@ -17,8 +18,9 @@ Choices that differ from the original detector worker, on purpose:
   one tracked object's events from another's;
 * a crop is passed to the branch as it is; the model's own preprocessing resizes it (the original
   detector worker first squashed every crop to 224x224, which distorted its aspect ratio);
-* the actions of the node that produced the final result run once (the original detector worker
-  ran a classifier branch's actions twice).
+* the actions of every branch on the result's path run once each, with the final detection, on
+  the image each saw (the original ran them too, a classifier's twice); the root's only when it
+  produced the result.
 
 This module never touches Redis or the event loop: the result names the node whose actions
 should run and the image that node saw, and the caller dispatches them.
@@ -96,7 +98,9 @@ class PipelineResult:
 
     ``detection`` is exactly what goes into an ``imageDetection`` message (``class``,
     ``confidence``, ``id``), or ``None`` when nothing qualified. ``bbox`` is in source-frame
-    pixels. ``action_node``/``action_image`` name whose actions to run, on what image.
+    pixels. ``action_node``/``action_image`` name whose actions to run, on what image;
+    ``path_actions`` the branches between the root and that node that have actions, deepest
+    first, each with the image it saw: theirs run too, with the same detection.
     """
 
     detection: dict[str, Any] | None
@@ -106,6 +110,9 @@ class PipelineResult:
     tracking_ms: float = 0.0
     action_node: LoadedNode | None = None
     action_image: np.ndarray | None = None
+    path_actions: list[tuple[LoadedNode, np.ndarray]] = field(
+        default_factory=list[tuple[LoadedNode, np.ndarray]]
+    )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -287,5 +294,9 @@ class PipelineRunner:
             deeper = self._run_node(branch, sub_image, sub_offset, tracker, result, track_id)
             if deeper is not None:
                 deeper.bbox = bbox
+                if deeper.node is not branch and branch.spec.actions:
+                    # A branch between this node and the result: the original ran its
+                    # actions too, with the deeper detection, on the image it was given.
+                    result.path_actions.append((branch, _rgb(sub_image)))
                 return deeper
         return own

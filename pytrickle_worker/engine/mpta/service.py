@@ -270,21 +270,43 @@ class PipelineService:
         stream's ``min_confidence``/``trigger_classes``).
         """
         result = await self.scheduler.run(self.runner.run, pipeline, frame, tracker, overrides)
-        if run_actions:
+        # With tracking, only a confirmed track's result runs actions (an id), as the
+        # original's, which saw its tracker's confirmed tracks only: an object seen once
+        # would otherwise save and publish an event without an id, then again with one.
+        unconfirmed = (
+            tracker is not None
+            and result.detection is not None
+            and result.detection.get("id") is None
+        )
+        if run_actions and not unconfirmed:
             self.dispatch_actions(pipeline, result)
         return result
 
     def dispatch_actions(self, pipeline: LoadedPipeline, result: PipelineResult) -> bool:
-        node = result.action_node
-        if node is None or result.detection is None or not node.spec.actions:
+        """Queue the actions of the result's node and of the branches on its path; True
+        when the result's own node had actions and they were queued."""
+        detection = result.detection
+        if detection is None:
             return False
-        job = ActionJob(
-            node_path=node.path,
-            actions=node.spec.actions,
-            detection=result.detection,
-            image=result.action_image,
-        )
-        return self.actions.submit(pipeline.redis, job)
+        queued = False
+        node = result.action_node
+        if node is not None and node.spec.actions:
+            job = ActionJob(
+                node_path=node.path,
+                actions=node.spec.actions,
+                detection=detection,
+                image=result.action_image,
+            )
+            queued = self.actions.submit(pipeline.redis, job)
+        for branch, image in result.path_actions:  # deepest first, as the original ran them
+            job = ActionJob(
+                node_path=branch.path,
+                actions=branch.spec.actions,
+                detection=detection,
+                image=image,
+            )
+            self.actions.submit(pipeline.redis, job)
+        return queued
 
     async def close(self) -> None:
         await self.actions.close()
