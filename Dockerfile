@@ -54,7 +54,7 @@ USER 10001:10001
 VOLUME ["/var/cache/pytrickle-worker"]
 EXPOSE 8000
 STOPSIGNAL SIGTERM
-# /health answers 200 in LOADING, IDLE and OK, and 500 only in ERROR.
+# /health answers 200 in every state (the state is in its body): healthy while the process answers.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PTW_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["pytrickle-worker"]
@@ -100,7 +100,7 @@ USER 10001:10001
 VOLUME ["/var/cache/pytrickle-worker"]
 EXPOSE 8000
 STOPSIGNAL SIGTERM
-# /health answers 200 in LOADING, IDLE and OK, and 500 only in ERROR.
+# /health answers 200 in every state (the state is in its body): healthy while the process answers.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PTW_PORT', '8000'), timeout=4)"]
 ENTRYPOINT ["pytrickle-worker"]

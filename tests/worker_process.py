@@ -88,6 +88,22 @@ class WorkerProcess:
                 assert time.monotonic() < deadline, f"{path} never answered {status}\n{self.log()}"
                 await asyncio.sleep(0.1)
 
+    async def wait_state(self, state: str, within_s: float = 60.0) -> None:
+        """Poll ``/health`` until its body's ``status`` is ``state`` (it answers 200 in every
+        state, as pytrickle's StreamServer does)."""
+        deadline = time.monotonic() + within_s
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert self.process is not None and self.process.poll() is None, self.log()
+                try:
+                    async with http.get(self.base + "/health") as response:
+                        if (await response.json()).get("status") == state:
+                            return
+                except (aiohttp.ClientError, ValueError):
+                    pass
+                assert time.monotonic() < deadline, f"/health never said {state}\n{self.log()}"
+                await asyncio.sleep(0.1)
+
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.process is not None
         self.process.send_signal(signum)

@@ -50,7 +50,7 @@ LIVE_KEY = web.AppKey("live_view", LiveView)
 
 
 async def health(request: web.Request) -> web.Response:
-    """StreamServer semantics (``status`` is LOADING, IDLE, OK or ERROR; 500 only in ERROR),
+    """StreamServer semantics (``status`` is LOADING, IDLE, OK or ERROR; always 200),
     plus what the worker is doing for CMS backends."""
     app = request.app
     service, cms, streams = app[SERVICE_KEY], app[CMS_KEY], app[STREAMS_KEY]

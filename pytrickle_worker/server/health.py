@@ -14,7 +14,7 @@ __all__ = ["HEALTH_DOCS", "WorkerHealth", "worker_health"]
 
 
 class WorkerHealth(StreamHealth):
-    """StreamServer semantics (``status`` LOADING, IDLE, OK or ERROR; 500 only in ERROR),
+    """StreamServer semantics (``status`` LOADING, IDLE, OK or ERROR; always 200),
     plus the worker's own facts."""
 
     version: str
@@ -39,14 +39,11 @@ HEALTH_DOCS: tuple[RouteDoc, ...] = (
         "Worker health (StreamServer semantics)",
         description=(
             "`status` is LOADING while the model loads, then IDLE, OK while a stream runs, "
-            "ERROR (with HTTP 500) after a failure. `healthy` is false in ERROR and while the "
-            "stream's input is stalled."
+            "ERROR after a failure; HTTP 200 in every state, as pytrickle's StreamServer "
+            "answers. `healthy` is false in ERROR and while the stream's input is stalled."
         ),
         tags=("health",),
         auth="open",
-        replies=(
-            Reply(200, "LOADING, IDLE or OK", Body(WorkerHealth)),
-            Reply(500, "ERROR (not an error body: the health body)", Body(WorkerHealth)),
-        ),
+        replies=(Reply(200, "LOADING, IDLE, OK or ERROR", Body(WorkerHealth)),),
     ),
 )

@@ -124,8 +124,8 @@ and the CMS WebSocket protocol.
 
 **Errors.** Every error of every route (4xx, 5xx, unknown paths and methods included) has one \
 body: `{"status": "error", "message": "..."}` (schema `Error`); a 400 names the bad field. \
-The health probes are not errors: `/health` answers 500 with its status body in ERROR, \
-`/health/ready` 503 with its readiness body.
+The health probes are not errors: `/health` answers 200 with its status body in every \
+state, `/health/ready` 503 with its readiness body.
 
 **Access control** (when configured; docs/SECURITY.md): `Authorization: Bearer <token>` on \
 every route except the ones marked open (no lock in Swagger UI): the probes, `/metrics` \

@@ -338,7 +338,7 @@ class StreamManager:
         return {} if stats is None else stats.to_dict()
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        """``/health``: 200 for LOADING, IDLE and OK; 500 for ERROR.
+        """``/health``: 200 in every state (the state is in the body).
 
         ``healthy`` is false in ERROR and while the active stream's input is stalled
         (``input_stalled``: no frame for the session's input timeout); a stalled stream
@@ -355,11 +355,12 @@ class StreamManager:
             body.input_stalled = stalled
         if self._draining:
             body.draining = True
-        code = 200
+        # 200 in every state, ERROR included, as pytrickle's StreamServer answers: an
+        # orchestrator that reads a 500 as "worker down" would never send the start that
+        # clears ERROR. The body says ERROR (and healthy: false); /health/ready is the probe.
         if self._state is StreamState.ERROR:
             body.error_message = self._error
-            code = 500
-        return code, body.model_dump(mode="json", exclude_unset=True)
+        return 200, body.model_dump(mode="json", exclude_unset=True)
 
     def ready(self) -> tuple[int, dict[str, Any]]:
         """``/health/ready``: 200 once the model is loaded, unless the process is shutting

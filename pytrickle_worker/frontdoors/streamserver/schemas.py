@@ -95,8 +95,8 @@ class ErrorBody(BaseModel):
     """The body of every error answer of every route (4xx and 5xx):
     ``{"status": "error", "message": "..."}``, nothing else.
 
-    The health probes are not errors: ``/health`` answers 500 with its StreamServer status
-    body in ERROR, ``/health/ready`` 503 with its readiness body.
+    The health probes are not errors: ``/health`` answers 200 with its StreamServer status
+    body in every state, ``/health/ready`` 503 with its readiness body.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -251,7 +251,7 @@ class StreamState(StrEnum):
 
 
 class StreamHealth(BaseModel):
-    """The StreamServer part of ``GET /health``: 200 in LOADING, IDLE and OK; 500 in ERROR."""
+    """The StreamServer part of ``GET /health`` (200 in every state)."""
 
     status: StreamState
     healthy: bool = Field(
