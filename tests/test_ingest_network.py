@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncGenerator, Callable
 from fractions import Fraction
@@ -149,6 +151,29 @@ async def test_rtsp_server_killed_and_restarted(rtsp_server: RtspServer) -> None
         assert sub.status.online and sub.status.subscribers == 1
         more = await collect(sub, 1.0)
         assert len(more) >= 8  # delivering again, to the same subscription
+
+
+async def test_a_frozen_rtsp_camera_is_offline_within_the_read_timeout(
+    rtsp_server: RtspServer,
+) -> None:
+    # The camera's process stops mid-stream (SIGSTOP): the TCP connection stays open and
+    # silent, the way a hung camera or a dead link behind a NAT looks.
+    read_timeout = 3.0
+    overrides = {"read_timeout_s": read_timeout, "stall_timeout_s": read_timeout}
+    async with hub_with(**overrides) as hub:
+        sub = hub.subscribe(SourceConfig(url=rtsp_server.url), target_fps=5)
+        assert await sub.next_frame(timeout=8) is not None
+        assert rtsp_server.proc is not None
+        os.kill(rtsp_server.proc.pid, signal.SIGSTOP)
+        try:
+            took = await wait_until(lambda: not sub.status.online, within=4 * read_timeout)
+        finally:
+            os.kill(rtsp_server.proc.pid, signal.SIGCONT)
+        # Within the read timeout plus slack, not twice it (FFmpeg's RTSP demuxer waits its
+        # socket timeout out twice).
+        assert took < 1.5 * read_timeout, took
+        assert "stalled" in (sub.status.last_error or ""), sub.status
+        await sub.close()
 
 
 async def test_rtsp_401_and_404_give_up_after_max_retries(

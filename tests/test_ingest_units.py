@@ -160,7 +160,9 @@ def test_backoff_gives_up_after_max_retries() -> None:
 
 
 def test_open_options() -> None:
-    assert open_options("rtsp://cam/1", 2.5) == {"rtsp_transport": "tcp", "timeout": "2500000"}
+    # Half the read timeout: FFmpeg's RTSP demuxer waits it out twice (see the frozen-camera
+    # test in test_ingest_network.py).
+    assert open_options("rtsp://cam/1", 2.5) == {"rtsp_transport": "tcp", "timeout": "1250000"}
     assert open_options("RTSP://cam/1", 1, "udp")["rtsp_transport"] == "udp"
     assert open_options("http://cam/x.ts", 3) == {"rw_timeout": "3000000"}
     assert open_options("https://cam/x.m3u8", 3, analyze_duration_s=1.0) == {
