@@ -161,7 +161,9 @@ class WorkerConfig(BaseModel):
         ),
     )
 
-    nms_iou: float = Field(default=0.7, gt=0, le=1)
+    #: None: the model family's own default (:func:`default_nms_iou`: 0.45 for YOLOv5
+    #: objectness heads, as yolov5's detect.py; 0.7 otherwise, as ultralytics).
+    nms_iou: float | None = Field(default=None, gt=0, le=1)
     max_detections: int = Field(default=300, ge=1)
     tracker_low_conf: float = Field(
         default=0.1, ge=0, le=1, description="Detections above this feed the tracker"

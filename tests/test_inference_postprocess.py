@@ -16,6 +16,7 @@ from pytrickle_worker.engine.inference.postprocess import (
     OutputContract,
     decode_classification,
     decode_detections,
+    default_nms_iou,
     expected_anchors,
     infer_contract,
     nms,
@@ -367,3 +368,19 @@ def test_decode_classification_applies_softmax_to_logits() -> None:
     assert probs.sum() == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="empty"):
         decode_classification(np.zeros((1, 0), np.float32))
+
+
+def test_each_family_gets_its_own_nms_iou_by_default() -> None:
+    # yolov5's detect.py runs NMS at 0.45, ultralytics at 0.7: two same-class boxes with an
+    # IoU of 0.6 are one object for a YOLOv5 model and two for a YOLOv8 one.
+    assert default_nms_iou(OutputContract.YOLOV5_DETECT) == 0.45
+    for contract in (OutputContract.YOLOV8_DETECT, OutputContract.END2END_DETECT):
+        assert default_nms_iou(contract) == 0.7
+    # cx, cy, w, h, objectness, one class: boxes 100 wide, 25 apart (IoU 75/125 = 0.6).
+    v5 = np.array([[[100, 100, 100, 100, 0.9, 1.0], [125, 100, 100, 100, 0.8, 1.0]]], np.float32)
+    contract = OutputContract.YOLOV5_DETECT
+    kept = decode_detections(v5, contract, 0.25, iou_thres=default_nms_iou(contract))
+    assert len(kept) == 1 and kept.scores[0] == pytest.approx(0.9)
+    v8 = np.ascontiguousarray(v5[0][:, [0, 1, 2, 3, 4]].T[None])  # [1, 4+1, 2]
+    contract = OutputContract.YOLOV8_DETECT
+    assert len(decode_detections(v8, contract, 0.25, iou_thres=default_nms_iou(contract))) == 2

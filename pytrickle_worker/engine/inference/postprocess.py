@@ -37,6 +37,7 @@ __all__ = [
     "OutputContract",
     "decode_classification",
     "decode_detections",
+    "default_nms_iou",
     "expected_anchors",
     "infer_contract",
     "nms",
@@ -48,6 +49,10 @@ logger = logging.getLogger(__name__)
 MAX_NMS: Final = 30000
 #: ultralytics' per-class box offset for class-aware NMS (larger than any image side).
 MAX_WH: Final = 7680
+#: NMS IoU defaults: ultralytics' predict (YOLOv8/11 heads), and yolov5's detect.py for the
+#: objectness heads it exports (three anchors a cell leave more same-class duplicates).
+ULTRALYTICS_NMS_IOU: Final = 0.7
+YOLOV5_NMS_IOU: Final = 0.45
 
 Dim = int | str | None
 FloatArray = npt.NDArray[np.float32]
@@ -76,6 +81,11 @@ _LAYOUTS: Final[dict[OutputContract, str]] = {
     OutputContract.END2END_DETECT: "[B, K, 6] (end-to-end detect: YOLOv10/26 or nms=True)",
     OutputContract.CLASSIFY: "[B, nc] (classify)",
 }
+
+
+def default_nms_iou(contract: OutputContract) -> float:
+    """The NMS IoU a model family is run with by its own tools."""
+    return YOLOV5_NMS_IOU if contract is OutputContract.YOLOV5_DETECT else ULTRALYTICS_NMS_IOU
 
 
 def _supported() -> str:

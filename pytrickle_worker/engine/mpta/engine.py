@@ -37,6 +37,7 @@ import numpy as np
 from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.engine.inference.imageops import crop
 from pytrickle_worker.engine.inference.model import StageTimings
+from pytrickle_worker.engine.inference.postprocess import default_nms_iou
 from pytrickle_worker.engine.mpta.loader import LoadedNode, LoadedPipeline
 from pytrickle_worker.engine.tracking.bytetrack import TrackerState
 
@@ -52,7 +53,8 @@ def _rgb(image: Image) -> np.ndarray:
 
 @dataclass(frozen=True)
 class EngineSettings:
-    iou_threshold: float = 0.7
+    #: None: the model family's default (:func:`default_nms_iou`).
+    iou_threshold: float | None = None
     max_detections: int = 300
     tracker_low_conf: float = 0.1
 
@@ -243,7 +245,11 @@ class PipelineRunner:
             image,
             conf_thres=floor if tracker is not None else min_confidence,
             classes=trigger_indices,
-            iou_thres=settings.iou_threshold,
+            iou_thres=(
+                settings.iou_threshold
+                if settings.iou_threshold is not None
+                else default_nms_iou(node.model.info.contract)
+            ),
             max_det=settings.max_detections,
             timings=result.timings,
         )
