@@ -478,6 +478,77 @@ async def test_a_snapshot_camera_that_asks_for_digest_auth_gets_it() -> None:
     assert seen.count("Basic") == 1 and seen.count("") <= 1, seen
 
 
+class _Buffer:
+    """A write-only file for PyAV's muxer: what it wrote since the last take."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, chunk: bytes) -> int:
+        self.data += chunk
+        return len(chunk)
+
+    def take(self) -> bytes:
+        out = bytes(self.data)
+        self.data.clear()
+        return out
+
+
+async def test_a_camera_whose_video_freezes_while_its_audio_flows_is_stalled() -> None:
+    # A live MPEG-TS camera with audio: its video stops after a second, its audio goes on.
+    # The reader reads packets all the while, so only the no-frame watchdog can tell.
+    fps, video_s, audio_s = 15, 1.0, 12.0
+
+    async def camera(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "video/mp2t"})
+        await response.prepare(request)
+        sink = _Buffer()
+        # A bounded interleaving delay, as a camera's muxer has: FFmpeg's default (10 s)
+        # holds the audio back once the video stops.
+        options = {"max_interleave_delta": "200000", "flush_packets": "1"}
+        with av.open(sink, "w", format="mpegts", options=options) as out:
+            video = out.add_stream("mpeg2video", rate=fps)
+            video.width, video.height, video.pix_fmt = 160, 120, "yuv420p"
+            audio = out.add_stream("mp2", rate=48000)
+            audio.layout = "mono"
+            samples = np.zeros((1, 1152), np.int16)
+            audio_pts = 0
+            try:
+                for index in range(int(audio_s * fps)):
+                    now = index / fps
+                    if now < video_s:
+                        image = np.full((120, 160, 3), 40 + index * 5, np.uint8)
+                        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                        frame.pts = index
+                        for packet in video.encode(frame):
+                            out.mux(packet)
+                    while audio_pts < (now + 1 / fps) * 48000:
+                        chunk = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+                        chunk.sample_rate, chunk.pts = 48000, audio_pts
+                        audio_pts += 1152
+                        for packet in audio.encode(chunk):
+                            out.mux(packet)
+                    if data := sink.take():
+                        await response.write(data)
+                    await asyncio.sleep(1 / fps)
+            except ConnectionError:
+                pass
+        return response
+
+    app = web.Application()
+    app.router.add_get("/live.ts", camera)
+    stall = 2.0
+    async with serve(app) as base, hub_with(read_timeout_s=stall, stall_timeout_s=stall) as hub:
+        sub = hub.subscribe(SourceConfig(url=f"{base}/live.ts"), target_fps=15)
+        try:
+            assert await sub.next_frame(timeout=8) is not None
+            # Offline before the stream ends (it would then say "stream ended").
+            await wait_until(lambda: not sub.status.online, within=video_s + 3 * stall + 2)
+            assert "no frame decoded" in (sub.status.last_error or ""), sub.status
+        finally:
+            await sub.close()
+
+
 # -- sources served by the test itself: broken MJPEG, HLS -------------------------------------
 
 

@@ -20,10 +20,13 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import av
 import av.container
 from av.error import ExitError, FFmpegError, InvalidDataError
+from av.packet import Packet
+from av.video.stream import VideoStream
 
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.core.threads import name_os_thread
@@ -273,13 +276,20 @@ class StreamReader(SourceReader):
         corrupt_in_session = 0
         while True:
             frames_this_pass = 0
-            for packet in container.demux(stream):
+            # Every stream's packets, not the video's alone: PyAV reads and drops the others
+            # inside one demux step, so a camera whose video froze while its audio (or ONVIF
+            # metadata) flows would never come back here to notice the stall.
+            for packet in container.demux():
                 if self._stop.is_set():
                     return _Outcome(counter[0], None)
+                if packet.stream_index != stream.index:
+                    if time.monotonic() - last_frame > stall_s:
+                        return _Outcome(counter[0], f"stalled: no frame decoded for {stall_s:g} s")
+                    continue
                 if packet.size:
                     self.tracker.packet()
                 try:
-                    frames = decoder.decode(packet)
+                    frames = decoder.decode(cast("Packet[VideoStream]", packet))
                 except InvalidDataError as exc:
                     frames = []
                     corrupt_in_session += 1
