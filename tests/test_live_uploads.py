@@ -303,6 +303,77 @@ async def test_uploads_over_the_websocket_appear_on_pull(worker: Worker) -> None
     assert oldest.entry.origin == "upload"
 
 
+def reference_form(label: str, key: str, rows: object, **extra: str) -> bytes:
+    """A POST /frames body as the reference streaming backend's producers send it."""
+    fields = {
+        "warnings_json": json.dumps(["no helmet"]),
+        "cone_polygons_json": json.dumps([[[0, 0], [10, 0], [5, 5]]]),
+        "pole_polygons_json": "[]",
+        "detection_items_json": json.dumps(rows),
+        "width": "320",
+        "height": "240",
+        **extra,
+    }
+    parts = [text("label", label), text("key", key), Part("file", JPEG, "frame.jpg", "image/jpeg")]
+    return form(*parts, *(text(name, value) for name, value in fields.items() if value != "-"))
+
+
+async def test_a_producer_written_for_the_reference_backend_can_upload(worker: Worker) -> None:
+    # Its form (file, detection_items_json as [x1, y1, x2, y2, conf, cls] rows, and fields
+    # that are checked but not stored) and its WebSocket header.
+    rows = [[20, 40, 100, 200, 0.9, 0], [0, 0, 320, 240, 0.25, 5.0]]
+    status, body = await worker.post(reference_form("site-a", "cam-1", rows))
+    assert status == 200 and body["status"] == "ok", body
+    header, _ = await worker.pull("site-a", "cam-1")
+    assert header["id"] == body["id"]
+    assert header["detection_items"] == [
+        {"class": "0", "confidence": 0.9, "id": None, "bbox": [10, 20, 50, 100]},
+        {"class": "5", "confidence": 0.25, "id": None, "bbox": [0, 0, 160, 120]},
+    ]
+    ws = await worker.uploader()
+    reply = await worker.send(
+        ws,
+        {
+            "label": "site-a",
+            "key": "cam-2",
+            "warnings_json": "[]",
+            "cone_polygons_json": "[]",
+            "pole_polygons_json": "[]",
+            "detection_items_json": json.dumps([[32, 24, 64, 48, 0.5, 2]]),
+            "width": 320,
+            "height": 240,
+        },
+    )
+    assert reply["status"] == "ok", reply
+    header, _ = await worker.pull("site-a", "cam-2")
+    assert header["detection_items"] == [
+        {"class": "2", "confidence": 0.5, "id": None, "bbox": [16, 12, 32, 24]}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rows", "extra", "problem"),
+    [
+        ([[0, 0, 10]], {}, "detection_items_json.0"),
+        ([[0, 0, 10, 10, 0.5, 1.5]], {}, "detection_items_json.0.5: the class must be an index"),
+        ([[0, 0, 10, 10, 0.5, -1]], {}, "the class must be an index"),
+        ([[0, 0, 10, 10, 1.5, 1]], {}, "detection_items_json.0: "),
+        ([[0, 0, 400, 10, 0.5, 1]], {}, "detection_items_json.0.bbox"),
+        ([], {"warnings_json": "{oops"}, "warnings_json is not valid JSON"),
+        ([], {"width": "wide"}, "width must be a positive integer"),
+        ([], {"detections": "[]"}, "detections and detection_items_json are the same field"),
+    ],
+)
+async def test_a_bad_reference_upload_is_refused_and_stores_nothing(
+    worker: Worker, rows: object, extra: dict[str, str], problem: str
+) -> None:
+    before = await worker.stored()
+    status, body = await worker.post(reference_form("site-b", "cam", rows, **extra))
+    assert status in (400, 422) and body["status"] == "error", body
+    assert problem in body["message"], body["message"]
+    assert await worker.stored() == before
+
+
 @pytest.mark.parametrize(
     ("codec", "pix_fmt"),
     [

@@ -131,6 +131,36 @@ UploadDetections = Annotated[list[UploadDetection], Field(max_length=MAX_UPLOAD_
 UPLOAD_DETECTIONS: TypeAdapter[list[UploadDetection]] = TypeAdapter(UploadDetections)
 
 
+#: One detection as the reference streaming backend's producers send it
+#: (``detection_items_json``): ``[x1, y1, x2, y2, confidence, class index]``.
+ReferenceDetection = tuple[float, float, float, float, float, float]
+REFERENCE_DETECTIONS: TypeAdapter[list[ReferenceDetection]] = TypeAdapter(
+    Annotated[list[ReferenceDetection], Field(max_length=MAX_UPLOAD_DETECTIONS)]
+)
+
+
+def from_reference(items: list[ReferenceDetection]) -> list[UploadDetection]:
+    """The reference's ``[x1, y1, x2, y2, confidence, class]`` rows as detections (the class
+    index is the class name); ValueError naming the first row that does not fit."""
+    detections: list[UploadDetection] = []
+    for index, (x1, y1, x2, y2, confidence, class_index) in enumerate(items):
+        if not float(class_index).is_integer() or class_index < 0:
+            raise ValueError(f"{index}.5: the class must be an index (an integer >= 0)")
+        try:
+            detections.append(
+                UploadDetection.model_validate(
+                    {
+                        "class": str(int(class_index)),
+                        "confidence": confidence,
+                        "bbox": (x1, y1, x2, y2),
+                    }
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"{index}: {exc}") from None
+    return detections
+
+
 def check_inside(detections: list[UploadDetection], width: int, height: int) -> None:
     """ValueError naming the first detection whose bbox leaves a ``width`` x ``height`` image."""
     for index, item in enumerate(detections):
@@ -151,6 +181,18 @@ class UploadHeader(BaseModel):
         default_factory=list[UploadDetection],
         description=f"Detections in the image's pixels (at most {MAX_UPLOAD_DETECTIONS})",
     )
+    # The reference streaming backend's producers' header: accepted so they can share the
+    # viewer. Its detections are [x1, y1, x2, y2, confidence, class index] rows as JSON
+    # text; the other fields are checked and not stored (the image gives the size).
+    detection_items_json: str | None = Field(
+        default=None,
+        description="The reference's detections: JSON text of [x1,y1,x2,y2,conf,cls] rows",
+    )
+    warnings_json: str | None = Field(default=None, description="Accepted, not stored")
+    cone_polygons_json: str | None = Field(default=None, description="Accepted, not stored")
+    pole_polygons_json: str | None = Field(default=None, description="Accepted, not stored")
+    width: int | None = Field(default=None, ge=1, description="Accepted; the image's own is used")
+    height: int | None = Field(default=None, ge=1, description="Accepted; the image's own is used")
 
     @field_validator("label", "key")
     @classmethod

@@ -27,18 +27,20 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import BodyPartReader, WSMsgType, hdrs, web
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.frontdoors.live.model import DetectionItem, split_frame_message
 from pytrickle_worker.frontdoors.live.routes import LIVE_SUBPROTOCOL, store_down
 from pytrickle_worker.frontdoors.live.schemas import (
     MAX_UPLOAD_DETECTIONS,
+    REFERENCE_DETECTIONS,
     UPLOAD_DETECTIONS,
     UploadDetection,
     UploadHeader,
     UploadResponse,
     check_inside,
+    from_reference,
 )
 from pytrickle_worker.frontdoors.live.store import StoreUnavailableError
 from pytrickle_worker.frontdoors.live.writer import LiveWriter, render_frame
@@ -75,7 +77,19 @@ MAX_IMAGE_SIDE = 16384
 #: The whole multipart body must arrive within this (a slow sender holds a connection).
 READ_TIMEOUT_S = 30.0
 _FIELDS = ("label", "key", "image", "detections")
-_REQUIRED = ("label", "key", "image")
+#: The reference streaming backend's form (its producers can share the viewer): ``file`` is
+#: ``image``, ``detection_items_json`` its [x1, y1, x2, y2, conf, cls] rows; the rest is
+#: checked (JSON, positive integers) and not stored.
+_REFERENCE_FIELDS = (
+    "file",
+    "detection_items_json",
+    "warnings_json",
+    "cone_polygons_json",
+    "pole_polygons_json",
+    "width",
+    "height",
+)
+_REQUIRED = ("label", "key")
 _NAME_FIELDS = ("label", "key")
 #: A label or key of 128 characters is at most this many UTF-8 bytes.
 _NAME_MAX_BYTES = 4 * MAX_LIVE_NAME_CHARS
@@ -262,9 +276,17 @@ class FrameUploads:
         try:
             form, form_types = await self._read_form(request)
             label, key = (_name(form, field) for field in _NAME_FIELDS)
-            detections = _detections(form.get("detections", b""))
-            declared = _IMAGE_TYPES[form_types.get("image", "application/octet-stream")]
-            result = await self.store(label, key, form["image"], detections, declared=declared)
+            image_field = "image" if "image" in form else "file"
+            field = "detection_items_json" if "detection_items_json" in form else "detections"
+            if field == "detection_items_json":
+                detections = _reference_detections(form[field])
+            else:
+                detections = _detections(form.get(field, b""))
+            _check_reference_extras({k: v for k, v in form.items() if k in _REFERENCE_FIELDS})
+            declared = _IMAGE_TYPES[form_types.get(image_field, "application/octet-stream")]
+            result = await self.store(
+                label, key, form[image_field], detections, declared=declared, detections_field=field
+            )
         except ApiError as exc:
             self._refused(request, exc)
             response = error_response(exc.status, exc.message)
@@ -309,16 +331,18 @@ class FrameUploads:
                     name = part.name
                     if name is None:
                         raise ApiError(400, "a part has no field name (Content-Disposition)")
-                    if name not in _FIELDS:
+                    if name not in _FIELDS and name not in _REFERENCE_FIELDS:
                         raise ApiError(
                             400,
                             f"unknown field {name[:64]!r}: the fields are label, key, image "
-                            "and optionally detections",
+                            "and optionally detections (or the reference streaming backend's: "
+                            "file, detection_items_json, warnings_json, cone_polygons_json, "
+                            "pole_polygons_json, width, height)",
                         )
                     if name in form:
                         raise ApiError(400, f"duplicate field {name!r}")
                     types[name] = _content_type(part)
-                    if name == "image" and types[name] not in _IMAGE_TYPES:
+                    if name in ("image", "file") and types[name] not in _IMAGE_TYPES:
                         raise ApiError(
                             415,
                             f"image has content type {types[name][:64]!r}: send image/jpeg "
@@ -330,10 +354,15 @@ class FrameUploads:
         except ValueError as exc:  # aiohttp's multipart parser: no boundary, broken framing
             raise ApiError(400, f"malformed multipart body: {str(exc)[:200]}") from None
         missing = [field for field in _REQUIRED if field not in form]
+        if "image" not in form and "file" not in form:
+            missing.append("image")
         if missing:
             raise ApiError(
                 400, f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
             )
+        for one, other in (("image", "file"), ("detections", "detection_items_json")):
+            if one in form and other in form:
+                raise ApiError(400, f"{one} and {other} are the same field: send one of them")
         return form, types
 
     async def _read_part(self, request: web.Request, part: BodyPartReader, name: str) -> bytes:
@@ -389,12 +418,27 @@ class FrameUploads:
             except ValueError as exc:
                 raise ApiError(400, f"{exc}; {_WS_USAGE}") from None
             header = _header(head)
+            detections, field = header.detection_items, "header.detection_items"
+            if header.detection_items_json is not None:
+                if header.detection_items:
+                    raise ApiError(
+                        400,
+                        "header.detection_items and header.detection_items_json are the same "
+                        "field: send one of them",
+                    )
+                detections = _reference_detections(
+                    header.detection_items_json.encode(), "header.detection_items_json"
+                )
+                field = "header.detection_items_json"
+            _check_reference_extras(
+                {
+                    f"header.{name}": value.encode()
+                    for name in ("warnings_json", "cone_polygons_json", "pole_polygons_json")
+                    if (value := getattr(header, name)) is not None
+                }
+            )
             result = await self.store(
-                header.label,
-                header.key,
-                image,
-                header.detection_items,
-                detections_field="header.detection_items",
+                header.label, header.key, image, detections, detections_field=field
             )
         except ApiError as exc:
             self._refused(request, exc)
@@ -417,6 +461,8 @@ def _name(form: dict[str, bytes], field: str) -> str:
 
 
 _T = TypeVar("_T")
+#: Any JSON value (the reference's fields that are checked, not stored).
+_ANY_JSON: TypeAdapter[object] = TypeAdapter(object)
 
 
 def _validated_json(validate: Callable[[bytes], _T], raw: bytes, what: str) -> _T:
@@ -435,6 +481,30 @@ def _detections(raw: bytes) -> list[UploadDetection]:
     if not raw.strip():
         return []
     return _validated_json(UPLOAD_DETECTIONS.validate_json, raw, "detections")
+
+
+def _reference_detections(raw: bytes, what: str = "detection_items_json") -> list[UploadDetection]:
+    if not raw.strip():
+        return []
+    rows = _validated_json(REFERENCE_DETECTIONS.validate_json, raw, what)
+    try:
+        return from_reference(rows)
+    except ValueError as exc:
+        raise ApiError(422, f"{what}.{exc}") from None
+
+
+def _check_reference_extras(fields: dict[str, bytes]) -> None:
+    """The reference's fields that are not stored must still be what they say: JSON for
+    the ``*_json`` ones, a positive integer for width and height."""
+    for name, raw in fields.items():
+        if name in ("file", "detection_items_json"):
+            continue
+        if name in ("width", "height"):
+            text = raw.decode("ascii", "replace").strip()
+            if not (text.isdigit() and 0 < int(text) <= MAX_IMAGE_SIDE):
+                raise ApiError(422, f"{name} must be a positive integer, got {text[:32]!r}")
+        elif raw.strip():
+            _validated_json(_ANY_JSON.validate_json, raw, name)
 
 
 def _header(head: bytes) -> UploadHeader:
