@@ -192,6 +192,7 @@ async def test_labels_keys_push_and_pull(
         assert json.loads(message.data) == {
             "status": "error",
             "message": "unknown label 'nobody'",
+            "error": "unknown label 'nobody'",  # where the reference's clients read it
         }
         closing = await ws.receive(timeout=10)
         assert closing.type in (WSMsgType.CLOSE, WSMsgType.CLOSED)
@@ -217,6 +218,7 @@ async def test_labels_keys_push_and_pull(
             await ws.send_str(text)
             answer = await ws.receive_json(timeout=10)
             assert answer["status"] == "error" and problem in answer["message"], answer
+            assert answer["error"] == answer["message"]  # the reference's clients read "error"
         await ws.send_bytes(b"\x00\x01")
         answer = await ws.receive_json(timeout=10)
         assert "binary messages are not accepted" in answer["message"], answer
@@ -229,6 +231,7 @@ async def test_labels_keys_push_and_pull(
         assert await ws.receive_json(timeout=10) == {
             "status": "error",
             "message": "no frame for display-1/nope",
+            "error": "no frame for display-1/nope",
         }
 
 
@@ -448,13 +451,15 @@ async def test_viewer_sockets_and_pulls_are_bounded(
         async with http.get(url) as reply:  # the same answer, readable as JSON
             assert reply.status == 503
             assert (await reply.json())["message"] == ("too many live viewers (limit 2); try later")
-        no_frame = {"status": "error", "message": "no frame for d/k"}
+        no_frame = {"status": "error", "message": "no frame for d/k", "error": "no frame for d/k"}
         await first.send_json({"action": "pull"})
         assert await first.receive_json(timeout=10) == no_frame
         await first.send_json({"action": "pull"})
+        too_fast = "pulling too fast: at most 2 pulls a second"
         assert await first.receive_json(timeout=10) == {
             "status": "error",
-            "message": "pulling too fast: at most 2 pulls a second",
+            "message": too_fast,
+            "error": too_fast,
         }
         await asyncio.sleep(0.6)
         await first.send_json({"action": "pull"})

@@ -49,7 +49,8 @@ MAX_WS_MESSAGE_BYTES = 64 * 1024
 
 
 def _error(message: str) -> dict[str, str]:
-    return {"status": "error", "message": message}
+    # "error" too: the reference streaming backend's clients read their errors there.
+    return {"status": "error", "message": message, "error": message}
 
 
 def store_down(exc: StoreUnavailableError) -> str:
