@@ -386,7 +386,7 @@ def test_two_top_level_folders_is_ambiguous(env: tuple[Path, Path]) -> None:
     zip_path = _build(
         tmp_path / "x.mpta", {"a/pipeline.json": PIPELINE, "b/pipeline.json": PIPELINE}
     )
-    message = _expect_failure(tmp_path, cache, zip_path, "single top-level folder")
+    message = _expect_failure(tmp_path, cache, zip_path, "exactly one top-level folder")
     assert "found: a/, b/" in message
 
 
@@ -412,9 +412,21 @@ def _layout_folder_with_junk(root: Path) -> None:
     (root / "notes.txt").write_text("")
 
 
+def _layout_folder_beside_others(root: Path) -> None:
+    # The original worker took the folder holding pipeline.json, whatever else is there.
+    _layout_folder(root)
+    (root / "extras").mkdir()
+    (root / "extras" / "readme.txt").write_text("")
+
+
 @pytest.mark.parametrize(
     ("layout", "expected"),
-    [(_layout_flat, "."), (_layout_folder, "x"), (_layout_folder_with_junk, "x")],
+    [
+        (_layout_flat, "."),
+        (_layout_folder, "x"),
+        (_layout_folder_with_junk, "x"),
+        (_layout_folder_beside_others, "x"),
+    ],
 )
 def test_find_pipeline_root(tmp_path: Path, layout: Callable[[Path], None], expected: str) -> None:
     layout(tmp_path)

@@ -257,8 +257,9 @@ def _is_ignored(entry: Path) -> bool:
 def find_pipeline_root(extracted: Path) -> Path:
     """Return the directory holding ``pipeline.json``.
 
-    It is either ``extracted`` itself or its single top-level folder (hidden
-    entries and ``__MACOSX`` are ignored when counting folders).
+    It is either ``extracted`` itself or the one top-level folder that holds it (other
+    folders beside it, an ``extras/`` say, are left alone, as the original worker did; hidden
+    entries and ``__MACOSX`` are ignored). Two folders that both hold one are ambiguous.
     """
     if (extracted / PIPELINE_JSON).is_file():
         return extracted
@@ -266,12 +267,14 @@ def find_pipeline_root(extracted: Path) -> Path:
     with contextlib.suppress(OSError):
         entries = sorted(entry for entry in extracted.iterdir() if not _is_ignored(entry))
     folders = [entry for entry in entries if entry.is_dir() and not entry.is_symlink()]
-    if len(folders) == 1 and (folders[0] / PIPELINE_JSON).is_file():
-        return folders[0]
+    holding = [folder for folder in folders if (folder / PIPELINE_JSON).is_file()]
+    if len(holding) == 1:
+        return holding[0]
     listed = [entry.name + ("/" if entry.is_dir() else "") for entry in entries]
     found = ", ".join(listed[:_MAX_LISTED]) or "nothing"
     if len(listed) > _MAX_LISTED:
         found += f", ... ({len(listed)} entries)"
     raise ArchiveError(
-        f"no {PIPELINE_JSON} at the archive root or in a single top-level folder (found: {found})"
+        f"no {PIPELINE_JSON} at the archive root or in exactly one top-level folder "
+        f"(found: {found})"
     )
