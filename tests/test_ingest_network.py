@@ -339,6 +339,33 @@ async def test_snapshot_fetched_once_per_interval_for_all_subscribers(
         assert media_http.snapshot_hits == hits  # the last unsubscribe stopped the polling
 
 
+async def test_a_snapshot_camera_is_fetched_at_its_fastest_subscribers_interval(
+    media_http: MediaHttpServer,
+) -> None:
+    # Two displays share one camera, one every 2 s, one every 0.2 s: each gets its own rate
+    # from one fetch loop (the shortest interval), and the slow rate comes back when the fast
+    # one leaves. The original worker kept the first subscriber's interval.
+    url = media_http.url("/snapshot.jpg")
+    async with hub_with() as hub:
+        slow = hub.subscribe(
+            SourceConfig(snapshot_url=url, snapshot_interval_ms=2000), target_fps=1
+        )
+        assert await slow.next_frame(timeout=5) is not None
+        hits = media_http.snapshot_hits
+        fast = hub.subscribe(SourceConfig(snapshot_url=url, snapshot_interval_ms=200), target_fps=5)
+        frames = await collect(fast, 1.5)
+        fetched = media_http.snapshot_hits - hits
+        assert 5 <= fetched <= 10, fetched  # every 0.2 s from when it joined, not in 2 s
+        assert len(frames) >= 4
+        assert len(hub.statuses()) == 1  # still one reader
+        await fast.close()
+        await asyncio.sleep(0.3)
+        hits = media_http.snapshot_hits
+        await asyncio.sleep(1.5)
+        assert media_http.snapshot_hits - hits <= 1  # back to every 2 s
+        await slow.close()
+
+
 async def test_snapshot_errors_go_offline_and_give_up(media_http: MediaHttpServer) -> None:
     async with hub_with(max_retries=1) as hub:
         source = SourceConfig(

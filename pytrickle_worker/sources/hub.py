@@ -63,6 +63,14 @@ class _FrameSignal:
         event.set()
 
 
+def _shortest_interval(entry: _Source, fallback_s: float) -> float:
+    """The shortest snapshot interval any current subscriber of ``entry`` asked for."""
+    return min(
+        (subscription.source.snapshot_interval_s for subscription in entry.subscriptions),
+        default=fallback_s,
+    )
+
+
 class _Source:
     """A reader and the subscriptions that keep it alive."""
 
@@ -428,7 +436,11 @@ class CameraHub:
                 if latest is not None:
                     validate_crop(crop, (latest.width, latest.height))
             settings = entry.reader.source.reader_settings
-            if settings != source.reader_settings and not entry.mismatch_warned:
+            if source.kind == "snapshot":  # the interval is each subscriber's own
+                settings, wanted = settings[:-1], source.reader_settings[:-1]
+            else:
+                wanted = source.reader_settings
+            if settings != wanted and not entry.mismatch_warned:
                 entry.mismatch_warned = True
                 logger.warning(
                     "%s: a subscriber asked for other reader settings than the running "
@@ -437,6 +449,8 @@ class CameraHub:
                 )
         subscription = Subscription(self, entry, source, target_fps, crop)
         entry.subscriptions.add(subscription)
+        if isinstance(entry.reader, SnapshotReader):
+            entry.reader.interval_changed()  # it may ask for snapshots more often
         return subscription
 
     def _restart(self, dead: _Source, loop: asyncio.AbstractEventLoop) -> _Source:
@@ -484,6 +498,8 @@ class CameraHub:
                 decoder_threads=self.decoder_threads,
             )
         entry = _Source(key, reader, signal)
+        if isinstance(reader, SnapshotReader):
+            reader.interval = partial(_shortest_interval, entry, source.snapshot_interval_s)
         self._sources[key] = entry
         reader.start(loop)
         logger.info("%s: %s reader started", reader.label, source.kind)

@@ -104,6 +104,13 @@ class SnapshotReader(TaskReader):
         super().__init__(source, config, notify, rng)
         self._executor = executor
         self._previous_error: str | None = None
+        #: The interval between fetches (seconds); the hub points it at the shortest interval
+        #: its subscribers asked for, so a display sharing a camera with a slower one gets
+        #: its own rate. Alone: the source's.
+        self.interval: Callable[[], float] = lambda: source.snapshot_interval_s
+        #: Set when :attr:`interval` may have shortened (a faster subscriber joined): the
+        #: wait for the next fetch is measured again.
+        self._interval_changed: asyncio.Event | None = None
         #: The URL without its credentials and a session that answers Digest challenges
         #: with them, once the camera asked for Digest; None while Basic (or nothing) works.
         self._digest: tuple[str, aiohttp.ClientSession] | None = None
@@ -153,9 +160,29 @@ class SnapshotReader(TaskReader):
         except aiohttp.ClientError as exc:
             raise SnapshotError(mask_text(f"{type(exc).__name__}: {exc}")) from exc
 
+    def interval_changed(self) -> None:
+        """Hub use (on its loop): :attr:`interval` may be shorter now."""
+        if self._interval_changed is not None:
+            self._interval_changed.set()
+
+    async def _wait_next(self, started: float, wait: float) -> None:
+        """Until ``started`` + the interval (measured again when it changes), or + ``wait``
+        when that is longer (a failure's backoff)."""
+        loop = asyncio.get_running_loop()
+        changed = self._interval_changed = self._interval_changed or asyncio.Event()
+        backoff = wait > self.interval()
+        while (remaining := started + (wait if backoff else self.interval()) - loop.time()) > 0:
+            changed.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                return
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=self.config.snapshot_timeout_s)
+        self._interval_changed = asyncio.Event()
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while True:
@@ -163,7 +190,7 @@ class SnapshotReader(TaskReader):
                     wait = await self._poll_once(session)
                     if wait is None:
                         return
-                    await asyncio.sleep(max(0.0, started + wait - loop.time()))
+                    await self._wait_next(started, wait)
         finally:
             if self._digest is not None:
                 await self._digest[1].close()
@@ -172,7 +199,7 @@ class SnapshotReader(TaskReader):
 
     async def _poll_once(self, session: aiohttp.ClientSession) -> float | None:
         """Fetch, decode and publish one snapshot; the wait before the next, None to give up."""
-        interval = self.source.snapshot_interval_s
+        interval = self.interval()
         if self._previous_error is not None:
             self.tracker.reconnecting()
         self.tracker.packet()
