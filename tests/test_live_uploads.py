@@ -438,6 +438,25 @@ async def test_many_uploads_at_once_are_all_stored(worker: Worker) -> None:
 
 
 @pytest.mark.parametrize("worker", ["memory"], indirect=True)
+async def test_open_uploads_are_bounded_and_the_others_are_refused(worker: Worker) -> None:
+    # Each open upload (a socket, a body being received) may hold up to the size limit
+    # before it is decoded: at most 8 per decoding slot are open at once.
+    limit = 8 * 2  # live_upload_concurrency 2
+    sockets = [await worker.uploader() for _ in range(limit)]
+    with pytest.raises(WSServerHandshakeError) as refused:
+        await worker.uploader()
+    assert refused.value.status == 503
+    status, body = await worker.post(good_form("busy", "k"))
+    assert status == 503 and f"too many uploads at once (limit {limit})" in body["message"]
+    # The open ones still work, and a closed one frees its place.
+    assert (await worker.send(sockets[0], _HEADER))["status"] == "ok"
+    await sockets[-1].close()
+    await asyncio.sleep(0.2)
+    status, body = await worker.post(good_form("busy", "k"))
+    assert status == 200, body
+
+
+@pytest.mark.parametrize("worker", ["memory"], indirect=True)
 async def test_stopping_the_worker_closes_upload_sockets(worker: Worker) -> None:
     ws = await worker.uploader()
     assert (await worker.send(ws, _HEADER))["status"] == "ok"

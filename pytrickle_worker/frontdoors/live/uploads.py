@@ -101,6 +101,10 @@ _IMAGE_TYPES: dict[str, ImageFormat | None] = {
     "application/octet-stream": None,
 }
 _CHUNK = 64 * 1024
+#: Uploads open at once (POST bodies being received plus upload sockets) per decoding slot:
+#: each holds up to ``max_bytes`` before it reaches a slot, so memory stays bounded whatever
+#: the number of producers (8 x 2 x 8 MiB by default).
+OPEN_PER_SLOT = 8
 _WS_USAGE = (
     'send binary messages: a JSON header {"label", "key", "detection_items"?}, --IMG--, '
     "then the image"
@@ -161,6 +165,9 @@ class FrameUploads:
         # Decoding holds up to max_pixels x 3 bytes per upload: only this many at once.
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._sockets: set[web.WebSocketResponse] = set()
+        #: POST bodies being received plus upload sockets open, at most max_open.
+        self._open = 0
+        self.max_open = OPEN_PER_SLOT * settings.concurrency
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post(UPLOAD_PATH, self.post_frames), web.get(UPLOAD_WS_PATH, self.ws_frames)]
@@ -272,7 +279,26 @@ class FrameUploads:
 
     # ------------------------------------------------------------------ POST /frames
 
+    def _too_many(self, request: web.Request) -> web.Response | None:
+        """A 503 when ``max_open`` uploads are open already, else None."""
+        if self._open < self.max_open:
+            return None
+        exc = ApiError(503, f"too many uploads at once (limit {self.max_open}); try later")
+        self._refused(request, exc)
+        response = error_response(exc.status, exc.message)
+        response.force_close()  # its body is not read
+        return response
+
     async def post_frames(self, request: web.Request) -> web.Response:
+        if (refused := self._too_many(request)) is not None:
+            return refused
+        self._open += 1
+        try:
+            return await self._post_frames(request)
+        finally:
+            self._open -= 1
+
+    async def _post_frames(self, request: web.Request) -> web.Response:
         try:
             form, form_types = await self._read_form(request)
             label, key = (_name(form, field) for field in _NAME_FIELDS)
@@ -381,7 +407,16 @@ class FrameUploads:
 
     # ------------------------------------------------------------------ WS /ws/frames
 
-    async def ws_frames(self, request: web.Request) -> web.WebSocketResponse:
+    async def ws_frames(self, request: web.Request) -> web.StreamResponse:
+        if (refused := self._too_many(request)) is not None:
+            return refused
+        self._open += 1
+        try:
+            return await self._ws_frames(request)
+        finally:
+            self._open -= 1
+
+    async def _ws_frames(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(
             protocols=(LIVE_SUBPROTOCOL,),
             heartbeat=self.settings.ws_heartbeat_s,
