@@ -28,7 +28,7 @@ from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.core.validation import reject_control_characters
 from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy
 from pytrickle_worker.processing.sink import check_live_name
-from pytrickle_worker.sources.config import IngestConfig
+from pytrickle_worker.sources.config import IngestConfig, RtspTransport
 
 ENV_PREFIX = "PTW_"
 DEFAULT_CONFIG_FILE = "config.json"
@@ -214,6 +214,18 @@ class WorkerConfig(BaseModel):
     stall_timeout_s: float = Field(
         default=10.0, gt=0, description="No frame for this long: reconnect"
     )
+    rtsp_transport: RtspTransport = Field(
+        default="tcp",
+        description="RTSP lower transport: tcp (survives NAT and loss) or udp (cameras "
+        "without TCP interleaving)",
+    )
+    open_timeout_s: float = Field(
+        default=10.0, gt=0, description="A camera's connect, handshake and stream probing"
+    )
+    read_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest wait for one packet from a camera"
+    )
+    snapshot_timeout_s: float = Field(default=10.0, gt=0, description="One snapshot HTTP GET")
     hw_decode: Literal["auto", "nvdec", "off"] = "auto"
     nvdec_api: Literal["cuvid", "hwaccel"] = Field(
         default="cuvid",
@@ -721,6 +733,10 @@ class WorkerConfig(BaseModel):
             reconnect_interval_sec=self.reconnect_interval_sec,
             max_retries=self.max_retries,
             stall_timeout_s=self.stall_timeout_s,
+            rtsp_transport=self.rtsp_transport,
+            open_timeout_s=self.open_timeout_s,
+            read_timeout_s=self.read_timeout_s,
+            snapshot_timeout_s=self.snapshot_timeout_s,
             hw_decode=self.hw_decode,
             nvdec_api=self.nvdec_api,
             decoder_threads=self.decoder_threads,

@@ -120,6 +120,21 @@ def test_original_worker_config_json_keys_work_and_unknown_keys_are_ignored(
     assert "legacy_key" in caplog.text
 
 
+def test_camera_ingest_settings_reach_the_camera_hub() -> None:
+    environ = {
+        "PTW_RTSP_TRANSPORT": "udp",
+        "PTW_OPEN_TIMEOUT_S": "4",
+        "PTW_READ_TIMEOUT_S": "3.5",
+        "PTW_SNAPSHOT_TIMEOUT_S": "2",
+        "PTW_STALL_TIMEOUT_S": "6",
+    }
+    ingest = WorkerConfig.load(environ=environ).ingest_config()
+    assert (ingest.rtsp_transport, ingest.open_timeout_s, ingest.read_timeout_s) == ("udp", 4, 3.5)
+    assert (ingest.snapshot_timeout_s, ingest.stall_timeout_s) == (2, 6)
+    with pytest.raises(WorkerError, match="rtsp_transport"):
+        WorkerConfig.load(environ={"PTW_RTSP_TRANSPORT": "http"})
+
+
 async def _health_once_loaded(client: TestClient[Any, Any]) -> tuple[int, dict[str, Any]]:
     """/health while the default pipeline loads says LOADING (200); wait for the outcome."""
     for _ in range(300):
