@@ -339,6 +339,16 @@ class WorkerConfig(BaseModel):
             "connection, a queue and, for push, a share of the store follower)"
         ),
     )
+    live_max_viewers_per_client: int = Field(
+        default=128,
+        ge=0,
+        le=100_000,
+        description=(
+            "Push and pull sockets one client address may hold (0: no limit of its own), so "
+            "one client cannot take every place; behind a proxy set "
+            "rate_limit_trusted_header, or every viewer is the proxy's address"
+        ),
+    )
     live_max_pulls_per_s: float = Field(
         default=20.0,
         gt=0,

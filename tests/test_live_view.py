@@ -468,6 +468,45 @@ async def test_viewer_sockets_and_pulls_are_bounded(
     await until(_viewers_below(worker, url), what="a socket place freed")
 
 
+async def test_one_client_cannot_take_every_viewer_place(
+    start_worker: WorkerFactory, request: pytest.FixtureRequest
+) -> None:
+    # Clients told apart by the trusted proxy header (the rate limiter's address): one that
+    # holds its share is refused, the others still get in.
+    worker = await start_worker(
+        live_key_prefix=_prefix(request),
+        live_max_viewers=10,
+        live_max_viewers_per_client=2,
+        rate_limit_trusted_header="X-Forwarded-For",
+    )
+    http = worker.http
+    url = worker.url("/ws/stream/d/k")
+
+    def connect(client: str) -> Any:
+        return http.ws_connect(url, protocols=("ptw.live",), headers={"X-Forwarded-For": client})
+
+    async with connect("10.0.0.1"), connect("10.0.0.1"):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await connect("10.0.0.1")
+        assert refused.value.status == 503
+        async with http.get(url, headers={"X-Forwarded-For": "10.0.0.1"}) as reply:
+            assert reply.status == 503
+            assert "from this client (limit 2)" in (await reply.json())["message"]
+        async with connect("10.0.0.2") as other:  # another client is not held back
+            await other.send_json({"action": "ping"})
+            assert await other.receive_json(timeout=10) == {"action": "pong"}
+    # Closed sockets give the client its places back.
+
+    async def two_again() -> bool:
+        try:
+            async with connect("10.0.0.1"), connect("10.0.0.1"):
+                return True
+        except aiohttp.WSServerHandshakeError:
+            return False
+
+    await until(two_again, what="the client's places freed")
+
+
 def _viewers_below(worker: Worker, url: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         try:

@@ -154,7 +154,9 @@ def create_app(
         LiveRoutes(
             live,
             max_viewers=config.live_max_viewers,
+            max_viewers_per_client=config.live_max_viewers_per_client,
             max_pulls_per_s=config.live_max_pulls_per_s,
+            client_of=None if rate_limiter is None else rate_limiter.client_address,
         ).routes()
     )
     uploads.attach(app)

@@ -60,14 +60,31 @@ def store_down(exc: StoreUnavailableError) -> str:
     return "live store unavailable: Redis did not answer; try again shortly"
 
 
+def _peer(request: web.BaseRequest) -> str:
+    return request.remote or "?"
+
+
 class LiveRoutes:
     """The handlers; ``routes()`` lists them for ``app.router.add_routes``."""
 
     def __init__(
-        self, view: LiveView, *, max_viewers: int = 512, max_pulls_per_s: float = 20.0
+        self,
+        view: LiveView,
+        *,
+        max_viewers: int = 512,
+        max_viewers_per_client: int = 0,
+        max_pulls_per_s: float = 20.0,
+        client_of: Callable[[web.BaseRequest], str] | None = None,
     ) -> None:
+        """``client_of``: a request's client address (the rate limiter's, which honours the
+        trusted proxy header); the TCP peer without one."""
         self.view = view
         self.max_viewers = max_viewers
+        self.max_viewers_per_client = max_viewers_per_client
+        self._client_of: Callable[[web.BaseRequest], str] = client_of or _peer
+        #: Open sockets per client address, and each socket's address.
+        self._per_client: dict[str, int] = {}
+        self._client_of_socket: dict[web.WebSocketResponse, str] = {}
         #: Shortest time between two pulls of one socket (each is a store read).
         self.min_pull_interval_s = 1.0 / max_pulls_per_s
 
@@ -104,8 +121,20 @@ class LiveRoutes:
 
     # ------------------------------------------------------------------ WebSockets
 
-    def _full(self, request: web.Request) -> web.Response | None:
-        """A 503 when ``live_max_viewers`` sockets are open already, else None."""
+    def _full(self, request: web.Request, client: str) -> web.Response | None:
+        """A 503 when ``live_max_viewers`` sockets are open already, or this client holds
+        ``live_max_viewers_per_client``, else None."""
+        cap = self.max_viewers_per_client
+        if cap and self._per_client.get(client, 0) >= cap:
+            logger.warning(
+                "live: %s from %s refused: it holds %d sockets (live_max_viewers_per_client)",
+                request.path,
+                client,
+                cap,
+            )
+            return error_response(
+                503, f"too many live viewers from this client (limit {cap}); try later"
+            )
         if self.view.open_sockets < self.max_viewers:
             return None
         logger.warning(
@@ -121,7 +150,8 @@ class LiveRoutes:
     ) -> tuple[web.WebSocketResponse, Callable[[], None]] | web.Response:
         """The upgraded socket, tracked, with the function that stops its token-expiry close;
         or the 503 when ``live_max_viewers`` sockets are open already."""
-        if (full := self._full(request)) is not None:
+        client = self._client_of(request)
+        if (full := self._full(request, client)) is not None:
             return full
         ws = web.WebSocketResponse(
             protocols=(LIVE_SUBPROTOCOL,),
@@ -130,11 +160,20 @@ class LiveRoutes:
         )
         await ws.prepare(request)
         self.view.track(ws)
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self._client_of_socket[ws] = client
         return ws, close_when_credentials_expire(ws, request)
 
     async def _release(self, ws: web.WebSocketResponse, stop_expiry: Callable[[], None]) -> None:
         stop_expiry()
         self.view.untrack(ws)
+        client = self._client_of_socket.pop(ws, None)
+        if client is not None:
+            left = self._per_client.get(client, 1) - 1
+            if left > 0:
+                self._per_client[client] = left
+            else:
+                self._per_client.pop(client, None)
         if not ws.closed:
             await ws.close()
 
