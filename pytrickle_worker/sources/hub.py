@@ -436,11 +436,7 @@ class CameraHub:
                 if latest is not None:
                     validate_crop(crop, (latest.width, latest.height))
             settings = entry.reader.source.reader_settings
-            if source.kind == "snapshot":  # the interval is each subscriber's own
-                settings, wanted = settings[:-1], source.reader_settings[:-1]
-            else:
-                wanted = source.reader_settings
-            if settings != wanted and not entry.mismatch_warned:
+            if settings != source.reader_settings and not entry.mismatch_warned:
                 entry.mismatch_warned = True
                 logger.warning(
                     "%s: a subscriber asked for other reader settings than the running "

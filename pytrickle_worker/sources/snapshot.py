@@ -110,7 +110,7 @@ class SnapshotReader(TaskReader):
         self.interval: Callable[[], float] = lambda: source.snapshot_interval_s
         #: Set when :attr:`interval` may have shortened (a faster subscriber joined): the
         #: wait for the next fetch is measured again.
-        self._interval_changed: asyncio.Event | None = None
+        self._interval_changed = asyncio.Event()
         #: The URL without its credentials and a session that answers Digest challenges
         #: with them, once the camera asked for Digest; None while Basic (or nothing) works.
         self._digest: tuple[str, aiohttp.ClientSession] | None = None
@@ -141,12 +141,11 @@ class SnapshotReader(TaskReader):
         return bare, session
 
     async def _fetch(self, session: aiohttp.ClientSession) -> bytes:
+        asked_digest = self._digest is not None
+        url, client = self._digest or (self.source.target_url, session)
         try:
-            if self._digest is not None:
-                async with self._digest[1].get(self._digest[0]) as response:
-                    return await _body(response)
-            async with session.get(self.source.target_url) as response:
-                digest = self._digest_session(response)
+            async with client.get(url) as response:
+                digest = None if asked_digest else self._digest_session(response)
                 if digest is None:
                     return await _body(response)
             # Asked again at once (the 401 released first), with Digest from now on.
@@ -162,14 +161,13 @@ class SnapshotReader(TaskReader):
 
     def interval_changed(self) -> None:
         """Hub use (on its loop): :attr:`interval` may be shorter now."""
-        if self._interval_changed is not None:
-            self._interval_changed.set()
+        self._interval_changed.set()
 
     async def _wait_next(self, started: float, wait: float) -> None:
         """Until ``started`` + the interval (measured again when it changes), or + ``wait``
         when that is longer (a failure's backoff)."""
         loop = asyncio.get_running_loop()
-        changed = self._interval_changed = self._interval_changed or asyncio.Event()
+        changed = self._interval_changed
         backoff = wait > self.interval()
         while (remaining := started + (wait if backoff else self.interval()) - loop.time()) > 0:
             changed.clear()
@@ -182,7 +180,6 @@ class SnapshotReader(TaskReader):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         timeout = aiohttp.ClientTimeout(total=self.config.snapshot_timeout_s)
-        self._interval_changed = asyncio.Event()
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 while True:

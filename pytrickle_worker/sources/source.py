@@ -163,14 +163,10 @@ class SourceConfig(BaseModel):
 
     @property
     def reader_settings(self) -> tuple[object, ...]:
-        """What, beside the URL, shapes the reader; subscribers that share one should agree."""
-        return (
-            self.format,
-            self.loop,
-            self.realtime,
-            self.rtsp_transport,
-            self.snapshot_interval_ms,
-        )
+        """What, beside the URL, shapes the reader; subscribers that share one should agree.
+        Not the snapshot interval: each subscriber's own counts (the reader fetches at the
+        shortest)."""
+        return (self.format, self.loop, self.realtime, self.rtsp_transport)
 
     @property
     def snapshot_interval_s(self) -> float:

@@ -282,36 +282,33 @@ class StreamReader(SourceReader):
             for packet in container.demux():
                 if self._stop.is_set():
                     return _Outcome(counter[0], None)
-                if packet.stream_index != stream.index:
-                    if time.monotonic() - last_frame > stall_s:
-                        return _Outcome(counter[0], f"stalled: no frame decoded for {stall_s:g} s")
-                    continue
-                if packet.size:
-                    self.tracker.packet()
-                try:
-                    frames = decoder.decode(cast("Packet[VideoStream]", packet))
-                except InvalidDataError as exc:
-                    frames = []
-                    corrupt_in_session += 1
-                    total = self.tracker.corrupt_packet()
-                    log = logger.warning if corrupt_in_session == 1 else logger.debug
-                    log(
-                        "%s: corrupt packet skipped (%d so far): %s",
-                        self.label,
-                        total,
-                        describe_error(exc),
-                    )
-                if decoder.name != decoder_name:
-                    decoder_name = decoder.name
-                    self.tracker.decoder_info(decoder.codec, decoder_name, decoder.hardware)
-                for frame in frames:
-                    pts_time = frame.time
-                    if pacer is not None and not pacer.wait(pts_time):
-                        return _Outcome(counter[0], None)
-                    self._publish_frame(frame, pts_time)
-                    counter[0] += 1
-                    frames_this_pass += 1
-                    last_frame = time.monotonic()
+                if packet.stream_index == stream.index:
+                    if packet.size:
+                        self.tracker.packet()
+                    try:
+                        frames = decoder.decode(cast("Packet[VideoStream]", packet))
+                    except InvalidDataError as exc:
+                        frames = []
+                        corrupt_in_session += 1
+                        total = self.tracker.corrupt_packet()
+                        log = logger.warning if corrupt_in_session == 1 else logger.debug
+                        log(
+                            "%s: corrupt packet skipped (%d so far): %s",
+                            self.label,
+                            total,
+                            describe_error(exc),
+                        )
+                    if decoder.name != decoder_name:
+                        decoder_name = decoder.name
+                        self.tracker.decoder_info(decoder.codec, decoder_name, decoder.hardware)
+                    for frame in frames:
+                        pts_time = frame.time
+                        if pacer is not None and not pacer.wait(pts_time):
+                            return _Outcome(counter[0], None)
+                        self._publish_frame(frame, pts_time)
+                        counter[0] += 1
+                        frames_this_pass += 1
+                        last_frame = time.monotonic()
                 if time.monotonic() - last_frame > stall_s:
                     return _Outcome(counter[0], f"stalled: no frame decoded for {stall_s:g} s")
             if self._stop.is_set():
