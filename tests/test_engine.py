@@ -563,6 +563,8 @@ async def test_actions_along_the_path_and_only_for_confirmed_tracks(
             await svc.process(pipeline, scene(PERSON), tracker)  # the tracker's first frame
             result = await svc.process(pipeline, scene(CAR, PERSON), tracker)
             assert result.detection is not None and result.detection["id"] is None
+            # The stream door dispatches on its own (process(run_actions=False)): the same rule.
+            assert svc.dispatch_actions(pipeline, result) is False
             assert await svc.actions.drain(5)
             assert await published() == []  # not confirmed: no event
             result = await svc.process(pipeline, scene(CAR, PERSON), tracker)

@@ -115,6 +115,9 @@ class PipelineResult:
     path_actions: list[tuple[LoadedNode, np.ndarray]] = field(
         default_factory=list[tuple[LoadedNode, np.ndarray]]
     )
+    #: Whether the frame was run with a tracker (then ``detection["id"]`` None means the
+    #: track is not confirmed yet).
+    tracked: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -158,7 +161,7 @@ class PipelineRunner:
             raise ValueError(
                 f"frame must be an H×W×3 uint8 RGB array, got shape {frame.shape} {frame.dtype}"
             )
-        result = PipelineResult(detection=None, bbox=None)
+        result = PipelineResult(detection=None, bbox=None, tracked=tracker is not None)
         if overrides is not None and not pipeline.root.is_classifier:
             found = self._detect(pipeline.root, frame, (0, 0), tracker, result, overrides)
         else:

@@ -270,42 +270,29 @@ class PipelineService:
         stream's ``min_confidence``/``trigger_classes``).
         """
         result = await self.scheduler.run(self.runner.run, pipeline, frame, tracker, overrides)
-        # With tracking, only a confirmed track's result runs actions (an id), as the
-        # original's, which saw its tracker's confirmed tracks only: an object seen once
-        # would otherwise save and publish an event without an id, then again with one.
-        unconfirmed = (
-            tracker is not None
-            and result.detection is not None
-            and result.detection.get("id") is None
-        )
-        if run_actions and not unconfirmed:
+        if run_actions:
             self.dispatch_actions(pipeline, result)
         return result
 
     def dispatch_actions(self, pipeline: LoadedPipeline, result: PipelineResult) -> bool:
-        """Queue the actions of the result's node and of the branches on its path; True
-        when the result's own node had actions and they were queued."""
+        """Queue the actions of the result's node, then of the branches on its path
+        (deepest first, as the original ran them); True when any was queued.
+
+        With tracking, only a confirmed track's result (one with an id) runs actions, as
+        the original's, which saw its tracker's confirmed tracks only: an object seen once
+        would otherwise save and publish an event without an id, then again with one.
+        """
         detection = result.detection
-        if detection is None:
+        if detection is None or (result.tracked and detection.get("id") is None):
             return False
-        queued = False
         node = result.action_node
-        if node is not None and node.spec.actions:
+        own = [(node, result.action_image)] if node is not None and node.spec.actions else []
+        queued = False
+        for target, image in [*own, *result.path_actions]:
             job = ActionJob(
-                node_path=node.path,
-                actions=node.spec.actions,
-                detection=detection,
-                image=result.action_image,
+                node_path=target.path, actions=target.spec.actions, detection=detection, image=image
             )
-            queued = self.actions.submit(pipeline.redis, job)
-        for branch, image in result.path_actions:  # deepest first, as the original ran them
-            job = ActionJob(
-                node_path=branch.path,
-                actions=branch.spec.actions,
-                detection=detection,
-                image=image,
-            )
-            self.actions.submit(pipeline.redis, job)
+            queued = self.actions.submit(pipeline.redis, job) or queued
         return queued
 
     async def close(self) -> None:
