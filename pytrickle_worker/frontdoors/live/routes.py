@@ -82,8 +82,7 @@ class LiveRoutes:
         self.max_viewers = max_viewers
         self.max_viewers_per_client = max_viewers_per_client
         self._client_of: Callable[[web.BaseRequest], str] = client_of or _peer
-        #: Open sockets per client address, and each socket's address.
-        self._per_client: dict[str, int] = {}
+        #: Each open socket's client address.
         self._client_of_socket: dict[web.WebSocketResponse, str] = {}
         #: Shortest time between two pulls of one socket (each is a store read).
         self.min_pull_interval_s = 1.0 / max_pulls_per_s
@@ -125,7 +124,7 @@ class LiveRoutes:
         """A 503 when ``live_max_viewers`` sockets are open already, or this client holds
         ``live_max_viewers_per_client``, else None."""
         cap = self.max_viewers_per_client
-        if cap and self._per_client.get(client, 0) >= cap:
+        if cap and list(self._client_of_socket.values()).count(client) >= cap:
             logger.warning(
                 "live: %s from %s refused: it holds %d sockets (live_max_viewers_per_client)",
                 request.path,
@@ -160,20 +159,13 @@ class LiveRoutes:
         )
         await ws.prepare(request)
         self.view.track(ws)
-        self._per_client[client] = self._per_client.get(client, 0) + 1
         self._client_of_socket[ws] = client
         return ws, close_when_credentials_expire(ws, request)
 
     async def _release(self, ws: web.WebSocketResponse, stop_expiry: Callable[[], None]) -> None:
         stop_expiry()
         self.view.untrack(ws)
-        client = self._client_of_socket.pop(ws, None)
-        if client is not None:
-            left = self._per_client.get(client, 1) - 1
-            if left > 0:
-                self._per_client[client] = left
-            else:
-                self._per_client.pop(client, None)
+        self._client_of_socket.pop(ws, None)
         if not ws.closed:
             await ws.close()
 

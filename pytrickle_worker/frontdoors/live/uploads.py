@@ -80,15 +80,8 @@ _FIELDS = ("label", "key", "image", "detections")
 #: The reference streaming backend's form (its producers can share the viewer): ``file`` is
 #: ``image``, ``detection_items_json`` its [x1, y1, x2, y2, conf, cls] rows; the rest is
 #: checked (JSON, positive integers) and not stored.
-_REFERENCE_FIELDS = (
-    "file",
-    "detection_items_json",
-    "warnings_json",
-    "cone_polygons_json",
-    "pole_polygons_json",
-    "width",
-    "height",
-)
+_REFERENCE_EXTRAS = ("warnings_json", "cone_polygons_json", "pole_polygons_json", "width", "height")
+_REFERENCE_FIELDS = ("file", "detection_items_json", *_REFERENCE_EXTRAS)
 _REQUIRED = ("label", "key")
 _NAME_FIELDS = ("label", "key")
 #: A label or key of 128 characters is at most this many UTF-8 bytes.
@@ -279,24 +272,24 @@ class FrameUploads:
 
     # ------------------------------------------------------------------ POST /frames
 
-    def _too_many(self, request: web.Request) -> web.Response | None:
-        """A 503 when ``max_open`` uploads are open already, else None."""
-        if self._open < self.max_open:
-            return None
-        exc = ApiError(503, f"too many uploads at once (limit {self.max_open}); try later")
-        self._refused(request, exc)
-        response = error_response(exc.status, exc.message)
-        response.force_close()  # its body is not read
-        return response
-
-    async def post_frames(self, request: web.Request) -> web.Response:
-        if (refused := self._too_many(request)) is not None:
-            return refused
+    async def _admitted(
+        self, request: web.Request, handle: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """``handle(request)`` counted as an open upload; a 503 when ``max_open`` are open."""
+        if self._open >= self.max_open:
+            exc = ApiError(503, f"too many uploads at once (limit {self.max_open}); try later")
+            self._refused(request, exc)
+            response = error_response(exc.status, exc.message)
+            response.force_close()  # its body is not read
+            return response
         self._open += 1
         try:
-            return await self._post_frames(request)
+            return await handle(request)
         finally:
             self._open -= 1
+
+    async def post_frames(self, request: web.Request) -> web.StreamResponse:
+        return await self._admitted(request, self._post_frames)
 
     async def _post_frames(self, request: web.Request) -> web.Response:
         try:
@@ -308,7 +301,7 @@ class FrameUploads:
                 detections = _reference_detections(form[field])
             else:
                 detections = _detections(form.get(field, b""))
-            _check_reference_extras({k: v for k, v in form.items() if k in _REFERENCE_FIELDS})
+            _check_reference_extras({k: v for k, v in form.items() if k in _REFERENCE_EXTRAS})
             declared = _IMAGE_TYPES[form_types.get(image_field, "application/octet-stream")]
             result = await self.store(
                 label, key, form[image_field], detections, declared=declared, detections_field=field
@@ -408,13 +401,7 @@ class FrameUploads:
     # ------------------------------------------------------------------ WS /ws/frames
 
     async def ws_frames(self, request: web.Request) -> web.StreamResponse:
-        if (refused := self._too_many(request)) is not None:
-            return refused
-        self._open += 1
-        try:
-            return await self._ws_frames(request)
-        finally:
-            self._open -= 1
+        return await self._admitted(request, self._ws_frames)
 
     async def _ws_frames(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(
@@ -532,8 +519,6 @@ def _check_reference_extras(fields: dict[str, bytes]) -> None:
     """The reference's fields that are not stored must still be what they say: JSON for
     the ``*_json`` ones, a positive integer for width and height."""
     for name, raw in fields.items():
-        if name in ("file", "detection_items_json"):
-            continue
         if name in ("width", "height"):
             text = raw.decode("ascii", "replace").strip()
             if not (text.isdigit() and 0 < int(text) <= MAX_IMAGE_SIDE):
