@@ -26,6 +26,7 @@ from pytrickle_worker.sources import (
     IngestConfig,
     SourceConfig,
 )
+from pytrickle_worker.sources.snapshot import MAX_SNAPSHOT_BYTES
 from tests.helpers import collect
 from tests.media_fixtures import RtspServer
 from tests.servers.media_http import MediaHttpServer, get_clip
@@ -414,6 +415,43 @@ async def test_a_snapshot_sent_in_pieces_is_read_whole(tmp_path: Path) -> None:
             assert bottom[0] > 180 and bottom[1] < 80 and bottom[2] < 80, bottom
         finally:
             await sub.close()
+
+
+async def test_a_snapshot_over_the_size_limit_is_refused() -> None:
+    # Declared too large: refused before reading. Streamed without a length: cut off once past
+    # the limit. Either way an error naming the limit, the source offline, no frame.
+    async def declared(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.content_length = MAX_SNAPSHOT_BYTES + 1
+        await response.prepare(request)
+        await response.write(b"\xff\xd8")  # the rest never comes
+        return response
+
+    async def streamed(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        chunk = b"\0" * (1024 * 1024)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(MAX_SNAPSHOT_BYTES // len(chunk) + 2):
+                await response.write(chunk)
+        return response
+
+    app = web.Application()
+    app.router.add_get("/declared.jpg", declared)
+    app.router.add_get("/streamed.jpg", streamed)
+    async with serve(app) as base, hub_with(max_retries=0) as hub:
+        for path in ("/declared.jpg", "/streamed.jpg"):
+            sub = hub.subscribe(
+                SourceConfig(snapshot_url=base + path, snapshot_interval_ms=100), target_fps=5
+            )
+            try:
+                await wait_until(lambda s=sub: s.status.gave_up, within=10)
+                error = sub.status.last_error or ""
+                assert f"larger than {MAX_SNAPSHOT_BYTES} bytes" in error, (path, error)
+                assert await sub.next_frame(timeout=0.1) is None
+            finally:
+                await sub.close()
 
 
 async def test_a_reader_that_gave_up_starts_again_for_a_new_subscriber() -> None:
