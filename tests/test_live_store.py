@@ -57,9 +57,16 @@ PREFIX = "test_frame:"
 
 #: Any label or key the contract allows: 1..128 printable characters without "/", and not
 #: the dot segments "." and "..".
+#: Drawn from printable characters (str.isprintable: no category C or Z but the space)
+#: rather than filtered down to them: most random texts hold one that is not, and four such
+#: names in one example failed Hypothesis's filter_too_much health check now and then.
 names = (
     st.text(
-        alphabet=st.characters(blacklist_characters="/", blacklist_categories=("Cs",)),
+        alphabet=st.characters(
+            exclude_characters="/",
+            exclude_categories=("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp", "Zs"),
+            include_characters=" ",
+        ),
         min_size=1,
         max_size=128,
     )
