@@ -146,6 +146,15 @@ class WorkerConfig(BaseModel):
             "on the device per batch size; auto = on for CUDA/TensorRT"
         ),
     )
+    batch_sizes: Literal["auto", "padded", "exact"] = Field(
+        default="auto",
+        description=(
+            "The sizes a dynamic batch runs at. padded: the next of 1, 2, 4, ... max_batch, "
+            "each warmed up when the model loads (a GPU's first run of a new shape stalls "
+            "for 0.2-1 s); exact: the batch's own size; auto = padded on a GPU provider, "
+            "exact on the CPU (where padding rows cost their whole compute)"
+        ),
+    )
     batch_max_wait_ms: float = Field(
         default=0.0,
         ge=0,

@@ -84,6 +84,7 @@ def test_config_env_overrides_file(tmp_path: Path) -> None:
         ({"PTW_MAX_BATCH": "257"}, "max_batch"),
         ({"PTW_MAX_BATCH": "-1"}, "max_batch"),
         ({"PTW_BATCH_MAX_WAIT_MS": "1001"}, "batch_max_wait_ms"),
+        ({"PTW_BATCH_SIZES": "fast"}, "batch_sizes"),
         ({"PTW_IO_BINDING": "yes"}, "io_binding"),
         ({"PTW_NVDEC_API": "nvenc"}, "nvdec_api"),
         ({"PTW_TRT_FP16": "maybe"}, "trt_fp16"),

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +26,7 @@ from pytrickle_worker.engine.inference.batching import (
     BatchObserver,
     ModelBatcher,
     model_max_batch,
+    padded_batch_sizes,
 )
 from tests.hypothesis_profiles import heavy
 
@@ -77,6 +79,7 @@ def make(
     max_batch: int = 4,
     fixed: int | None = None,
     max_wait_s: float = 0.0,
+    run_sizes: tuple[int, ...] = (),
 ) -> tuple[BatchCoordinator, ModelBatcher]:
     coordinator = BatchCoordinator(slots, max_wait_s=max_wait_s)
     batcher = ModelBatcher(
@@ -87,6 +90,7 @@ def make(
         fixed_batch=fixed,
         input_shape=SHAPE,
         dtype=np.float32,
+        run_sizes=run_sizes,
     )
     return coordinator, batcher
 
@@ -118,14 +122,20 @@ def run_concurrently(
     slots=st.integers(1, 3),
     max_batch=st.integers(1, 5),
     fixed=st.booleans(),
+    padded=st.booleans(),
     delay_ms=st.sampled_from([0.0, 0.5, 2.0]),
 )
 def test_every_caller_gets_its_own_result_and_the_limits_hold(
-    callers: int, slots: int, max_batch: int, fixed: bool, delay_ms: float
+    callers: int, slots: int, max_batch: int, fixed: bool, padded: bool, delay_ms: float
 ) -> None:
     run = RecordingRun(delay_s=delay_ms / 1000)
+    run_sizes = padded_batch_sizes(max_batch) if padded else ()
     coordinator, batcher = make(
-        run, slots=slots, max_batch=max_batch, fixed=max_batch if fixed else None
+        run,
+        slots=slots,
+        max_batch=max_batch,
+        fixed=max_batch if fixed else None,
+        run_sizes=run_sizes,
     )
     values = [float(i + 1) for i in range(callers)]
     outputs, errors = run_concurrently(batcher, values)
@@ -134,13 +144,61 @@ def test_every_caller_gets_its_own_result_and_the_limits_hold(
         assert output is not None and output.shape == (1, *SHAPE)
         np.testing.assert_array_equal(output, image(value * 2))
     assert run.peak <= slots
+    stats = coordinator.stats()
     if fixed:
         assert set(run.sizes) == {max_batch}  # padded to the model's fixed batch
+    elif padded:
+        assert set(run.sizes) <= set(run_sizes)  # only the warmed-up shapes reach the model
     else:
         assert max(run.sizes) <= max_batch
         assert sum(run.sizes) == callers  # no image ran twice, none was lost
-    stats = coordinator.stats()
+    assert stats["padded_rows"] == sum(run.sizes) - callers
     assert stats["requests"] == callers and stats["slots_busy"] == 0
+
+
+@given(max_batch=st.integers(1, 256))
+def test_padded_batch_sizes_are_few_and_cover_every_batch(max_batch: int) -> None:
+    sizes = padded_batch_sizes(max_batch)
+    assert sizes[0] == 1 and sizes[-1] == max_batch
+    assert all(a < b <= 2 * a for a, b in pairwise(sizes))
+    assert len(sizes) == (max_batch - 1).bit_length() + 1
+    for count in range(1, max_batch + 1):  # every batch pads to less than twice its rows
+        assert min(s for s in sizes if s >= count) < 2 * count
+
+
+def test_a_padded_batch_runs_at_the_next_size_and_each_caller_gets_its_row() -> None:
+    gate = threading.Event()
+    run = RecordingRun(gate=gate)
+    coordinator, batcher = make(run, slots=1, max_batch=6, run_sizes=(1, 2, 4, 6))
+    first = threading.Thread(target=batcher.run, args=(image(1.0),))
+    first.start()
+    while not run.sizes:
+        time.sleep(0.001)
+    results: dict[float, npt.NDArray[np.float32]] = {}
+
+    def call(value: float) -> None:
+        results[value] = batcher.run(image(value))
+
+    rest = [threading.Thread(target=call, args=(v,)) for v in (2.0, 3.0, 4.0)]
+    for thread in rest:
+        thread.start()
+    while len(batcher._pending) < 3:  # pyright: ignore[reportPrivateUsage] - waiting for the gathering
+        time.sleep(0.001)
+    gate.set()
+    for thread in [first, *rest]:
+        thread.join(10)
+    assert run.sizes == [1, 4]  # three gathered requests ran as a batch of 4
+    assert run.batches[1][:3] == [2.0, 3.0, 4.0]
+    for value in (2.0, 3.0, 4.0):
+        np.testing.assert_array_equal(results[value], image(value * 2))
+    assert coordinator.stats()["padded_rows"] == 1
+    assert coordinator.stats()["batch_sizes"] == {1: 1, 3: 1}  # requests, not padding
+
+
+@pytest.mark.parametrize("sizes", [(2, 4), (1, 2), (1, 4, 2, 4), (1, 4, 8)])
+def test_run_sizes_must_ascend_from_1_to_max_batch(sizes: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match="run sizes must ascend from 1 to 4"):
+        make(RecordingRun(), max_batch=4, run_sizes=sizes)
 
 
 def test_requests_that_gather_while_the_model_is_busy_run_as_one_batch() -> None:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -41,7 +41,7 @@ from pytrickle_worker.devtools.synthetic import (
     render_scene,
 )
 from pytrickle_worker.engine.inference.batching import BatchCoordinator, ModelBatcher
-from pytrickle_worker.engine.inference.model import Classification, OnnxModel
+from pytrickle_worker.engine.inference.model import Classification, ModelInfo, OnnxModel
 from pytrickle_worker.engine.inference.postprocess import Detections
 from pytrickle_worker.engine.inference.providers import ProviderChoice, select_providers
 from pytrickle_worker.engine.mpta.service import PipelineService
@@ -348,6 +348,50 @@ def test_batches_are_gathered_again_and_again_without_a_mix_up(
         order = order[1:] + order[:1]
 
 
+class RunSizes:
+    """The model's observer: the batch size of every ``session.run`` it makes."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def observe_inference(self, model: ModelInfo, seconds: float, batch_size: int) -> None:
+        self.sizes.append(batch_size)
+
+
+def test_padded_sizes_are_warmed_up_and_every_thread_gets_its_batch_1_result(
+    built: Built, cpu: ProviderChoice, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = OnnxModel(built.dynamic, cpu)
+    coordinator = BatchCoordinator(1)
+    with caplog.at_level(logging.INFO, logger="pytrickle_worker.engine.inference.model"):
+        model.enable_batching(coordinator, 6, pad_to_sizes=True)
+    warmed = [r.getMessage() for r in caplog.records if "batches padded to" in r.getMessage()]
+    assert len(warmed) == 1 and "dynamic.onnx: batches padded to 1, 2, 4, 6;" in warmed[0]
+    runs = RunSizes()
+    model.observer = runs
+    for count in (3, 5, 6, 1):
+        results, sizes = gathered_round(model, coordinator, built.images[:count])
+        assert sizes == {count: 1}  # the requests; the session saw the padded size
+        for index, (got, want) in enumerate(zip(results, built.references, strict=False)):
+            assert_same(got, want, f"{built.kind}: {count} padded, image {index}")
+    assert runs.sizes == [4, 6, 6, 1]
+    assert coordinator.stats()["padded_rows"] == 1 + 1
+
+
+def test_a_fixed_batch_keeps_its_size_when_sizes_are_padded(
+    built: Built, cpu: ProviderChoice
+) -> None:
+    model = OnnxModel(built.fixed, cpu, warmup=False)
+    coordinator = BatchCoordinator(1)
+    model.enable_batching(coordinator, 8, pad_to_sizes=True)
+    runs = RunSizes()
+    model.observer = runs
+    results, _ = gathered_round(model, coordinator, built.images[:3])
+    for index, (got, want) in enumerate(zip(results, built.references, strict=False)):
+        assert_same(got, want, f"{built.kind}: fixed 4, image {index}")
+    assert runs.sizes == [FIXED_BATCH]
+
+
 # ----------------------------------------------------------------------------- fixed batches
 
 
@@ -412,9 +456,12 @@ def test_fixed_batch_of_1_is_not_batched_but_keeps_to_the_run_slots(
 # ----------------------------------------------------------------------------- PipelineService
 
 
-def service_config(tmp_path: Path, max_batch: int) -> WorkerConfig:
+def service_config(
+    tmp_path: Path, max_batch: int, batch_sizes: Literal["auto", "padded", "exact"] = "auto"
+) -> WorkerConfig:
     """One run slot (one inference worker of one thread), so that frames gather."""
     return WorkerConfig(
+        batch_sizes=batch_sizes,
         cache_dir=tmp_path / f"cache-{max_batch}",
         execution_provider="cpu",
         inference_workers=1,
@@ -460,8 +507,9 @@ def assert_same_json(got: Any, want: Any, where: str) -> None:
         assert got == want, where
 
 
+@pytest.mark.parametrize("batch_sizes", ["auto", "padded"])
 async def test_pipeline_frames_processed_concurrently_with_max_batch_4_equal_sequential(
-    demo_assets: DemoAssets, tmp_path: Path
+    demo_assets: DemoAssets, tmp_path: Path, batch_sizes: Literal["auto", "padded"]
 ) -> None:
     frames = demo_frames()
     async with PipelineService(service_config(tmp_path, 1), cores=2) as service:
@@ -477,8 +525,10 @@ async def test_pipeline_frames_processed_concurrently_with_max_batch_4_equal_seq
     classes = [r["detection"]["class"] if r["detection"] else None for r in wanted]
     assert classes == ["yellow", None, "white", "truck", "yellow", "black"]
 
-    async with PipelineService(service_config(tmp_path, 4), cores=2) as service:
+    async with PipelineService(service_config(tmp_path, 4, batch_sizes), cores=2) as service:
         assert service.scheduler.pipeline_threads == 4
+        # auto pads on a GPU provider only: here, the CPU's, each batch runs at its own size
+        assert service.registry.pad_to_sizes == (batch_sizes == "padded")
         pipeline = await service.load(str(demo_assets.mpta_path))
         assert pipeline.root.model.max_batch == 4
         largest = 1

@@ -184,6 +184,7 @@ async def test_fresh_app_scrapes_without_any_stream(start_worker: WorkerFactory)
     assert scrape.value("ptw_inference_intra_op_threads") == service.budget.intra_op_threads
     assert scrape.value("ptw_inference_jobs_pending") == 0
     assert scrape.value("ptw_model_loads_pending") == 0
+    assert scrape.value("ptw_inference_padded_rows_total") == 0
     # Families without series yet are announced, with no samples.
     for family in ("ptw_inference_seconds", "ptw_source_online", "ptw_model_info"):
         assert family in scrape.families and not scrape.families[family].samples, family

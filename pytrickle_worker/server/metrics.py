@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from prometheus_client import (
@@ -368,7 +368,12 @@ class WorkerCollector(Collector):
             "inference_max_batch", "Most images one run of a dynamic-batch model takes"
         )
         max_batch.add_metric([], stats["max_batch"])
-        return [workers, threads, pending, loads, max_batch]
+        padded = _counter(
+            "inference_padded_rows",
+            "Padding rows run (fixed-batch models, and batches padded to warmed-up sizes)",
+        )
+        padded.add_metric([], cast("int", stats["batching"]["padded_rows"]))
+        return [workers, threads, pending, loads, max_batch, padded]
 
     def _actions(self) -> list[Metric]:
         assert self.service is not None

@@ -20,6 +20,13 @@ under overload the streams take turns: round-robin, newest frame first, never a 
 ``max_batch`` follows the model (:func:`model_max_batch`): a dynamic batch axis takes the
 configured maximum, a fixed batch of N takes N (a short batch is padded), a fixed batch of 1
 is not batched.
+
+Run sizes: with ``run_sizes`` (:func:`padded_batch_sizes`, the GPU default) a dynamic batch
+is padded up to the next of a few sizes, each run once when the model loads. A GPU provider
+prepares every new input shape on its first run (cuDNN's algorithm choice, arena growth,
+a TensorRT context): measured on an H200, 0.2-1 s each, against 3-37 ms for a warm run, and
+continuous batching forms every size from 1 to ``max_batch``. The padding rows cost a GPU
+little; on the CPU they cost their whole compute, so it runs each batch at its own size.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Final
 
 import numpy as np
@@ -40,10 +48,12 @@ __all__ = [
     "GPU_MAX_BATCH",
     "BatchCoordinator",
     "BatchObserver",
+    "FloatType",
     "ModelBatcher",
     "default_max_batch",
     "describe_batch",
     "model_max_batch",
+    "padded_batch_sizes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,6 +76,20 @@ GPU_MAX_BATCH: Final = 16
 def default_max_batch(uses_gpu: bool) -> int:
     """The batch size for models with a dynamic batch axis when none is configured."""
     return GPU_MAX_BATCH if uses_gpu else CPU_MAX_BATCH
+
+
+def padded_batch_sizes(max_batch: int) -> tuple[int, ...]:
+    """The run sizes a dynamic batch of up to ``max_batch`` is padded to: the powers of two
+    below it, and ``max_batch`` itself (16: ``(1, 2, 4, 8, 16)``; 12: ``(1, 2, 4, 8, 12)``).
+    At most twice the rows a batch holds, and ``log2(max_batch) + 1`` shapes to prepare."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    sizes: list[int] = []
+    size = 1
+    while size < max_batch:
+        sizes.append(size)
+        size *= 2
+    return (*sizes, max_batch)
 
 
 def model_max_batch(fixed_batch: int | None, configured: int, name: str) -> int:
@@ -116,6 +140,7 @@ class _CoordinatorStats:
     requests: int = 0
     largest: int = 0
     sizes: dict[int, int] = field(default_factory=dict[int, int])
+    padded_rows: int = 0
 
 
 class BatchCoordinator:
@@ -150,11 +175,14 @@ class BatchCoordinator:
                 "requests": s.requests,
                 "largest_batch": s.largest,
                 "batch_sizes": dict(sorted(s.sizes.items())),
+                "padded_rows": s.padded_rows,
             }
 
-    def record(self, size: int) -> None:
-        """Count a batch of ``size`` (under ``cond``)."""
+    def record(self, size: int, padded: int = 0) -> None:
+        """Count a batch of ``size`` requests run with ``padded`` rows of padding (under
+        ``cond``)."""
         s = self._stats
+        s.padded_rows += padded
         s.batches += 1
         s.requests += size
         s.largest = max(s.largest, size)
@@ -174,11 +202,20 @@ class ModelBatcher:
         fixed_batch: int | None,
         input_shape: tuple[int, int, int],
         dtype: FloatType,
+        run_sizes: tuple[int, ...] = (),
     ) -> None:
+        """``run_sizes``: the sizes a dynamic batch is padded up to, ascending and ending at
+        ``max_batch`` (:func:`padded_batch_sizes`); empty: each batch runs at its own size."""
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if fixed_batch is not None and fixed_batch != max_batch:
             raise ValueError(f"a fixed batch of {fixed_batch} needs max_batch {fixed_batch}")
+        if run_sizes and (
+            run_sizes[0] != 1
+            or run_sizes[-1] != max_batch
+            or any(a >= b for a, b in pairwise(run_sizes))
+        ):
+            raise ValueError(f"run sizes must ascend from 1 to {max_batch}, got {run_sizes}")
         self.name = name
         self.max_batch = max_batch
         self.fixed_batch = fixed_batch
@@ -189,6 +226,16 @@ class ModelBatcher:
         self._shape = (max_batch, *input_shape)
         self._dtype = dtype
         self._free_buffers: list[Tensor] = []
+        self._run_sizes = run_sizes if fixed_batch is None else ()
+
+    def run_size(self, count: int) -> int:
+        """The rows a batch of ``count`` requests runs with (padding included)."""
+        if self.fixed_batch is not None:
+            return self.fixed_batch
+        for size in self._run_sizes:
+            if size >= count:
+                return size
+        return count
 
     def run(self, tensor: Tensor) -> Output:
         """The model's output for a ``(1, 3, h, w)`` input, run in a batch with whatever
@@ -232,13 +279,14 @@ class ModelBatcher:
             ]
             if not batch:  # others took them while this one waited for more
                 return
-            coordinator.record(len(batch))
+            size = self.run_size(len(batch))
+            coordinator.record(len(batch), size - len(batch))
             buffer = self._free_buffers.pop() if self._free_buffers else None
             cond.release()
             try:
                 started = time.perf_counter()
                 try:
-                    outputs, buffer = self._run_batch(batch, buffer)
+                    outputs, buffer = self._run_batch(batch, buffer, size)
                 except BaseException as exc:  # every caller of the batch gets the error
                     for request in batch:
                         request.error = exc
@@ -261,18 +309,17 @@ class ModelBatcher:
             cond.notify_all()
 
     def _run_batch(
-        self, batch: list[_Request], buffer: Tensor | None
+        self, batch: list[_Request], buffer: Tensor | None, size: int
     ) -> tuple[list[Output], Tensor | None]:
         count = len(batch)
-        if count == 1 and (self.fixed_batch is None or self.fixed_batch == 1):
+        if size == 1:
             return [self._run(batch[0].tensor)], buffer
         if buffer is None:
             buffer = np.zeros(self._shape, dtype=self._dtype)
         for index, request in enumerate(batch):
             buffer[index] = request.tensor[0]
-        # A fixed batch runs whole (the rows past ``count`` are padding: last run's data or
-        # zeros, whose outputs are dropped); a dynamic one runs only the rows it has.
-        size = self._shape[0] if self.fixed_batch is not None else count
+        # Rows past ``count`` are padding (a fixed batch, or a run size): last run's data or
+        # zeros, whose outputs are dropped.
         output = self._run(buffer[:size])
         if output.shape[0] == size:
             return [output[index : index + 1] for index in range(count)], buffer

@@ -31,8 +31,10 @@ from pytrickle_worker.core.errors import ModelError
 from pytrickle_worker.core.frame import FramePixels
 from pytrickle_worker.engine.inference.batching import (
     BatchCoordinator,
+    FloatType,
     ModelBatcher,
     model_max_batch,
+    padded_batch_sizes,
 )
 from pytrickle_worker.engine.inference.binding import BoundRunner
 from pytrickle_worker.engine.inference.imageops import (
@@ -353,6 +355,7 @@ class OnnxModel:
             self._bound = self._bind(choice)
         self.load_ms = (time.perf_counter() - started) * 1000
         self.warmup_ms = 0.0
+        self._warm = warmup
         if warmup:
             self.warmup()
         info = self._info
@@ -579,10 +582,16 @@ class OnnxModel:
 
     # -- inference ----------------------------------------------------------------------
 
-    def enable_batching(self, coordinator: BatchCoordinator, max_batch: int) -> None:
+    def enable_batching(
+        self, coordinator: BatchCoordinator, max_batch: int, *, pad_to_sizes: bool = False
+    ) -> None:
         """Run this model through ``coordinator``'s run slots, batching its single-image
         runs with other threads' (cross-stream batching,
-        :mod:`~pytrickle_worker.engine.inference.batching`). Idempotent."""
+        :mod:`~pytrickle_worker.engine.inference.batching`). Idempotent.
+
+        ``pad_to_sizes``: a dynamic batch is padded to one of :func:`padded_batch_sizes`,
+        and each of them is run once now when the model warms up (a GPU's first run of a
+        new input shape stalls)."""
         with self._lock:
             if self._batcher is not None:
                 return
@@ -590,6 +599,10 @@ class OnnxModel:
             # A model that cannot batch gets a batcher of one all the same: its runs take
             # the coordinator's run slots like every other model's.
             size = model_max_batch(info.batch, max_batch, self.path.name)
+            run_sizes = padded_batch_sizes(size) if pad_to_sizes and info.batch is None else ()
+            dtype = np.float16 if info.input_dtype == "float16" else np.float32
+            if self._warm and len(run_sizes) > 1:
+                self._warm_sizes(run_sizes[1:], dtype)  # batch 1 ran in warmup()
             self._batcher = ModelBatcher(
                 coordinator,
                 self.path.name,
@@ -597,8 +610,28 @@ class OnnxModel:
                 max_batch=size,
                 fixed_batch=info.batch,
                 input_shape=(3, *info.input_size),
-                dtype=np.float16 if info.input_dtype == "float16" else np.float32,
+                dtype=dtype,
+                run_sizes=run_sizes,
             )
+
+    def _warm_sizes(self, sizes: tuple[int, ...], dtype: FloatType) -> None:
+        started = time.perf_counter()
+        h, w = self._info.input_size
+        for size in sizes:
+            try:
+                self._session_run(np.zeros((size, 3, h, w), dtype=dtype))
+            except Exception as exc:
+                raise ModelError(
+                    f"'{self.path.name}': warm-up inference at batch {size} failed: {exc}"
+                ) from exc
+        elapsed = (time.perf_counter() - started) * 1000
+        self.warmup_ms += elapsed
+        logger.info(
+            "%s: batches padded to %s; warmed up in %.0f ms",
+            self.path.name,
+            ", ".join(str(size) for size in (1, *sizes)),
+            elapsed,
+        )
 
     @property
     def max_batch(self) -> int:

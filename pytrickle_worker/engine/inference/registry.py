@@ -62,14 +62,18 @@ class ModelRegistry:
         observer: InferenceObserver | None = None,
         batching: BatchCoordinator | None = None,
         max_batch: int = 1,
+        pad_to_sizes: bool = False,
     ) -> None:
         """``batching``/``max_batch``: the scheduler's run slots, and the batch size to use
-        for models with a dynamic batch axis (every loaded model is batched through them)."""
+        for models with a dynamic batch axis (every loaded model is batched through them);
+        ``pad_to_sizes``: their batches are padded to a few warmed-up sizes
+        (:meth:`OnnxModel.enable_batching`)."""
         self.providers = providers
         self._warmup = warmup
         self._observer = observer
         self._batching = batching
         self.max_batch = max_batch
+        self.pad_to_sizes = pad_to_sizes
         self._lock = threading.Lock()
         self._key_locks: dict[_Key, threading.Lock] = {}
         self._entries: dict[_Key, _Entry] = {}
@@ -115,7 +119,9 @@ class ModelRegistry:
                 max_batch=self.max_batch,
             )
             if self._batching is not None:
-                model.enable_batching(self._batching, self.max_batch)
+                model.enable_batching(
+                    self._batching, self.max_batch, pad_to_sizes=self.pad_to_sizes
+                )
             with self._lock:
                 model.observer = self._observer  # after the warm-up: only real runs count
                 entry = _Entry(key, model, 1, time.time())

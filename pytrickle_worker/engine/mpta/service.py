@@ -70,6 +70,8 @@ class EngineConfig(Protocol):
     @property
     def io_binding(self) -> str: ...
     @property
+    def batch_sizes(self) -> str: ...
+    @property
     def batch_max_wait_ms(self) -> float: ...
     @property
     def max_archive_bytes(self) -> int: ...
@@ -162,7 +164,11 @@ class PipelineService:
             self.budget, max_batch=max_batch, max_wait_s=config.batch_max_wait_ms / 1000
         )
         self.registry = ModelRegistry(
-            self.providers, batching=self.scheduler.batching, max_batch=max_batch
+            self.providers,
+            batching=self.scheduler.batching,
+            max_batch=max_batch,
+            pad_to_sizes=config.batch_sizes == "padded"
+            or (config.batch_sizes == "auto" and self.providers.uses_gpu),
         )
         self.runner = PipelineRunner(
             EngineSettings(
