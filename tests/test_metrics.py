@@ -185,6 +185,13 @@ async def test_fresh_app_scrapes_without_any_stream(start_worker: WorkerFactory)
     assert scrape.value("ptw_inference_jobs_pending") == 0
     assert scrape.value("ptw_model_loads_pending") == 0
     assert scrape.value("ptw_inference_padded_rows_total") == 0
+    # The wake-up probes run from the start: a sample every 50 ms, each under a second here.
+    await asyncio.sleep(0.3)
+    later = await worker.scrape()
+    for probe in ("ptw_thread_wakeup_lateness_seconds", "ptw_event_loop_lag_seconds"):
+        count = later.value(f"{probe}_count")
+        assert count is not None and count >= 2, probe
+        assert later.value(f"{probe}_bucket", le="1.0") == count, probe
     # Families without series yet are announced, with no samples.
     for family in ("ptw_inference_seconds", "ptw_source_online", "ptw_model_info"):
         assert family in scrape.families and not scrape.families[family].samples, family

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from pytrickle_worker import __version__
 from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.core.responsiveness import LoopLagProbe, ThreadWakeupProbe
 from pytrickle_worker.engine.mpta.service import PipelineService
 from pytrickle_worker.frontdoors.cms.endpoint import CMS_ROUTE_DOCS, CmsEndpoint
 from pytrickle_worker.frontdoors.cms.protocol import SubscribePayload
@@ -122,10 +123,22 @@ def create_app(
     app[STREAMS_KEY] = streams
     app[STARTED_KEY] = time.time()
     app[LIVE_KEY] = live
-    metrics = WorkerMetrics(hub=hub, cms=cms, service=service, streams=streams, live=live)
+    # Whether ready threads wait for the GIL, and callbacks for the loop (/metrics).
+    wakeup, loop_lag = ThreadWakeupProbe(), LoopLagProbe()
+    metrics = WorkerMetrics(
+        hub=hub,
+        cms=cms,
+        service=service,
+        streams=streams,
+        live=live,
+        wakeup=wakeup,
+        loop_lag=loop_lag,
+    )
     app[METRICS_KEY] = metrics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        wakeup.start()
+        loop_lag.start()
         await service.start()
         await live.start()
         await hub.start()
@@ -143,6 +156,8 @@ def create_app(
         await hub.stop()
         await live.stop()
         await service.close()
+        await loop_lag.stop()
+        wakeup.stop()
 
     # Registered first, so it is torn down last: the stream API shuts down while the
     # PipelineService it uses is still open.

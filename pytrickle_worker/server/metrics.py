@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from pytrickle_worker import __version__
 from pytrickle_worker.core.latency import LatencySnapshot
 from pytrickle_worker.core.logutil import mask_url
+from pytrickle_worker.core.responsiveness import LoopLagProbe, ThreadWakeupProbe
 from pytrickle_worker.engine.inference.batching import BatchObserver
 from pytrickle_worker.engine.inference.model import ModelInfo
 from pytrickle_worker.engine.mpta.service import PipelineService
@@ -176,12 +177,16 @@ class WorkerCollector(Collector):
         service: PipelineService | None = None,
         streams: StreamManager | None = None,
         live: LiveView | None = None,
+        wakeup: ThreadWakeupProbe | None = None,
+        loop_lag: LoopLagProbe | None = None,
     ) -> None:
         self.hub = hub
         self.cms = cms
         self.service = service
         self.streams = streams
         self.live = live
+        self.wakeup = wakeup
+        self.loop_lag = loop_lag
 
     def describe(self) -> Iterable[Metric]:
         return []  # do not collect at registration (the components may not have started)
@@ -213,7 +218,26 @@ class WorkerCollector(Collector):
     def _worker(self) -> list[Metric]:
         info = _gauge("worker_info", "The worker's version (always 1)", ["version"])
         info.add_metric([__version__], 1)
-        return [info]
+        metrics: list[Metric] = [info]
+        for probe, name, doc in (
+            (
+                self.wakeup,
+                "thread_wakeup_lateness_seconds",
+                "How late a sleeping thread wakes: the wait for the GIL (and for a core on a "
+                "saturated host) that every native call pays on return",
+            ),
+            (
+                self.loop_lag,
+                "event_loop_lag_seconds",
+                "How late a task sleeping on the event loop resumes",
+            ),
+        ):
+            if probe is not None:
+                snapshot = probe.histogram.snapshot()
+                family = HistogramMetricFamily(f"{PREFIX}_{name}", doc)
+                family.add_metric([], _histogram_buckets(snapshot), snapshot.sum_s)
+                metrics.append(family)
+        return metrics
 
     def _sources(self) -> list[Metric]:
         assert self.hub is not None
@@ -575,12 +599,20 @@ class WorkerMetrics:
         service: PipelineService | None = None,
         streams: StreamManager | None = None,
         live: LiveView | None = None,
+        wakeup: ThreadWakeupProbe | None = None,
+        loop_lag: LoopLagProbe | None = None,
         process_metrics: bool = True,
     ) -> None:
         self.registry = CollectorRegistry()
         self.inference = InferenceMetrics(self.registry)
         self.collector = WorkerCollector(
-            hub=hub, cms=cms, service=service, streams=streams, live=live
+            hub=hub,
+            cms=cms,
+            service=service,
+            streams=streams,
+            live=live,
+            wakeup=wakeup,
+            loop_lag=loop_lag,
         )
         self.registry.register(self.collector)
         if process_metrics:  # process_* (CPU, memory, fds), python_info, python_gc_*
