@@ -3,7 +3,7 @@ slowest stream, against a floor measured in the same run.
 
     .venv/bin/python bench/density.py [--resolution 720p] [--imgsz 320] [--target-fps 5]
         [--provider cpu|cuda|tensorrt] [--hw-decode] [--model PATH] [--max-batch N]
-        [--start-n 2] [--step 2] [--max-n 64] [--seconds 20] [--trickle] [--json]
+        [--start-n 2] [--step 2] [--max-n 64] [--seconds 20] [--workers 1] [--trickle] [--json]
 
 What runs (every part a separate process, as in production):
 
@@ -46,6 +46,14 @@ share caches and the scheduler, which moves a run's CPU either way (measured her
 single-thread run is cheaper next to decoders than next to a second run). Pairing the two
 halves a minute apart keeps the machine's drift out of the ratio.
 
+Per step it also reads each worker's ``/metrics``: the mean ``session.run``, rows a run and
+the share of padding, and the wake-up probes (``ptw_thread_wakeup_lateness_seconds``: the
+wait for the GIL a native call pays on return, when cores are spare; the event loop's lag).
+
+``--workers K``: K worker processes share the host (each its own GIL, all one GPU); camera
+``n`` goes to worker ``n % K`` and the figures are their sums. One process's Python can be
+the limit before the cores or the GPU are (bench/RESULTS.md, "GPU").
+
 ``--trickle``: one stream through the StreamServer door, input at 30 fps real time, every
 frame analysed: its processing fps against a floor of decode + ``session.run`` + encode.
 """
@@ -63,7 +71,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from math import ceil
@@ -74,6 +82,7 @@ import aiohttp
 import av
 import numpy as np
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cms_saturation import (
@@ -488,6 +497,16 @@ class Step:
     holds: bool
     #: The worker's mean session.run (from /metrics) vs the floor's, both per image.
     run_ms: float = 0.0
+    #: Rows per run (padding included) and the share of them that was padding.
+    rows_per_run: float = 0.0
+    padded_share: float = 0.0
+    #: The worker's wake-up probes over the window: a sleeping thread's lateness (the GIL
+    #: wait a native call pays on return, with spare cores) and the event loop's lag; mean
+    #: and the upper bound of the bucket holding the 95th percentile.
+    wakeup_mean_ms: float = 0.0
+    wakeup_p95_ms: float = 0.0
+    loop_lag_mean_ms: float = 0.0
+    loop_lag_p95_ms: float = 0.0
     gpu: dict[str, float] | None = None
     # Against the floor (``scored``).
     floor_fps: float = 0.0
@@ -529,14 +548,22 @@ def scored(step: Step, floor: Floor, target: float) -> Step:
     )
 
 
+def subscription_id(camera: int) -> str:
+    return f"density-{camera};cam-{camera}"
+
+
+def camera_of(identifier: str) -> int:
+    return int(identifier.split(";", 1)[0].removeprefix("density-"))
+
+
 class Backend:
-    """One CMS WebSocket; records every imageDetection as it arrives."""
+    """One CMS WebSocket to one worker; records every imageDetection as it arrives."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         self.ws = ws
         self.detections: list[Detection] = []
         self.errors: list[dict[str, Any]] = []
-        self.ids: list[str] = []
+        self.ids: set[str] = set()
         self._reader = asyncio.ensure_future(self._read())
 
     async def _read(self) -> None:
@@ -546,53 +573,80 @@ class Backend:
             data = json.loads(message.data)
             kind = data.get("type")
             if kind == "imageDetection":
-                if data["subscriptionIdentifier"] not in self.ids:
+                identifier = data["subscriptionIdentifier"]
+                if identifier not in self.ids:
                     continue  # sent before its unsubscribe arrived
-                camera = self.ids.index(data["subscriptionIdentifier"])
                 latency = capture_latency(data, time.time())
-                self.detections.append(Detection(camera, time.monotonic(), latency))
+                self.detections.append(Detection(camera_of(identifier), time.monotonic(), latency))
             elif kind == "error":
                 self.errors.append(data)
 
-    async def subscribe(self, camera_port: int, mpta: Path, count: int) -> None:
-        while len(self.ids) < count:
-            n = len(self.ids)
-            identifier = f"density-{n};cam-{n}"
-            self.ids.append(identifier)
-            payload = {
-                "subscriptionIdentifier": identifier,
-                "rtspUrl": f"http://127.0.0.1:{camera_port}/stream.ts?camera={n}",
-                "modelUrl": str(mpta),
-                "modelId": 1,
-                "modelName": "density",
-            }
-            await self.ws.send_json({"type": "subscribe", "payload": payload})
+    async def subscribe(self, camera_port: int, mpta: Path, camera: int) -> None:
+        identifier = subscription_id(camera)
+        self.ids.add(identifier)
+        payload = {
+            "subscriptionIdentifier": identifier,
+            "rtspUrl": f"http://127.0.0.1:{camera_port}/stream.ts?camera={camera}",
+            "modelUrl": str(mpta),
+            "modelId": 1,
+            "modelName": "density",
+        }
+        await self.ws.send_json({"type": "subscribe", "payload": payload})
 
     async def unsubscribe_all(self) -> None:
-        for identifier in self.ids:
+        for identifier in sorted(self.ids):
             payload = {"subscriptionIdentifier": identifier}
             await self.ws.send_json({"type": "unsubscribe", "payload": payload})
         self.ids.clear()
+
+
+class Fleet:
+    """The CMS backend of ``--workers`` worker processes: camera ``n`` goes to worker
+    ``n % workers``, and the detections of all of them count together."""
+
+    def __init__(self, backends: list[Backend]) -> None:
+        self.backends = backends
+        self.cameras = 0
+
+    @property
+    def detections(self) -> list[Detection]:
+        return [d for backend in self.backends for d in backend.detections]
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        return [e for backend in self.backends for e in backend.errors]
+
+    async def subscribe(self, camera_port: int, mpta: Path, count: int) -> None:
+        while self.cameras < count:
+            backend = self.backends[self.cameras % len(self.backends)]
+            await backend.subscribe(camera_port, mpta, self.cameras)
+            self.cameras += 1
+
+    async def unsubscribe_all(self) -> None:
+        for backend in self.backends:
+            await backend.unsubscribe_all()
+        self.cameras = 0
 
     async def wait_quiet(self, within: float = 30.0) -> None:
         """Until no detection has arrived for a second (every camera stopped)."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            last = self.detections[-1].received if self.detections else 0.0
+            latest = (b.detections[-1].received for b in self.backends if b.detections)
+            last = max(latest, default=0.0)
             if time.monotonic() - last > 1.0:
                 return
             await asyncio.sleep(0.2)
         raise SystemExit("the worker kept sending detections after every unsubscribe")
 
-    async def wait_idle(self, process: psutil.Process, within: float = 60.0) -> None:
-        """Until ``process`` uses under a tenth of a core over a second (its cameras
+    async def wait_idle(self, processes: Sequence[psutil.Process], within: float = 60.0) -> None:
+        """Until the workers use under a tenth of a core over a second (their cameras
         closed, nothing left from them), so that a floor measured next finds the machine
         to itself."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
-            before = cpu_seconds(process)
+            before = sum(cpu_seconds(p) for p in processes)
             await asyncio.sleep(1.0)
-            if cpu_seconds(process) - before < 0.1:
+            if sum(cpu_seconds(p) for p in processes) - before < 0.1:
                 return
         raise SystemExit("the worker stayed busy after every camera was unsubscribed")
 
@@ -618,16 +672,73 @@ class Backend:
         return [c / (end - start) for c in counts], latencies
 
 
-async def inference_totals(http: aiohttp.ClientSession, port: int) -> tuple[float, float]:
-    """The worker's ``ptw_inference_seconds`` sum and count over every model."""
-    async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
-        text = await response.text()
-    totals = [0.0, 0.0]
-    for line in text.splitlines():
-        for index, name in enumerate(("ptw_inference_seconds_sum", "ptw_inference_seconds_count")):
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                totals[index] += float(line.rsplit(" ", 1)[1])
-    return totals[0], totals[1]
+@dataclass
+class ProbeReading:
+    """A wake-up probe's histogram: sum (s), count, and cumulative counts by upper bound."""
+
+    sum_s: float = 0.0
+    count: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict[float, float])
+
+
+@dataclass
+class WorkerReading:
+    """Cumulative figures of the worker's ``/metrics`` at one moment (every model summed)."""
+
+    run_s: float = 0.0
+    runs: float = 0.0
+    rows: float = 0.0  # ptw_inference_batch_size's sum: rows run, padding included
+    padded_rows: float = 0.0
+    wakeup: ProbeReading = field(default_factory=ProbeReading)
+    loop_lag: ProbeReading = field(default_factory=ProbeReading)
+
+
+async def read_workers(http: aiohttp.ClientSession, ports: Sequence[int]) -> WorkerReading:
+    """Every worker's figures summed (the probes' histograms pooled)."""
+    reading = WorkerReading()
+    for port in ports:
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+            add_reading(reading, await response.text())
+    return reading
+
+
+def add_reading(reading: WorkerReading, text: str) -> None:
+    probes = {
+        "ptw_thread_wakeup_lateness_seconds": reading.wakeup,
+        "ptw_event_loop_lag_seconds": reading.loop_lag,
+    }
+    for family in text_string_to_metric_families(text):
+        probe = probes.get(family.name)
+        for sample in family.samples:
+            name, value = sample.name, float(sample.value)
+            if name == "ptw_inference_seconds_sum":
+                reading.run_s += value
+            elif name == "ptw_inference_seconds_count":
+                reading.runs += value
+            elif name == "ptw_inference_batch_size_sum":
+                reading.rows += value
+            elif name == "ptw_inference_padded_rows_total":
+                reading.padded_rows += value
+            elif probe is not None and name.endswith("_sum"):
+                probe.sum_s += value
+            elif probe is not None and name.endswith("_count"):
+                probe.count += value
+            elif probe is not None and name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                probe.buckets[bound] = probe.buckets.get(bound, 0.0) + value
+
+
+def lateness_ms(before: ProbeReading, after: ProbeReading) -> tuple[float, float]:
+    """A probe's mean over a window and the upper bound of the bucket holding its 95th
+    percentile (ms; nan without samples)."""
+    count = after.count - before.count
+    if count <= 0:
+        return float("nan"), float("nan")
+    mean = (after.sum_s - before.sum_s) / count * 1000
+    for bound in sorted(after.buckets):
+        if after.buckets[bound] - before.buckets.get(bound, 0.0) >= 0.95 * count:
+            return mean, bound * 1000
+    return mean, float("inf")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -652,6 +763,15 @@ def gpu_sample() -> dict[str, float] | None:
         return None
 
 
+@dataclass
+class Workers:
+    """The worker processes under test (``--workers``), their ports and the camera's process."""
+
+    ports: list[int]
+    processes: list[psutil.Process]
+    camera: psutil.Process
+
+
 async def ramp(
     args: argparse.Namespace,
     floor: Floor,
@@ -662,28 +782,44 @@ async def ramp(
     tmp: Path,
     together: Callable[[int, float], Together],
 ) -> list[Step]:
-    worker_port = free_port()
-    worker = spawn_worker(worker_port, env, (args.log_dir or tmp) / "worker.log")
+    ports = [free_port() for _ in range(args.workers)]
+    logs = args.log_dir or tmp
+    # Each worker its own cache (archive extraction is per process).
+    spawned = [
+        spawn_worker(
+            port,
+            env if i == 0 else {**env, "PTW_CACHE_DIR": str(tmp / f"cache-{i}")},
+            logs / ("worker.log" if i == 0 else f"worker-{i}.log"),
+        )
+        for i, port in enumerate(ports)
+    ]
     steps: list[Step] = []
     try:
-        await wait_http(f"http://127.0.0.1:{worker_port}/health/live")
-        processes = (psutil.Process(worker.pid), psutil.Process(camera.pid))
-        async with (
-            aiohttp.ClientSession() as http,
-            http.ws_connect(f"ws://127.0.0.1:{worker_port}/", max_msg_size=0) as ws,
-        ):
-            backend = Backend(ws)
-            window = partial(measure_window, args, backend, http, worker_port, processes)
+        for port in ports:
+            await wait_http(f"http://127.0.0.1:{port}/health/live")
+        workers = Workers(
+            ports, [psutil.Process(w.pid) for w in spawned], psutil.Process(camera.pid)
+        )
+        async with contextlib.AsyncExitStack() as stack:
+            http = await stack.enter_async_context(aiohttp.ClientSession())
+            sockets = [
+                await stack.enter_async_context(
+                    http.ws_connect(f"ws://127.0.0.1:{port}/", max_msg_size=0)
+                )
+                for port in ports
+            ]
+            fleet = Fleet([Backend(ws) for ws in sockets])
+            window = partial(measure_window, args, fleet, http, workers)
             n = args.start_n
             overload_n: int | None = None
             while n <= args.max_n:
                 subscribed = time.monotonic()
-                await backend.subscribe(camera_port, mpta, n)
-                await backend.wait_all_running(n, since=subscribed)
+                await fleet.subscribe(camera_port, mpta, n)
+                await fleet.wait_all_running(n, since=subscribed)
                 step = scored(await window(n), floor, args.target_fps)
                 if not step.holds and args.rounds:
-                    rounds = partial(paired_rounds, args, backend, camera_port, mpta)
-                    step = await rounds(step, window, together, processes[0])
+                    rounds = partial(paired_rounds, args, fleet, camera_port, mpta)
+                    step = await rounds(step, window, together, workers.processes)
                 steps.append(step)
                 print(progress(step, args), file=sys.stderr if args.json else sys.stdout)
                 if n == overload_n:
@@ -698,30 +834,37 @@ async def ramp(
                     continue
                 n += args.step
     finally:
-        worker.terminate()
-        with contextlib.suppress(Exception):
-            worker.wait(30)
+        for worker in spawned:
+            worker.terminate()
+        for worker in spawned:
+            with contextlib.suppress(Exception):
+                worker.wait(30)
     return steps
 
 
 async def measure_window(
     args: argparse.Namespace,
-    backend: Backend,
+    fleet: Fleet,
     http: aiohttp.ClientSession,
-    worker_port: int,
-    processes: tuple[psutil.Process, psutil.Process],
+    workers: Workers,
     n: int,
 ) -> Step:
-    """The worker's figures over one window of ``args.seconds`` with ``n`` cameras running."""
-    worker_ps, camera_ps = processes
+    """The workers' figures over one window of ``args.seconds`` with ``n`` cameras running."""
+
+    def worker_cpu() -> float:
+        return sum(cpu_seconds(p) for p in workers.processes)
+
     await asyncio.sleep(args.warmup)
-    runs_before = await inference_totals(http, worker_port)
-    before = (cpu_seconds(worker_ps), cpu_seconds(camera_ps), time.monotonic())
+    first = await read_workers(http, workers.ports)
+    before = (worker_cpu(), cpu_seconds(workers.camera), time.monotonic())
     await asyncio.sleep(args.seconds)
     end = time.monotonic()
-    runs_after = await inference_totals(http, worker_port)
-    runs = runs_after[1] - runs_before[1]
-    fps, latencies = backend.window(before[2], end, n)
+    last = await read_workers(http, workers.ports)
+    runs = last.runs - first.runs
+    rows = last.rows - first.rows
+    wakeup = lateness_ms(first.wakeup, last.wakeup)
+    loop_lag = lateness_ms(first.loop_lag, last.loop_lag)
+    fps, latencies = fleet.window(before[2], end, n)
     return Step(
         cameras=n,
         fps_min=min(fps),
@@ -729,23 +872,29 @@ async def measure_window(
         fps_total=sum(fps),
         latency_p50_ms=percentile(latencies, 0.5) * 1000,
         latency_p95_ms=percentile(latencies, 0.95) * 1000,
-        worker_cores=(cpu_seconds(worker_ps) - before[0]) / (end - before[2]),
-        camera_cores=(cpu_seconds(camera_ps) - before[1]) / (end - before[2]),
+        worker_cores=(worker_cpu() - before[0]) / (end - before[2]),
+        camera_cores=(cpu_seconds(workers.camera) - before[1]) / (end - before[2]),
         holds=min(fps) >= args.target_fps * SLOWEST_TOLERANCE,
-        run_ms=(runs_after[0] - runs_before[0]) / runs * 1000 if runs else 0.0,
+        run_ms=(last.run_s - first.run_s) / runs * 1000 if runs else 0.0,
+        rows_per_run=rows / runs if runs else 0.0,
+        padded_share=(last.padded_rows - first.padded_rows) / rows if rows else 0.0,
+        wakeup_mean_ms=wakeup[0],
+        wakeup_p95_ms=wakeup[1],
+        loop_lag_mean_ms=loop_lag[0],
+        loop_lag_p95_ms=loop_lag[1],
         gpu=gpu_sample(),
     )
 
 
 async def paired_rounds(
     args: argparse.Namespace,
-    backend: Backend,
+    fleet: Fleet,
     camera_port: int,
     mpta: Path,
     step: Step,
     window: Callable[[int], Awaitable[Step]],
     together: Callable[[int, float], Together],
-    worker: psutil.Process,
+    workers: Sequence[psutil.Process],
 ) -> Step:
     """A step past the max N against the floor's parts run together at its N, in
     ``args.rounds`` pairs: the worker's cameras stop, the bare parts run, the cameras start
@@ -756,9 +905,9 @@ async def paired_rounds(
     rounds: list[dict[str, float]] = []
     worker_fps = step.fps_total
     for index in range(args.rounds):
-        await backend.unsubscribe_all()
-        await backend.wait_quiet()
-        await backend.wait_idle(worker)
+        await fleet.unsubscribe_all()
+        await fleet.wait_quiet()
+        await fleet.wait_idle(workers)
         bare = await asyncio.to_thread(together, n, step.fps_median)
         fps = min(n * args.target_fps, bare.runs_per_s)
         rounds.append(
@@ -779,8 +928,8 @@ async def paired_rounds(
         )
         if index + 1 < args.rounds:
             resumed = time.monotonic()
-            await backend.subscribe(camera_port, mpta, n)
-            await backend.wait_all_running(n, since=resumed)
+            await fleet.subscribe(camera_port, mpta, n)
+            await fleet.wait_all_running(n, since=resumed)
             worker_fps = (await window(n)).fps_total
     return with_together(step, rounds)
 
@@ -797,7 +946,10 @@ def progress(step: Step, args: argparse.Namespace) -> str:
         f"{step.latency_p50_ms:.0f} ms p95 {step.latency_p95_ms:.0f} ms; worker "
         f"{step.worker_cores:.2f} cores vs floor {step.floor_cores:.2f} "
         f"(x{step.worker_over_floor_cpu:.2f}); camera {step.camera_cores:.2f} cores; "
-        f"session.run {step.run_ms:.1f} ms vs floor {step.floor_run_ms:.1f}{gpu}"
+        f"session.run {step.run_ms:.1f} ms vs floor {step.floor_run_ms:.1f}, "
+        f"{step.rows_per_run:.1f} rows a run ({step.padded_share:.0%} padding); thread "
+        f"wake-up late {step.wakeup_mean_ms:.1f} ms (p95 <= {step.wakeup_p95_ms:g}), loop lag "
+        f"{step.loop_lag_mean_ms:.1f} ms (p95 <= {step.loop_lag_p95_ms:g}){gpu}"
     )
 
 
@@ -895,6 +1047,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--resolution", default="720p", help="720p, 1080p or WxH")
     parser.add_argument("--target-fps", type=float, default=5.0)
     parser.add_argument("--max-batch", type=int, default=0, help="PTW_MAX_BATCH (0: default)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the host (and its GPU); camera n goes to worker n %% K",
+    )
     parser.add_argument("--start-n", type=int, default=2)
     parser.add_argument("--step", type=int, default=2)
     parser.add_argument("--max-n", type=int, default=64)
