@@ -29,6 +29,8 @@ from typing import Any, Literal, cast
 
 import numpy as np
 import numpy.typing as npt
+import onnx
+import onnx.numpy_helper
 import pytest
 
 from pytrickle_worker.config import WorkerConfig
@@ -376,6 +378,59 @@ def test_padded_sizes_are_warmed_up_and_every_thread_gets_its_batch_1_result(
             assert_same(got, want, f"{built.kind}: {count} padded, image {index}")
     assert runs.sizes == [4, 6, 6, 1]
     assert coordinator.stats()["padded_rows"] == 1 + 1
+
+
+def single_image_graph(source: Path, path: Path, how: str) -> Path:
+    """``source`` (a dynamic-batch classifier) with its output cut to one image: the input
+    still declares a dynamic batch, but a batch of more than one fails inside the graph
+    (``reshape``, as in models exported with a hard-coded reshape) or answers its first
+    image only (``slice``)."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    output = graph.output[0]
+    classes = output.type.tensor_type.shape.dim[1].dim_value
+    hidden = output.name + "_batched"
+    for node in graph.node:
+        node.output[:] = [hidden if name == output.name else name for name in node.output]
+    constants = {"one_image": [1, classes], "zero": [0], "one": [1]}
+    for name, values in constants.items():
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(values, np.int64), name))
+    if how == "reshape":
+        node = onnx.helper.make_node("Reshape", [hidden, "one_image"], [output.name])
+    else:
+        node = onnx.helper.make_node("Slice", [hidden, "zero", "one", "zero"], [output.name])
+    graph.node.append(node)
+    output.type.tensor_type.shape.dim[0].Clear()
+    output.type.tensor_type.shape.dim[0].dim_value = 1
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("how", "problem"),
+    [("reshape", "fails ("), ("slice", "gives an output of 1 image(s)")],
+)
+def test_a_graph_that_does_not_batch_loads_unbatched_with_a_warning(
+    tmp_path: Path, cpu: ProviderChoice, caplog: pytest.LogCaptureFixture, how: str, problem: str
+) -> None:
+    dynamic = build_colour_classifier(tmp_path / "dynamic.onnx", 64, batch=None)
+    broken = single_image_graph(dynamic, tmp_path / "one-image.onnx", how)
+    model = OnnxModel(broken, cpu)
+    assert model.info.batch is None  # it declares a dynamic batch
+    coordinator = BatchCoordinator(1)
+    with caplog.at_level(logging.WARNING, logger="pytrickle_worker.engine.inference.model"):
+        model.enable_batching(coordinator, 8, pad_to_sizes=True)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1, warned
+    assert warned[0].startswith(f"one-image.onnx: a batch of 2 {problem}")
+    assert warned[0].endswith("; batches of up to 1 only (not batched)")
+    assert model.max_batch == 1
+    images = classifier_images()[:3]
+    reference = OnnxModel(dynamic, cpu)
+    results, sizes = gathered_round(model, coordinator, images)
+    assert sizes == {1: 3}  # one image a run, and every one right
+    for index, (got, image) in enumerate(zip(results, images, strict=True)):
+        assert_same(got, infer(reference, image), f"image {index}")
 
 
 def test_a_fixed_batch_keeps_its_size_when_sizes_are_padded(

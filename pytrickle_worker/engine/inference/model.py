@@ -602,7 +602,8 @@ class OnnxModel:
             run_sizes = padded_batch_sizes(size) if pad_to_sizes and info.batch is None else ()
             dtype = np.float16 if info.input_dtype == "float16" else np.float32
             if self._warm and len(run_sizes) > 1:
-                self._warm_sizes(run_sizes[1:], dtype)  # batch 1 ran in warmup()
+                run_sizes = self._warm_sizes(run_sizes, dtype)
+                size = run_sizes[-1]
             self._batcher = ModelBatcher(
                 coordinator,
                 self.path.name,
@@ -614,24 +615,43 @@ class OnnxModel:
                 run_sizes=run_sizes,
             )
 
-    def _warm_sizes(self, sizes: tuple[int, ...], dtype: FloatType) -> None:
+    def _warm_sizes(self, sizes: tuple[int, ...], dtype: FloatType) -> tuple[int, ...]:
+        """Run each of ``sizes`` past 1 (warmup() ran 1) once; the sizes up to the first
+        that fails or answers another batch (a graph whose "dynamic" batch axis does not
+        batch, a batch the device has no memory for), which the model then keeps to."""
         started = time.perf_counter()
         h, w = self._info.input_size
-        for size in sizes:
+        name = self.path.name
+        for index, size in enumerate(sizes[1:], 1):
             try:
-                self._session_run(np.zeros((size, 3, h, w), dtype=dtype))
-            except Exception as exc:
-                raise ModelError(
-                    f"'{self.path.name}': warm-up inference at batch {size} failed: {exc}"
-                ) from exc
+                rows = self._session_run(np.zeros((size, 3, h, w), dtype=dtype)).shape[0]
+            except Exception as exc:  # onnxruntime's own errors have no common base
+                problem = f"fails ({exc})"
+            else:
+                if rows == size:
+                    continue
+                problem = f"gives an output of {rows} image(s)"
+            kept = sizes[:index]
+            logger.warning(
+                "%s: a batch of %d %s; batches of up to %d only%s",
+                name,
+                size,
+                problem,
+                kept[-1],
+                " (not batched)" if kept[-1] == 1 else "",
+            )
+            sizes = kept
+            break
         elapsed = (time.perf_counter() - started) * 1000
         self.warmup_ms += elapsed
-        logger.info(
-            "%s: batches padded to %s; warmed up in %.0f ms",
-            self.path.name,
-            ", ".join(str(size) for size in (1, *sizes)),
-            elapsed,
-        )
+        if len(sizes) > 1:
+            logger.info(
+                "%s: batches padded to %s; warmed up in %.0f ms",
+                name,
+                ", ".join(str(size) for size in sizes),
+                elapsed,
+            )
+        return sizes
 
     @property
     def max_batch(self) -> int:
