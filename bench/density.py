@@ -51,8 +51,9 @@ the share of padding, and the wake-up probes (``ptw_thread_wakeup_lateness_secon
 wait for the GIL a native call pays on return, when cores are spare; the event loop's lag).
 
 ``--workers K``: K worker processes share the host (each its own GIL, all one GPU); camera
-``n`` goes to worker ``n % K`` and the figures are their sums. One process's Python can be
-the limit before the cores or the GPU are (bench/RESULTS.md, "GPU").
+``n`` goes to worker ``n % K`` and the figures are their sums. Each sizes its thread budget
+for the whole host (set ``--worker-env PTW_INFERENCE_WORKERS=...`` to share it out). One
+process's Python can be the limit before the cores or the GPU are (bench/RESULTS.md, "GPU").
 
 ``--trickle``: one stream through the StreamServer door, input at 30 fps real time, every
 frame analysed: its processing fps against a floor of decode + ``session.run`` + encode.
@@ -64,6 +65,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -76,7 +78,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from math import ceil
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import av
@@ -639,14 +641,14 @@ class Fleet:
         raise SystemExit("the worker kept sending detections after every unsubscribe")
 
     async def wait_idle(self, processes: Sequence[psutil.Process], within: float = 60.0) -> None:
-        """Until the workers use under a tenth of a core over a second (their cameras
+        """Until each worker uses under a tenth of a core over a second (their cameras
         closed, nothing left from them), so that a floor measured next finds the machine
         to itself."""
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
             before = sum(cpu_seconds(p) for p in processes)
             await asyncio.sleep(1.0)
-            if sum(cpu_seconds(p) for p in processes) - before < 0.1:
+            if sum(cpu_seconds(p) for p in processes) - before < 0.1 * len(processes):
                 return
         raise SystemExit("the worker stayed busy after every camera was unsubscribed")
 
@@ -741,6 +743,17 @@ def lateness_ms(before: ProbeReading, after: ProbeReading) -> tuple[float, float
     return mean, float("inf")
 
 
+def finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in cast("dict[str, Any]", value).items()}
+    if isinstance(value, list):
+        return [finite(v) for v in cast("list[Any]", value)]
+    return value
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -784,17 +797,19 @@ async def ramp(
 ) -> list[Step]:
     ports = [free_port() for _ in range(args.workers)]
     logs = args.log_dir or tmp
-    # Each worker its own cache (archive extraction is per process).
-    spawned = [
-        spawn_worker(
-            port,
-            env if i == 0 else {**env, "PTW_CACHE_DIR": str(tmp / f"cache-{i}")},
-            logs / ("worker.log" if i == 0 else f"worker-{i}.log"),
-        )
-        for i, port in enumerate(ports)
-    ]
+    spawned: list[subprocess.Popen[bytes]] = []
     steps: list[Step] = []
     try:
+        for i, port in enumerate(ports):
+            # Each worker its own cache (archive extraction is per process). Each sizes its
+            # thread budget for the whole host: K workers run K times the threads.
+            spawned.append(
+                spawn_worker(
+                    port,
+                    env if i == 0 else {**env, "PTW_CACHE_DIR": str(tmp / f"cache-{i}")},
+                    logs / ("worker.log" if i == 0 else f"worker-{i}.log"),
+                )
+            )
         for port in ports:
             await wait_http(f"http://127.0.0.1:{port}/health/live")
         workers = Workers(
@@ -1086,7 +1101,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--log-dir", type=Path, help="keep the worker's and the camera's logs here")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
 
 
 async def main() -> None:
@@ -1215,9 +1233,10 @@ def report(
         "overload": asdict(overload) if overload else None,
         "below_saturation": asdict(below) if below else None,
         "trickle": trickle,
+        "workers": args.workers,
     }
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(finite(result), indent=2, allow_nan=False))
         return
     print(
         f"machine: {floor.cores} cores; clip {size[0]}x{size[1]}@{CLIP_FPS}; detector at "

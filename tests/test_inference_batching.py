@@ -161,9 +161,12 @@ def test_padded_batch_sizes_are_few_and_cover_every_batch(max_batch: int) -> Non
     sizes = padded_batch_sizes(max_batch)
     assert sizes[0] == 1 and sizes[-1] == max_batch
     assert all(a < b <= 2 * a for a, b in pairwise(sizes))
-    assert len(sizes) == (max_batch - 1).bit_length() + 1
-    for count in range(1, max_batch + 1):  # every batch pads to less than twice its rows
-        assert min(s for s in sizes if s >= count) < 2 * count
+    assert len(sizes) <= 4 + max_batch // 8  # few shapes to prepare
+    for count in range(1, max_batch + 1):
+        padded = min(s for s in sizes if s >= count)
+        # under twice the rows, and fewer than 8 extra rows past 8
+        assert padded < 2 * count and (count <= 8 or padded - count < 8)
+    assert padded_batch_sizes(32) == (1, 2, 4, 8, 16, 24, 32)
 
 
 def test_a_padded_batch_runs_at_the_next_size_and_each_caller_gets_its_row() -> None:
@@ -348,8 +351,11 @@ def test_max_batch_follows_the_model(caplog: pytest.LogCaptureFixture) -> None:
         BatchCoordinator(1, max_wait_s=5)
 
 
+@pytest.mark.parametrize(
+    ("run_sizes", "runs"), [((), [1, 3, 1, 1, 1]), ((1, 2, 4), [1, 4, 1, 1, 1])]
+)
 def test_a_graph_that_does_not_batch_falls_back_to_one_image_at_a_time(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, run_sizes: tuple[int, ...], runs: list[int]
 ) -> None:
     """A model that declares a dynamic batch axis but answers one image whatever it gets:
     the batch is rerun image by image (every caller still gets its own result) and the model
@@ -371,6 +377,7 @@ def test_a_graph_that_does_not_batch_falls_back_to_one_image_at_a_time(
         fixed_batch=None,
         input_shape=SHAPE,
         dtype=np.float32,
+        run_sizes=run_sizes,
     )
     outputs: dict[float, npt.NDArray[np.float32]] = {}
 
@@ -396,9 +403,11 @@ def test_a_graph_that_does_not_batch_falls_back_to_one_image_at_a_time(
         3.0: 6.0,
         4.0: 8.0,
     }
-    assert sizes == [1, 3, 1, 1, 1]  # the batch of 3, then each of its images alone
+    assert sizes == runs  # the batch of 3 (padded or not), then each of its images alone
     assert batcher.max_batch == 1
-    assert "nobatch.onnx: a batch of 3 gave an output of shape (1, 3, 2, 2)" in caplog.text
+    assert batcher.run_size(1) == 1
+    run = runs[1]
+    assert f"nobatch.onnx: a batch of {run} gave an output of shape (1, 3, 2, 2)" in caplog.text
 
 
 def test_a_fixed_batch_model_that_answers_the_wrong_batch_fails_its_callers() -> None:

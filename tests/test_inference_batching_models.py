@@ -434,17 +434,29 @@ def test_a_graph_that_does_not_batch_loads_unbatched_with_a_warning(
 
 
 def test_a_fixed_batch_keeps_its_size_when_sizes_are_padded(
-    built: Built, cpu: ProviderChoice
+    built: Built, cpu: ProviderChoice, caplog: pytest.LogCaptureFixture
 ) -> None:
-    model = OnnxModel(built.fixed, cpu, warmup=False)
+    model = OnnxModel(built.fixed, cpu)
     coordinator = BatchCoordinator(1)
-    model.enable_batching(coordinator, 8, pad_to_sizes=True)
+    with caplog.at_level(logging.INFO, logger="pytrickle_worker.engine.inference.model"):
+        model.enable_batching(coordinator, 8, pad_to_sizes=True)
+    assert "batches padded to" not in caplog.text  # no other size is warmed up
     runs = RunSizes()
     model.observer = runs
     results, _ = gathered_round(model, coordinator, built.images[:3])
     for index, (got, want) in enumerate(zip(results, built.references, strict=False)):
         assert_same(got, want, f"{built.kind}: fixed 4, image {index}")
     assert runs.sizes == [FIXED_BATCH]
+
+
+def test_auto_pads_only_a_session_on_a_gpu(built: Built, cpu: ProviderChoice) -> None:
+    model = OnnxModel(built.dynamic, cpu)
+    coordinator = BatchCoordinator(1)
+    model.enable_batching(coordinator, 6, pad_to_sizes=None)  # auto: this session is the CPU's
+    runs = RunSizes()
+    model.observer = runs
+    gathered_round(model, coordinator, built.images[:3])
+    assert runs.sizes == [3]
 
 
 # ----------------------------------------------------------------------------- fixed batches
@@ -582,8 +594,8 @@ async def test_pipeline_frames_processed_concurrently_with_max_batch_4_equal_seq
 
     async with PipelineService(service_config(tmp_path, 4, batch_sizes), cores=2) as service:
         assert service.scheduler.pipeline_threads == 4
-        # auto pads on a GPU provider only: here, the CPU's, each batch runs at its own size
-        assert service.registry.pad_to_sizes == (batch_sizes == "padded")
+        # auto pads where a session runs on a GPU: here, on the CPU, each batch keeps its size
+        assert service.registry.pad_to_sizes == (None if batch_sizes == "auto" else True)
         pipeline = await service.load(str(demo_assets.mpta_path))
         assert pipeline.root.model.max_batch == 4
         largest = 1
@@ -600,6 +612,8 @@ async def test_pipeline_frames_processed_concurrently_with_max_batch_4_equal_seq
             if largest > 1:
                 break
         assert largest > 1, "the concurrent frames never ran as one batch"
+        if batch_sizes == "auto":
+            assert service.scheduler.batching.stats()["padded_rows"] == 0
         await service.release(pipeline)
 
 

@@ -64,15 +64,17 @@ def test_a_thread_that_keeps_the_gil_makes_the_probe_wake_late(
 
 def test_the_probe_stops_and_can_start_again() -> None:
     probe = ThreadWakeupProbe(period_s=0.005)
-    probe.start()
-    wait_for_samples(probe, 2)
-    probe.stop()
-    stopped = probe.histogram.snapshot().count
-    time.sleep(0.05)
-    assert probe.histogram.snapshot().count == stopped
-    probe.start()
-    wait_for_samples(probe, stopped + 2)
-    probe.stop()
+    try:
+        probe.start()
+        wait_for_samples(probe, 2)
+        probe.stop()
+        stopped = probe.histogram.snapshot().count
+        time.sleep(0.05)
+        assert probe.histogram.snapshot().count == stopped
+        probe.start()
+        wait_for_samples(probe, stopped + 2)
+    finally:
+        probe.stop()
 
 
 async def test_a_callback_that_keeps_the_loop_shows_as_lag() -> None:

@@ -31,7 +31,8 @@ from pytrickle_worker.core.latency import LatencyHistogram
 __all__ = ["LATENESS_BUCKETS", "PROBE_PERIOD_S", "LoopLagProbe", "ThreadWakeupProbe"]
 
 
-#: Upper bounds (seconds): timer slack is ~0.1 ms; one GIL switch interval is 5 ms.
+#: Upper bounds (seconds): a thread's timer slack is ~0.1 ms (the loop's ~1 ms: selectors
+#: round their timeouts up to whole milliseconds); one GIL switch interval is 5 ms.
 LATENESS_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 PROBE_PERIOD_S: Final = 0.05
 

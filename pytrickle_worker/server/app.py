@@ -137,8 +137,6 @@ def create_app(
     app[METRICS_KEY] = metrics
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        wakeup.start()
-        loop_lag.start()
         await service.start()
         await live.start()
         await hub.start()
@@ -151,13 +149,17 @@ def create_app(
             service.describe_redis_setting(),
             model_urls.describe(),
         )
-        yield
+        wakeup.start()
+        loop_lag.start()
+        try:
+            yield
+        finally:
+            await loop_lag.stop()
+            wakeup.stop()
         await cms.stop()
         await hub.stop()
         await live.stop()
         await service.close()
-        await loop_lag.stop()
-        wakeup.stop()
 
     # Registered first, so it is torn down last: the stream API shuts down while the
     # PipelineService it uses is still open.

@@ -583,7 +583,11 @@ class OnnxModel:
     # -- inference ----------------------------------------------------------------------
 
     def enable_batching(
-        self, coordinator: BatchCoordinator, max_batch: int, *, pad_to_sizes: bool = False
+        self,
+        coordinator: BatchCoordinator,
+        max_batch: int,
+        *,
+        pad_to_sizes: bool | None = False,
     ) -> None:
         """Run this model through ``coordinator``'s run slots, batching its single-image
         runs with other threads' (cross-stream batching,
@@ -591,7 +595,8 @@ class OnnxModel:
 
         ``pad_to_sizes``: a dynamic batch is padded to one of :func:`padded_batch_sizes`,
         and each of them is run once now when the model warms up (a GPU's first run of a
-        new input shape stalls)."""
+        new input shape stalls); None: when the session runs on a GPU provider (a model
+        that fell back to the CPU runs each batch at its own size)."""
         with self._lock:
             if self._batcher is not None:
                 return
@@ -599,9 +604,13 @@ class OnnxModel:
             # A model that cannot batch gets a batcher of one all the same: its runs take
             # the coordinator's run slots like every other model's.
             size = model_max_batch(info.batch, max_batch, self.path.name)
+            if pad_to_sizes is None:
+                pad_to_sizes = info.provider in (CUDA, TENSORRT)
             run_sizes = padded_batch_sizes(size) if pad_to_sizes and info.batch is None else ()
             dtype = np.float16 if info.input_dtype == "float16" else np.float32
             if self._warm and len(run_sizes) > 1:
+                # Under the lock for seconds on a GPU: harmless, the registry hands the
+                # model out only once this returns.
                 run_sizes = self._warm_sizes(run_sizes, dtype)
                 size = run_sizes[-1]
             self._batcher = ModelBatcher(

@@ -62,12 +62,12 @@ class ModelRegistry:
         observer: InferenceObserver | None = None,
         batching: BatchCoordinator | None = None,
         max_batch: int = 1,
-        pad_to_sizes: bool = False,
+        pad_to_sizes: bool | None = False,
     ) -> None:
         """``batching``/``max_batch``: the scheduler's run slots, and the batch size to use
         for models with a dynamic batch axis (every loaded model is batched through them);
-        ``pad_to_sizes``: their batches are padded to a few warmed-up sizes
-        (:meth:`OnnxModel.enable_batching`)."""
+        ``pad_to_sizes``: their batches are padded to a few warmed-up sizes; None: where a
+        model's session runs on a GPU provider (:meth:`OnnxModel.enable_batching`)."""
         self.providers = providers
         self._warmup = warmup
         self._observer = observer

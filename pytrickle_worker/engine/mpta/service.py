@@ -167,8 +167,7 @@ class PipelineService:
             self.providers,
             batching=self.scheduler.batching,
             max_batch=max_batch,
-            pad_to_sizes=config.batch_sizes == "padded"
-            or (config.batch_sizes == "auto" and self.providers.uses_gpu),
+            pad_to_sizes=None if config.batch_sizes == "auto" else config.batch_sizes == "padded",
         )
         self.runner = PipelineRunner(
             EngineSettings(
