@@ -149,9 +149,11 @@ class WorkerConfig(BaseModel):
     batch_sizes: Literal["auto", "padded", "exact"] = Field(
         default="auto",
         description=(
-            "The sizes a dynamic batch runs at. padded: the next of 1, 2, 4, ... max_batch, "
+            "The sizes a dynamic batch runs at. padded: the next of 1, 2, 4, 8, then every "
+            "multiple of 8, up to max_batch, "
             "each warmed up when the model loads (a GPU's first run of a new shape stalls "
-            "for 0.2-1 s); exact: the batch's own size; auto = padded on a GPU provider, "
+            "for 0.2-1 s); exact: the batch's own size; auto = padded where a model's session "
+            "runs on a GPU, "
             "exact on the CPU (where padding rows cost their whole compute)"
         ),
     )
