@@ -3,16 +3,21 @@
 None of them can stop the video: every failure is logged, counted and retried, and every
 queue is bounded (the oldest entry goes first).
 
-* :class:`ChannelPublisher` wraps a :class:`TricklePublisher` so that a failed POST is
-  retried at the same index (a new publisher starting there): a subscriber waiting on that
-  index is never left behind a gap.
+* :class:`ChannelPublisher` wraps a :class:`TricklePublisher` so that a POST that failed
+  before any of its body went out is retried at the same index (a new publisher starting
+  there): a subscriber waiting on that index is never left behind a gap. One that failed
+  part-way moves on to the next index, as pytrickle does: posting the index again would
+  make go-livepeer's server reset a segment a subscriber may be reading (it would get the
+  first attempt cut off, or its head joined to the second's tail). A 404 means the channel
+  is gone (the gateway deleted it): nothing more is posted to it.
 * :class:`EventsChannel`: one JSON object per segment, ``{"event": {...},
   "queue_event_type": "..."}``, from a drop-oldest queue.
 * :class:`DataChannel`: every ``interval_s`` the records taken from the processor are
-  published as one ``application/jsonl`` segment, a JSON array of strings, each one record's
-  JSON text, then ``"\\n"``: pytrickle queues strings (``publish_data(str)``) and sends
-  ``json.dumps(list) + "\\n"``, so its readers decode each item again. ``[]\\n`` after
-  ``keepalive_s`` of silence.
+  published as ``application/jsonl`` segments, each a JSON array of strings, each one
+  record's JSON text, then ``"\\n"``: pytrickle queues strings (``publish_data(str)``) and
+  sends ``json.dumps(list) + "\\n"``, so its readers decode each item again. A segment
+  holds at most ``MAX_DATA_SEGMENT_BYTES`` (the rest follows in the next); a record too large
+  on its own is dropped and counted. ``[]\\n`` after ``keepalive_s`` of silence.
 * :class:`ControlChannel`: one JSON object per segment; ``{"keep": "alive"}`` is ignored and
   everything else is handed to a callback.
 """
@@ -46,6 +51,7 @@ __all__ = [
     "JSONL_MIME",
     "JSON_MIME",
     "KEEPALIVE_MESSAGE",
+    "MAX_DATA_SEGMENT_BYTES",
     "ChannelPublisher",
     "ControlChannel",
     "DataChannel",
@@ -57,6 +63,10 @@ logger = logging.getLogger(__name__)
 
 JSON_MIME = "application/json"
 JSONL_MIME = "application/jsonl"
+#: The most serialised text one data segment carries: go-livepeer's gateway reads data
+#: segments line by line with a ``bufio.Scanner``, whose lines stop at 64 KiB ("token too
+#: long": the gateway reads the segment again and its records are lost).
+MAX_DATA_SEGMENT_BYTES = 60 * 1024
 #: What the gateway writes to the control channel every 10 s.
 KEEPALIVE_MESSAGE: dict[str, Any] = {"keep": "alive"}
 
@@ -81,7 +91,8 @@ async def _bounded(work: Coroutine[Any, Any, object], timeout_s: float) -> None:
 
 
 class ChannelPublisher:
-    """A trickle publisher that re-publishes at the same index after a failed POST."""
+    """A trickle publisher that re-publishes at the same index after a POST that failed
+    before sending anything, and stops at a 404 (see the module docs)."""
 
     def __init__(self, url: str, mime_type: str, http: aiohttp.ClientSession) -> None:
         self.url = url
@@ -90,23 +101,41 @@ class ChannelPublisher:
         self._publisher = TricklePublisher(url, mime_type, session=http)
         self.segments_ok = 0
         self.segments_failed = 0
+        #: The server answered 404: the channel no longer exists.
+        self.gone = False
+
+    @property
+    def next_seq(self) -> int:
+        """The index the next segment goes to."""
+        return self._publisher.seq
 
     async def begin(self) -> SegmentWriter:
-        """Open the next segment's POST."""
+        """Open the next segment's POST (TrickleError once the channel is gone)."""
+        if self.gone:
+            raise TrickleError(f"trickle channel {mask_url(self.url)} is gone (404)")
         return await self._publisher.next_segment()
 
     async def end(self, writer: SegmentWriter) -> bool:
         """Finish a segment; True when the server took it. After a failure the next segment
-        goes to the same index."""
+        goes to the same index if none of this one's body went out, else to the next."""
         await writer.close()
         if not writer.failed:
             self.segments_ok += 1
             return True
         self.segments_failed += 1
         old = self._publisher
-        self._publisher = TricklePublisher(
-            self.url, self.mime_type, session=self._http, start_seq=writer.seq
-        )
+        if writer.status == 404:
+            if not self.gone:
+                logger.warning(
+                    "trickle channel %s is gone (404): nothing more is published to it",
+                    mask_url(self.url),
+                )
+            self.gone = True
+        else:
+            start = writer.seq if writer.bytes_out == 0 else writer.seq + 1
+            self._publisher = TricklePublisher(
+                self.url, self.mime_type, session=self._http, start_seq=start
+            )
         with contextlib.suppress(TrickleError):
             await old.close(delete=False)
         return False
@@ -178,6 +207,9 @@ class EventsChannel:
                 self._backoff.reset()
                 continue
             self.failures += 1
+            if self._publisher.gone:
+                self._queue.close()  # what is queued, and what comes, is dropped
+                return
             delay = self._backoff.failed()
             logger.warning(
                 "events channel %s: publish failed; retrying in %.1f s", mask_url(self.url), delay
@@ -222,7 +254,8 @@ class DataChannel:
         self.keepalive_s = keepalive_s
         self._take = take
         self._publisher = ChannelPublisher(url, JSONL_MIME, http)
-        self._pending: deque[dict[str, Any]] = deque(maxlen=max_pending)
+        #: Records as they go into a segment: each one's JSON text as a JSON string.
+        self._pending: deque[str] = deque(maxlen=max_pending)
         self._backoff = Backoff(interval_s, retry_max_s, jitter=False)
         self._last_publish = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -244,39 +277,65 @@ class DataChannel:
         except Exception:
             logger.exception("processor take_data failed")
             return
+        items: list[str] = []
+        for record in records:
+            # Items are JSON text, as pytrickle's are: readers written for it decode each.
+            item = _dumps(_dumps(record))
+            if len(item) + len("[]\n") > MAX_DATA_SEGMENT_BYTES:
+                self.records_dropped += 1
+                logger.warning(
+                    "data channel %s: a record of %d bytes is over the %d bytes of a segment; "
+                    "dropped",
+                    mask_url(self.url),
+                    len(item),
+                    MAX_DATA_SEGMENT_BYTES,
+                )
+                continue
+            items.append(item)
         room = (self._pending.maxlen or 0) - len(self._pending)
-        if len(records) > room:
-            self.records_dropped += len(records) - room
-        self._pending.extend(records)
+        if len(items) > room:
+            self.records_dropped += len(items) - room
+        self._pending.extend(items)
 
     async def flush(self) -> bool:
-        """Take the processor's records and publish what is pending; True when nothing
-        is left pending."""
+        """Take the processor's records and publish what is pending, a segment of at most
+        ``MAX_DATA_SEGMENT_BYTES`` at a time; True when nothing is left pending."""
         async with self._lock:
             self._collect()
-            now = time.monotonic()
-            if not self._pending:
-                if now - self._last_publish < self.keepalive_s:
+            if not self._pending and time.monotonic() - self._last_publish < self.keepalive_s:
+                return True
+            while True:
+                items = self._next_batch()
+                payload = ("[" + ",".join(items) + "]\n").encode()
+                try:
+                    ok = await self._publisher.publish(payload)
+                except (TrickleError, aiohttp.ClientError, OSError) as exc:
+                    logger.warning("data channel %s: %r", mask_url(self.url), exc)
+                    ok = False
+                if not ok:
+                    self.failures += 1
+                    return False
+                self._pop(len(items))
+                self._last_publish = time.monotonic()
+                self.records_sent += len(items)
+                self.batches_sent += 1
+                if not self._pending:
                     return True
-                batch: list[dict[str, Any]] = []
-            else:
-                batch = list(self._pending)
-            # Items are JSON text, as pytrickle's are: readers written for it decode each.
-            payload = (_dumps([_dumps(record) for record in batch]) + "\n").encode()
-            try:
-                ok = await self._publisher.publish(payload)
-            except (TrickleError, aiohttp.ClientError, OSError) as exc:
-                logger.warning("data channel %s: %r", mask_url(self.url), exc)
-                ok = False
-            if not ok:
-                self.failures += 1
-                return False
-            for _ in range(len(batch)):
-                self._pending.popleft()
-            self._last_publish = time.monotonic()
-            self.records_sent += len(batch)
-            self.batches_sent += 1
-            return True
+
+    def _next_batch(self) -> list[str]:
+        """The oldest pending items that fit one segment (at least one: each fits alone)."""
+        items: list[str] = []
+        size = len("[]\n")
+        for item in self._pending:
+            if items and size + len(item) + 1 > MAX_DATA_SEGMENT_BYTES:
+                break
+            items.append(item)
+            size += len(item) + 1
+        return items
+
+    def _pop(self, count: int) -> None:
+        for _ in range(count):
+            self._pending.popleft()
 
     async def _run(self) -> None:
         delay = self.interval_s
@@ -285,6 +344,8 @@ class DataChannel:
             if await self.flush():
                 self._backoff.reset()
                 delay = self.interval_s
+            elif self._publisher.gone:
+                return
             else:
                 delay = max(self.interval_s, self._backoff.failed())
                 logger.warning(

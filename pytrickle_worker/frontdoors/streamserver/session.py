@@ -544,6 +544,9 @@ class StreamSession:
             segment = await encoder.next_segment()
             if segment is None:
                 return
+            if output.gone:  # the gateway deleted the output channel: nobody reads it
+                self.segments_failed += 1
+                continue
             try:
                 writer = await output.begin()
                 try:

@@ -97,6 +97,10 @@ class SegmentWriter:
         self.error: str | None = None
         """Why the POST failed, if it did."""
         self.bytes_written = 0
+        """Bytes queued for the body."""
+        self.bytes_out = 0
+        """Bytes of the body handed to the connection (0 if it never connected): what the
+        server may have received."""
         self._task = asyncio.create_task(
             self._post(session, url, headers, timeout), name=f"trickle-post-{seq}"
         )
@@ -203,6 +207,7 @@ class SegmentWriter:
             chunk = await self._queue.get()
             if chunk is None:
                 return
+            self.bytes_out += len(chunk)
             yield chunk
 
     async def _post(
