@@ -12,6 +12,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pytrickle_worker.devtools.trickle_server import TrickleServer
 from pytrickle_worker.frontdoors.streamserver.channels import (
@@ -19,6 +21,11 @@ from pytrickle_worker.frontdoors.streamserver.channels import (
     ChannelPublisher,
     DataChannel,
     EventsChannel,
+)
+from pytrickle_worker.frontdoors.streamserver.schemas import (
+    RUNTIME_IMMUTABLE,
+    StreamParams,
+    without_fixed_changes,
 )
 from pytrickle_worker.transport.trickle import TrickleError, TrickleSubscriber
 
@@ -129,3 +136,34 @@ async def test_data_segments_stay_under_the_gateways_line_limit(
         await data.close(1)
     finally:
         await server.stop()
+
+
+# ------------------------------------------------------------------- control messages
+
+FIXED_VALUES = st.one_of(st.none(), st.integers(-2, 2000), st.booleans(), st.text(max_size=3))
+
+
+@given(
+    current=st.sampled_from(
+        [
+            StreamParams(),
+            StreamParams(width=512, height=512),
+            StreamParams(width=640, height=480, detect_out_resolution=True),
+        ]
+    ),
+    fixed=st.dictionaries(st.sampled_from(RUNTIME_IMMUTABLE), FIXED_VALUES),
+    rest=st.dictionaries(st.sampled_from(["label", "max_framerate", "prompt"]), st.integers()),
+)
+def test_a_control_message_keeps_everything_but_changed_fixed_sizes(
+    current: StreamParams, fixed: dict[str, Any], rest: dict[str, Any]
+) -> None:
+    update = {**rest, **fixed}
+    kept, dropped = without_fixed_changes(update, current)
+    assert {k: v for k, v in kept.items() if k not in RUNTIME_IMMUTABLE} == rest
+    for name in RUNTIME_IMMUTABLE:
+        if name in kept:  # a fixed key survives only with the stream's own value
+            assert kept[name] == getattr(current, name)
+    assert set(kept) | set(dropped) == set(update) and not set(kept) & set(dropped)
+    assert ("width" in kept) == ("width" in update and "width" not in dropped)
+    if "width" in dropped or "height" in dropped:  # the size goes as a whole
+        assert "width" not in kept and "height" not in kept

@@ -216,8 +216,13 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     await control.publish(b'{"max_framerate": 60, "label": "x"}')
     await wait_for(lambda: session.stats().max_framerate == 60)
     assert processor.current_params() == {"label": "x"}
+    # A gateway resending its whole params object with another size: the size, fixed at
+    # start, is left out and named in the event; the rest is applied.
+    await control.publish(b'{"width": 640, "height": 480, "max_framerate": 30, "label": "y"}')
+    await wait_for(lambda: session.stats().max_framerate == 30)
+    assert processor.current_params() == {"label": "y"}
     stats = session.stats()
-    assert stats.control_messages == 3  # keepalives are not messages
+    assert stats.control_messages == 4  # keepalives are not messages
     assert stats.control_errors == 2 and stats.control_rejected == 2
 
     # All but the frames still inside the demuxer/decoder (the input has not ended).
@@ -260,8 +265,11 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     assert kinds[0] == "stream_started"
     for kind in ("receive_first_ingest_segment", "send_first_processed_segment"):
         assert kinds.count(kind) == 1
-    assert kinds.count("params_updated") == 1 and kinds[-1] == "stream_stopped"
-    assert events_of(events, "params_updated")[0]["params"]["max_framerate"] == 60
+    assert kinds.count("params_updated") == 2 and kinds[-1] == "stream_stopped"
+    updates = events_of(events, "params_updated")
+    assert updates[0]["params"]["max_framerate"] == 60 and "ignored" not in updates[0]
+    assert updates[1]["params"] == {"max_framerate": 30, "label": "y"}
+    assert updates[1]["ignored"] == ["width", "height"]
     assert all(e["event"]["request_id"] == MID for e in events.items)
     await events.close()
     await control.close(delete=False)

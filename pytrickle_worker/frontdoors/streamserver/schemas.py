@@ -68,6 +68,7 @@ __all__ = [
     "VersionInfo",
     "parse_start_request",
     "split_params_update",
+    "without_fixed_changes",
 ]
 
 #: The trickle channel URL fields of a start request.
@@ -82,6 +83,7 @@ CHANNEL_FIELDS: tuple[str, ...] = (
 #: Stream-level params fixed at stream start (the decoder and encoder are set up with them).
 #: ``max_framerate`` is not among them: the session applies it live.
 RUNTIME_IMMUTABLE: tuple[str, ...] = ("width", "height", "detect_out_resolution")
+SIZE: tuple[str, ...] = ("width", "height")
 
 _MAX_URL = 4096
 _MAX_SIDE = 16384
@@ -212,6 +214,23 @@ def parse_start_request(body: object) -> StartRequest:
         return StartRequest.model_validate(body)
     except ValidationError as exc:
         raise ParamsError(format_validation_error(exc)) from None
+
+
+def without_fixed_changes(
+    update: Mapping[str, Any], current: StreamParams
+) -> tuple[dict[str, Any], list[str]]:
+    """``update`` without the :data:`RUNTIME_IMMUTABLE` keys whose value differs from the
+    stream's, and their names. For the control channel, which has nobody to answer: a
+    gateway that resends its whole params object with a new size still gets the rest
+    applied (pytrickle passes runtime sizes to the processor and leaves the stream's)."""
+    dropped = [
+        name
+        for name in RUNTIME_IMMUTABLE
+        if name in update and update[name] != getattr(current, name)
+    ]
+    if "width" in dropped or "height" in dropped:  # they come together, so they go together
+        dropped = [n for n in RUNTIME_IMMUTABLE if n in update and (n in dropped or n in SIZE)]
+    return {k: v for k, v in update.items() if k not in dropped}, dropped
 
 
 def split_params_update(

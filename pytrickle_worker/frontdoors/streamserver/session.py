@@ -48,6 +48,7 @@ from pytrickle_worker.frontdoors.streamserver.schemas import (
     StartRequest,
     StreamParams,
     split_params_update,
+    without_fixed_changes,
 )
 from pytrickle_worker.frontdoors.streamserver.stats import Dimensions, StreamStats
 from pytrickle_worker.media.nvdec import NvdecApi
@@ -332,7 +333,18 @@ class StreamSession:
             logger.info("stream %s: max_framerate %s", self.stream_id, self._max_framerate)
 
     async def _on_control_message(self, message: dict[str, Any]) -> None:
-        """A control-channel params update: validated like the REST one; errors are logged."""
+        """A control-channel params update: validated like the REST one; errors are logged.
+        A change of a size fixed at start is left out (logged, and named in the event) and
+        the rest applied: unlike a REST caller, the gateway gets no answer to correct."""
+        message, ignored = without_fixed_changes(message, self._stream_params)
+        if ignored:
+            logger.warning(
+                "stream %s: control message changes %s, fixed at stream start: left out",
+                self.stream_id,
+                ", ".join(ignored),
+            )
+            if not message:
+                return
         async with self._params_lock:
             try:
                 changes, processor_params = split_params_update(message, self._stream_params)
@@ -346,7 +358,10 @@ class StreamSession:
                 return
             self._apply_stream_changes(changes)
         logger.info("stream %s: params updated from the control channel", self.stream_id)
-        self._emit_stream_event("params_updated", params=_masked(message), source="control")
+        extra: dict[str, Any] = {"ignored": ignored} if ignored else {}
+        self._emit_stream_event(
+            "params_updated", params=_masked(message), source="control", **extra
+        )
 
     # ------------------------------------------------------------------ media
     async def _media(self) -> None:
