@@ -27,6 +27,7 @@ from redis.connection import parse_url as parse_redis_url  # pyright: ignore[rep
 from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.core.validation import reject_control_characters
 from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy
+from pytrickle_worker.media.nvdec import MAX_VIDEO_PIXELS
 from pytrickle_worker.processing.sink import check_live_name
 from pytrickle_worker.sources.config import IngestConfig, RtspTransport
 
@@ -252,6 +253,14 @@ class WorkerConfig(BaseModel):
         description=(
             "Software decoder threads per camera; 0 = automatic: one once the worker runs as "
             "many cameras as it has cores, FFmpeg's frame+slice threads below that"
+        ),
+    )
+    max_video_pixels: int = Field(
+        default=MAX_VIDEO_PIXELS,
+        ge=1,
+        description=(
+            "The largest picture (width x height) a camera or input stream may send; a larger "
+            "one is refused before it is decoded (default 8192x4320)"
         ),
     )
     stream_processor: str = Field(
@@ -761,6 +770,7 @@ class WorkerConfig(BaseModel):
             hw_decode=self.hw_decode,
             nvdec_api=self.nvdec_api,
             decoder_threads=self.decoder_threads,
+            max_video_pixels=self.max_video_pixels,
         )
 
     @property

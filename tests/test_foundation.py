@@ -89,6 +89,7 @@ def test_config_env_overrides_file(tmp_path: Path) -> None:
         ({"PTW_NVDEC_API": "nvenc"}, "nvdec_api"),
         ({"PTW_TRT_FP16": "maybe"}, "trt_fp16"),
         ({"PTW_DECODER_THREADS": "-2"}, "decoder_threads"),
+        ({"PTW_MAX_VIDEO_PIXELS": "0"}, "max_video_pixels"),
     ],
 )
 def test_config_errors_name_the_field(env: dict[str, str], message: str) -> None:
@@ -128,8 +129,10 @@ def test_camera_ingest_settings_reach_the_camera_hub() -> None:
         "PTW_READ_TIMEOUT_S": "3.5",
         "PTW_SNAPSHOT_TIMEOUT_S": "2",
         "PTW_STALL_TIMEOUT_S": "6",
+        "PTW_MAX_VIDEO_PIXELS": "2073600",
     }
     ingest = WorkerConfig.load(environ=environ).ingest_config()
+    assert ingest.max_video_pixels == 1920 * 1080
     assert (ingest.rtsp_transport, ingest.open_timeout_s, ingest.read_timeout_s) == ("udp", 4, 3.5)
     assert (ingest.snapshot_timeout_s, ingest.stall_timeout_s) == (2, 6)
     with pytest.raises(WorkerError, match="rtsp_transport"):

@@ -347,6 +347,39 @@ async def test_end_of_file_and_loop(hub: CameraHub, clip: Path) -> None:
     await looping.close()
 
 
+async def test_a_video_over_the_pixel_limit_is_refused_before_decoding(clip: Path) -> None:
+    limit = 320 * 240 - 1
+    config = IngestConfig.model_validate({**FAST, "max_retries": 1, "max_video_pixels": limit})
+    async with CameraHub(config) as hub:
+        sub = hub.subscribe(SourceConfig(url=str(clip)), target_fps=5)
+        await wait_until(lambda: sub.status.gave_up)
+        status = sub.status
+        assert status.frames_decoded == 0 and not status.online
+        assert status.last_error == (
+            f"the video is 320x240 (76800 pixels), over the limit of {limit} pixels "
+            "(PTW_MAX_VIDEO_PIXELS)"
+        )
+        await sub.close()
+
+
+async def test_a_picture_over_the_pixel_limit_mid_stream_is_never_decoded(
+    media_dir: Path,
+) -> None:
+    """The header declares 160x120 (allowed); 320x240 pictures follow: FFmpeg refuses them
+    before allocating one, and none reaches a subscriber."""
+    small = encode_h264(media_dir / "small.ts", frames=FPS, width=160, height=120, fmt="mpegts")
+    large = encode_h264(media_dir / "large.ts", frames=FPS, fmt="mpegts")
+    growing = media_dir / "grow.ts"
+    growing.write_bytes(small.read_bytes() + large.read_bytes())
+    config = IngestConfig.model_validate({**FAST, "max_retries": 1, "max_video_pixels": 160 * 120})
+    async with CameraHub(config) as hub:
+        sub = hub.subscribe(SourceConfig(url=str(growing), realtime=False), target_fps=1000)
+        frames = await collect(sub, 1.5)
+        assert frames and {(f.source_width, f.source_height) for f in frames} == {(160, 120)}
+        assert sub.status.width == 160
+        await sub.close()
+
+
 async def test_missing_file_retries_are_bounded(tmp_path: Path) -> None:
     config = IngestConfig.model_validate({**FAST, "max_retries": 2})
     async with CameraHub(config) as hub:

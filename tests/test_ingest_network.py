@@ -26,7 +26,8 @@ from pytrickle_worker.sources import (
     IngestConfig,
     SourceConfig,
 )
-from pytrickle_worker.sources.snapshot import MAX_SNAPSHOT_BYTES
+from pytrickle_worker.sources.snapshot import MAX_SNAPSHOT_BYTES, SnapshotError
+from pytrickle_worker.sources.snapshot import decode_image as decode_snapshot
 from tests.helpers import collect
 from tests.media_fixtures import RtspServer
 from tests.servers.media_http import MediaHttpServer, get_clip
@@ -381,6 +382,33 @@ async def test_snapshot_errors_go_offline_and_give_up(media_http: MediaHttpServe
         assert media_http.requests["/auth/snapshot.jpg"] == 2
         assert "bad-pw" not in str(status)
         assert await sub.next_frame(timeout=0.1) is None
+
+
+async def test_a_snapshot_over_the_pixel_limit_is_refused_before_decoding(
+    media_http: MediaHttpServer,
+) -> None:
+    # The demo snapshot is 640x360: one pixel over this camera's limit.
+    async with hub_with(max_retries=1, max_video_pixels=640 * 360 - 1) as hub:
+        url = media_http.url("/snapshot.jpg")
+        sub = hub.subscribe(SourceConfig(snapshot_url=url, snapshot_interval_ms=100), target_fps=5)
+        await wait_until(lambda: sub.status.gave_up, within=5)
+        status = sub.status
+        assert status.last_error == (
+            "the snapshot is 640x360 (230400 pixels), over the limit of 230399 pixels "
+            "(PTW_MAX_VIDEO_PIXELS)"
+        )
+        assert status.frames_decoded == 0 and not status.online
+        await sub.close()
+
+
+def test_a_snapshot_of_a_thousand_scans_is_refused_before_decoding() -> None:
+    jpeg = encode_jpeg(np.full((120, 160, 3), 90, dtype=np.uint8), 90)
+    start, end = jpeg.index(b"\xff\xda"), jpeg.rindex(b"\xff\xd9")
+    bomb = jpeg[:start] + jpeg[start:end] * 1000 + jpeg[end:]
+    with pytest.raises(SnapshotError, match="not a valid image: JPEG has 1000 scans"):
+        decode_snapshot(bomb)
+    frame, codec = decode_snapshot(jpeg)
+    assert (frame.width, frame.height, codec) == (160, 120, "mjpeg")
 
 
 async def test_a_snapshot_sent_in_pieces_is_read_whole(tmp_path: Path) -> None:

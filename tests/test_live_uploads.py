@@ -32,7 +32,12 @@ from hypothesis import strategies as st
 
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.frontdoors.live.model import FRAME_DELIMITER, split_frame_message
-from pytrickle_worker.media.images import ImageError, UnsupportedImageError, probe_image
+from pytrickle_worker.media.images import (
+    MAX_JPEG_SCANS,
+    ImageError,
+    UnsupportedImageError,
+    probe_image,
+)
 from pytrickle_worker.media.jpeg import encode_jpeg
 from pytrickle_worker.server.app import LIVE_KEY, create_app
 from tests.helpers import RedisProcess
@@ -958,6 +963,27 @@ def test_the_probe_reads_the_declared_size_without_decoding() -> None:
         probe_image(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IDAT", b""))
     with pytest.raises(ImageError, match="no frame header"):
         probe_image(b"\xff\xd8\xff\xd9")
+
+
+def many_scans(jpeg: bytes, scans: int) -> bytes:
+    """``jpeg`` with its scan (SOS header and entropy-coded data) repeated ``scans`` times."""
+    start, end = jpeg.index(b"\xff\xda"), jpeg.rindex(b"\xff\xd9")
+    return jpeg[:start] + jpeg[start:end] * scans + jpeg[end:]
+
+
+def test_the_probe_bounds_the_work_a_small_file_can_ask_for() -> None:
+    # Scans: FFmpeg decodes each one whole, so a few kB of scans is minutes of CPU.
+    assert probe_image(many_scans(JPEG, MAX_JPEG_SCANS)).width == 320
+    with pytest.raises(ImageError, match=f"JPEG has {MAX_JPEG_SCANS + 1} scans"):
+        probe_image(many_scans(JPEG, MAX_JPEG_SCANS + 1))
+    # Segments and chunks: walking them is a Python loop each.
+    comments = b"\xff\xfe\x00\x02" * 600
+    with pytest.raises(ImageError, match="more than 512 segments before its frame header"):
+        probe_image(JPEG[:2] + comments + JPEG[2:])
+    empty_chunks = png_chunk(b"tEXt", b"") * 70_000
+    bloated = PNG[:33] + empty_chunks + PNG[33:]  # after the 8-byte signature and IHDR
+    with pytest.raises(ImageError, match="PNG has more than 65536 chunks"):
+        probe_image(bloated)
 
 
 # --------------------------------------------------------------------------- fuzzing

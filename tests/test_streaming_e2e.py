@@ -366,6 +366,18 @@ async def test_undecodable_input_fails_the_session(trickle: Trickle) -> None:
     assert MID + "-out" not in trickle.server.channels
 
 
+async def test_input_over_the_pixel_limit_fails_the_session_before_decoding(
+    trickle: Trickle,
+) -> None:
+    limited = LOSSLESS.model_copy(update={"max_video_pixels": W * H - 1})
+    session = await run_session(trickle, PassthroughProcessor(), limited)
+    publisher = await publish_input(trickle, synthetic_segments())
+    with pytest.raises(StreamSessionError, match=f"the video is {W}x{H} .* over the limit"):
+        await asyncio.wait_for(session.wait_closed(), 15)
+    await publisher.close()
+    assert session.stats().frames_decoded == 0
+
+
 @pytest.fixture
 async def detector(tmp_path: Path, demo_assets: DemoAssets) -> AsyncIterator[MptaDetectorProcessor]:
     config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")

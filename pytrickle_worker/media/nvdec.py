@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import av
 from av.codec.hwaccel import HWAccel, hwdevices_available
@@ -24,10 +24,13 @@ from av.video.stream import VideoStream
 from pytrickle_worker.core.hardware import count_gpus
 
 __all__ = [
+    "MAX_VIDEO_PIXELS",
     "NVDEC_DECODERS",
     "HwDecode",
     "NvdecApi",
     "VideoDecoder",
+    "VideoTooLargeError",
+    "check_video_size",
     "nvdec_decoder_name",
     "nvdec_in_ffmpeg",
     "resolve_nvdec",
@@ -46,6 +49,26 @@ HwDecode = Literal["auto", "nvdec", "off"]
 #: time-slicing between one per camera (bench/RESULTS.md, "GPU": runs 10x slower than bare
 #: with 32 cuvid cameras). ``cuvid`` stays the default until ``hwaccel`` is measured on a GPU.
 NvdecApi = Literal["cuvid", "hwaccel"]
+
+#: The largest picture a camera or stream may send (DCI 8K): FFmpeg's own ceiling is ~268 M
+#: pixels, a 768 MB RGB frame, which a hostile peer can ask for with a few kB of skipped
+#: macroblocks. Checked on the stream's header, and FFmpeg's ``max_pixels`` refuses a larger
+#: frame mid-stream before allocating it.
+MAX_VIDEO_PIXELS: Final = 8192 * 4320
+
+
+class VideoTooLargeError(ValueError):
+    """The video's pictures are larger than :data:`MAX_VIDEO_PIXELS`."""
+
+
+def check_video_size(width: int, height: int, limit: int = MAX_VIDEO_PIXELS) -> None:
+    """:class:`VideoTooLargeError` naming the size when it is over ``limit`` pixels."""
+    if width * height > limit:
+        raise VideoTooLargeError(
+            f"the video is {width}x{height} ({width * height} pixels), over the limit of "
+            f"{limit} pixels (PTW_MAX_VIDEO_PIXELS)"
+        )
+
 
 #: Software codec name -> PyAV/FFmpeg NVDEC (cuvid) decoder.
 NVDEC_DECODERS: dict[str, str] = {"h264": "h264_cuvid", "hevc": "hevc_cuvid"}
@@ -96,9 +119,15 @@ class VideoDecoder:
         threads: int = 0,
         on_fallback: Callable[[str], None] | None = None,
         api: NvdecApi = "cuvid",
+        max_pixels: int = MAX_VIDEO_PIXELS,
     ) -> None:
+        """:class:`VideoTooLargeError` when the stream's header declares pictures of more
+        than ``max_pixels``; FFmpeg refuses a larger picture later in the stream."""
         self._stream = stream
         self._software: VideoCodecContext = stream.codec_context
+        self._max_pixels = max_pixels
+        check_video_size(self._software.width, self._software.height, max_pixels)
+        _limit_pixels(self._software, max_pixels)
         self._software.thread_type = "AUTO"
         if threads > 0:
             self._software.thread_count = threads
@@ -144,10 +173,12 @@ class VideoDecoder:
         return self._with_extradata(context)
 
     def _with_extradata(self, context: VideoCodecContext) -> VideoCodecContext:
-        """``context`` given the stream's extradata (SPS/PPS, avcC/hvcC), if any."""
+        """``context`` given the stream's extradata (SPS/PPS, avcC/hvcC), if any, and the
+        pixel limit."""
         extradata = self._software.extradata
         if extradata:
             context.extradata = extradata
+        _limit_pixels(context, self._max_pixels)
         return context
 
     def _fall_back(self, reason: str) -> None:
@@ -194,3 +225,11 @@ class VideoDecoder:
             self._hardware.flush_buffers()
         else:
             self._software.flush_buffers()
+
+
+def _limit_pixels(context: VideoCodecContext, limit: int) -> None:
+    """FFmpeg refuses pictures over about ``limit`` pixels before allocating them (set
+    before the context opens). It counts coded pixels, rounded up to whole macroblocks or
+    coding units (160x120 is coded as 160x128), hence the slack; the exact limit is checked
+    on each decoded picture (:func:`check_video_size`)."""
+    context.options = {**context.options, "max_pixels": str(limit + limit // 4)}

@@ -46,7 +46,13 @@ from pytrickle_worker.media.mpegts import (
     SegmentInputBuffer,
     detached_audio_template,
 )
-from pytrickle_worker.media.nvdec import NvdecApi, VideoDecoder
+from pytrickle_worker.media.nvdec import (
+    MAX_VIDEO_PIXELS,
+    NvdecApi,
+    VideoDecoder,
+    VideoTooLargeError,
+    check_video_size,
+)
 
 __all__ = ["DecodedVideoFrame", "SegmentDecoder", "VideoInfo"]
 
@@ -136,6 +142,7 @@ class SegmentDecoder:
         try_nvdec: bool = False,
         nvdec_api: NvdecApi = "cuvid",
         decoder_threads: int = 0,
+        max_video_pixels: int = MAX_VIDEO_PIXELS,
         max_restarts: int = 3,
         output_size: tuple[int, int] | None = None,
         frame_sink: Callable[[av.VideoFrame], None] | None = None,
@@ -172,6 +179,7 @@ class SegmentDecoder:
         self._try_nvdec = try_nvdec
         self._nvdec_api: NvdecApi = nvdec_api
         self._threads = decoder_threads
+        self._max_pixels = max_video_pixels
         self._frame_sink = frame_sink
         self._audio_lock = threading.Lock()
         self._audio_sink: Callable[[Packet[AudioStream]], None] | None = None
@@ -293,6 +301,10 @@ class SegmentDecoder:
             try:
                 self._decode_container()
                 return
+            except VideoTooLargeError as exc:  # the input's own size: reopening cannot help
+                self.error = str(exc)
+                logger.error("%s: %s", self.name, self.error)
+                return
             except (FFmpegError, OSError, _NoVideoError) as exc:
                 if self._input.exhausted:
                     if self.frames_decoded == 0 and self.bytes_in and not self._input.closed:
@@ -338,6 +350,7 @@ class SegmentDecoder:
                 threads=self._threads,
                 on_fallback=self._on_nvdec_fallback,
                 api=self._nvdec_api,
+                max_pixels=self._max_pixels,
             )
             self.video_decoder, self.hw_decoder = decoder.name, decoder.hardware
             rate = video.average_rate or video.guessed_rate
@@ -397,6 +410,7 @@ class SegmentDecoder:
         sink(packet)
 
     def _emit_video(self, frame: av.VideoFrame) -> None:
+        check_video_size(frame.width, frame.height, self._max_pixels)
         self.frames_decoded += 1
         self.fps_in.tick()
         time_base = frame.time_base or TS_TIME_BASE

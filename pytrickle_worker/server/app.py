@@ -110,7 +110,11 @@ def create_app(
         # hw_decode as the hub resolved it at start (NVML is asked once): trickle streams
         # decode with NVDEC exactly when camera readers do, with the same software fallback.
         tuned = session_config.model_copy(
-            update={"try_nvdec": hub.nvdec, "nvdec_api": hub.config.nvdec_api}
+            update={
+                "try_nvdec": hub.nvdec,
+                "nvdec_api": hub.config.nvdec_api,
+                "max_video_pixels": hub.config.max_video_pixels,
+            }
         )
         label, key = config.live_stream_names(request.gateway_request_id)
         sinks = StreamSinks(live.sinks, label, key, "stream")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pytrickle_worker.media.nvdec import HwDecode, NvdecApi
+from pytrickle_worker.media.nvdec import MAX_VIDEO_PIXELS, HwDecode, NvdecApi
 
 __all__ = ["HwDecode", "IngestConfig", "RtspTransport"]
 
@@ -67,6 +67,11 @@ class IngestConfig(BaseModel):
             "Software decoder threads per camera; 0 = automatic: one once the hub runs as "
             "many cameras as the process has cores, FFmpeg's choice below that"
         ),
+    )
+    max_video_pixels: int = Field(
+        default=MAX_VIDEO_PIXELS,
+        ge=1,
+        description="The largest picture a camera or stream may send (media/nvdec.py)",
     )
     snapshot_timeout_s: float = Field(default=10.0, gt=0, description="One snapshot HTTP GET")
     convert_threads: int = Field(

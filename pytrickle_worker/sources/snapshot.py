@@ -25,6 +25,8 @@ import av
 from av.error import FFmpegError
 
 from pytrickle_worker.core.logutil import mask_text
+from pytrickle_worker.media.images import ImageError, UnsupportedImageError, probe_image
+from pytrickle_worker.media.nvdec import MAX_VIDEO_PIXELS
 from pytrickle_worker.sources.config import IngestConfig
 from pytrickle_worker.sources.reader import TaskReader
 from pytrickle_worker.sources.source import SourceConfig
@@ -41,8 +43,25 @@ class SnapshotError(Exception):
     """A snapshot could not be fetched or decoded; the message is credential-free."""
 
 
-def decode_image(data: bytes) -> tuple[av.VideoFrame, str]:
-    """The first video frame of an encoded image (JPEG, PNG, …) and its codec. Blocking."""
+def decode_image(data: bytes, max_pixels: int = MAX_VIDEO_PIXELS) -> tuple[av.VideoFrame, str]:
+    """The first video frame of an encoded image (JPEG, PNG, …) and its codec. Blocking.
+
+    A JPEG or PNG is checked from its header first (FFmpeg decodes the first picture while
+    it opens the file): one that declares more than ``max_pixels`` (a "decompression bomb":
+    a few hundred kB declaring 12000x12000 took 627 MB), or a JPEG of more scans than any
+    camera writes (each decoded whole), is refused before a pixel is decoded."""
+    try:
+        info = probe_image(data)
+    except UnsupportedImageError:
+        pass  # another format: FFmpeg's own checks only
+    except ImageError as exc:
+        raise SnapshotError(f"the snapshot is not a valid image: {exc}") from None
+    else:
+        if info.pixels > max_pixels:
+            raise SnapshotError(
+                f"the snapshot is {info.width}x{info.height} ({info.pixels} pixels), over the "
+                f"limit of {max_pixels} pixels (PTW_MAX_VIDEO_PIXELS)"
+            )
     try:
         with av.open(io.BytesIO(data), mode="r") as container:
             if not container.streams.video:
@@ -203,7 +222,7 @@ class SnapshotReader(TaskReader):
         try:
             body = await self._fetch(session)
             frame, codec = await asyncio.get_running_loop().run_in_executor(
-                self._executor, decode_image, body
+                self._executor, decode_image, body, self.config.max_video_pixels
             )
         except SnapshotError as exc:
             error = mask_text(str(exc))

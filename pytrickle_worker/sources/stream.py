@@ -31,7 +31,7 @@ from av.video.stream import VideoStream
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.core.threads import name_os_thread
 from pytrickle_worker.core.wakeup import call_on_loop
-from pytrickle_worker.media.nvdec import VideoDecoder
+from pytrickle_worker.media.nvdec import VideoDecoder, VideoTooLargeError, check_video_size
 from pytrickle_worker.media.options import format_hint, needs_sniff, open_options, sniff_format
 from pytrickle_worker.sources.config import IngestConfig
 from pytrickle_worker.sources.reader import SourceReader
@@ -253,6 +253,8 @@ class StreamReader(SourceReader):
             return _Outcome(counter[0], f"stalled: no data for {self._read_timeout:g} s")
         except (FFmpegError, OSError) as exc:
             return _Outcome(counter[0], describe_error(exc))
+        except VideoTooLargeError as exc:
+            return _Outcome(counter[0], str(exc))
 
     def _decode(self, container: av.container.InputContainer, counter: list[int]) -> _Outcome:
         if not container.streams.video:
@@ -264,6 +266,7 @@ class StreamReader(SourceReader):
             threads=self._decoder_threads(),
             on_fallback=self._on_nvdec_fallback,
             api=self.config.nvdec_api,
+            max_pixels=self.config.max_video_pixels,
         )
         decoder_name = decoder.name
         self.tracker.decoder_info(decoder.codec, decoder_name, decoder.hardware)
@@ -302,6 +305,7 @@ class StreamReader(SourceReader):
                         decoder_name = decoder.name
                         self.tracker.decoder_info(decoder.codec, decoder_name, decoder.hardware)
                     for frame in frames:
+                        check_video_size(frame.width, frame.height, self.config.max_video_pixels)
                         pts_time = frame.time
                         if pacer is not None and not pacer.wait(pts_time):
                             return _Outcome(counter[0], None)

@@ -105,6 +105,7 @@ class TrickleReader(TaskReader):
             try_nvdec=self._try_nvdec,
             nvdec_api=self.config.nvdec_api,
             decoder_threads=self.config.decoder_threads,
+            max_video_pixels=self.config.max_video_pixels,
             frame_sink=sink,
             name=self.label,
         )

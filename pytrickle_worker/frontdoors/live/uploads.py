@@ -202,7 +202,9 @@ class FrameUploads:
         if not image:
             raise ApiError(400, "image is empty")
         try:
-            info = probe_image(image)
+            # Off the loop: walking a header is a Python loop per segment (bounded, but up
+            # to tens of ms for a hostile file of the upload's size).
+            info = await asyncio.to_thread(probe_image, image)
         except UnsupportedImageError as exc:
             raise ApiError(415, f"{exc}; send a JPEG or PNG") from None
         except ImageError as exc:

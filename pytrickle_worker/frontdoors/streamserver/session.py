@@ -51,7 +51,7 @@ from pytrickle_worker.frontdoors.streamserver.schemas import (
     without_fixed_changes,
 )
 from pytrickle_worker.frontdoors.streamserver.stats import Dimensions, StreamStats
-from pytrickle_worker.media.nvdec import NvdecApi
+from pytrickle_worker.media.nvdec import MAX_VIDEO_PIXELS, NvdecApi
 from pytrickle_worker.media.segment_decoder import SegmentDecoder
 from pytrickle_worker.media.segment_encoder import EncoderSettings, SegmentEncoder
 from pytrickle_worker.processing import FrameProcessor, ProcessResult, VideoFrame
@@ -96,6 +96,9 @@ class StreamSessionConfig(BaseModel):
     )
     nvdec_api: NvdecApi = Field(
         default="cuvid", description="How NVDEC is reached (the camera hub's nvdec_api)"
+    )
+    max_video_pixels: int = Field(
+        default=MAX_VIDEO_PIXELS, ge=1, description="The largest input picture (the hub's)"
     )
 
     preset: str = "superfast"
@@ -279,6 +282,7 @@ class StreamSession:
                 max_fps=self._max_framerate,
                 try_nvdec=config.try_nvdec,
                 nvdec_api=config.nvdec_api,
+                max_video_pixels=config.max_video_pixels,
                 output_size=(size.width, size.height)
                 if size.width is not None and size.height is not None
                 else None,
@@ -370,8 +374,17 @@ class StreamSession:
         self._ingest_task = loop.create_task(self._ingest(), name=f"ingest-{self.stream_id}")
         self._process_task = loop.create_task(self._process(), name=f"process-{self.stream_id}")
         failure: str | None = None
+        ingest, process = self._ingest_task, self._process_task
+        await asyncio.wait({ingest, process}, return_when=asyncio.FIRST_COMPLETED)
+        if process.done() and not ingest.done():
+            # The decoder ended for good (it failed) while the input runs on: nothing more
+            # can be fed, so waiting for the input's next segment would hang the stream.
+            ingest.cancel()
         try:
-            await self._ingest_task
+            await ingest
+        except asyncio.CancelledError:
+            if not ingest.cancelled() or not process.done():
+                raise  # this task is being cancelled, not (only) the ingest
         except TrickleError as exc:
             failure = f"input subscription failed: {exc}"
         except Exception as exc:  # a bug: end the stream rather than hang it
