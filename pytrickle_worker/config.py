@@ -210,6 +210,14 @@ class WorkerConfig(BaseModel):
     max_message_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest inbound message"
     )
+    max_backends: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "CMS WebSocket connections at once; past it an upgrade gets 503 (each connection "
+            "gets every detection and state report, so their number multiplies that work)"
+        ),
+    )
     model_url_hosts: list[str] | None = Field(
         default=None,
         description=(

@@ -90,6 +90,7 @@ def test_config_env_overrides_file(tmp_path: Path) -> None:
         ({"PTW_TRT_FP16": "maybe"}, "trt_fp16"),
         ({"PTW_DECODER_THREADS": "-2"}, "decoder_threads"),
         ({"PTW_MAX_VIDEO_PIXELS": "0"}, "max_video_pixels"),
+        ({"PTW_MAX_BACKENDS": "0"}, "max_backends"),
     ],
 )
 def test_config_errors_name_the_field(env: dict[str, str], message: str) -> None:

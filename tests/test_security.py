@@ -7,6 +7,7 @@ the real ``python server.py`` process); clients are real aiohttp HTTP and WebSoc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -26,7 +27,7 @@ from aiohttp.test_utils import TestServer
 from pytrickle_worker.config import WorkerConfig
 from pytrickle_worker.core.errors import WorkerError
 from pytrickle_worker.core.logutil import mask_text, setup_logging
-from pytrickle_worker.server.app import create_app
+from pytrickle_worker.server.app import CMS_KEY, create_app
 from pytrickle_worker.server.security import OPEN_PATHS
 from tests.conftest import ServeApp
 from tests.helpers import free_port
@@ -52,6 +53,13 @@ PROTECTED_GETS = [
     "/no/such/route",
 ]
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
+#: A WebSocket upgrade by hand (aiohttp's ws_connect raises on a refusal, hiding its body).
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
 
 
 @dataclass
@@ -383,14 +391,57 @@ async def test_websocket_message_limit_follows_max_message_bytes(
             if message["type"] == "error":
                 break
         assert "exceeds the limit of 2048 bytes" in message["error"]
-        # Over 16x max_message_bytes: aiohttp closes the connection (1009, message too big).
-        await ws.send_str("x" * (2048 * 16 + 1))
+        # Over twice max_message_bytes: aiohttp closes the connection (1009, message too
+        # big) before buffering it all.
+        await ws.send_str("x" * (2048 * 2 + 1))
         while True:
             closing = await asyncio.wait_for(ws.receive(), 10)
             if closing.type is not WSMsgType.TEXT:
                 break
         assert closing.type in {WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING}
         assert ws.close_code == 1009
+
+
+async def test_cms_connections_are_capped(start_worker: StartWorker) -> None:
+    worker = await start_worker(max_backends=2)
+    async with (
+        worker.http.ws_connect(worker.ws_url()) as first,
+        worker.http.ws_connect(worker.ws_url()) as second,
+    ):
+        for ws in (first, second):  # both served: each gets its state report
+            assert json.loads((await asyncio.wait_for(ws.receive(), 10)).data)["type"] == (
+                "stateReport"
+            )
+        async with worker.http.get(worker.url("/"), headers=UPGRADE) as refused:
+            assert refused.status == 503
+            body = await refused.json()
+        assert body == {
+            "status": "error",
+            "message": "too many CMS connections (PTW_MAX_BACKENDS=2)",
+        }
+    async with worker.http.ws_connect(worker.ws_url()) as third:  # a place came free
+        assert json.loads((await asyncio.wait_for(third.receive(), 10)).data)["type"] == (
+            "stateReport"
+        )
+
+
+async def test_a_flood_of_requeststate_samples_the_hardware_once_a_second(
+    start_worker: StartWorker,
+) -> None:
+    worker = await start_worker(heartbeat_interval_s=60)
+    endpoint = worker.app[CMS_KEY]
+    async with worker.http.ws_connect(worker.ws_url()) as ws:
+        await ws.receive()  # the state report of the connection
+        first = endpoint._load  # pyright: ignore[reportPrivateUsage] - the cached sample
+        for _ in range(50):
+            await ws.send_str('{"type": "requestState"}')
+        reports: list[dict[str, Any]] = []
+        with contextlib.suppress(TimeoutError):  # the queue keeps the newest report only
+            while True:
+                reports.append(json.loads((await asyncio.wait_for(ws.receive(), 0.5)).data))
+        assert reports and {r["type"] for r in reports} == {"stateReport"}
+        assert endpoint._load is first  # pyright: ignore[reportPrivateUsage] - not resampled
+        assert len({r["cpuUsage"] for r in reports}) == 1
 
 
 # --------------------------------------------------------------------------- logs

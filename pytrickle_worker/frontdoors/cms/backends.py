@@ -68,8 +68,11 @@ class BackendConnection:
         #: A message taken off the queue is being written (flush waits for it too).
         self.sending = False
 
-    def send(self, message: OutboundMessage) -> None:
-        wire = to_wire(message)
+    def send(self, message: OutboundMessage, wire: dict[str, Any] | None = None) -> None:
+        """Queue ``message``; ``wire`` is its :func:`to_wire` form when already made (a
+        broadcast makes it once for every connection; the queue never changes it)."""
+        if wire is None:
+            wire = to_wire(message)
         if isinstance(message, StateReport):
             self.queue.put_state(wire)
         elif wire.get("type") == "imageDetection":
@@ -196,8 +199,9 @@ class BackendRegistry:
             if message.type == "imageDetection":
                 self.record_undelivered(to_wire(message))
             return
+        wire = to_wire(message)
         for connection in self.connections:
-            connection.send(message)
+            connection.send(message, wire)
 
     def record_undelivered(self, wire: dict[str, Any]) -> None:
         self.detections_undelivered += 1

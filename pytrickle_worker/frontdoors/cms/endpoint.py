@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from pytrickle_worker.config import WorkerConfig
-from pytrickle_worker.core.hardware import HardwareMonitor
+from pytrickle_worker.core.hardware import HardwareMonitor, LoadSample
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
 from pytrickle_worker.engine.mpta.service import PipelineService
@@ -51,6 +52,9 @@ from pytrickle_worker.transport.credentials import close_when_credentials_expire
 
 logger = logging.getLogger(__name__)
 
+#: A state report reuses a hardware sample younger than this.
+STATE_SAMPLE_MIN_AGE_S = 1.0
+
 
 class CmsEndpoint:
     """Owns the CMS side of the worker; ``start``/``stop`` bracket its life."""
@@ -70,6 +74,7 @@ class CmsEndpoint:
         # The same rule as the stream door's model_url (pytrickle_worker/engine/mpta/policy.py).
         self.model_urls = model_urls or config.model_url_policy()
         self.monitor = HardwareMonitor()
+        self._load: tuple[float, LoadSample] | None = None
         self.registry = BackendRegistry(
             queue_size=config.ws_queue_size,
             grace_s=config.disconnect_grace_s,
@@ -143,7 +148,14 @@ class CmsEndpoint:
     # ------------------------------------------------------------------ state
 
     def state_report(self) -> StateReport:
-        load = self.monitor.sample()
+        # One sample a second at most: psutil's CPU figure is the load since the previous
+        # call (two calls a millisecond apart say 0 or 100), and a backend flooding
+        # requestState would otherwise query NVML for each.
+        now = time.monotonic()
+        cached = self._load
+        if cached is None or now - cached[0] >= STATE_SAMPLE_MIN_AGE_S:
+            cached = self._load = (now, self.monitor.sample())
+        load = cached[1]
         return StateReport(
             cpuUsage=round(load.cpu_percent, 1),
             memoryUsage=round(load.memory_percent, 1),
@@ -171,11 +183,20 @@ class CmsEndpoint:
             return web.json_response(
                 {"status": "error", "message": "worker is shutting down"}, status=503
             )
+        if len(self.registry.connections) >= self.config.max_backends:
+            return web.json_response(
+                {
+                    "status": "error",
+                    "message": f"too many CMS connections (PTW_MAX_BACKENDS="
+                    f"{self.config.max_backends})",
+                },
+                status=503,
+            )
         ws = web.WebSocketResponse(
             heartbeat=self.config.ws_ping_interval_s,
-            # Larger than our own limit, so an oversized message gets an `error` reply
-            # instead of aiohttp closing the connection.
-            max_msg_size=self.config.max_message_bytes * 16,
+            # Twice our own limit, so a message somewhat over it gets an `error` reply; a
+            # larger one closes the connection (1009) before it is all buffered.
+            max_msg_size=self.config.max_message_bytes * 2,
         )
         await ws.prepare(request)
         peer = request.remote or "?"
