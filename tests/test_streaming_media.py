@@ -275,6 +275,19 @@ async def test_decoder_max_fps_and_output_size() -> None:
     assert all(f.rgb.shape == (120, 100, 3) and f.rgb.flags.c_contiguous for f in frames)
 
 
+async def test_an_extreme_shape_is_cropped_before_it_is_scaled() -> None:
+    """A 16x800 input covering 64x64: scaled whole it would be 64x3200 first (a 16000x13000
+    one, 2.5 GB); cropped first, only its centre, rows 384-416, is scaled."""
+    rows = np.linspace(0, 255, 800).astype(np.uint8)  # brightness grows down the frame
+    rgb = np.repeat(rows[:, None, None], 16, axis=1).repeat(3, axis=2)
+    segments = encode_segments(VideoFrame(rgb, i * TICKS, TS_TIME_BASE) for i in range(10))
+    decoder = SegmentDecoder(frame_queue_size=N, output_size=(64, 64))
+    frames = await decode_segments(segments, decoder)
+    assert frames and all(f.rgb.shape == (64, 64, 3) and f.rgb.flags.c_contiguous for f in frames)
+    top, bottom = frames[0].rgb[0].mean(), frames[0].rgb[-1].mean()
+    assert abs(top - rows[384]) < 8 and abs(bottom - rows[415]) < 8  # the centre, whole
+
+
 async def test_decoder_drops_whole_queued_segments_when_its_input_is_full() -> None:
     segments = synthetic_segments()
     decoder = SegmentDecoder(
