@@ -74,8 +74,12 @@ def _shortest_interval(entry: _Source, fallback_s: float) -> float:
 class _Source:
     """A reader and the subscriptions that keep it alive."""
 
-    def __init__(self, key: str, reader: SourceReader, signal: _FrameSignal) -> None:
+    def __init__(
+        self, key: str, reader: SourceReader, signal: _FrameSignal, generation: int = 0
+    ) -> None:
         self.key = key
+        #: Tells this reader from an earlier one of the same source (its frames number from 1).
+        self.generation = generation
         self.reader = reader
         self.signal = signal
         self.subscriptions: set[Subscription] = set()
@@ -135,6 +139,16 @@ class Subscription:
     def status(self) -> SourceStatus:
         """The shared source's status (online, last error, fps, size, decoder, …)."""
         return self._entry.status()
+
+    @property
+    def latest_frame_id(self) -> tuple[str, int] | None:
+        """Which frame :meth:`latest` would give, as ``(source, number)``, the same for every
+        subscriber of the source (a key for caching what is made of it); None before the
+        first frame or once closed."""
+        slot = self._entry.reader.slot.latest
+        if slot is None or self._closed:
+            return None
+        return f"{self._entry.generation}:{self._entry.key}", slot.seq
 
     async def next_frame(
         self,
@@ -327,6 +341,7 @@ class CameraHub:
         self.config = config if config is not None else IngestConfig()
         self._rng = rng
         self._sources: dict[str, _Source] = {}
+        self._generations = 0
         self._stopping: set[_Source] = set()  # readers whose last subscriber left
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -493,7 +508,8 @@ class CameraHub:
                 rng=self._rng,
                 decoder_threads=self.decoder_threads,
             )
-        entry = _Source(key, reader, signal)
+        self._generations += 1
+        entry = _Source(key, reader, signal, self._generations)
         if isinstance(reader, SnapshotReader):
             reader.interval = partial(_shortest_interval, entry, source.snapshot_interval_s)
         self._sources[key] = entry

@@ -38,6 +38,7 @@ from pytrickle_worker.frontdoors.cms.protocol import (
     SubscribePayload,
     parse_inbound,
 )
+from pytrickle_worker.frontdoors.cms.snapshots import FrameJpegs
 from pytrickle_worker.frontdoors.cms.subscriptions import SubscriptionManager
 from pytrickle_worker.media.jpeg import encode_jpeg
 from pytrickle_worker.processing.registry import (
@@ -75,6 +76,8 @@ class CmsEndpoint:
         self.model_urls = model_urls or config.model_url_policy()
         self.monitor = HardwareMonitor()
         self._load: tuple[float, LoadSample] | None = None
+        #: GET /camera/{id}/image: one JPEG per camera frame, however many ask.
+        self.frame_jpegs = FrameJpegs()
         self.registry = BackendRegistry(
             queue_size=config.ws_queue_size,
             grace_s=config.disconnect_grace_s,
@@ -324,15 +327,30 @@ class CmsEndpoint:
                 {"status": "error", "message": f"camera {identifier!r} is not subscribed"},
                 status=404,
             )
-        # The camera's whole frame, as the original worker served it ("the latest JPEG image
-        # from the camera stream"), not the subscription's crop: a CMS draws the crop on it.
-        frame = await subscription.camera.latest(cropped=False)
-        if frame is None:
+        camera = subscription.camera
+        frame_id = camera.latest_frame_id
+        if frame_id is None:
             return web.json_response(
                 {"status": "error", "message": f"no frame available yet for camera {identifier!r}"},
                 status=404,
             )
-        jpeg = await asyncio.to_thread(encode_jpeg, frame.rgb, 85)
+
+        async def encode() -> bytes:
+            # The camera's whole frame, as the original worker served it ("the latest JPEG
+            # image from the camera stream"), not the subscription's crop: a CMS draws the
+            # crop on it. Converted and encoded off the loop.
+            frame = await camera.latest(cropped=False)
+            if frame is None:
+                raise LookupError("the camera closed")
+            return await asyncio.to_thread(lambda: encode_jpeg(frame.rgb, 85))
+
+        try:
+            jpeg = await self.frame_jpegs.get(*frame_id, encode)
+        except LookupError:
+            return web.json_response(
+                {"status": "error", "message": f"no frame available yet for camera {identifier!r}"},
+                status=404,
+            )
         return web.Response(body=jpeg, content_type="image/jpeg")
 
 
