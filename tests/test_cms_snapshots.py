@@ -60,6 +60,19 @@ async def test_a_failed_encode_fails_its_waiters_and_is_tried_again() -> None:
     assert encoder.calls == 2
 
 
+async def test_a_cancelled_encode_is_tried_again() -> None:
+    jpegs = FrameJpegs()
+
+    async def cancelled() -> bytes:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        await jpegs.get("cam", 1, cancelled)
+    encoder = Encoder()
+    assert await jpegs.get("cam", 1, encoder.for_frame("f1")) == b"f1"
+    assert encoder.calls == 1
+
+
 async def test_encodes_run_two_at_a_time_and_a_leaving_caller_cancels_nothing() -> None:
     jpegs, encoder = FrameJpegs(concurrency=2), Encoder(delay_s=0.05)
     leaving = asyncio.ensure_future(jpegs.get("cam-0", 1, encoder.for_frame("c0")))

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from pytrickle_worker.media.images import probe_image
 from pytrickle_worker.media.jpeg import encode_jpeg
 from pytrickle_worker.media.options import sniff_format
 from pytrickle_worker.sources import (
@@ -409,6 +410,25 @@ def test_a_snapshot_of_a_thousand_scans_is_refused_before_decoding() -> None:
         decode_snapshot(bomb)
     frame, codec = decode_snapshot(jpeg)
     assert (frame.width, frame.height, codec) == (160, 120, "mjpeg")
+    # What follows the image's end (a phone's "motion photo" video) holds no scans of it.
+    assert probe_image(jpeg + b"\xff\xda" * 500).width == 160
+
+
+def test_an_imperfect_snapshot_is_left_to_ffmpeg_and_other_formats_are_capped_too() -> None:
+    # Cameras write imperfect JPEGs: one without its end-of-image marker still decodes.
+    jpeg = encode_jpeg(np.full((120, 160, 3), 90, dtype=np.uint8), 90)
+    frame, _ = decode_snapshot(jpeg[:-2])
+    assert (frame.width, frame.height) == (160, 120)
+    # A format the header check does not read is held to the limit once decoded.
+    codec = av.CodecContext.create("bmp", "w")
+    assert isinstance(codec, av.VideoCodecContext)
+    codec.width, codec.height, codec.pix_fmt = 160, 120, "bgr24"
+    codec.time_base = Fraction(1, 1)
+    picture = av.VideoFrame.from_ndarray(np.zeros((120, 160, 3), np.uint8), format="bgr24")
+    bmp = b"".join(bytes(p) for p in [*codec.encode(picture), *codec.encode(None)])
+    assert decode_snapshot(bmp)[0].width == 160
+    with pytest.raises(SnapshotError, match=r"the snapshot is 160x120 .* over the limit of 19199"):
+        decode_snapshot(bmp, max_pixels=160 * 120 - 1)
 
 
 async def test_a_snapshot_sent_in_pieces_is_read_whole(tmp_path: Path) -> None:

@@ -221,8 +221,10 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     await control.publish(b'{"width": 640, "height": 480, "max_framerate": 30, "label": "y"}')
     await wait_for(lambda: session.stats().max_framerate == 30)
     assert processor.current_params() == {"label": "y"}
+    await control.publish(b'{"width": 800, "height": 600}')  # only a size: nothing applied
     stats = session.stats()
-    assert stats.control_messages == 4  # keepalives are not messages
+    await wait_for(lambda: session.stats().control_messages == 5)
+    stats = session.stats()
     assert stats.control_errors == 2 and stats.control_rejected == 2
 
     # All but the frames still inside the demuxer/decoder (the input has not ended).
@@ -265,11 +267,12 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     assert kinds[0] == "stream_started"
     for kind in ("receive_first_ingest_segment", "send_first_processed_segment"):
         assert kinds.count(kind) == 1
-    assert kinds.count("params_updated") == 2 and kinds[-1] == "stream_stopped"
+    assert kinds.count("params_updated") == 3 and kinds[-1] == "stream_stopped"
     updates = events_of(events, "params_updated")
     assert updates[0]["params"]["max_framerate"] == 60 and "ignored" not in updates[0]
     assert updates[1]["params"] == {"max_framerate": 30, "label": "y"}
     assert updates[1]["ignored"] == ["width", "height"]
+    assert updates[2]["params"] == {} and updates[2]["ignored"] == ["width", "height"]
     assert all(e["event"]["request_id"] == MID for e in events.items)
     await events.close()
     await control.close(delete=False)

@@ -8,6 +8,7 @@ import io
 import itertools
 import threading
 import time
+import tracemalloc
 from collections.abc import AsyncIterator
 from fractions import Fraction
 
@@ -276,16 +277,22 @@ async def test_decoder_max_fps_and_output_size() -> None:
 
 
 async def test_an_extreme_shape_is_cropped_before_it_is_scaled() -> None:
-    """A 16x800 input covering 64x64: scaled whole it would be 64x3200 first (a 16000x13000
-    one, 2.5 GB); cropped first, only its centre, rows 384-416, is scaled."""
-    rows = np.linspace(0, 255, 800).astype(np.uint8)  # brightness grows down the frame
+    """A 16x4000 input covering 64x64: scaled whole it would be 64x16000 first (3 MB here; a
+    16000x13000 one, 2.5 GB); cropped first, only its centre, rows 1992-2008, is scaled."""
+    rows = np.linspace(0, 255, 4000).astype(np.uint8)  # brightness grows down the frame
     rgb = np.repeat(rows[:, None, None], 16, axis=1).repeat(3, axis=2)
-    segments = encode_segments(VideoFrame(rgb, i * TICKS, TS_TIME_BASE) for i in range(10))
+    segments = encode_segments(VideoFrame(rgb, i * TICKS, TS_TIME_BASE) for i in range(4))
     decoder = SegmentDecoder(frame_queue_size=N, output_size=(64, 64))
-    frames = await decode_segments(segments, decoder)
+    tracemalloc.start()
+    try:
+        frames = await decode_segments(segments, decoder)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert frames and all(f.rgb.shape == (64, 64, 3) and f.rgb.flags.c_contiguous for f in frames)
     top, bottom = frames[0].rgb[0].mean(), frames[0].rgb[-1].mean()
-    assert abs(top - rows[384]) < 8 and abs(bottom - rows[415]) < 8  # the centre, whole
+    assert abs(top - rows[1992]) < 3 and abs(bottom - rows[2007]) < 3  # the centre, whole
+    assert peak < 1_500_000, peak  # never the 3 MB of the whole frame scaled
 
 
 async def test_decoder_drops_whole_queued_segments_when_its_input_is_full() -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "ImageError",
     "ImageFormat",
     "ImageInfo",
+    "ImageLimitError",
     "UnsupportedImageError",
     "decode_image",
     "probe_image",
@@ -53,6 +54,11 @@ MAX_JPEG_SCANS = 100
 
 class ImageError(ValueError):
     """The bytes are not a usable image; the message says why."""
+
+
+class ImageLimitError(ImageError):
+    """The image asks for more work than any real one does (too many scans, segments or
+    chunks): refused whatever else is right with it."""
 
 
 class UnsupportedImageError(ImageError):
@@ -107,7 +113,7 @@ def _probe_png(data: bytes) -> ImageInfo:
         if kind == b"IEND":
             return ImageInfo("png", width, height)
         pos = end
-    raise ImageError(f"PNG has more than {MAX_PNG_CHUNKS} chunks")
+    raise ImageLimitError(f"PNG has more than {MAX_PNG_CHUNKS} chunks")
 
 
 def _probe_jpeg(data: bytes) -> ImageInfo:
@@ -115,7 +121,7 @@ def _probe_jpeg(data: bytes) -> ImageInfo:
     while pos + 4 <= len(data):
         segments += 1
         if segments > MAX_JPEG_HEADER_SEGMENTS:
-            raise ImageError(
+            raise ImageLimitError(
                 f"JPEG has more than {MAX_JPEG_HEADER_SEGMENTS} segments before its frame header"
             )
         if data[pos] != 0xFF:
@@ -141,10 +147,11 @@ def _probe_jpeg(data: bytes) -> ImageInfo:
             # a restart marker), so a JPEG without one after its header was cut short.
             if data.rfind(_JPEG_EOI, pos) < 0:
                 raise ImageError("JPEG is truncated (no end-of-image marker)")
-            # Nor can it contain FF DA: each one starts a scan.
-            scans = data.count(_JPEG_SOS, pos)
+            # Nor can it contain FF DA: each one up to the image's end starts a scan (what
+            # follows the end, such as a phone's "motion photo" video, is not counted).
+            scans = data.count(_JPEG_SOS, pos, data.find(_JPEG_EOI, pos))
             if scans > MAX_JPEG_SCANS:
-                raise ImageError(f"JPEG has {scans} scans (at most {MAX_JPEG_SCANS})")
+                raise ImageLimitError(f"JPEG has {scans} scans (at most {MAX_JPEG_SCANS})")
             return ImageInfo("jpeg", width, height)
         pos += 2 + length
     raise ImageError("JPEG is truncated or malformed (no frame header with its size)")

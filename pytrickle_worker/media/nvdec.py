@@ -33,6 +33,7 @@ __all__ = [
     "check_video_size",
     "nvdec_decoder_name",
     "nvdec_in_ffmpeg",
+    "pixel_limit_options",
     "resolve_nvdec",
 ]
 
@@ -227,9 +228,15 @@ class VideoDecoder:
             self._software.flush_buffers()
 
 
+def pixel_limit_options(limit: int) -> dict[str, str]:
+    """FFmpeg's option that refuses pictures over about ``limit`` pixels before allocating
+    them: for a codec context, and for ``av.open``, whose stream probing decodes a few
+    pictures before any check of ours can run. FFmpeg counts coded pixels, rounded up to
+    whole macroblocks or coding units (160x120 is coded as 160x128), hence the slack; the
+    exact limit is checked on the header and on each decoded picture (:func:`check_video_size`)."""
+    return {"max_pixels": str(limit + limit // 4)}
+
+
 def _limit_pixels(context: VideoCodecContext, limit: int) -> None:
-    """FFmpeg refuses pictures over about ``limit`` pixels before allocating them (set
-    before the context opens). It counts coded pixels, rounded up to whole macroblocks or
-    coding units (160x120 is coded as 160x128), hence the slack; the exact limit is checked
-    on each decoded picture (:func:`check_video_size`)."""
-    context.options = {**context.options, "max_pixels": str(limit + limit // 4)}
+    """``context`` refuses pictures over about ``limit`` pixels (set before it opens)."""
+    context.options = {**context.options, **pixel_limit_options(limit)}

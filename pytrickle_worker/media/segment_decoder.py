@@ -52,6 +52,7 @@ from pytrickle_worker.media.nvdec import (
     VideoDecoder,
     VideoTooLargeError,
     check_video_size,
+    pixel_limit_options,
 )
 
 __all__ = ["DecodedVideoFrame", "SegmentDecoder", "VideoInfo"]
@@ -334,7 +335,7 @@ class SegmentDecoder:
             cast(object, self._input),  # PyAV reads any object with read()
             mode="r",
             format="mpegts",
-            options=_OPEN_OPTIONS,
+            options={**_OPEN_OPTIONS, **pixel_limit_options(self._max_pixels)},
             buffer_size=READ_BUFFER_BYTES,
         )
         with container:

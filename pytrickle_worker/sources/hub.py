@@ -141,14 +141,15 @@ class Subscription:
         return self._entry.status()
 
     @property
-    def latest_frame_id(self) -> tuple[str, int] | None:
-        """Which frame :meth:`latest` would give, as ``(source, number)``, the same for every
-        subscriber of the source (a key for caching what is made of it); None before the
-        first frame or once closed."""
+    def latest_frame_id(self) -> tuple[str, tuple[int, int]] | None:
+        """Which frame :meth:`latest` would give now, as ``(source, (reader, number))``, the
+        same for every subscriber of the source (a key for caching what is made of it; a
+        restarted reader numbers its frames from 1 again); None before the first frame or
+        once closed."""
         slot = self._entry.reader.slot.latest
         if slot is None or self._closed:
             return None
-        return f"{self._entry.generation}:{self._entry.key}", slot.seq
+        return self._entry.key, (self._entry.generation, slot.seq)
 
     async def next_frame(
         self,

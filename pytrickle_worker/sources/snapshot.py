@@ -25,8 +25,8 @@ import av
 from av.error import FFmpegError
 
 from pytrickle_worker.core.logutil import mask_text
-from pytrickle_worker.media.images import ImageError, UnsupportedImageError, probe_image
-from pytrickle_worker.media.nvdec import MAX_VIDEO_PIXELS
+from pytrickle_worker.media.images import ImageError, ImageLimitError, probe_image
+from pytrickle_worker.media.nvdec import MAX_VIDEO_PIXELS, pixel_limit_options
 from pytrickle_worker.sources.config import IngestConfig
 from pytrickle_worker.sources.reader import TaskReader
 from pytrickle_worker.sources.source import SourceConfig
@@ -49,30 +49,37 @@ def decode_image(data: bytes, max_pixels: int = MAX_VIDEO_PIXELS) -> tuple[av.Vi
     A JPEG or PNG is checked from its header first (FFmpeg decodes the first picture while
     it opens the file): one that declares more than ``max_pixels`` (a "decompression bomb":
     a few hundred kB declaring 12000x12000 took 627 MB), or a JPEG of more scans than any
-    camera writes (each decoded whole), is refused before a pixel is decoded."""
+    camera writes (each decoded whole), is refused before a pixel is decoded. A header this
+    check cannot read (cameras write imperfect JPEGs) is left to FFmpeg, which refuses more
+    than about ``max_pixels`` itself, as it does for other formats."""
     try:
         info = probe_image(data)
-    except UnsupportedImageError:
-        pass  # another format: FFmpeg's own checks only
-    except ImageError as exc:
+    except ImageLimitError as exc:
         raise SnapshotError(f"the snapshot is not a valid image: {exc}") from None
+    except ImageError:
+        pass  # another format, or a header only FFmpeg can read
     else:
-        if info.pixels > max_pixels:
-            raise SnapshotError(
-                f"the snapshot is {info.width}x{info.height} ({info.pixels} pixels), over the "
-                f"limit of {max_pixels} pixels (PTW_MAX_VIDEO_PIXELS)"
-            )
+        _check_pixels(info.width, info.height, max_pixels)
     try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.video:
+        with av.open(io.BytesIO(data), mode="r", options=pixel_limit_options(max_pixels)) as box:
+            if not box.streams.video:
                 raise SnapshotError("the snapshot is not an image")
-            stream = container.streams.video[0]
+            stream = box.streams.video[0]
             codec = stream.codec_context.name
-            for frame in container.decode(stream):
+            for frame in box.decode(stream):
+                _check_pixels(frame.width, frame.height, max_pixels)
                 return frame, codec
     except FFmpegError as exc:
         raise SnapshotError(f"the snapshot cannot be decoded: {exc.strerror or exc}") from exc
     raise SnapshotError("the snapshot holds no image")
+
+
+def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise SnapshotError(
+            f"the snapshot is {width}x{height} ({width * height} pixels), over the limit of "
+            f"{max_pixels} pixels (PTW_MAX_VIDEO_PIXELS)"
+        )
 
 
 async def _read_body(response: aiohttp.ClientResponse) -> bytes:

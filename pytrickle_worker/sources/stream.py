@@ -31,7 +31,12 @@ from av.video.stream import VideoStream
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.core.threads import name_os_thread
 from pytrickle_worker.core.wakeup import call_on_loop
-from pytrickle_worker.media.nvdec import VideoDecoder, VideoTooLargeError, check_video_size
+from pytrickle_worker.media.nvdec import (
+    VideoDecoder,
+    VideoTooLargeError,
+    check_video_size,
+    pixel_limit_options,
+)
 from pytrickle_worker.media.options import format_hint, needs_sniff, open_options, sniff_format
 from pytrickle_worker.sources.config import IngestConfig
 from pytrickle_worker.sources.reader import SourceReader
@@ -222,9 +227,10 @@ class StreamReader(SourceReader):
             target,
             mode="r",
             format=demuxer,
-            options=open_options(
-                url, self._read_timeout, transport, self.config.analyze_duration_s
-            ),
+            options={
+                **open_options(url, self._read_timeout, transport, self.config.analyze_duration_s),
+                **pixel_limit_options(self.config.max_video_pixels),
+            },
             timeout=(self.config.open_timeout_s, self._read_timeout),
         )
 

@@ -345,7 +345,7 @@ class CmsEndpoint:
             return await asyncio.to_thread(lambda: encode_jpeg(frame.rgb, 85))
 
         try:
-            jpeg = await self.frame_jpegs.get(*frame_id, encode)
+            jpeg = await self.frame_jpegs.get(frame_id[0], frame_id[1], encode)
         except LookupError:
             return web.json_response(
                 {"status": "error", "message": f"no frame available yet for camera {identifier!r}"},

@@ -347,8 +347,6 @@ class StreamSession:
                 self.stream_id,
                 ", ".join(ignored),
             )
-            if not message:
-                return
         async with self._params_lock:
             try:
                 changes, processor_params = split_params_update(message, self._stream_params)
@@ -383,8 +381,9 @@ class StreamSession:
         try:
             await ingest
         except asyncio.CancelledError:
-            if not ingest.cancelled() or not process.done():
-                raise  # this task is being cancelled, not (only) the ingest
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # this task is being cancelled, not only the ingest it cancelled
         except TrickleError as exc:
             failure = f"input subscription failed: {exc}"
         except Exception as exc:  # a bug: end the stream rather than hang it
