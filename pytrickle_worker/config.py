@@ -210,6 +210,21 @@ class WorkerConfig(BaseModel):
     max_message_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest inbound message"
     )
+    cms_inbound_rate: float = Field(
+        default=200.0,
+        gt=0,
+        description=(
+            "Inbound messages a second one CMS connection may send on average (a message "
+            "counts one, plus one per 16 KiB); past it and its burst the connection is closed "
+            "(1008): parsing is the event loop's work, which every other camera shares"
+        ),
+    )
+    cms_inbound_burst: float = Field(
+        default=5000.0,
+        gt=0,
+        description="Messages one CMS connection may send at once (a backend subscribing "
+        "every camera on connect)",
+    )
     max_backends: int = Field(
         default=64,
         ge=1,

@@ -91,6 +91,7 @@ def test_config_env_overrides_file(tmp_path: Path) -> None:
         ({"PTW_DECODER_THREADS": "-2"}, "decoder_threads"),
         ({"PTW_MAX_VIDEO_PIXELS": "0"}, "max_video_pixels"),
         ({"PTW_MAX_BACKENDS": "0"}, "max_backends"),
+        ({"PTW_CMS_INBOUND_RATE": "0"}, "cms_inbound_rate"),
     ],
 )
 def test_config_errors_name_the_field(env: dict[str, str], message: str) -> None:

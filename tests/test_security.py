@@ -425,6 +425,33 @@ async def test_cms_connections_are_capped(start_worker: StartWorker) -> None:
         )
 
 
+async def test_a_cms_connection_flooding_messages_is_closed(start_worker: StartWorker) -> None:
+    worker = await start_worker(cms_inbound_rate=5, cms_inbound_burst=10, max_message_bytes=300_000)
+    async with worker.http.ws_connect(worker.ws_url()) as calm:
+        for _ in range(8):  # within the burst: served
+            await calm.send_str('{"type": "requestState"}')
+        assert json.loads((await asyncio.wait_for(calm.receive(), 10)).data)["type"] == (
+            "stateReport"
+        )
+        assert not calm.closed
+    async with worker.http.ws_connect(worker.ws_url()) as flood:
+        for _ in range(40):
+            await flood.send_str('{"type": "requestState"}')
+        while True:
+            message = await asyncio.wait_for(flood.receive(), 10)
+            if message.type is not WSMsgType.TEXT:
+                break
+        assert flood.close_code == 1008
+    # A large message counts for its size: one of 200 KiB is 13 units.
+    async with worker.http.ws_connect(worker.ws_url()) as heavy:
+        await heavy.send_str(json.dumps({"type": "requestState", "pad": "x" * 200_000}))
+        while True:
+            message = await asyncio.wait_for(heavy.receive(), 10)
+            if message.type is not WSMsgType.TEXT:
+                break
+        assert heavy.close_code == 1008
+
+
 async def test_a_flood_of_requeststate_samples_the_hardware_once_a_second(
     start_worker: StartWorker,
 ) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from pytrickle_worker.config import WorkerConfig
+from pytrickle_worker.core.bucket import TokenBucket
 from pytrickle_worker.core.hardware import HardwareMonitor, LoadSample
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.engine.mpta.policy import ModelUrlPolicy, ModelUrlRefusedError
@@ -53,6 +54,8 @@ from pytrickle_worker.transport.credentials import close_when_credentials_expire
 
 logger = logging.getLogger(__name__)
 
+#: An inbound message counts one unit towards the rate limit, plus one per this many bytes.
+INBOUND_UNIT_BYTES = 16 * 1024
 #: A state report reuses a hardware sample younger than this.
 STATE_SAMPLE_MIN_AGE_S = 1.0
 
@@ -209,9 +212,20 @@ class CmsEndpoint:
         # A JWT's exp ends the connection (the backend reconnects with a fresh token, within
         # the disconnect grace period its subscriptions survive).
         stop_expiry = close_when_credentials_expire(ws, request)
+        inbound = TokenBucket(self.config.cms_inbound_rate, self.config.cms_inbound_burst)
         try:
             async for message in ws:
                 if message.type == WSMsgType.TEXT:
+                    # Checked before parsing, the work it bounds.
+                    if not inbound.take(1 + len(message.data) // INBOUND_UNIT_BYTES):
+                        logger.warning(
+                            "backend %s: over %g messages a second; closing", peer, inbound.rate
+                        )
+                        await ws.close(
+                            code=WSCloseCode.POLICY_VIOLATION,
+                            message=b"too many messages (PTW_CMS_INBOUND_RATE)",
+                        )
+                        break
                     self._handle_text(connection, message.data)
                 elif message.type == WSMsgType.BINARY:
                     self._error(connection, "binary frames are not part of the protocol")
