@@ -62,11 +62,14 @@ class VideoTooLargeError(ValueError):
     """The video's pictures are larger than :data:`MAX_VIDEO_PIXELS`."""
 
 
-def check_video_size(width: int, height: int, limit: int = MAX_VIDEO_PIXELS) -> None:
-    """:class:`VideoTooLargeError` naming the size when it is over ``limit`` pixels."""
+def check_video_size(
+    width: int, height: int, limit: int = MAX_VIDEO_PIXELS, what: str = "video"
+) -> None:
+    """:class:`VideoTooLargeError` naming ``what`` and its size when it is over ``limit``
+    pixels."""
     if width * height > limit:
         raise VideoTooLargeError(
-            f"the video is {width}x{height} ({width * height} pixels), over the limit of "
+            f"the {what} is {width}x{height} ({width * height} pixels), over the limit of "
             f"{limit} pixels (PTW_MAX_VIDEO_PIXELS)"
         )
 
@@ -123,7 +126,8 @@ class VideoDecoder:
         max_pixels: int = MAX_VIDEO_PIXELS,
     ) -> None:
         """:class:`VideoTooLargeError` when the stream's header declares pictures of more
-        than ``max_pixels``; FFmpeg refuses a larger picture later in the stream."""
+        than ``max_pixels``, and from :meth:`decode` for a larger picture later in the
+        stream (FFmpeg refuses one well over it before allocating it)."""
         self._stream = stream
         self._software: VideoCodecContext = stream.codec_context
         self._max_pixels = max_pixels
@@ -199,7 +203,14 @@ class VideoDecoder:
         return self._hardware is not None
 
     def decode(self, packet: Packet[VideoStream]) -> list[av.VideoFrame]:
-        """Frames for ``packet``; raises :class:`av.error.InvalidDataError` for corrupt data."""
+        """Frames for ``packet``; raises :class:`av.error.InvalidDataError` for corrupt data
+        and :class:`VideoTooLargeError` for a picture over the pixel limit."""
+        frames = self._decode(packet)
+        for frame in frames:
+            check_video_size(frame.width, frame.height, self._max_pixels)
+        return frames
+
+    def _decode(self, packet: Packet[VideoStream]) -> list[av.VideoFrame]:
         hardware = self._hardware
         if hardware is not None:
             try:

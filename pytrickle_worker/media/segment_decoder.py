@@ -51,7 +51,6 @@ from pytrickle_worker.media.nvdec import (
     NvdecApi,
     VideoDecoder,
     VideoTooLargeError,
-    check_video_size,
     pixel_limit_options,
 )
 
@@ -411,7 +410,6 @@ class SegmentDecoder:
         sink(packet)
 
     def _emit_video(self, frame: av.VideoFrame) -> None:
-        check_video_size(frame.width, frame.height, self._max_pixels)
         self.frames_decoded += 1
         self.fps_in.tick()
         time_base = frame.time_base or TS_TIME_BASE

@@ -26,7 +26,12 @@ from av.error import FFmpegError
 
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.media.images import ImageError, ImageLimitError, probe_image
-from pytrickle_worker.media.nvdec import MAX_VIDEO_PIXELS, pixel_limit_options
+from pytrickle_worker.media.nvdec import (
+    MAX_VIDEO_PIXELS,
+    VideoTooLargeError,
+    check_video_size,
+    pixel_limit_options,
+)
 from pytrickle_worker.sources.config import IngestConfig
 from pytrickle_worker.sources.reader import TaskReader
 from pytrickle_worker.sources.source import SourceConfig
@@ -75,11 +80,10 @@ def decode_image(data: bytes, max_pixels: int = MAX_VIDEO_PIXELS) -> tuple[av.Vi
 
 
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
-    if width * height > max_pixels:
-        raise SnapshotError(
-            f"the snapshot is {width}x{height} ({width * height} pixels), over the limit of "
-            f"{max_pixels} pixels (PTW_MAX_VIDEO_PIXELS)"
-        )
+    try:
+        check_video_size(width, height, max_pixels, what="snapshot")
+    except VideoTooLargeError as exc:
+        raise SnapshotError(str(exc)) from None
 
 
 async def _read_body(response: aiohttp.ClientResponse) -> bytes:

@@ -31,12 +31,7 @@ from av.video.stream import VideoStream
 from pytrickle_worker.core.logutil import mask_text
 from pytrickle_worker.core.threads import name_os_thread
 from pytrickle_worker.core.wakeup import call_on_loop
-from pytrickle_worker.media.nvdec import (
-    VideoDecoder,
-    VideoTooLargeError,
-    check_video_size,
-    pixel_limit_options,
-)
+from pytrickle_worker.media.nvdec import VideoDecoder, VideoTooLargeError, pixel_limit_options
 from pytrickle_worker.media.options import format_hint, needs_sniff, open_options, sniff_format
 from pytrickle_worker.sources.config import IngestConfig
 from pytrickle_worker.sources.reader import SourceReader
@@ -311,7 +306,6 @@ class StreamReader(SourceReader):
                         decoder_name = decoder.name
                         self.tracker.decoder_info(decoder.codec, decoder_name, decoder.hardware)
                     for frame in frames:
-                        check_video_size(frame.width, frame.height, self.config.max_video_pixels)
                         pts_time = frame.time
                         if pacer is not None and not pacer.wait(pts_time):
                             return _Outcome(counter[0], None)

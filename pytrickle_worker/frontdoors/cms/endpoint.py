@@ -342,12 +342,6 @@ class CmsEndpoint:
                 status=404,
             )
         camera = subscription.camera
-        frame_id = camera.latest_frame_id
-        if frame_id is None:
-            return web.json_response(
-                {"status": "error", "message": f"no frame available yet for camera {identifier!r}"},
-                status=404,
-            )
 
         async def encode() -> bytes:
             # The camera's whole frame, as the original worker served it ("the latest JPEG
@@ -358,9 +352,12 @@ class CmsEndpoint:
                 raise LookupError("the camera closed")
             return await asyncio.to_thread(lambda: encode_jpeg(frame.rgb, 85))
 
-        try:
-            jpeg = await self.frame_jpegs.get(frame_id[0], frame_id[1], encode)
-        except LookupError:
+        frame_id = camera.latest_frame_id
+        jpeg: bytes | None = None
+        if frame_id is not None:
+            with contextlib.suppress(LookupError):  # the camera closed meanwhile
+                jpeg = await self.frame_jpegs.get(frame_id[0], frame_id[1], encode)
+        if jpeg is None:
             return web.json_response(
                 {"status": "error", "message": f"no frame available yet for camera {identifier!r}"},
                 status=404,
