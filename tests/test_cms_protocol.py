@@ -253,6 +253,50 @@ async def test_session_id_set_changed_and_cleared(
     assert not [m for m in backend.messages if is_error(m)]
 
 
+async def test_a_new_session_and_a_new_backend_hear_the_object_in_view_again(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    # With `changes` emission the car is announced once. The backend answers that detection
+    # with setSessionId and then expects the session's detections (worker.md 5.5), so a new
+    # session announces the object in view again, carrying it. So does the first backend to
+    # connect after none was listening: what was detected meanwhile went nowhere.
+    worker = await start_worker(disconnect_grace_s=30)
+    backend = await worker.connect()
+    identifier = "display-001;cam-1"
+    await backend.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
+    [first] = await backend.detections(identifier, 1)
+    assert "sessionId" not in first
+    mark = backend.mark()
+    await asyncio.sleep(1.0)
+    assert not [m for m in backend.since(mark) if is_detection(m)]  # announced once
+
+    await backend.send("setSessionId", {"displayIdentifier": "display-001", "sessionId": 42})
+    [again] = await backend.detections(identifier, 1, after=mark)
+    assert again["sessionId"] == 42
+    assert again["data"]["detection"] == {**first["data"]["detection"]}
+    # The same session again, or another display's, announces nothing more.
+    mark = backend.mark()
+    await backend.send("setSessionId", {"displayIdentifier": "display-001", "sessionId": 42})
+    await backend.send("setSessionId", {"displayIdentifier": "display-002", "sessionId": 7})
+    await asyncio.sleep(1.0)
+    assert not [m for m in backend.since(mark) if is_detection(m)]
+
+    # The backend goes away and comes back within the grace period.
+    await backend.close()
+    await wait_until(lambda: not worker.cms.registry.connections, 5, "the worker noticed")
+    returning = await worker.connect()
+    [announced] = await returning.detections(identifier, 1)
+    assert announced["sessionId"] == 42
+    assert announced["data"]["detection"]["id"] == first["data"]["detection"]["id"]
+    # A second backend joining one that listens does not repeat it to both.
+    mark = returning.mark()
+    extra = await worker.connect()
+    await asyncio.sleep(1.0)
+    assert not [m for m in returning.since(mark) if is_detection(m)]
+    assert not [m for m in extra.messages if is_detection(m)]
+    assert not [m for m in returning.messages if is_error(m)]
+
+
 # ============================================================================= 4. outage
 
 

@@ -577,6 +577,75 @@ async def test_actions_along_the_path_and_only_for_confirmed_tracks(
         await client.aclose()
 
 
+async def test_a_confirmed_object_is_the_result_while_a_newcomer_scores_higher(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    # The original's track() kept only its tracker's confirmed tracks when it had any, so
+    # its best box was the best confirmed object; a brand-new car scoring higher must not
+    # replace the car already followed by an id-less result that the CMS never receives.
+    # (The demo detector gives one box per class, so the newcomer is of another class.)
+    pipeline = await service.load(
+        make_mpta(tmp_path / "p.mpta", node("det", "detector.onnx", ["car", "person"]), model_files)
+    )
+    tracker = TrackerState(frame_rate=5)
+    followed = SceneObject("car", CAR.box, colour=colour_for_confidence("car", 0.8))
+    newcomer = SceneObject("person", PERSON.box, colour=colour_for_confidence("person", 0.95))
+    first = await service.process(pipeline, scene(followed), tracker)
+    assert first.detection is not None and first.detection["id"] == 1
+    both = await service.process(pipeline, scene(followed, newcomer), tracker)
+    assert both.detection is not None
+    assert both.detection["id"] == 1
+    assert both.detection["confidence"] == pytest.approx(0.8, abs=0.01)
+    assert both.bbox is not None and np.allclose(both.bbox, CAR.box, atol=2)
+    # Once the newcomer's track is confirmed, it is the best confirmed object.
+    third = await service.process(pipeline, scene(followed, newcomer), tracker)
+    assert third.detection is not None and third.detection["id"] == 2
+    assert third.detection["class"] == "person"
+    assert third.bbox is not None and np.allclose(third.bbox, PERSON.box, atol=2)
+    # Without any confirmed track (a new stream's tracker has none before its first
+    # frame is done) the raw detection stands, as in the original.
+    alone = await service.process(pipeline, scene(newcomer), TrackerState(frame_rate=5))
+    assert alone.detection is not None and alone.detection["confidence"] > 0.9
+
+
+async def test_a_classifier_root_runs_its_actions_when_the_stream_tracks(
+    tmp_path: Path, model_files: dict[str, bytes], redis_server: RedisProcess
+) -> None:
+    # A CMS subscription always hands the pipeline a tracker; a classifier root has nothing
+    # to track and its results carry no id, yet the original ran its actions every frame.
+    tree = node(
+        "colour",
+        "classifier.onnx",
+        [],
+        actions=[{"type": "redis_publish", "channel": "root", "message": "{class}:{id}"}],
+    )
+    source = make_mpta(
+        tmp_path / "p.mpta",
+        tree,
+        model_files,
+        redis={"host": "127.0.0.1", "port": redis_server.port},
+    )
+    client = aioredis.Redis(port=redis_server.port)
+    pubsub = client.pubsub()
+    await pubsub.subscribe("root")
+    await pubsub.get_message(timeout=1)
+    config = WorkerConfig(cache_dir=tmp_path / "cache", execution_provider="cpu")
+    try:
+        async with PipelineService(config) as svc:
+            pipeline = await svc.load(source)
+            result = await svc.process(pipeline, scene(CAR), TrackerState(frame_rate=5))
+            assert result.detection is not None and result.detection["id"] is None
+            assert result.tracked is False
+            assert await svc.actions.drain(5)
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+            assert message is not None
+            assert message["data"].decode() == f"{result.detection['class']}:null"
+            await svc.release(pipeline)
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+
+
 async def test_concurrent_frames_of_many_streams(
     service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:

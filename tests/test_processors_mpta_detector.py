@@ -183,6 +183,12 @@ async def test_trigger_classes_override(
     await detector.apply_params({"trigger_classes": None})
     await detector.process_video_async(video_frame(2))
     [record] = detector.take_data()
+    # The car is new to the tracker: the truck, already confirmed, stays the result (as the
+    # original's track() reported confirmed tracks only); confirmed a frame later, the more
+    # confident car is.
+    assert record["nodes"][0]["class"] == "truck"
+    await detector.process_video_async(video_frame(3))
+    [record] = detector.take_data()
     assert record["nodes"][0]["class"] == "car"
 
 

@@ -161,7 +161,9 @@ class PipelineRunner:
             raise ValueError(
                 f"frame must be an H×W×3 uint8 RGB array, got shape {frame.shape} {frame.dtype}"
             )
-        result = PipelineResult(detection=None, bbox=None, tracked=tracker is not None)
+        # A classifier root has nothing to track: its results never carry an id.
+        tracked = tracker is not None and not pipeline.root.is_classifier
+        result = PipelineResult(detection=None, bbox=None, tracked=tracked)
         if overrides is not None and not pipeline.root.is_classifier:
             found = self._detect(pipeline.root, frame, (0, 0), tracker, result, overrides)
         else:
@@ -265,6 +267,13 @@ class PipelineRunner:
             track_ids = tracker.tracker_for(node.path).update(boxes, dets.scores, dets.class_ids)
             result.tracking_ms += (time.perf_counter() - track_started) * 1000
         qualified = np.flatnonzero(dets.scores >= min_confidence)
+        if track_ids is not None and bool((track_ids >= 0).any()):
+            # The original's track() replaced a frame's detections by its tracker's confirmed
+            # tracks whenever there were any, so its best box was the best confirmed object: a
+            # newcomer scoring higher must not hide the car already followed (its result,
+            # without an id, would be sent nowhere). Only a frame with no confirmed track keeps
+            # its raw, id-less detections.
+            qualified = qualified[track_ids[qualified] >= 0]
         if len(qualified) == 0:
             ms = (time.perf_counter() - started) * 1000
             result.nodes.append(

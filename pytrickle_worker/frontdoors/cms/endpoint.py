@@ -206,8 +206,13 @@ class CmsEndpoint:
         )
         await ws.prepare(request)
         peer = request.remote or "?"
+        first = not self.registry.connections
         connection = self.registry.add(ws, peer, request.transport)
         logger.info("backend connected: %s", peer)
+        if first:
+            # What was detected while no backend listened went nowhere: the objects in view
+            # are announced again to the backend that now does.
+            self.subscriptions.announce_again()
         connection.send(self.state_report())
         # A JWT's exp ends the connection (the backend reconnects with a fresh token, within
         # the disconnect grace period its subscriptions survive).

@@ -224,12 +224,26 @@ class SubscriptionManager:
     # ------------------------------------------------------------------ commands
 
     def set_session(self, display: str, session_id: SessionId | None) -> int:
-        """Set (or clear, with None) the session of every subscription of ``display``."""
+        """Set (or clear, with None) the session of every subscription of ``display``.
+
+        A new session makes the display's objects in view be announced again, with it: the
+        backend opens a session on a detection and then expects that session's detections
+        (worker.md), but with ``changes`` emission the object that started it was already
+        sent and would never be sent again.
+        """
         if session_id is None:
             self.sessions.pop(display, None)
-        else:
+        elif self.sessions.get(display) != session_id:
             self.sessions[display] = session_id
+            self.announce_again(display)
         return sum(1 for i in self._active if i.partition(";")[0] == display)
+
+    def announce_again(self, display: str | None = None) -> None:
+        """Forget what was sent for ``display``'s subscriptions (every one's with None), so
+        each announces the objects it sees at its next analysed frame."""
+        for identifier, sub in self._active.items():
+            if display is None or identifier.partition(";")[0] == display:
+                sub.emitter.reset()
 
     def request(self, identifier: str, payload: SubscribePayload | None, reply: Reply) -> None:
         """Ask for ``identifier`` to run ``payload`` (subscribe) or nothing (unsubscribe).
