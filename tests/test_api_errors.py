@@ -307,7 +307,8 @@ async def test_a_rejected_params_update_leaves_the_running_stream_alone(
         ('{"trigger_classes": ["\\u001b[31mred"]}', "trigger_classes.0"),
         ('{"min_confidence": "0.5"}', "min_confidence"),
         ('{"annotate": 1}', "annotate"),
-        ('{"max_framerate": "30"}', "max_framerate"),
+        ('{"max_framerate": "3O"}', "max_framerate"),
+        ('{"max_framerate": 29.97}', "max_framerate"),
         ('{"max_framerate": true}', "max_framerate"),
     ]:
         reply = await worker.call("POST", "/stream/params", data=update.encode())

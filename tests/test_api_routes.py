@@ -183,11 +183,13 @@ async def test_live_video_to_video_alias_and_status_masks_urls(
         (start_body(width=-4, height=384), ["params.width", "greater than 0"]),
         (start_body(width=True, height=384), ["params.width", "not a boolean"]),
         (start_body(width=704.5, height=384), ["params.width", "valid integer"]),
-        # Strict wire types: a number as a string, or 30.0 for an integer, is not accepted.
-        (start_body(width="704", height=384), ["params.width", "valid integer"]),
-        (start_body(max_framerate=30.0), ["params.max_framerate", "valid integer"]),
-        (start_body(detect_out_resolution="true"), ["params.detect_out_resolution", "boolean"]),
-        (start_body(detect_out_resolution=1), ["params.detect_out_resolution", "boolean"]),
+        # pytrickle's int() where it is exact; not a fraction, an exponent or other text.
+        (start_body(max_framerate=30.5), ["params.max_framerate", "valid integer"]),
+        (start_body(width="7e2", height=384), ["params.width", "valid integer"]),
+        (start_body(width="1" * 12, height=384), ["params.width", "valid integer"]),
+        (start_body(detect_out_resolution="maybe"), ["params.detect_out_resolution", "'yes'"]),
+        (start_body(detect_out_resolution=2), ["params.detect_out_resolution", "boolean"]),
+        (start_body(detect_out_resolution=1.0), ["params.detect_out_resolution", "boolean"]),
         ({"gateway_request_id": "x", "params": [1, 2]}, ["params", "valid dictionary"]),
         ({"gateway_request_id": "x", "subscribe_url": "ftp://h/x"}, ["subscribe_url", "http(s)"]),
         ({"gateway_request_id": "x", "data_url": 5}, ["data_url"]),
@@ -203,7 +205,7 @@ async def test_start_rejects_bad_requests(
     assert manager.state is StreamState.IDLE  # a client mistake changes no state
 
 
-async def test_start_rejects_non_json_and_takes_wire_types_strictly(
+async def test_start_rejects_non_json_and_reads_stream_params_as_pytrickle(
     passthrough: tuple[Client, StreamManager],
 ) -> None:
     client, manager = passthrough
@@ -211,18 +213,31 @@ async def test_start_rejects_non_json_and_takes_wire_types_strictly(
     assert_error(status, reply, 400, "not valid JSON")
     status, reply = await call(client, "POST", "/api/stream/start", raw="")
     assert_error(status, reply, 400, "JSON object")
-    # Unlike pytrickle's int() coercion, numbers must be JSON numbers: every field is named.
-    body = start_body(width="704", height=384.0, max_framerate="30")
+    # Every bad field is named at once, and nothing starts.
+    body = start_body(width=True, height=384.5, max_framerate="fast")
     status, reply = await call(client, "POST", "/api/stream/start", body)
     assert_error(status, reply, 400, "params.width", "params.height", "params.max_framerate")
     assert manager.state is StreamState.IDLE
-    status, reply = await call(
-        client, "POST", "/api/stream/start", start_body(width=704, height=384, max_framerate=30)
-    )
+    # pytrickle coerces these with int() (and reads yes/no for the flag): a gateway passing
+    # its user's params as text is served, and the status shows the values as numbers.
+    body = start_body(width="704", height=384.0, max_framerate=" 30 ", detect_out_resolution="No")
+    status, reply = await call(client, "POST", "/api/stream/start", body)
     assert status == 200, reply
     _, status_body = await call(client, "GET", "/api/stream/status")
     params = status_body["current_params"]["params"]
-    assert params == {"width": 704, "height": 384, "max_framerate": 30}
+    assert params == {
+        "width": 704,
+        "height": 384,
+        "max_framerate": 30,
+        "detect_out_resolution": False,
+    }
+    # The same size again, as text, is no change; another is refused by name.
+    status, reply = await call(
+        client, "POST", "/api/stream/params", {"width": "704", "height": 384}
+    )
+    assert status == 200, reply
+    status, reply = await call(client, "POST", "/api/stream/params", {"width": 640, "height": 384})
+    assert_error(status, reply, 400, "width: cannot be changed while a stream runs")
 
 
 async def test_start_while_active_or_starting_is_503(
@@ -241,7 +256,7 @@ async def test_start_while_active_or_starting_is_503(
     assert_error(status, reply, 503, "in use")
 
 
-async def test_start_while_loading_is_503_and_health_reports_loading(
+async def test_start_while_loading_waits_for_the_load_and_health_reports_loading(
     service: PipelineService, make_client: MakeClient, demo_assets: DemoAssets
 ) -> None:
     # The default archive comes from a model server that answers only when told to.
@@ -261,8 +276,11 @@ async def test_start_while_loading_is_503_and_health_reports_loading(
         client = await make_client(manager)
         assert manager.state is StreamState.LOADING
 
+        # A load that outlasts the start's wait: 503, and nothing starts.
+        manager.start_waits_for_load_s = 0.2
         status, reply = await call(client, "POST", "/stream/start", start_body())
         assert_error(status, reply, 503, "still initializing")
+        assert manager.state is StreamState.LOADING
         assert await call(client, "GET", "/health") == (
             200,
             {"version": __version__, "status": "LOADING", "healthy": True},
@@ -274,10 +292,13 @@ async def test_start_while_loading_is_503_and_health_reports_loading(
         assert reply["state"] == "LOADING" and reply["pipeline_ready"] is False
         assert reply["startup_complete"] is False
 
+        # As pytrickle's, a start waits for the load in progress, then starts.
+        manager.start_waits_for_load_s = 30.0
+        start = asyncio.create_task(call(client, "POST", "/stream/start", start_body()))
+        await asyncio.sleep(0.3)
+        assert not start.done() and manager.state is StreamState.LOADING
         release.set()
-        await manager.wait_loaded()
-        assert manager.state is StreamState.IDLE
-        status, reply = await call(client, "POST", "/stream/start", start_body())
+        status, reply = await start
         assert status == 200, reply
         assert (await call(client, "GET", "/health"))[1]["status"] == "OK"
         assert (await call(client, "GET", "/health/ready"))[0] == 200
@@ -481,12 +502,15 @@ async def test_failed_session_start_is_error_and_the_next_start_recovers(
     assert health_status == 200 and health["status"] == "ERROR" and health["healthy"] is False
     # The model is loaded: still ready, so the next start (which clears ERROR) can arrive.
     assert (await call(client, "GET", "/health/ready"))[0] == 200
+    # The status says what pytrickle's does in ERROR: the pipeline is not ready.
+    _, status_body = await call(client, "GET", "/stream/status")
+    assert status_body["state"] == "ERROR" and status_body["pipeline_ready"] is False
 
     status, reply = await call(client, "POST", "/stream/start", start_body("b"))
     assert status == 200, reply
     assert (await call(client, "GET", "/health"))[0] == 200
     _, status_body = await call(client, "GET", "/stream/status")
-    assert status_body["error_message"] is None
+    assert status_body["error_message"] is None and status_body["pipeline_ready"] is True
 
 
 class InputLostSession(IdleSession):

@@ -212,7 +212,7 @@ async def test_passthrough_stream_control_events_and_stop(trickle: Trickle) -> N
     await control.publish(b"not json")
     await control.publish(b"[" * 100_000)  # bounded like a REST body: skipped, not fatal
     await control.publish(b'{"max_framerate": 0}')  # invalid: logged, not fatal
-    await control.publish(b'{"max_framerate": "30"}')  # strict types, as over REST
+    await control.publish(b'{"max_framerate": "thirty"}')  # not a number, as over REST
     await control.publish(b'{"max_framerate": 60, "label": "x"}')
     await wait_for(lambda: session.stats().max_framerate == 60)
     assert processor.current_params() == {"label": "x"}

@@ -30,7 +30,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 from pytrickle_worker import __version__
 from pytrickle_worker.core.backoff import Backoff
@@ -179,6 +179,12 @@ def _env_model_id() -> str:
     return os.environ.get("CAPABILITY_NAME") or os.environ.get("MODEL_ID") or "pytrickle-worker"
 
 
+#: How long a start that arrives during the startup model load waits for it (pytrickle's
+#: waits for the load however long it takes; past this the start gets its 503 and the
+#: orchestrator, whose HTTP call has its own deadline, may try again).
+START_WAITS_FOR_LOAD_S: Final = 30.0
+
+
 class StreamManager:
     """Owns the processor, the stream state and the active session."""
 
@@ -213,6 +219,7 @@ class StreamManager:
         self._draining = False
         self.load_retry_initial_s = 5.0
         self.load_retry_max_s = 60.0
+        self.start_waits_for_load_s = START_WAITS_FOR_LOAD_S
 
     # ------------------------------------------------------------------ state
 
@@ -400,7 +407,8 @@ class StreamManager:
             state=self._state,
             pipeline_state=self._state,
             additional_info=DrainInfo(draining=self._draining),
-            pipeline_ready=self._loaded,
+            # As pytrickle's: not ready in ERROR (here the next start may still clear it).
+            pipeline_ready=self._loaded and self._state is not StreamState.ERROR,
             startup_complete=self._load_task is not None and self._load_task.done(),
             active_streams=1 if stream is not None else 0,
             active_client=stream is not None,
@@ -435,6 +443,13 @@ class StreamManager:
     async def start(self, request: StartRequest) -> dict[str, Any]:
         if self._draining:
             raise ApiError(503, "The server is shutting down")
+        load = self._load_task
+        if self._state is StreamState.LOADING and load is not None and not load.done():
+            # pytrickle's StreamServer awaits the model load before it answers a start: an
+            # orchestrator's start that arrives while a pod warms up is served, not refused.
+            await asyncio.wait({load}, timeout=self.start_waits_for_load_s)
+            if self._draining:
+                raise ApiError(503, "The server is shutting down")
         if self._state is StreamState.LOADING:
             raise ApiError(503, "Pipeline is still initializing. Please wait for IDLE status.")
         if self._stream is not None or self._starting:

@@ -8,9 +8,13 @@ not (see docs in ``trickle-and-streamserver.md``):
   does not): no ``subscribe_url``: a generative stream; no ``publish_url``: frames are
   analysed (data and events flow) but no video is encoded or published; no URL at all: a
   stream with no media yet;
-* wire types are strict: ``"1"`` is not a number, ``true`` is not 1, ``30.0`` is not an
-  integer (pytrickle coerces with ``int()``, but no reference client sends strings); every
-  string refuses control characters;
+* the stream-level params are read as pytrickle reads them, since a gateway's params are
+  its user's JSON: ``width``/``height``/``max_framerate`` also as a decimal string or an
+  integral number (``"512"``, ``512.0``; pytrickle's ``int()``), ``detect_out_resolution``
+  also as ``"true"``/``"1"``/``"yes"``, ``"false"``/``"0"``/``"no"`` or 0/1. Beyond that
+  wire types are strict: ``true`` is not 1, ``30.5`` is not an integer, other text is not a
+  number (pytrickle's ``int()`` would truncate or raise a 500); every string refuses
+  control characters;
 * ``width``/``height`` come together and are positive integers, ``max_framerate`` is 1..60;
   ``true``/``false`` are not numbers;
 * unknown top-level keys of a start request (``manifest_id``, ``stream_id`` …) are ignored,
@@ -20,6 +24,7 @@ not (see docs in ``trickle-and-streamserver.md``):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -27,6 +32,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -38,7 +44,6 @@ from pydantic import (
 from pytrickle_worker.core.logutil import mask_url
 from pytrickle_worker.core.validation import NO_CONTROL
 from pytrickle_worker.processing import (
-    NOT_BOOL,
     STREAM_PARAM_KEYS,
     ParamsError,
     format_validation_error,
@@ -88,9 +93,42 @@ SIZE: tuple[str, ...] = ("width", "height")
 _MAX_URL = 4096
 _MAX_SIDE = 16384
 
-Side = Annotated[int, NOT_BOOL, Field(gt=0, le=_MAX_SIDE)]
+#: A decimal integer as text (bounded: ``int()`` of a long string is quadratic).
+_INTEGER_TEXT = re.compile(r"\s*[+-]?\d{1,9}\s*")
+_TRUE_TEXT = frozenset({"true", "1", "yes"})
+_FALSE_TEXT = frozenset({"false", "0", "no"})
+
+
+def _integer_like(value: object) -> object:
+    """pytrickle's ``int()`` on a stream-level number, where it is exact: a decimal string
+    or an integral float is its integer; a boolean, a fraction or other text stay errors."""
+    if isinstance(value, bool):
+        raise ValueError("expected an integer, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
+        return int(value)
+    return value
+
+
+def _boolean_like(value: object) -> object:
+    """pytrickle's reading of ``detect_out_resolution``: a boolean, ``"true"/"1"/"yes"``,
+    ``"false"/"0"/"no"`` (any case), or the integers 0 and 1."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE_TEXT or text in _FALSE_TEXT:
+            return text in _TRUE_TEXT
+        raise ValueError("expected a boolean: true/false, or 'true'/'1'/'yes', 'false'/'0'/'no'")
+    if isinstance(value, int) and not isinstance(value, bool) and value in (0, 1):
+        return bool(value)
+    return value
+
+
+INTEGER_LIKE = BeforeValidator(_integer_like)
+BOOLEAN_LIKE = BeforeValidator(_boolean_like)
+Side = Annotated[int, INTEGER_LIKE, Field(gt=0, le=_MAX_SIDE)]
 Url = Annotated[str, NO_CONTROL, Field(max_length=_MAX_URL)]
-Framerate = Annotated[int, NOT_BOOL, Field(ge=1, le=60)]
+Framerate = Annotated[int, INTEGER_LIKE, Field(ge=1, le=60)]
 
 
 class ErrorBody(BaseModel):
@@ -115,7 +153,7 @@ class StreamParams(BaseModel):
     width: Side | None = None
     height: Side | None = None
     max_framerate: Framerate | None = None
-    detect_out_resolution: bool | None = None
+    detect_out_resolution: Annotated[bool, BOOLEAN_LIKE] | None = None
 
     @model_validator(mode="after")
     def _size_together(self) -> StreamParams:
@@ -226,11 +264,20 @@ def without_fixed_changes(
     dropped = [
         name
         for name in RUNTIME_IMMUTABLE
-        if name in update and update[name] != getattr(current, name)
+        if name in update and _fixed_value(name, update[name]) != getattr(current, name)
     ]
     if "width" in dropped or "height" in dropped:  # they come together, so they go together
         dropped = [n for n in RUNTIME_IMMUTABLE if n in update and (n in dropped or n in SIZE)]
     return {k: v for k, v in update.items() if k not in dropped}, dropped
+
+
+def _fixed_value(name: str, value: object) -> object:
+    """``value`` of a :data:`RUNTIME_IMMUTABLE` key as the stream holds it (``"512"`` is
+    512), or as given where it is not valid (it then differs, and is left out)."""
+    try:
+        return _boolean_like(value) if name == "detect_out_resolution" else _integer_like(value)
+    except ValueError:
+        return value
 
 
 def split_params_update(
