@@ -385,7 +385,23 @@ async def test_model_shared_by_two_pipelines_is_loaded_once(
             node("det", "missing.onnx", ["car"]),
             r"pipeline\.modelFile 'missing\.onnx' not found",
         ),
-        ({"det.pt": b"torch"}, node("det", "det.pt", ["car"]), r"export it to ONNX"),
+        (
+            {"det.pt": b"torch", "cls.pt": b"torch", "classifier.onnx": None},
+            node(
+                "det",
+                "det.pt",
+                ["car"],
+                branches=[
+                    node("ok", "classifier.onnx", ["car"]),
+                    node("cls", "cls.pt", ["car"]),
+                ],
+            ),
+            # Every node that needs converting, at once, and the one step for them all.
+            r"not ONNX: pipeline 'det\.pt' \(a PyTorch checkpoint\); "
+            r"pipeline\.branches\[1\] 'cls\.pt' \(a PyTorch checkpoint\)\. "
+            r"Convert the archive with `pytrickle-worker mpta convert IN\.mpta OUT\.mpta`.*"
+            r"change its modelFile",
+        ),
         ({"weird.onnx": None}, node("det", "weird.onnx", ["car"]), r"\[1, 3, 4, 5\]"),
         (
             {"broken.onnx": b"not a protobuf"},
@@ -409,6 +425,30 @@ async def test_bad_models_give_clear_errors(
     with pytest.raises(MptaError, match=message):
         await service.load(make_mpta(tmp_path / "bad.mpta", pipeline, contents))
     assert service.registry.loaded_count == 0
+
+
+async def test_node_keys_this_worker_does_not_read_are_named_at_load(
+    service: PipelineService,
+    tmp_path: Path,
+    model_files: dict[str, bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Later versions of the original read keys such as multiClass or parallel; an archive
+    # written for them runs here without those semantics, and the log says so.
+    tree = {**node("det", "detector.onnx", ["car"]), "multiClass": True, "parallel": True}
+    with caplog.at_level("WARNING", logger="pytrickle_worker.engine.mpta.loader"):
+        pipeline = await service.load(make_mpta(tmp_path / "p.mpta", tree, model_files))
+    [record] = [r for r in caplog.records if "not read by this worker" in r.getMessage()]
+    assert "'multiClass', 'parallel'" in record.getMessage()
+    assert "pipeline (det)" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="pytrickle_worker.engine.mpta.loader"):
+        plain = await service.load(
+            make_mpta(tmp_path / "q.mpta", node("d", "detector.onnx", ["car"]), model_files)
+        )
+    assert not [r for r in caplog.records if "not read by this worker" in r.getMessage()]
+    await service.release(pipeline)
+    await service.release(plain)
 
 
 async def test_failed_branch_load_releases_the_root_model(

@@ -218,10 +218,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def non_onnx_kind(name: str) -> str | None:
+    """What a model file named ``name`` is when it is not ONNX ("a PyTorch checkpoint",
+    "not an ONNX model"), going by its suffix; None for a ``.onnx`` file."""
+    suffix = Path(name).suffix.lower()
+    return None if suffix == ".onnx" else _NOT_ONNX.get(suffix, "not an ONNX model")
+
+
 def _check_model_path(path: Path) -> None:
-    suffix = path.suffix.lower()
-    if suffix != ".onnx":
-        kind = _NOT_ONNX.get(suffix, "not an ONNX model")
+    kind = non_onnx_kind(path.name)
+    if kind is not None:
         raise ModelError(
             f"model '{path.name}' is {kind}; this worker runs ONNX models only: "
             f"{_export_hint(path.name)}"

@@ -322,7 +322,7 @@ class ActionDispatcher:
         max_pending: int = 1000,
         max_pending_bytes: int = 256 * 1024 * 1024,
         retry_interval_s: float = 1.0,
-        jpeg_quality: int = 90,
+        jpeg_quality: int = 95,  # the original's cv2.imencode default
         redis_url_override: str | None = None,
     ) -> None:
         self.max_pending = max_pending

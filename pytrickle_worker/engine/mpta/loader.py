@@ -9,10 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from pytrickle_worker.core.errors import ModelError
-from pytrickle_worker.engine.inference.model import OnnxModel
+from pytrickle_worker.engine.inference.model import OnnxModel, non_onnx_kind
 from pytrickle_worker.engine.inference.postprocess import OutputContract
 from pytrickle_worker.engine.inference.registry import ModelRegistry
-from pytrickle_worker.engine.mpta.spec import ACTION_TYPES, PipelineNode, PipelineSpec, RedisConfig
+from pytrickle_worker.engine.mpta.spec import (
+    ACTION_TYPES,
+    PipelineNode,
+    PipelineSpec,
+    RedisConfig,
+    iter_nodes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +102,24 @@ def _trigger_indices(model: OnnxModel, path: str, trigger_classes: list[str]) ->
     return np.asarray(wanted, dtype=np.int64)
 
 
+def _check_every_model_is_onnx(spec: PipelineSpec) -> None:
+    """One error naming every node whose model is not ONNX (an archive made for the original
+    worker holds ``.pt`` files), with the one step that fixes them all."""
+    found = [
+        f"{path} '{node.model_file}' ({kind})"
+        for path, node in iter_nodes(spec.pipeline)
+        if (kind := non_onnx_kind(node.model_file)) is not None
+    ]
+    if found:
+        raise ModelError(
+            f"this worker runs ONNX models only; not ONNX: {'; '.join(found)}. Convert the "
+            "archive with `pytrickle-worker mpta convert IN.mpta OUT.mpta` (it exports every "
+            "model to ONNX and points modelFile at it), or export each model yourself "
+            "(`yolo export model=NAME.pt format=onnx dynamic=True`) and change its modelFile "
+            "in pipeline.json"
+        )
+
+
 def load_pipeline_tree(
     spec: PipelineSpec, root_dir: Path, registry: ModelRegistry, source: str, sha256: str
 ) -> LoadedPipeline:
@@ -104,6 +128,7 @@ def load_pipeline_tree(
     On any failure the models acquired so far are released again, so a broken archive never
     leaks sessions.
     """
+    _check_every_model_is_onnx(spec)
     acquired: list[OnnxModel] = []
 
     def build(node_spec: PipelineNode, path: str) -> LoadedNode:
@@ -113,6 +138,14 @@ def load_pipeline_tree(
         except ModelError as exc:
             raise ModelError(f"{path} ({node_spec.model_id}): {exc}") from exc
         acquired.append(model)
+        if node_spec.model_extra:
+            logger.warning(
+                "%s (%s): keys %s are not read by this worker and have no effect (supported: "
+                "modelId, modelFile, minConfidence, triggerClasses, crop, branches, actions)",
+                path,
+                node_spec.model_id,
+                ", ".join(repr(key[:64]) for key in sorted(node_spec.model_extra)[:20]),
+            )
         if node_spec.ignored_action_types:
             logger.warning(
                 "%s (%s): actions of type %s are not supported and are skipped (the original "
