@@ -925,6 +925,10 @@ async def test_wire_types_are_strict_and_payloads_are_validated_at_the_edge(
         ({"snapshotUrl": "http://127.0.0.1/x.jpg", "snapshotInterval": "5000"}, "snapshotInterval"),
         ({"rtspUrl": "/" + "a" * 300 + "/video.mp4"}, "rtspUrl is not a usable path"),
         ({"rtspUrl": "", "snapshotUrl": ""}, "one of rtspUrl or snapshotUrl is required"),
+        (
+            {"rtspUrl": "", "snapshotUrl": "http://127.0.0.1/x.jpg", "snapshotInterval": 0},
+            "snapshotUrl needs snapshotInterval",
+        ),
     ]
     for change, expected in refused:
         mark = backend.mark()
@@ -938,8 +942,20 @@ async def test_wire_types_are_strict_and_payloads_are_validated_at_the_edge(
     assert "payload.sessionId: " in error["error"], error
     assert len(worker.cms.subscriptions) == 0
 
-    # Accepted: an empty snapshotUrl beside an rtspUrl streams the rtspUrl, and a string
-    # modelId comes back as the string it was.
+    # Accepted: an empty snapshotUrl, or one with the interval 0, beside an rtspUrl streams the
+    # rtspUrl (the original tested both for truthiness), and a string modelId comes back as
+    # the string it was.
+    mark = backend.mark()
+    await backend.send(
+        "subscribe",
+        {**good, "snapshotUrl": "http://127.0.0.1:9/x.jpg", "snapshotInterval": 0, "modelId": "1"},
+    )
+    await backend.wait_online(identifier, after=mark)
+    assert worker.cms.subscriptions.get(identifier) is not None
+    [status] = worker.app[HUB_KEY].statuses()
+    assert status.source == camera.url and status.kind != "snapshot"  # the RTSP camera
+    await backend.send("unsubscribe", {"subscriptionIdentifier": identifier})
+    await wait_until(lambda: len(worker.cms.subscriptions) == 0, 5, "unsubscribed")
     mark = backend.mark()
     await backend.send("subscribe", {**good, "snapshotUrl": "", "modelId": "1"})
     await backend.send("setSessionId", {"displayIdentifier": "display-1", "sessionId": "12"})

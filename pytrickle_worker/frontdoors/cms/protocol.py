@@ -19,7 +19,7 @@ truthiness), so ``snapshotUrl: ""`` beside an ``rtspUrl`` streams the ``rtspUrl`
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -124,6 +124,18 @@ class SubscribePayload(BaseModel):
     cropY1: WireInt | None = Field(default=None, ge=0, le=MAX_COORDINATE)
     cropX2: WireInt | None = Field(default=None, ge=0, le=MAX_COORDINATE)
     cropY2: WireInt | None = Field(default=None, ge=0, le=MAX_COORDINATE)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _zero_interval_is_not_given(cls, data: object) -> object:
+        # The original tested the interval for truthiness (snapshot mode needs url and
+        # interval): a backend's default 0 beside an rtspUrl streams the rtspUrl.
+        if isinstance(data, dict):
+            fields = cast("dict[str, object]", data)
+            interval = fields.get("snapshotInterval")
+            if type(interval) is int and interval == 0:
+                return {**fields, "snapshotInterval": None}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> SubscribePayload:
