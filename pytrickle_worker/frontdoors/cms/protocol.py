@@ -130,12 +130,13 @@ class SubscribePayload(BaseModel):
     def _zero_interval_is_not_given(cls, data: object) -> object:
         # The original tested the interval for truthiness (snapshot mode needs url and
         # interval): a backend's default 0 beside an rtspUrl streams the rtspUrl.
-        if isinstance(data, dict):
-            fields = cast("dict[str, object]", data)
-            interval = fields.get("snapshotInterval")
-            if type(interval) is int and interval == 0:
-                return {**fields, "snapshotInterval": None}
-        return data
+        if not isinstance(data, dict):
+            return data
+        fields = cast("dict[str, object]", data)
+        interval = fields.get("snapshotInterval")
+        if type(interval) is int and interval == 0:
+            return {**fields, "snapshotInterval": None}
+        return fields
 
     @model_validator(mode="after")
     def _check(self) -> SubscribePayload:
