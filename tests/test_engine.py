@@ -159,6 +159,38 @@ async def test_crop_branch_classifies_the_detected_region(
     assert result.action_image.shape[:2] == (CAR.box[3] - CAR.box[1], CAR.box[2] - CAR.box[0])
 
 
+async def test_a_classifier_branch_sees_its_whole_crop_squashed(
+    service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
+) -> None:
+    # The original resized every crop to 224x224 for its branch: an archive's classifier was
+    # made for the whole object. A centre crop of this 5:1 car would show it the badge alone
+    # (the demo classifier reads the middle of its input); squashed, it sees the whole band.
+    tree = node(
+        "det",
+        "detector.onnx",
+        ["car"],
+        branches=[node("cls", "classifier.onnx", ["car"], crop=True)],
+    )
+    pipeline = await service.load(make_mpta(tmp_path / "p.mpta", tree, model_files))
+    frame = scene(SceneObject("car", (60, 200, 580, 300)))
+    frame[225:275, 255:385] = BADGE_COLOURS["white"]  # the middle of the squashed crop
+    frame[225:275, 305:335] = BADGE_COLOURS["yellow"]  # the middle of a centre crop
+    result = await service.process(pipeline, frame, TrackerState(frame_rate=5))
+    assert result.detection is not None and result.bbox is not None
+    x1, y1, x2, y2 = result.bbox
+    classifier = pipeline.root.branches[0].model
+    the_crop = np.ascontiguousarray(frame[y1:y2, x1:x2])
+    squashed = classifier.classify(the_crop, squash=True)
+    centred = classifier.classify(the_crop)
+    assert centred.class_name == "yellow"  # what a centre crop would have answered
+    assert squashed.class_name == "white"
+    assert result.detection["class"] == squashed.class_name
+    assert result.detection["confidence"] == pytest.approx(squashed.confidence, abs=1e-3)
+    # A crop of ordinary shape still reads its badge.
+    result = await service.process(pipeline, scene(CAR), TrackerState(frame_rate=5))
+    assert result.detection is not None and result.detection["class"] == "yellow"
+
+
 async def test_branch_without_crop_sees_the_full_frame(
     service: PipelineService, tmp_path: Path, model_files: dict[str, bytes]
 ) -> None:

@@ -15,6 +15,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from pytrickle_worker.core.errors import ModelError
+from pytrickle_worker.devtools.models import build_colour_classifier
+from pytrickle_worker.engine.inference.imageops import resize_center_crop
 from pytrickle_worker.engine.inference.metadata import parse_metadata
 from pytrickle_worker.engine.inference.model import (
     Classification,
@@ -411,6 +413,21 @@ def test_classify_on_a_detector_is_an_error(tmp_path: Path, cpu: ProviderChoice)
     model = OnnxModel(constant_model(tmp_path / "x.onnx", v8_rows([], 2)), cpu)
     with pytest.raises(ModelError, match="detector"):
         model.classify(np.zeros((8, 8, 3), np.uint8))
+
+
+def test_classify_squash_resizes_the_whole_image_to_the_input(
+    tmp_path: Path, cpu: ProviderChoice
+) -> None:
+    model = OnnxModel(build_colour_classifier(tmp_path / "c.onnx", imgsz=32), cpu)
+    wide = np.zeros((20, 80, 3), np.uint8)
+    wide[:, :, 0] = np.arange(80, dtype=np.uint8)[None, :] * 3  # a ramp across the width
+    squashed, _ = model.preprocess(wide, squash=True)
+    np.testing.assert_array_equal(squashed, resize_center_crop(wide, (32, 32)))
+    # The whole width is there: the first and last columns keep the ramp's ends.
+    assert squashed[0, 0, :, 0].mean() < 0.05 and squashed[0, 0, :, -1].mean() > 0.85
+    centred, _ = model.preprocess(wide)
+    np.testing.assert_array_equal(centred, resize_center_crop(wide, 32))
+    assert centred[0, 0, :, 0].mean() > 0.3  # the centre crop cut the ends off
 
 
 def test_float16_input(tmp_path: Path, cpu: ProviderChoice) -> None:

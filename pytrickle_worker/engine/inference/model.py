@@ -723,11 +723,12 @@ class OnnxModel:
         return buffer
 
     def preprocess(
-        self, frame: npt.NDArray[np.uint8] | FramePixels
+        self, frame: npt.NDArray[np.uint8] | FramePixels, *, squash: bool = False
     ) -> tuple[npt.NDArray[np.floating], InputMeta]:
         """One ``(H, W, 3)`` uint8 RGB image to a ``(1, 3, h, w)`` input and its meta.
 
-        Detectors letterbox it, classifiers resize the shorter side and crop the centre.
+        Detectors letterbox it, classifiers resize the shorter side and crop the centre (with
+        ``squash``, resize the whole image to the input, aspect ratio not kept).
         ``frame`` may be a decoded frame whose RGB is lazy: a detector then scales the
         decoder's frame straight to its input (one swscale call), a classifier takes its RGB.
         The tensor is this thread's reusable buffer for this model: it is valid until the
@@ -744,7 +745,10 @@ class OnnxModel:
             h, w = info.input_size
             rgb = frame if isinstance(frame, np.ndarray) else frame.to_rgb()
             tensor = resize_center_crop(
-                rgb, h if h == w else (h, w), state.classify_input, reformatter=state.reformatter
+                rgb,
+                h if h == w and not squash else (h, w),
+                state.classify_input,
+                reformatter=state.reformatter,
             )
             return tensor, InputMeta(rgb.shape)
         if isinstance(frame, np.ndarray):
@@ -855,16 +859,21 @@ class OnnxModel:
         return dets
 
     def classify(
-        self, frame: npt.NDArray[np.uint8] | FramePixels, timings: StageTimings | None = None
+        self,
+        frame: npt.NDArray[np.uint8] | FramePixels,
+        timings: StageTimings | None = None,
+        *,
+        squash: bool = False,
     ) -> Classification:
-        """Classify an ``(H, W, 3)`` uint8 RGB image (resize shorter side, centre crop).
+        """Classify an ``(H, W, 3)`` uint8 RGB image (resize shorter side, centre crop; with
+        ``squash`` the whole image resized to the input).
 
         :meth:`preprocess` → :meth:`run` → :meth:`postprocess_classifications`.
         """
         if self._info.contract is not OutputContract.CLASSIFY:
             raise ModelError(f"'{self.path.name}' is a detector; use detect()")
         t0 = time.perf_counter()
-        tensor, _meta = self.preprocess(frame)
+        tensor, _meta = self.preprocess(frame, squash=squash)
         t1 = time.perf_counter()
         output = self.run(tensor)
         t2 = time.perf_counter()

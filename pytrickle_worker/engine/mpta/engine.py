@@ -193,9 +193,11 @@ class PipelineRunner:
         tracker: TrackerState | None,
         result: PipelineResult,
         parent_track_id: int | None = None,
+        *,
+        cropped: bool = False,
     ) -> _Found | None:
         if node.is_classifier:
-            return self._classify(node, image, result, parent_track_id)
+            return self._classify(node, image, result, parent_track_id, squash=cropped)
         return self._detect(node, image, offset, tracker, result)
 
     def _classify(
@@ -204,9 +206,14 @@ class PipelineRunner:
         image: Image,
         result: PipelineResult,
         parent_track_id: int | None,
+        *,
+        squash: bool,
     ) -> _Found | None:
         started = time.perf_counter()
-        top1 = node.model.classify(image, timings=result.timings)
+        # A crop is squashed to the classifier's input, as the original resized every crop
+        # to 224x224: the archive's classifiers were made for the whole object, and a centre
+        # crop of an elongated one (a 4:1 plate) would show them a quarter of it.
+        top1 = node.model.classify(image, timings=result.timings, squash=squash)
         ms = (time.perf_counter() - started) * 1000
         result.nodes.append(
             NodeResult(
@@ -309,7 +316,9 @@ class PipelineRunner:
                     offset[0] + max(0, int(local[0])),
                     offset[1] + max(0, int(local[1])),
                 )
-            deeper = self._run_node(branch, sub_image, sub_offset, tracker, result, track_id)
+            deeper = self._run_node(
+                branch, sub_image, sub_offset, tracker, result, track_id, cropped=branch.spec.crop
+            )
             if deeper is not None:
                 deeper.bbox = bbox
                 if deeper.node is not branch and branch.spec.actions:
