@@ -187,6 +187,7 @@ async def test_live_video_to_video_alias_and_status_masks_urls(
         (start_body(max_framerate=30.5), ["params.max_framerate", "valid integer"]),
         (start_body(width="7e2", height=384), ["params.width", "valid integer"]),
         (start_body(width="1" * 12, height=384), ["params.width", "valid integer"]),
+        (start_body(width="\u0663\u0660\u0660", height=384), ["params.width", "valid integer"]),
         (start_body(detect_out_resolution="maybe"), ["params.detect_out_resolution", "'yes'"]),
         (start_body(detect_out_resolution=2), ["params.detect_out_resolution", "boolean"]),
         (start_body(detect_out_resolution=1.0), ["params.detect_out_resolution", "boolean"]),

@@ -94,7 +94,7 @@ _MAX_URL = 4096
 _MAX_SIDE = 16384
 
 #: A decimal integer as text (bounded: ``int()`` of a long string is quadratic).
-_INTEGER_TEXT = re.compile(r"\s*[+-]?\d{1,9}\s*")
+_INTEGER_TEXT = re.compile(r"[ \t]*[+-]?[0-9]{1,9}[ \t]*")
 _TRUE_TEXT = frozenset({"true", "1", "yes"})
 _FALSE_TEXT = frozenset({"false", "0", "no"})
 
