@@ -190,6 +190,7 @@ async def test_live_video_to_video_alias_and_status_masks_urls(
         (start_body(width="\u0663\u0660\u0660", height=384), ["params.width", "valid integer"]),
         (start_body(detect_out_resolution="maybe"), ["params.detect_out_resolution", "'yes'"]),
         (start_body(detect_out_resolution=2), ["params.detect_out_resolution", "boolean"]),
+        (start_body(detect_out_resolution="\x1cyes"), ["params.detect_out_resolution", "'yes'"]),
         (start_body(detect_out_resolution=1.0), ["params.detect_out_resolution", "boolean"]),
         ({"gateway_request_id": "x", "params": [1, 2]}, ["params", "valid dictionary"]),
         ({"gateway_request_id": "x", "subscribe_url": "ftp://h/x"}, ["subscribe_url", "http(s)"]),

@@ -115,7 +115,7 @@ def _boolean_like(value: object) -> object:
     """pytrickle's reading of ``detect_out_resolution``: a boolean, ``"true"/"1"/"yes"``,
     ``"false"/"0"/"no"`` (any case), or the integers 0 and 1."""
     if isinstance(value, str):
-        text = value.strip().lower()
+        text = value.strip(" \t").lower()
         if text in _TRUE_TEXT or text in _FALSE_TEXT:
             return text in _TRUE_TEXT
         raise ValueError("expected a boolean: true/false, or 'true'/'1'/'yes', 'false'/'0'/'no'")
@@ -124,6 +124,7 @@ def _boolean_like(value: object) -> object:
     return value
 
 
+_AS_INT = "also as ASCII decimal text or an integral number, as pytrickle's int() reads it"
 INTEGER_LIKE = BeforeValidator(_integer_like)
 BOOLEAN_LIKE = BeforeValidator(_boolean_like)
 Side = Annotated[int, INTEGER_LIKE, Field(gt=0, le=_MAX_SIDE)]
@@ -150,10 +151,13 @@ class StreamParams(BaseModel):
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    width: Side | None = None
-    height: Side | None = None
-    max_framerate: Framerate | None = None
-    detect_out_resolution: Annotated[bool, BOOLEAN_LIKE] | None = None
+    width: Side | None = Field(default=None, description=_AS_INT)
+    height: Side | None = Field(default=None, description=_AS_INT)
+    max_framerate: Framerate | None = Field(default=None, description=_AS_INT)
+    detect_out_resolution: Annotated[bool, BOOLEAN_LIKE] | None = Field(
+        default=None,
+        description="also 'true'/'1'/'yes', 'false'/'0'/'no' or 0/1, as pytrickle reads it",
+    )
 
     @model_validator(mode="after")
     def _size_together(self) -> StreamParams:
@@ -419,7 +423,9 @@ class StreamStatus(BaseModel):
     state: StreamState
     pipeline_state: StreamState
     additional_info: DrainInfo
-    pipeline_ready: bool = Field(description="the model is loaded")
+    pipeline_ready: bool = Field(
+        description="the model is loaded and the state is not ERROR (as pytrickle's)"
+    )
     startup_complete: bool
     active_streams: int = Field(ge=0, le=1)
     active_client: bool
