@@ -354,6 +354,13 @@ async def test_a_producer_written_for_the_reference_backend_can_upload(worker: W
     assert header["detection_items"] == [
         {"class": "2", "confidence": 0.5, "id": None, "bbox": [16, 12, 32, 24]}
     ]
+    # Width and height 0 are the reference's defaults: the image's own size is used.
+    status, body = await worker.post(reference_form("site-a", "cam-3", [], width="0", height="0"))
+    assert status == 200 and body["status"] == "ok", body
+    header, _ = await worker.pull("site-a", "cam-3")
+    assert (header["source_width"], header["source_height"]) == (320, 240)
+    reply = await worker.send(ws, {"label": "site-a", "key": "cam-4", "width": 0, "height": 0})
+    assert reply["status"] == "ok", reply
 
 
 @pytest.mark.parametrize(
@@ -365,7 +372,9 @@ async def test_a_producer_written_for_the_reference_backend_can_upload(worker: W
         ([[0, 0, 10, 10, 1.5, 1]], {}, "detection_items_json.0: "),
         ([[0, 0, 400, 10, 0.5, 1]], {}, "detection_items_json.0.bbox"),
         ([], {"warnings_json": "{oops"}, "warnings_json is not valid JSON"),
-        ([], {"width": "wide"}, "width must be a positive integer"),
+        ([], {"width": "wide"}, "width must be a whole number"),
+        ([], {"height": "-1"}, "height must be a whole number"),
+        ([], {"height": "\u0663"}, "height must be a whole number"),
         ([], {"detections": "[]"}, "detections and detection_items_json are the same field"),
     ],
 )

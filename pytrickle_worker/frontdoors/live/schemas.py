@@ -191,8 +191,9 @@ class UploadHeader(BaseModel):
     warnings_json: str | None = Field(default=None, description="Accepted, not stored")
     cone_polygons_json: str | None = Field(default=None, description="Accepted, not stored")
     pole_polygons_json: str | None = Field(default=None, description="Accepted, not stored")
-    width: int | None = Field(default=None, ge=1, description="Accepted; the image's own is used")
-    height: int | None = Field(default=None, ge=1, description="Accepted; the image's own is used")
+    # 0 is the reference's default ("not given").
+    width: int | None = Field(default=None, ge=0, description="Accepted; the image's own is used")
+    height: int | None = Field(default=None, ge=0, description="Accepted; the image's own is used")
 
     @field_validator("label", "key")
     @classmethod

@@ -519,12 +519,15 @@ def _reference_detections(raw: bytes, what: str = "detection_items_json") -> lis
 
 def _check_reference_extras(fields: dict[str, bytes]) -> None:
     """The reference's fields that are not stored must still be what they say: JSON for
-    the ``*_json`` ones, a positive integer for width and height."""
+    the ``*_json`` ones, a whole number for width and height (0, the reference's default,
+    for "not given": the image's own size is used either way)."""
     for name, raw in fields.items():
         if name in ("width", "height"):
             text = raw.decode("ascii", "replace").strip()
-            if not (text.isdigit() and 0 < int(text) <= MAX_IMAGE_SIDE):
-                raise ApiError(422, f"{name} must be a positive integer, got {text[:32]!r}")
+            if not (text.isascii() and text.isdigit() and int(text) <= MAX_IMAGE_SIDE):
+                raise ApiError(
+                    422, f"{name} must be a whole number up to {MAX_IMAGE_SIDE}, got {text[:32]!r}"
+                )
         elif raw.strip():
             _validated_json(_ANY_JSON.validate_json, raw, name)
 
