@@ -729,6 +729,36 @@ async def test_an_unreadable_entry_is_skipped_and_logged_once_per_stream(
         await store.close()
 
 
+async def test_entries_the_reference_backend_writes_are_read(private_redis: RedisProcess) -> None:
+    """The reference streaming backend stores its producer's fields as given: detection
+    items as [x1, y1, x2, y2, confidence, class index] rows, or empty text when it sent
+    none, width and height as text, and its polygon fields. A viewer here pulls them."""
+    store = RedisFrameStore(private_redis.url, prefix=PREFIX)
+    client = aioredis.Redis.from_url(private_redis.url)
+    name = stream_name(PREFIX, "site", "cam")
+    common = {"frame": b"jpeg", "warnings": b"[]", "width": b"640", "height": b"480"}
+    try:
+        await client.xadd(name, {**common, "detection_items": b"", "cone_polygons": b"[]"})
+        [empty] = await store.entries("site", "cam")
+        assert empty.entry.detection_items == () and empty.entry.width == 640
+        rows = b"[[10, 20, 30, 40, 0.9, 2], [0, 0, 5, 5, 0.5, 0.0]]"
+        await client.xadd(name, {**common, "detection_items": rows})
+        newest = await store.latest("site", "cam")
+        assert newest is not None
+        assert [i.wire() for i in newest.entry.detection_items] == [
+            {"class": "2", "confidence": 0.9, "id": None, "bbox": [10, 20, 30, 40]},
+            {"class": "0", "confidence": 0.5, "id": None, "bbox": [0, 0, 5, 5]},
+        ]
+        # Rows that are not the reference's (a class that is no index, a short row) stay
+        # unreadable: skipped, the readable entries still answer.
+        for bad in (b"[[10, 20, 30, 40, 0.9, 2.5]]", b"[[10, 20, 30]]", b'[["a"]]'):
+            await client.xadd(name, {**common, "detection_items": bad})
+        assert [len(e.entry.detection_items) for e in await store.entries("site", "cam")] == [0, 2]
+    finally:
+        await client.aclose()
+        await store.close()
+
+
 @given(
     label=names,
     key=names,

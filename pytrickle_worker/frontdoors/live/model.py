@@ -14,7 +14,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
@@ -87,10 +87,44 @@ class DetectionItem(BaseModel):
 
 _ITEMS = TypeAdapter(list[DetectionItem])
 
+#: One detection as the reference streaming backend's producers give it:
+#: ``[x1, y1, x2, y2, confidence, class index]``.
+ReferenceDetection = tuple[float, float, float, float, float, float]
+_REFERENCE_ROWS = TypeAdapter(list[ReferenceDetection])
+
 
 def parse_detection_items(raw: object) -> list[DetectionItem]:
     """A JSON array (parsed) of detection items; pydantic's ValidationError when invalid."""
     return _ITEMS.validate_python(raw)
+
+
+def reference_detection_fields(row: ReferenceDetection) -> dict[str, Any]:
+    """A reference row as a detection's fields (the class index is the class name, no
+    track id); ValueError when the class is not an index."""
+    x1, y1, x2, y2, confidence, class_index = row
+    if not float(class_index).is_integer() or class_index < 0:
+        raise ValueError("the class must be an index (an integer >= 0)")
+    return {"class": str(int(class_index)), "confidence": confidence, "bbox": (x1, y1, x2, y2)}
+
+
+def stored_detection_items(text: str) -> list[DetectionItem]:
+    """The ``detection_items`` field of a stream entry: ours (a JSON array of objects), or
+    what the reference streaming backend stores (empty text when its producer sent none, or
+    its producer's rows), so entries it wrote can be pulled here. ValueError otherwise."""
+    if not text.strip():
+        return []
+    raw = cast("object", json.loads(text))
+    if _starts_with_a_list(raw):
+        rows = _REFERENCE_ROWS.validate_python(raw)
+        return parse_detection_items([reference_detection_fields(row) for row in rows])
+    return parse_detection_items(raw)
+
+
+def _starts_with_a_list(value: object) -> bool:
+    if not isinstance(value, list):
+        return False
+    items = cast("list[object]", value)
+    return bool(items) and isinstance(items[0], list)
 
 
 def items_json(items: Sequence[DetectionItem]) -> str:
@@ -165,7 +199,7 @@ class LiveEntry:
         origin = text("origin", "upload")
         return cls(
             frame=fields.get(b"frame", b""),
-            detection_items=tuple(parse_detection_items(json.loads(text("detection_items", "[]")))),
+            detection_items=tuple(stored_detection_items(text("detection_items"))),
             warnings=text("warnings"),
             width=int(text("width", "0")),
             height=int(text("height", "0")),

@@ -16,7 +16,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationInfo, field_validator
 
 from pytrickle_worker.core.validation import NO_CONTROL
-from pytrickle_worker.frontdoors.live.model import Box, DetectionItem, check_bbox
+from pytrickle_worker.frontdoors.live.model import (
+    Box,
+    DetectionItem,
+    ReferenceDetection,
+    check_bbox,
+    reference_detection_fields,
+)
 from pytrickle_worker.processing.sink import check_live_name
 
 __all__ = [
@@ -131,9 +137,7 @@ UploadDetections = Annotated[list[UploadDetection], Field(max_length=MAX_UPLOAD_
 UPLOAD_DETECTIONS: TypeAdapter[list[UploadDetection]] = TypeAdapter(UploadDetections)
 
 
-#: One detection as the reference streaming backend's producers send it
-#: (``detection_items_json``): ``[x1, y1, x2, y2, confidence, class index]``.
-ReferenceDetection = tuple[float, float, float, float, float, float]
+#: The reference's producers' detections (``detection_items_json``).
 REFERENCE_DETECTIONS: TypeAdapter[list[ReferenceDetection]] = TypeAdapter(
     Annotated[list[ReferenceDetection], Field(max_length=MAX_UPLOAD_DETECTIONS)]
 )
@@ -143,19 +147,13 @@ def from_reference(items: list[ReferenceDetection]) -> list[UploadDetection]:
     """The reference's ``[x1, y1, x2, y2, confidence, class]`` rows as detections (the class
     index is the class name); ValueError naming the first row that does not fit."""
     detections: list[UploadDetection] = []
-    for index, (x1, y1, x2, y2, confidence, class_index) in enumerate(items):
-        if not float(class_index).is_integer() or class_index < 0:
-            raise ValueError(f"{index}.5: the class must be an index (an integer >= 0)")
+    for index, row in enumerate(items):
         try:
-            detections.append(
-                UploadDetection.model_validate(
-                    {
-                        "class": str(int(class_index)),
-                        "confidence": confidence,
-                        "bbox": (x1, y1, x2, y2),
-                    }
-                )
-            )
+            fields = reference_detection_fields(row)
+        except ValueError as exc:
+            raise ValueError(f"{index}.5: {exc}") from None
+        try:
+            detections.append(UploadDetection.model_validate(fields))
         except ValueError as exc:
             raise ValueError(f"{index}: {exc}") from None
     return detections
