@@ -381,13 +381,19 @@ def test_missing_pipeline_json(env: tuple[Path, Path]) -> None:
     assert issubclass(ArchiveError, MptaError)
 
 
-def test_two_top_level_folders_is_ambiguous(env: tuple[Path, Path]) -> None:
+def test_two_top_level_folders_are_ambiguous_unless_one_is_named_like_the_archive(
+    env: tuple[Path, Path],
+) -> None:
     tmp_path, cache = env
     zip_path = _build(
         tmp_path / "x.mpta", {"a/pipeline.json": PIPELINE, "b/pipeline.json": PIPELINE}
     )
     message = _expect_failure(tmp_path, cache, zip_path, "exactly one top-level folder")
     assert "found: a/, b/" in message
+    # ... unless one is named like the archive: the original looked there first.
+    dest = cache / "extracted" / "named"
+    assert extract_archive(zip_path, dest, LIMITS, archive_stem="b") == dest / "b"
+    assert find_pipeline_root(dest, "a") == dest / "a"  # a reused extraction, another name
 
 
 def test_pipeline_json_too_deep(env: tuple[Path, Path]) -> None:

@@ -27,7 +27,12 @@ from aiohttp import web
 
 from pytrickle_worker.core.errors import ArchiveError, FetchError, SpecError
 from pytrickle_worker.engine.mpta.archive import ArchiveLimits
-from pytrickle_worker.engine.mpta.fetch import ArchiveCache, ExtractedArchive, FetchedArchive
+from pytrickle_worker.engine.mpta.fetch import (
+    ArchiveCache,
+    ExtractedArchive,
+    FetchedArchive,
+    archive_stem,
+)
 
 
 def _node(model_id: str, **extra: Any) -> dict[str, Any]:
@@ -478,6 +483,45 @@ async def test_open_missing_model_file(tmp_path: Path, cache: ArchiveCache) -> N
     with pytest.raises(ArchiveError) as info:
         await cache.open(str(archive))
     assert "pipeline.branches[0].modelFile 'plate.onnx' not found in archive" in str(info.value)
+
+
+async def test_the_folder_named_like_the_archive_wins_over_other_pipelines(
+    tmp_path: Path, cache: ArchiveCache
+) -> None:
+    # The original looked for pipeline.json in the folder named after the archive first.
+    def pipeline_of(root_id: str) -> str:
+        other = json.loads(json.dumps(PIPELINE))
+        other["pipeline"]["modelId"] = root_id
+        return json.dumps(other)
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for folder in ("old", "vehicle"):
+            zf.writestr(f"{folder}/pipeline.json", pipeline_of(f"{folder}-root"))
+            for name in ("root.onnx", "plate.onnx"):
+                zf.writestr(f"{folder}/{name}", b"onnx")
+    named = tmp_path / "vehicle.mpta"
+    named.write_bytes(buffer.getvalue())
+    opened = await cache.open(str(named))
+    assert opened.spec.pipeline.model_id == "vehicle-root"
+    assert opened.root.name == "vehicle"
+    assert (await cache.open(named.as_uri() + "?v=2")).spec.pipeline.model_id == "vehicle-root"
+    # The same bytes under another name: no folder is named like it, so it is ambiguous.
+    unnamed = tmp_path / "other.mpta"
+    unnamed.write_bytes(buffer.getvalue())
+    with pytest.raises(
+        ArchiveError, match=r"exactly one top-level folder \(found: old/, vehicle/\)"
+    ):
+        await cache.open(str(unnamed))
+
+
+def test_archive_stem_is_the_name_without_its_extension() -> None:
+    assert archive_stem("https://h/m/vehicle.mpta?token=x#f") == "vehicle"
+    assert archive_stem("file:///tmp/x/car.v2.mpta") == "car.v2"
+    assert archive_stem("/srv/models/plates.mpta") == "plates"
+    assert archive_stem("C:\\models\\w.mpta") == "w"
+    assert archive_stem("http://h/") is None
+    assert archive_stem("http://[::1") is None
 
 
 async def test_open_invalid_spec(tmp_path: Path, cache: ArchiveCache) -> None:

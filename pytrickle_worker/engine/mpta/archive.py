@@ -182,19 +182,26 @@ def _extract_members(
 
 
 def extract_archive(
-    zip_path: Path, dest_dir: Path, limits: ArchiveLimits, *, display_name: str | None = None
+    zip_path: Path,
+    dest_dir: Path,
+    limits: ArchiveLimits,
+    *,
+    display_name: str | None = None,
+    archive_stem: str | None = None,
 ) -> Path:
     """Safely extract ``zip_path`` to ``dest_dir`` and return the directory holding pipeline.json.
 
     Raises ``ArchiveError`` for anything unsafe, corrupt or incomplete; on error
     nothing is left behind.  An existing ``dest_dir`` is reused as is.
     ``display_name`` (already masked) names the archive in messages instead of
-    ``zip_path.name``.
+    ``zip_path.name``; ``archive_stem`` is the archive's own name without its extension
+    (``vehicle`` for ``.../vehicle.mpta``), whose folder wins where several hold a
+    pipeline.json.
     """
     archive = display_name or zip_path.name
     if dest_dir.is_dir():
         logger.debug("reusing extracted archive %s", dest_dir)
-        return find_pipeline_root(dest_dir)
+        return find_pipeline_root(dest_dir, archive_stem)
     try:
         size = zip_path.stat().st_size
     except OSError as exc:
@@ -228,7 +235,7 @@ def extract_archive(
             except (OSError, RuntimeError, ValueError) as exc:
                 raise ArchiveError(f"{archive}: cannot extract archive ({exc})") from None
             try:
-                root = find_pipeline_root(tmp)
+                root = find_pipeline_root(tmp, archive_stem)
             except ArchiveError as exc:
                 raise ArchiveError(f"{archive}: {exc}") from None
             relative = root.relative_to(tmp)
@@ -242,7 +249,7 @@ def extract_archive(
                 # A concurrent extraction of the same archive got there first: keep it.
                 logger.debug("%s was extracted concurrently; keeping the existing copy", archive)
                 shutil.rmtree(tmp, ignore_errors=True)
-                return find_pipeline_root(dest_dir)
+                return find_pipeline_root(dest_dir, archive_stem)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -254,12 +261,15 @@ def _is_ignored(entry: Path) -> bool:
     return entry.name.startswith(".") or entry.name == "__MACOSX"
 
 
-def find_pipeline_root(extracted: Path) -> Path:
+def find_pipeline_root(extracted: Path, archive_stem: str | None = None) -> Path:
     """Return the directory holding ``pipeline.json``.
 
     It is either ``extracted`` itself or the one top-level folder that holds it (other
     folders beside it, an ``extras/`` say, are left alone, as the original worker did; hidden
-    entries and ``__MACOSX`` are ignored). Two folders that both hold one are ambiguous.
+    entries and ``__MACOSX`` are ignored). Where several folders hold one, the folder named
+    like the archive (``archive_stem``) is it, as the original worker looked there first;
+    without such a folder they are ambiguous (the original took whichever the file system
+    listed first).
     """
     if (extracted / PIPELINE_JSON).is_file():
         return extracted
@@ -270,6 +280,9 @@ def find_pipeline_root(extracted: Path) -> Path:
     holding = [folder for folder in folders if (folder / PIPELINE_JSON).is_file()]
     if len(holding) == 1:
         return holding[0]
+    named = [folder for folder in holding if archive_stem and folder.name == archive_stem]
+    if named:
+        return named[0]
     listed = [entry.name + ("/" if entry.is_dir() else "") for entry in entries]
     found = ", ".join(listed[:_MAX_LISTED]) or "nothing"
     if len(listed) > _MAX_LISTED:

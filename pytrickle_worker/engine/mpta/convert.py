@@ -57,7 +57,9 @@ def convert_archive(source: Path, target: Path, limits: ArchiveLimits | None = N
     if not source.is_file():
         raise MptaError(f"{source} is not a file")
     with tempfile.TemporaryDirectory(prefix="mpta-convert-") as tmp:
-        root = extract_archive(source, Path(tmp) / "x", limits or ArchiveLimits())
+        root = extract_archive(
+            source, Path(tmp) / "x", limits or ArchiveLimits(), archive_stem=source.stem
+        )
         spec = parse_pipeline_json((root / "pipeline.json").read_bytes())
         pytorch = sorted(
             {

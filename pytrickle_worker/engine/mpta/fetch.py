@@ -143,6 +143,20 @@ def _file_url_path(url: str) -> Path:
     return Path(url2pathname(parts.path))
 
 
+def archive_stem(source: str) -> str | None:
+    """The archive's own name without its extension, from its URL or path (``vehicle`` for
+    ``https://host/m/vehicle.mpta?token=x``); None when it has none."""
+    path = source
+    if "://" in source and not _WINDOWS_DRIVE_RE.match(source):
+        try:
+            path = urlsplit(source).path
+        except ValueError:
+            return None
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return stem or None
+
+
 class ArchiveCache:
     """Fetches archives into a content-addressed cache and extracts them (see module docs)."""
 
@@ -501,7 +515,12 @@ class ArchiveCache:
             self._extractions,
             fetched.sha256,
             lambda: asyncio.to_thread(
-                extract_archive, fetched.path, dest, self.limits, display_name=mask_url(source)
+                extract_archive,
+                fetched.path,
+                dest,
+                self.limits,
+                display_name=mask_url(source),
+                archive_stem=archive_stem(source),
             ),
             f"mpta-extract {fetched.sha256[:12]}",
         )
