@@ -644,17 +644,21 @@ async def test_backend_disconnect_grace_period_then_everything_is_released(
         lambda: worker.cms.registry.detections_undelivered > undelivered, 3, "detections go on"
     )
 
-    # A reconnect within the grace period finds the camera without resubscribing. The
-    # detections it missed carry no currentCar field (class, confidence and id only), so
-    # no patchSession: its data would be merged into the display's car.
+    # A reconnect within the grace period finds the camera running. The detections it
+    # missed carry no currentCar field (class, confidence and id only), so no patchSession:
+    # its data would be merged into the display's car.
     second = await worker.connect()
     state = await second.wait_for(is_state, what="stateReport on reconnect")
     assert connection_of(state, identifier)["online"] is True
     await second.detections(identifier, 3)
     assert not [m for m in second.messages if m.get("type") == "patchSession"]
-    # The reconnect cancelled the grace timer: well past it, all is still there.
+    # It subscribes again, as a backend written for the original worker does (that worker
+    # forgot everything on a disconnect): the same subscription goes on, the camera is not
+    # reopened, and well past the grace period all is still there.
+    await second.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
     await asyncio.sleep(2.0)
     assert len(worker.cms.subscriptions) == 1
+    assert camera.current_sessions == 1
     mark = second.mark()
     await second.detections(identifier, 2, after=mark)
 
@@ -680,6 +684,38 @@ async def test_backend_disconnect_grace_period_then_everything_is_released(
     await third.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
     fresh = await third.detections(identifier, 3)
     assert all("sessionId" not in m for m in fresh), fresh
+
+
+async def test_subscriptions_a_reconnected_backend_does_not_claim_are_released(
+    camera: RtspServer, model_server: ModelServer, start_worker: WorkerFactory
+) -> None:
+    # A restarted CMS reconnects within the grace period and subscribes again only the
+    # cameras it still gives this worker: the others must not run on here unseen.
+    worker = await start_worker(emission="every_frame", disconnect_grace_s=1.5)
+    kept, dropped = "display-1;cam-kept", "display-2;cam-gone"
+    first = await worker.connect()
+    for identifier in (kept, dropped):
+        await first.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
+    for identifier in (kept, dropped):
+        await first.wait_online(identifier)
+    await first.close()
+    await wait_until(lambda: not worker.cms.registry.connections, 5, "the worker noticed")
+
+    second = await worker.connect()
+    await second.send("subscribe", subscribe_payload(kept, camera.url, model_server.url()))
+    state = await second.wait_for(
+        lambda m: (
+            is_state(m) and [c["subscriptionIdentifier"] for c in m["cameraConnections"]] == [kept]
+        ),
+        timeout=10,
+        what="the unclaimed subscription released",
+    )
+    assert state["cameraConnections"][0]["online"] is True
+    assert worker.cms.subscriptions.get(dropped) is None
+    mark = second.mark()
+    await second.detections(kept, 2, after=mark)
+    assert not [m for m in second.since(mark) if m.get("subscriptionIdentifier") == dropped]
+    assert not [m for m in second.messages if is_error(m)]
 
 
 # ============================================================================= 8. slow reader

@@ -100,6 +100,9 @@ class CmsEndpoint:
             sink_names=config.live_cms_names,
         )
         self._heartbeat: asyncio.Task[None] | None = None
+        #: Subscriptions the worker made itself (the demo camera): never reclaimed.
+        self._local: set[str] = set()
+        self._reclaim: asyncio.Task[None] | None = None
         self.accepting = True
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,10 +120,11 @@ class CmsEndpoint:
 
     async def stop(self) -> None:
         self.accepting = False
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        for task in (self._heartbeat, self._reclaim):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.registry.close()
         await self.subscriptions.close()
         self.monitor.close()
@@ -144,6 +148,36 @@ class CmsEndpoint:
         flushed = await self.registry.flush(max(0.0, deadline - loop.time()))
         await self.registry.close(code=WSCloseCode.GOING_AWAY, message=b"worker shutting down")
         return flushed
+
+    def _start_reclaim(self) -> None:
+        """A backend connected after none was: the subscriptions kept through the gap must be
+        claimed again (a subscribe or unsubscribe for the id) within the grace period, or
+        they are released. A backend written for the original worker, which forgot
+        everything on a disconnect, subscribes again what it wants; what it does not want
+        any more (a restarted CMS that gave the camera to another worker) must not run on
+        here unseen."""
+        if self._reclaim is not None:
+            self._reclaim.cancel()
+            self._reclaim = None
+        if self.subscriptions.begin_reclaim(self._local):
+            self._reclaim = asyncio.get_running_loop().create_task(
+                self._release_unclaimed(), name="cms-reclaim"
+            )
+
+    async def _release_unclaimed(self) -> None:
+        await asyncio.sleep(self.config.disconnect_grace_s)
+        self._reclaim = None
+        if not self.registry.connections:
+            return  # gone again: the disconnect grace period decides
+        released = self.subscriptions.release_unclaimed()
+        if released:
+            logger.info(
+                "released %d subscription(s) the reconnected backend did not subscribe again "
+                "within %.0f s: %s",
+                len(released),
+                self.config.disconnect_grace_s,
+                ", ".join(released[:20]),
+            )
 
     async def _release_all(self) -> None:
         await self.subscriptions.close()
@@ -213,6 +247,7 @@ class CmsEndpoint:
             # What was detected while no backend listened went nowhere: the objects in view
             # are announced again to the backend that now does.
             self.subscriptions.announce_again()
+            self._start_reclaim()
         connection.send(self.state_report())
         # A JWT's exp ends the connection (the backend reconnects with a fresh token, within
         # the disconnect grace period its subscriptions survive).
@@ -310,6 +345,7 @@ class CmsEndpoint:
         subscription a backend's ``subscribe`` makes, with its errors logged instead of sent.
         Backends see it in ``stateReport`` like any other."""
         identifier = payload.subscriptionIdentifier
+        self._local.add(identifier)
 
         def reply(error: str) -> None:
             logger.warning("local subscription %s: %s", identifier, mask_text(error))

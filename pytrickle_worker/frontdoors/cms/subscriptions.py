@@ -122,6 +122,10 @@ MAX_CONCURRENT_STARTS = 4
 MAX_PENDING_NEW = 64
 
 
+def _log_release(identifier: str, error: str) -> None:
+    logger.warning("%s: release of an unclaimed subscription failed: %s", identifier, error)
+
+
 @dataclass
 class _Intent:
     """What the backends last asked for one subscription id, and the task carrying it out.
@@ -187,6 +191,8 @@ class SubscriptionManager:
         self._starts = asyncio.Semaphore(MAX_CONCURRENT_STARTS)
         self._starting_new = 0
         self._closing = False
+        #: Subscriptions a reconnected backend has not subscribed again yet (see reclaim).
+        self._unclaimed: set[str] = set()
 
     # ------------------------------------------------------------------ queries
 
@@ -245,11 +251,26 @@ class SubscriptionManager:
             if display is None or identifier.partition(";")[0] == display:
                 sub.emitter.reset()
 
+    def begin_reclaim(self, keep: set[str]) -> int:
+        """A backend reconnected: every running subscription but ``keep`` must be claimed
+        again by a command for its id before :meth:`release_unclaimed`. Returns how many."""
+        self._unclaimed = set(self._active) - keep
+        return len(self._unclaimed)
+
+    def release_unclaimed(self) -> list[str]:
+        """Unsubscribe what no command claimed since :meth:`begin_reclaim`; their ids."""
+        released = sorted(i for i in self._unclaimed if i in self._active)
+        self._unclaimed = set()
+        for identifier in released:
+            self.request(identifier, None, lambda error, i=identifier: _log_release(i, error))
+        return released
+
     def request(self, identifier: str, payload: SubscribePayload | None, reply: Reply) -> None:
         """Ask for ``identifier`` to run ``payload`` (subscribe) or nothing (unsubscribe).
 
         Returns at once; ``reply`` hears of a command that fails. Never raises.
         """
+        self._unclaimed.discard(identifier)
         if self._closing:
             reply("every subscription is being released; send the command again")
             return
