@@ -250,7 +250,7 @@ class CmsEndpoint:
             self._start_reclaim()
         connection.send(self.state_report())
         # A JWT's exp ends the connection (the backend reconnects with a fresh token, within
-        # the disconnect grace period its subscriptions survive).
+        # the disconnect grace period its subscriptions survive for it to claim again).
         stop_expiry = close_when_credentials_expire(ws, request)
         inbound = TokenBucket(self.config.cms_inbound_rate, self.config.cms_inbound_burst)
         try:
