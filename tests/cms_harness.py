@@ -63,6 +63,8 @@ class ModelServer:
 
     base: str
     requests: Counter[str] = field(default_factory=Counter[str])
+    #: ``held.mpta`` is the demo archive, served once this is set (a slow model server).
+    release_held: asyncio.Event = field(default_factory=asyncio.Event)
 
     def url(self, name: str = "demo.mpta") -> str:
         return f"{self.base}/models/{name}"
@@ -78,6 +80,9 @@ async def model_server(demo_assets: DemoAssets, tmp_path: Path) -> AsyncIterator
     async def serve(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         server.requests[name] += 1
+        if name == "held.mpta":
+            await server.release_held.wait()
+            name = "demo.mpta"
         path = files.get(name)
         if path is None:
             raise web.HTTPNotFound()

@@ -693,11 +693,16 @@ async def test_subscriptions_a_reconnected_backend_does_not_claim_are_released(
     # cameras it still gives this worker: the others must not run on here unseen.
     worker = await start_worker(emission="every_frame", disconnect_grace_s=1.5)
     kept, dropped = "display-1;cam-kept", "display-2;cam-gone"
+    loading = "display-3;cam-loading"  # its archive still downloading at the reconnect
     first = await worker.connect()
     for identifier in (kept, dropped):
         await first.send("subscribe", subscribe_payload(identifier, camera.url, model_server.url()))
     for identifier in (kept, dropped):
         await first.wait_online(identifier)
+    await first.send(
+        "subscribe", subscribe_payload(loading, camera.url, model_server.url("held.mpta"))
+    )
+    await wait_until(lambda: model_server.requests["held.mpta"] == 1, 5, "the slow download")
     await first.close()
     await wait_until(lambda: not worker.cms.registry.connections, 5, "the worker noticed")
 
@@ -712,9 +717,17 @@ async def test_subscriptions_a_reconnected_backend_does_not_claim_are_released(
     )
     assert state["cameraConnections"][0]["online"] is True
     assert worker.cms.subscriptions.get(dropped) is None
+    # The subscribe that was still loading was not claimed either: its start is cancelled,
+    # and the archive arriving late starts nothing.
+    model_server.release_held.set()
+    await worker.cms.subscriptions.settled()
+    await asyncio.sleep(1.0)
+    assert worker.cms.subscriptions.get(loading) is None and len(worker.cms.subscriptions) == 1
     mark = second.mark()
     await second.detections(kept, 2, after=mark)
-    assert not [m for m in second.since(mark) if m.get("subscriptionIdentifier") == dropped]
+    assert not [
+        m for m in second.since(mark) if m.get("subscriptionIdentifier") in (dropped, loading)
+    ]
     assert not [m for m in second.messages if is_error(m)]
 
 

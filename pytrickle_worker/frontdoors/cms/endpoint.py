@@ -132,13 +132,15 @@ class CmsEndpoint:
     def begin_drain(self) -> None:
         """The process is shutting down: refuse new subscriptions."""
         self.accepting = False
+        if self._reclaim is not None:
+            self._reclaim.cancel()  # the drain releases everything
 
     async def drain(self, timeout_s: float) -> bool:
         """Stop every subscription, flush each backend's queue, then close its WebSocket
         with 1001 (going away). True when every queue was flushed within ``timeout_s``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        self.accepting = False
+        self.begin_drain()
         # close() also cancels pending subscribes: none starts a camera after it.
         try:
             async with asyncio.timeout(timeout_s):
@@ -151,14 +153,14 @@ class CmsEndpoint:
 
     def _start_reclaim(self) -> None:
         """A backend connected after none was: the subscriptions kept through the gap must be
-        claimed again (a subscribe or unsubscribe for the id) within the grace period, or
-        they are released. A backend written for the original worker, which forgot
+        claimed again (a subscribe, or an unsubscribe, for the id) within the grace period,
+        or they are released. A backend written for the original worker, which forgot
         everything on a disconnect, subscribes again what it wants; what it does not want
         any more (a restarted CMS that gave the camera to another worker) must not run on
-        here unseen."""
-        if self._reclaim is not None:
-            self._reclaim.cancel()
-            self._reclaim = None
+        here unseen. A window already open keeps its deadline: a backend that keeps
+        reconnecting does not keep unclaimed cameras alive."""
+        if self._reclaim is not None and not self._reclaim.done():
+            return
         if self.subscriptions.begin_reclaim(self._local):
             self._reclaim = asyncio.get_running_loop().create_task(
                 self._release_unclaimed(), name="cms-reclaim"

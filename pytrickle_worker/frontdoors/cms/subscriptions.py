@@ -252,18 +252,26 @@ class SubscriptionManager:
                 sub.emitter.reset()
 
     def begin_reclaim(self, keep: set[str]) -> int:
-        """A backend reconnected: every running subscription but ``keep`` must be claimed
-        again by a command for its id before :meth:`release_unclaimed`. Returns how many."""
-        self._unclaimed = set(self._active) - keep
+        """A backend reconnected: every subscription but ``keep``, running or still starting,
+        must be claimed again by a command for its id before :meth:`release_unclaimed`.
+        Returns how many."""
+        self._unclaimed = {i for i in [*self._active, *self._intents] if self._wanted(i)} - keep
         return len(self._unclaimed)
 
     def release_unclaimed(self) -> list[str]:
         """Unsubscribe what no command claimed since :meth:`begin_reclaim`; their ids."""
-        released = sorted(i for i in self._unclaimed if i in self._active)
+        released = [] if self._closing else sorted(i for i in self._unclaimed if self._wanted(i))
         self._unclaimed = set()
         for identifier in released:
             self.request(identifier, None, lambda error, i=identifier: _log_release(i, error))
         return released
+
+    def _wanted(self, identifier: str) -> bool:
+        """Running, or starting (its last command a subscribe)."""
+        intent = self._intents.get(identifier)
+        if intent is not None:
+            return intent.desired is not None
+        return identifier in self._active
 
     def request(self, identifier: str, payload: SubscribePayload | None, reply: Reply) -> None:
         """Ask for ``identifier`` to run ``payload`` (subscribe) or nothing (unsubscribe).
