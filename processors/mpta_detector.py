@@ -214,7 +214,7 @@ class MptaStream(StreamContext):
     @property
     def tracked(self) -> bool:
         pipeline = self._pipeline
-        return pipeline is not None and not pipeline.root.is_classifier
+        return pipeline is not None and pipeline.tracks
 
     # ------------------------------------------------------------------ params
 

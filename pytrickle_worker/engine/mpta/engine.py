@@ -161,10 +161,9 @@ class PipelineRunner:
             raise ValueError(
                 f"frame must be an H×W×3 uint8 RGB array, got shape {frame.shape} {frame.dtype}"
             )
-        # A classifier root has nothing to track: its results never carry an id.
-        tracked = tracker is not None and not pipeline.root.is_classifier
+        tracked = tracker is not None and pipeline.tracks
         result = PipelineResult(detection=None, bbox=None, tracked=tracked)
-        if overrides is not None and not pipeline.root.is_classifier:
+        if overrides is not None and pipeline.tracks:
             found = self._detect(pipeline.root, frame, (0, 0), tracker, result, overrides)
         else:
             found = self._run_node(pipeline.root, frame, (0, 0), tracker, result)

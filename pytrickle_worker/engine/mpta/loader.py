@@ -58,6 +58,12 @@ class LoadedPipeline:
     def redis(self) -> RedisConfig | None:
         return self.spec.redis
 
+    @property
+    def tracks(self) -> bool:
+        """Whether its results carry track ids: a detector root is tracked, a classifier
+        root has nothing to track."""
+        return not self.root.is_classifier
+
     def nodes(self) -> list[LoadedNode]:
         return self.root.walk()
 

@@ -168,7 +168,6 @@ class CmsEndpoint:
 
     async def _release_unclaimed(self) -> None:
         await asyncio.sleep(self.config.disconnect_grace_s)
-        self._reclaim = None
         if not self.registry.connections:
             return  # gone again: the disconnect grace period decides
         released = self.subscriptions.release_unclaimed()

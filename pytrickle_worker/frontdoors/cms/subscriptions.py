@@ -242,14 +242,16 @@ class SubscriptionManager:
         elif self.sessions.get(display) != session_id:
             self.sessions[display] = session_id
             self.announce_again(display)
-        return sum(1 for i in self._active if i.partition(";")[0] == display)
+        return len(self._of_display(display))
 
     def announce_again(self, display: str | None = None) -> None:
         """Forget what was sent for ``display``'s subscriptions (every one's with None), so
         each announces the objects it sees at its next analysed frame."""
-        for identifier, sub in self._active.items():
-            if display is None or identifier.partition(";")[0] == display:
-                sub.emitter.reset()
+        for sub in self._active.values() if display is None else self._of_display(display):
+            sub.emitter.reset()
+
+    def _of_display(self, display: str) -> list[ActiveSubscription]:
+        return [s for s in self._active.values() if s.payload.display_identifier == display]
 
     def begin_reclaim(self, keep: set[str]) -> int:
         """A backend reconnected: every subscription but ``keep``, running or still starting,
