@@ -294,6 +294,16 @@ async def test_start_while_loading_waits_for_the_load_and_health_reports_loading
         assert reply["state"] == "LOADING" and reply["pipeline_ready"] is False
         assert reply["startup_complete"] is False
 
+        # A start waiting for the load when its worker begins to drain: refused, not started.
+        draining = StreamManager(MptaDetectorProcessor(service, default_model_url=url))
+        draining.start_waits_for_load_s = 0.5
+        draining_client = await make_client(draining)
+        waiting = asyncio.create_task(call(draining_client, "POST", "/stream/start", start_body()))
+        await asyncio.sleep(0.1)
+        draining.begin_drain()
+        status, reply = await waiting
+        assert_error(status, reply, 503, "shutting down")
+        assert not draining.active
         # As pytrickle's, a start waits for the load in progress, then starts.
         manager.start_waits_for_load_s = 30.0
         start = asyncio.create_task(call(client, "POST", "/stream/start", start_body()))

@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from pytrickle_worker.devtools.trickle_server import TrickleServer
@@ -140,7 +140,25 @@ async def test_data_segments_stay_under_the_gateways_line_limit(
 
 # ------------------------------------------------------------------- control messages
 
-FIXED_VALUES = st.one_of(st.none(), st.integers(-2, 2000), st.booleans(), st.text(max_size=3))
+FIXED_VALUES = st.one_of(
+    st.none(),
+    st.integers(-2, 2000),
+    st.booleans(),
+    st.text(max_size=3),
+    # What pytrickle reads as numbers and booleans, and so does the stream door.
+    st.sampled_from(["512", " 480", "640.0", "1", "0", "yes", "No", "true"]),
+    st.sampled_from([512.0, 480.0]),
+)
+
+
+def as_the_stream_reads(name: str, value: object) -> object:
+    """``value`` of a fixed key as a start request's params would hold it."""
+    if value is None:
+        return None
+    params = {name: value}
+    if name in ("width", "height"):  # they are validated together
+        params["height" if name == "width" else "width"] = 1
+    return getattr(StreamParams.model_validate(params), name)
 
 
 @given(
@@ -154,6 +172,11 @@ FIXED_VALUES = st.one_of(st.none(), st.integers(-2, 2000), st.booleans(), st.tex
     fixed=st.dictionaries(st.sampled_from(RUNTIME_IMMUTABLE), FIXED_VALUES),
     rest=st.dictionaries(st.sampled_from(["label", "max_framerate", "prompt"]), st.integers()),
 )
+@example(  # the same flag as text: no change
+    current=StreamParams(width=640, height=480, detect_out_resolution=True),
+    fixed={"detect_out_resolution": "1", "width": "640"},
+    rest={},
+)
 def test_a_control_message_keeps_everything_but_changed_fixed_sizes(
     current: StreamParams, fixed: dict[str, Any], rest: dict[str, Any]
 ) -> None:
@@ -162,7 +185,7 @@ def test_a_control_message_keeps_everything_but_changed_fixed_sizes(
     assert {k: v for k, v in kept.items() if k not in RUNTIME_IMMUTABLE} == rest
     for name in RUNTIME_IMMUTABLE:
         if name in kept:  # a fixed key survives only with the stream's own value
-            assert kept[name] == getattr(current, name)
+            assert as_the_stream_reads(name, kept[name]) == getattr(current, name)
     assert set(kept) | set(dropped) == set(update) and not set(kept) & set(dropped)
     assert ("width" in kept) == ("width" in update and "width" not in dropped)
     if "width" in dropped or "height" in dropped:  # the size goes as a whole
